@@ -1,0 +1,357 @@
+"""The `mmcl` command: models, embed, zeroshot, retrieval, convert.
+
+mmcl models
+mmcl embed --model tiny-vit --images photos/ --output photos.npy
+mmcl zeroshot --model ViT-B-32 --pretrained ViT-B-32.pt --data cifar10/test --dataset cifar10
+mmcl retrieval --model ViT-B-32 --pretrained ViT-B-32.pt --captions captions.csv
+mmcl convert ViT-B-32.pt clip-vit-b32-hf --to hf
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from mmcl.data.images import ImageFiles, class_folders, list_images
+from mmcl.io.atomic import atomic_path
+from mmcl.io.checkpoints import (
+    CheckpointError,
+    save_huggingface,
+    save_open_clip,
+    save_safetensors,
+)
+from mmcl.io.tokenizer import get_tokenizer
+from mmcl.io.transforms import get_preprocess
+from mmcl.models import available_models, create_model, get_model_config
+from mmcl.models.registry import OPENAI_ALIASES
+
+EXPORT_FORMATS = {"mmcl": save_safetensors, "open_clip": save_open_clip, "hf": save_huggingface}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ValueError, FileNotFoundError, CheckpointError) as error:
+        print(f"mmcl {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmcl", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    models = commands.add_parser("models", help="list model names")
+    models.add_argument("--filter", default="", help="only names containing this text")
+    models.set_defaults(handler=run_models)
+
+    embed = commands.add_parser("embed", help="images or texts -> .npy / .safetensors")
+    add_model_arguments(embed)
+    source = embed.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", type=Path, help="folder of images (searched recursively)")
+    source.add_argument("--texts", type=Path, help="text file, one text per line")
+    embed.add_argument("--output", type=Path, required=True, help="file.npy or file.safetensors")
+    embed.set_defaults(handler=run_embed)
+
+    zeroshot = commands.add_parser("zeroshot", help="class-folder images -> accuracy table")
+    add_model_arguments(zeroshot)
+    zeroshot.add_argument("--data", type=Path, required=True, help="folder of class subfolders")
+    zeroshot.add_argument(
+        "--dataset",
+        help="take class names and templates from this shipped data set "
+        "(e.g. cifar10, mnist, imagenet); folder names must be its class names",
+    )
+    zeroshot.add_argument(
+        "--templates",
+        help="a shipped data set's templates, or a text file with one "
+        "template per line using {} for the class name (default: 'a photo of a {}.')",
+    )
+    zeroshot.add_argument("--report", type=Path, help="also write the results as JSON here")
+    zeroshot.set_defaults(handler=run_zeroshot)
+
+    retrieval = commands.add_parser("retrieval", help="images + captions CSV -> recall@k")
+    add_model_arguments(retrieval)
+    retrieval.add_argument(
+        "--captions",
+        type=Path,
+        required=True,
+        help="CSV with columns image,caption (one row per caption; paths relative to --images "
+        "or to the CSV's folder)",
+    )
+    retrieval.add_argument("--images", type=Path, help="folder the image paths are relative to")
+    retrieval.add_argument("--report", type=Path, help="also write the results as JSON here")
+    retrieval.set_defaults(handler=run_retrieval)
+
+    convert = commands.add_parser("convert", help="convert a checkpoint between formats")
+    convert.add_argument("input", type=Path, help="checkpoint file or Hugging Face folder")
+    convert.add_argument("output", type=Path, help="file (mmcl, open_clip) or folder (hf)")
+    convert.add_argument("--to", choices=sorted(EXPORT_FORMATS), required=True)
+    convert.add_argument("--model", help="model name, when the input does not record it")
+    convert.set_defaults(handler=run_convert)
+    return parser
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="model name (see `mmcl models`)")
+    parser.add_argument("--pretrained", type=Path, help="checkpoint file or folder")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=0, help="image decoding processes")
+    parser.add_argument("--skip-bad", action="store_true", help="skip unreadable images")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def load_model(args: argparse.Namespace):
+    if args.model is None and args.pretrained is None:
+        raise ValueError("give --model NAME, --pretrained PATH, or both")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    return create_model(
+        args.model, pretrained=args.pretrained, precision=args.precision, device=args.device
+    )
+
+
+def print_table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
+    print(line.format(*header))
+    print(line.format(*("-" * w for w in widths)))
+    for row in rows:
+        print(line.format(*row))
+
+
+def write_json(path: Path, payload: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2))
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+def run_models(args: argparse.Namespace) -> int:
+    aliases = {}
+    for alias, target in OPENAI_ALIASES.items():
+        aliases.setdefault(target, []).append(alias)
+    rows = []
+    for name in available_models():
+        if args.filter.lower() not in name.lower():
+            continue
+        config = get_model_config(name)
+        vision = config["vision_cfg"]
+        tower = "ViT" if vision.get("patch_size") else "ModifiedResNet"
+        rows.append(
+            [
+                name,
+                tower,
+                str(vision["image_size"]),
+                str(config["embed_dim"]),
+                ", ".join(aliases.get(name, [])),
+            ]
+        )
+    print_table(rows, ["name", "image tower", "image size", "embed dim", "also known as"])
+    return 0
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    from mmcl.eval.embed import embed_images, embed_texts
+
+    if args.output.suffix not in (".npy", ".safetensors"):
+        raise ValueError(f"--output must end in .npy or .safetensors, got {args.output}")
+    model = load_model(args)
+    if args.images is not None:
+        paths = list_images(args.images)
+        if not paths:
+            raise ValueError(f"{args.images}: no image files found")
+        dataset = ImageFiles(paths, get_preprocess(model), skip_bad=args.skip_bad)
+        result = embed_images(
+            model, dataset, args.batch_size, args.workers, args.device, progress=not args.quiet
+        )
+        features, names = result.features, [str(paths[i]) for i in result.indices]
+        if result.skipped:
+            print(f"skipped {result.skipped} unreadable image(s)", file=sys.stderr)
+    else:
+        texts = args.texts.read_text(encoding="utf-8").splitlines()
+        features = embed_texts(
+            model,
+            texts,
+            get_tokenizer(model.context_length),
+            args.batch_size,
+            args.device,
+            progress=not args.quiet,
+        )
+        names = texts
+    with atomic_path(args.output) as tmp:
+        if args.output.suffix == ".npy":
+            with open(tmp, "wb") as handle:
+                np.save(handle, features.numpy())
+        else:
+            save_file({"features": features.contiguous()}, str(tmp))
+    index = args.output.with_suffix(args.output.suffix + ".index.txt")
+    with atomic_path(index) as tmp:
+        tmp.write_text("".join(name.replace("\n", " ") + "\n" for name in names))
+    print(
+        f"wrote {features.shape[0]} x {features.shape[1]} features to {args.output} "
+        f"(row names in {index})"
+    )
+    return 0
+
+
+def run_zeroshot(args: argparse.Namespace) -> int:
+    from mmcl.data.zeroshot import load_zero_shot_metadata
+    from mmcl.eval.embed import embed_images
+    from mmcl.eval.zero_shot import accuracy, build_zero_shot_classifier
+
+    paths, labels, folders = class_folders(args.data)
+    classnames = [folder.replace("_", " ") for folder in folders]
+    templates = ["a photo of a {}."]
+    if args.dataset:
+        metadata = load_zero_shot_metadata(args.dataset)
+        lookup = {name.lower(): name for name in metadata.classnames}
+        unknown = [f for f in folders if f.replace("_", " ").lower() not in lookup]
+        if unknown:
+            raise ValueError(
+                f"{args.data}: folders {unknown} are not {metadata.name} class names "
+                f"(e.g. {metadata.classnames[:5]})"
+            )
+        classnames = [lookup[f.replace("_", " ").lower()] for f in folders]
+        templates = list(metadata.templates)
+    if args.templates:
+        templates = read_templates(args.templates)
+    model = load_model(args)
+    classifier = build_zero_shot_classifier(
+        model,
+        get_tokenizer(model.context_length),
+        classnames,
+        templates,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    dataset = ImageFiles(paths, get_preprocess(model), labels, skip_bad=args.skip_bad)
+    result = embed_images(
+        model, dataset, args.batch_size, args.workers, args.device, progress=not args.quiet
+    )
+    targets = torch.tensor(labels)[result.indices]
+    logits = result.features @ classifier.float().cpu()
+    overall = accuracy(logits, targets, topk=(1, 5))
+    predictions = logits.argmax(dim=1)
+    rows = []
+    per_class = {}
+    for label, name in enumerate(classnames):
+        mask = targets == label
+        count = int(mask.sum())
+        top1 = float((predictions[mask] == label).float().mean()) if count else float("nan")
+        per_class[name] = {"top1": top1, "count": count}
+        rows.append([name, str(count), f"{100 * top1:.2f}"])
+    rows.append(["(all)", str(len(targets)), f"{100 * overall['top1']:.2f}"])
+    print_table(rows, ["class", "images", "top-1 %"])
+    print(
+        f"top-1 {100 * overall['top1']:.2f}%  top-5 {100 * overall['top5']:.2f}%  "
+        f"({len(targets)} images, {len(templates)} templates, {result.skipped} skipped)"
+    )
+    if args.report:
+        write_json(
+            args.report,
+            {
+                "overall": overall,
+                "per_class": per_class,
+                "images": len(targets),
+                "skipped": result.skipped,
+            },
+        )
+    return 0
+
+
+def read_templates(spec: str) -> list[str]:
+    from mmcl.data.zeroshot import load_zero_shot_metadata
+
+    path = Path(spec)
+    if path.is_file():
+        templates = [line for line in path.read_text(encoding="utf-8").splitlines() if line]
+        if not templates:
+            raise ValueError(f"{path}: no templates in the file")
+        return templates
+    return list(load_zero_shot_metadata(spec).templates)
+
+
+def read_captions(
+    csv_path: Path, image_root: Path | None
+) -> tuple[list[Path], list[str], list[int]]:
+    """Rows of (image, caption) → unique image paths, captions, and each caption's image index."""
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"captions file not found: {csv_path}")
+    root = image_root or csv_path.parent
+    with open(csv_path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        for needed in ("image", "caption"):
+            if needed not in columns:
+                raise ValueError(f"{csv_path}: missing column {needed!r} (found {columns})")
+        rows = list(reader)
+    if not rows:
+        raise ValueError(f"{csv_path}: no captions")
+    image_index: dict[str, int] = {}
+    captions, caption_image = [], []
+    for row in rows:
+        image_index.setdefault(row["image"], len(image_index))
+        captions.append(row["caption"])
+        caption_image.append(image_index[row["image"]])
+    return [root / name for name in image_index], captions, caption_image
+
+
+def run_retrieval(args: argparse.Namespace) -> int:
+    from mmcl.eval.embed import embed_images, embed_texts
+    from mmcl.eval.retrieval import retrieval_recall
+
+    paths, captions, caption_image = read_captions(args.captions, args.images)
+    model = load_model(args)
+    dataset = ImageFiles(paths, get_preprocess(model), skip_bad=args.skip_bad)
+    images = embed_images(
+        model, dataset, args.batch_size, args.workers, args.device, progress=not args.quiet
+    )
+    texts = embed_texts(
+        model,
+        captions,
+        get_tokenizer(model.context_length),
+        256,
+        args.device,
+        progress=not args.quiet,
+    )
+    # Keep only captions whose image was readable, re-indexed to the kept images.
+    position = {int(i): row for row, i in enumerate(images.indices)}
+    keep = [t for t, image in enumerate(caption_image) if image in position]
+    text_to_image = torch.tensor([position[caption_image[t]] for t in keep])
+    recalls = retrieval_recall(images.features, texts[keep], text_to_image)
+    print_table([[k, f"{100 * v:.2f}"] for k, v in recalls.items()], ["metric", "%"])
+    print(f"{len(images.indices)} images, {len(keep)} captions, {images.skipped} skipped")
+    if args.report:
+        write_json(
+            args.report,
+            {
+                "recall": recalls,
+                "images": len(images.indices),
+                "captions": len(keep),
+                "skipped": images.skipped,
+            },
+        )
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    model = create_model(args.model, pretrained=args.input)
+    EXPORT_FORMATS[args.to](model, args.output)
+    print(f"wrote {args.output} ({args.to} format)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""Image files on disk as datasets: flat folders, class folders, and explicit path lists.
+
+Unreadable files are errors that name the file; with `skip_bad=True` they are dropped from the
+batch (with a warning naming them) and counted, so a long job does not die on one bad JPEG.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset, default_collate
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+
+class ImageReadError(ValueError):
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: cannot read image ({reason})")
+        self.path = path
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open and fully decode an image, so truncated files fail here and not later."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except FileNotFoundError:
+        raise ImageReadError(path, "no such file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ImageReadError(path, str(error) or type(error).__name__) from error
+
+
+def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
+    """Image files below `folder` in a stable (sorted) order."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    pattern = "**/*" if recursive else "*"
+    return sorted(
+        p for p in folder.glob(pattern) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+    )
+
+
+def class_folders(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
+    """`root/<class>/<image>` → (paths, labels, class folder names sorted alphabetically)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    classes = sorted(entry.name for entry in root.iterdir() if entry.is_dir())
+    if not classes:
+        raise ValueError(f"{root}: expected one subfolder per class, found none")
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        found = list_images(root / name)
+        paths += found
+        labels += [label] * len(found)
+    if not paths:
+        raise ValueError(f"{root}: the class folders hold no images ({sorted(IMAGE_EXTENSIONS)})")
+    return paths, labels, classes
+
+
+class ImageFiles(Dataset):
+    """Images from a list of paths, transformed; items are (image, label, index)."""
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        transform: Callable[[Image.Image], Any],
+        labels: Sequence[int] | None = None,
+        skip_bad: bool = False,
+    ):
+        if labels is not None and len(labels) != len(paths):
+            raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
+        self.paths = [Path(p) for p in paths]
+        self.labels = list(labels) if labels is not None else [-1] * len(self.paths)
+        self.transform = transform
+        self.skip_bad = skip_bad
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        try:
+            image = load_image(self.paths[index])
+        except ImageReadError as error:
+            if not self.skip_bad:
+                raise
+            warnings.warn(f"skipping unreadable image {error}", stacklevel=2)
+            return None
+        return self.transform(image), self.labels[index], index
+
+
+def collate_skipping_bad(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Collate (image, label, index) items, dropping the `None`s of unreadable files.
+
+    Returns images, labels, indices and how many items were dropped.
+    """
+    good = [item for item in batch if item is not None]
+    dropped = len(batch) - len(good)
+    if not good:
+        empty = torch.empty(0, dtype=torch.long)
+        return torch.empty(0), empty, empty, dropped
+    images, labels, indices = default_collate(good)
+    return images, labels, indices, dropped

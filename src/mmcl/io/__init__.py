@@ -1,0 +1,1 @@
+"""Input/output: tokenizer, image transforms, checkpoint formats."""

@@ -1,0 +1,88 @@
+"""Checkpoint formats: read OpenAI, open_clip, Hugging Face and mmcl files; write them back.
+
+Every reader returns tensors in mmcl's layout (`visual.*`, `text.*`, `logit_scale`) and, where
+the file says or the weights show it, the architecture as an open_clip-style config dict.
+
+>>> from mmcl.io.checkpoints import load_checkpoint   # doctest: +SKIP
+>>> checkpoint = load_checkpoint("ViT-B-32.pt")        # doctest: +SKIP
+>>> checkpoint.format, checkpoint.config["embed_dim"]  # doctest: +SKIP
+('openai', 512)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmcl.io.checkpoints import huggingface, openai
+from mmcl.io.checkpoints.errors import CheckpointError, describe_mismatch
+from mmcl.io.checkpoints.export import (
+    MMCL_CONFIG_KEY,
+    save_huggingface,
+    save_open_clip,
+    save_safetensors,
+)
+from mmcl.io.checkpoints.files import read_checkpoint
+
+__all__ = [
+    "CheckpointError",
+    "LoadedCheckpoint",
+    "describe_mismatch",
+    "load_checkpoint",
+    "save_huggingface",
+    "save_open_clip",
+    "save_safetensors",
+]
+
+
+@dataclass
+class LoadedCheckpoint:
+    path: Path
+    format: str  # "mmcl", "openai", "open_clip" or "huggingface"
+    state_dict: dict[str, torch.Tensor]
+    config: dict[str, Any] | None  # None when neither the file nor the weights tell it
+
+    @property
+    def config_is_inferred(self) -> bool:
+        return self.format in ("openai", "open_clip")
+
+
+def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
+    raw = read_checkpoint(path)
+    source = str(raw.path)
+    if raw.container == "huggingface":
+        return LoadedCheckpoint(
+            raw.path,
+            "huggingface",
+            huggingface.from_huggingface(raw.tensors),
+            huggingface.config_from_huggingface(raw.metadata, source),
+        )
+    if MMCL_CONFIG_KEY in raw.metadata:
+        try:
+            config = json.loads(raw.metadata[MMCL_CONFIG_KEY])
+        except json.JSONDecodeError as error:
+            raise CheckpointError(f"{source}: its embedded model config is not JSON") from error
+        return LoadedCheckpoint(raw.path, "mmcl", raw.tensors, config)
+    if openai.is_openai_layout(raw.tensors):
+        fmt = "openai" if raw.container == "torchscript" else "open_clip"
+        return LoadedCheckpoint(
+            raw.path,
+            fmt,
+            openai.from_openai_layout(raw.tensors),
+            openai.infer_config(raw.tensors, source),
+        )
+    if huggingface.is_huggingface_layout(raw.tensors):
+        return LoadedCheckpoint(
+            raw.path, "huggingface", huggingface.from_huggingface(raw.tensors), None
+        )
+    if any(key.startswith(("visual.", "text.")) for key in raw.tensors):
+        return LoadedCheckpoint(raw.path, "mmcl", raw.tensors, None)
+    sample = ", ".join(sorted(raw.tensors)[:5])
+    raise CheckpointError(
+        f"{source}: not a CLIP checkpoint in any known layout (OpenAI, open_clip, Hugging Face, "
+        f"mmcl); first keys: {sample or '(none)'}"
+    )

@@ -1,0 +1,221 @@
+"""CLIP image preprocessing: PIL image -> normalised ``(3, H, W)`` float tensor.
+
+The eval transform reproduces open_clip's ``image_transform(size, is_train=False)``
+(and OpenAI CLIP's ``_transform``) exactly: resize the shorter side with bicubic
+filtering, centre-crop, convert to RGB, scale to [0, 1], normalise.
+
+Conversion to RGB deliberately happens *after* resize and crop, as in open_clip,
+because Pillow's resampling depends on the source mode and moving the conversion
+changes the pixels:
+
+* ``P`` and ``1`` images are always resized with nearest neighbour (Pillow
+  ignores the requested filter for them);
+* ``RGBA`` and ``LA`` images are resized with premultiplied alpha, so fully
+  transparent pixels come out black, except when no resize is needed (the image
+  already has the target shorter side), where their raw colour is kept;
+* alpha and palette transparency are then dropped, never composited;
+* ``I;16``, ``I`` and ``F`` values are clipped to [0, 255] by Pillow, not
+  rescaled, so a 16-bit image with values above 255 mostly saturates to white.
+
+These are open_clip's results, kept for parity with published checkpoints'
+evaluation. The one mode open_clip cannot handle is premultiplied ``La`` (Pillow
+has no ``La -> RGB`` conversion); we route it through ``LA`` (un-premultiply,
+the same thing Pillow does for ``RGBa -> RGB``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import (
+    CenterCrop,
+    Compose,
+    InterpolationMode,
+    Normalize,
+    RandomResizedCrop,
+    Resize,
+    ToTensor,
+)
+from torchvision.transforms import functional as TF
+
+__all__ = [
+    "OPENAI_DATASET_MEAN",
+    "OPENAI_DATASET_STD",
+    "ConvertToRGB",
+    "EnsurePILImage",
+    "ResizeToCover",
+    "get_preprocess",
+    "image_transform",
+]
+
+# Per-channel RGB mean/std of OpenAI's CLIP training images, from openai/CLIP
+# (clip/clip.py, `_transform`); open_clip uses the same values (open_clip/constants.py).
+OPENAI_DATASET_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_DATASET_STD = (0.26862954, 0.26130258, 0.27577711)
+
+ImageSize = int | tuple[int, int]
+
+# Modes Pillow cannot convert to RGB directly, mapped to a mode it can convert from.
+_RGB_VIA = {"La": "LA"}
+
+
+class EnsurePILImage:
+    """Pass PIL images through; reject anything else with an actionable TypeError.
+
+    Runs first so that a wrong input fails here rather than deep inside a resize.
+    """
+
+    def __call__(self, img: object) -> Image.Image:
+        if isinstance(img, Image.Image):
+            return img
+        if isinstance(img, torch.Tensor):
+            raise TypeError(
+                f"preprocess expects a PIL.Image.Image, got torch.Tensor "
+                f"(shape {tuple(img.shape)}, dtype {img.dtype}). CLIP preprocessing works on PIL "
+                "images; convert with torchvision.transforms.functional.to_pil_image(tensor), "
+                "or pass an already preprocessed tensor straight to the model."
+            )
+        if isinstance(img, np.ndarray):
+            raise TypeError(
+                f"preprocess expects a PIL.Image.Image, got numpy.ndarray "
+                f"(shape {img.shape}, dtype {img.dtype}); convert with PIL.Image.fromarray(array)."
+            )
+        kind = type(img)
+        name = (
+            kind.__qualname__
+            if kind.__module__ == "builtins"
+            else f"{kind.__module__}.{kind.__qualname__}"
+        )
+        hint = " (to load a file, use PIL.Image.open(path))" if isinstance(img, str) else ""
+        raise TypeError(f"preprocess expects a PIL.Image.Image, got {name}{hint}.")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class ConvertToRGB:
+    """``img.convert("RGB")`` for every PIL mode; alpha/transparency is dropped."""
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if img.mode == "RGB":
+            return img
+        if img.mode == "P" and isinstance(img.info.get("transparency"), bytes):
+            # Pillow warns that per-entry palette alpha cannot survive P -> RGB; dropping
+            # alpha is intended here, so drop it first (the RGB pixels are the same).
+            img = img.copy()
+            del img.info["transparency"]
+        via = _RGB_VIA.get(img.mode)
+        if via is not None:
+            img = img.convert(via)
+        return img.convert("RGB")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class ResizeToCover:
+    """Resize keeping aspect ratio to the smallest size that covers ``(height, width)``.
+
+    Shorter-side resize generalised to non-square targets; computes the size exactly
+    as open_clip's ``ResizeKeepRatio(size)`` (rounding, not truncation), which is what
+    it uses for non-square ``image_size``. The resampling itself is torchvision's.
+    """
+
+    def __init__(
+        self, size: tuple[int, int], interpolation: InterpolationMode = InterpolationMode.BICUBIC
+    ) -> None:
+        self.size = size
+        self.interpolation = interpolation
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        width, height = img.size
+        scale = min(height / self.size[0], width / self.size[1])
+        new_size = [round(height / scale), round(width / scale)]
+        return TF.resize(img, new_size, self.interpolation)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size}, interpolation={self.interpolation.value})"
+
+
+def _to_hw(image_size: ImageSize) -> tuple[int, int]:
+    """Validate ``image_size`` (int or ``(height, width)``) and return ``(height, width)``."""
+    if isinstance(image_size, int) and not isinstance(image_size, bool):
+        hw = (image_size, image_size)
+    elif (
+        isinstance(image_size, Sequence)
+        and not isinstance(image_size, str)
+        and len(image_size) == 2
+        and all(isinstance(s, int) and not isinstance(s, bool) for s in image_size)
+    ):
+        hw = (image_size[0], image_size[1])
+    else:
+        raise TypeError(
+            f"image_size must be an int or a (height, width) pair of ints, got {image_size!r}"
+        )
+    if min(hw) <= 0:
+        raise ValueError(f"image_size must be positive, got {image_size!r}")
+    return hw
+
+
+def image_transform(
+    image_size: ImageSize,
+    is_train: bool = False,
+    mean: Sequence[float] = OPENAI_DATASET_MEAN,
+    std: Sequence[float] = OPENAI_DATASET_STD,
+) -> Callable[[Image.Image], torch.Tensor]:
+    """Build CLIP's image preprocessing as a torchvision ``Compose``.
+
+    Eval: shorter side -> ``image_size`` (bicubic), centre crop, RGB, ``ToTensor``,
+    ``Normalize``; equal to open_clip's ``image_transform(image_size, is_train=False)``.
+    Train: ``RandomResizedCrop(scale=(0.9, 1.0))`` (bicubic), RGB, ``ToTensor``,
+    ``Normalize``; open_clip's default train transform. Its randomness comes from
+    torch's global RNG, so ``torch.manual_seed`` makes it reproducible. With
+    ``scale >= 0.9`` and torchvision's default ratio range (3/4, 4/3), images wider than
+    about 1.48:1 (or taller than 1:1.48) never fit a random crop, and torchvision falls
+    back to a fixed central crop, as it does in open_clip.
+
+    ``image_size`` is an int (square) or ``(height, width)``. Input must be a PIL image.
+    """
+    hw = _to_hw(image_size)
+    normalize = Normalize(mean=tuple(mean), std=tuple(std))
+    if is_train:
+        steps: list[Callable] = [
+            EnsurePILImage(),
+            RandomResizedCrop(hw, scale=(0.9, 1.0), interpolation=InterpolationMode.BICUBIC),
+        ]
+    else:
+        # Square targets use torchvision's shorter-side Resize(int), which truncates the
+        # longer side; open_clip does the same, and switching to rounding would shift
+        # the crop by a pixel on some images.
+        if hw[0] == hw[1]:
+            resize: Callable = Resize(hw[0], interpolation=InterpolationMode.BICUBIC)
+        else:
+            resize = ResizeToCover(hw)
+        # The resized image always covers the crop; CenterCrop would zero-pad otherwise.
+        steps = [EnsurePILImage(), resize, CenterCrop(hw)]
+    # RGB conversion after the spatial ops, matching open_clip (see module docstring).
+    steps += [ConvertToRGB(), ToTensor(), normalize]
+    return Compose(steps)
+
+
+def get_preprocess(model_or_size: object) -> Callable[[Image.Image], torch.Tensor]:
+    """Eval preprocessing for a model (anything with ``.image_size``) or an image size.
+
+    Example:
+        >>> from PIL import Image
+        >>> preprocess = get_preprocess(224)  # or get_preprocess(model)
+        >>> preprocess(Image.new("RGB", (640, 480))).shape
+        torch.Size([3, 224, 224])
+    """
+    if isinstance(model_or_size, (int, tuple, list)) and not isinstance(model_or_size, bool):
+        return image_transform(model_or_size, is_train=False)
+    image_size = getattr(model_or_size, "image_size", None)
+    if image_size is None:
+        raise TypeError(
+            "get_preprocess expects an int image size, a (height, width) pair, or an object "
+            f"with an `image_size` attribute (e.g. a CLIP model), got {type(model_or_size).__name__}"
+        )
+    return image_transform(image_size, is_train=False)

@@ -1,0 +1,18 @@
+"""CLIP-family models: towers, assemblies, configs and the registry of names."""
+
+from mmcl.models.clip import CLIP
+from mmcl.models.config import CLIPConfig, TextConfig, VisionConfig
+from mmcl.models.factory import create_model, load
+from mmcl.models.registry import available_models, get_model_config, resolve_name
+
+__all__ = [
+    "CLIP",
+    "CLIPConfig",
+    "TextConfig",
+    "VisionConfig",
+    "available_models",
+    "create_model",
+    "get_model_config",
+    "load",
+    "resolve_name",
+]

@@ -1,0 +1,37 @@
+"""ViT image tower in OpenAI CLIP's layout: class token, pre-LN, transformer, post-LN, projection."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mmcl.models.config import VisionConfig
+from mmcl.nn import LayerNorm, Transformer
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, config: VisionConfig, output_dim: int, quick_gelu: bool = False):
+        super().__init__()
+        width, patch = config.width, config.patch_size
+        if config.image_size % patch:
+            raise ValueError(f"image_size {config.image_size} is not a multiple of patch {patch}")
+        self.image_size = config.image_size
+        grid = config.image_size // patch
+        self.conv1 = nn.Conv2d(3, width, kernel_size=patch, stride=patch, bias=False)
+        scale = width**-0.5
+        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        self.positional_embedding = nn.Parameter(scale * torch.randn(grid * grid + 1, width))
+        self.ln_pre = LayerNorm(width)
+        self.transformer = Transformer(
+            width, config.layers, config.heads, config.mlp_width, quick_gelu
+        )
+        self.ln_post = LayerNorm(width)
+        self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # images: (batch, 3, H, W) -> patches (batch, grid*grid, width)
+        x = self.conv1(images.to(self.conv1.weight.dtype)).flatten(2).transpose(1, 2)
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+        x = self.transformer(self.ln_pre(x))
+        return self.ln_post(x[:, 0]) @ self.proj
