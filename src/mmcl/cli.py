@@ -97,6 +97,24 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--to", choices=sorted(EXPORT_FORMATS), required=True)
     convert.add_argument("--model", help="model name, when the input does not record it")
     convert.set_defaults(handler=run_convert)
+
+    train = commands.add_parser("train", help="train or fine-tune from a recipe (YAML)")
+    train.add_argument("--config", help="a shipped recipe name (see --list) or a YAML file")
+    train.add_argument("--list", action="store_true", help="list the shipped recipes")
+    train.add_argument("--show", action="store_true", help="print the recipe and exit")
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override an entry, e.g. --set train.lr=0.001 (repeatable)",
+    )
+    train.add_argument("--resume", help="checkpoint path, or 'latest' in the output folder")
+    train.add_argument("--allow-schedule-change", action="store_true")
+    train.add_argument("--output-dir", help="where logs, checkpoints and the model go")
+    train.add_argument("--steps", type=int, help="total optimizer steps")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(handler=run_train)
     return parser
 
 
@@ -343,6 +361,37 @@ def run_retrieval(args: argparse.Namespace) -> int:
                 "skipped": images.skipped,
             },
         )
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from mmcl.recipe import load_recipe, recipe_text, run_recipe, shipped_recipes
+
+    if args.list:
+        print("\n".join(shipped_recipes()))
+        return 0
+    if not args.config:
+        raise ValueError("give --config NAME_OR_FILE (or --list)")
+    if args.show:
+        print(recipe_text(args.config)[0])
+        return 0
+    overrides = list(args.set)
+    for flag, key in (("resume", "resume"), ("output_dir", "output_dir"), ("steps", "steps")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"train.{key}={getattr(args, flag)}")
+    if args.allow_schedule_change:
+        overrides.append("train.allow_schedule_change=true")
+    if args.quiet:
+        overrides.append("train.progress=false")
+    recipe = load_recipe(args.config, overrides)
+    result = run_recipe(recipe)
+    print(
+        f"trained {result.steps} steps in {result.seconds:.0f}s, final loss "
+        f"{result.final_loss:.4f}, {result.skipped_samples} unreadable samples skipped"
+    )
+    for key, value in result.metrics.items():
+        print(f"  {key}: {value:.4f}")
+    print(f"model: {Path(recipe.train.output_dir) / 'model.safetensors'}")
     return 0
 
 

@@ -1,5 +1,18 @@
-"""Data: image datasets on disk, and class names and prompt templates for zero-shot evaluation."""
+"""Data: images on disk, captioned tables, webdataset shards, built-in procedural scenes, and
+class names and prompt templates for zero-shot evaluation."""
 
+from mmcl.data.captions import CaptionedImages, ClassCaptions, collate_pairs
+from mmcl.data.images import ImageFiles, class_folders, list_images, load_image
+from mmcl.data.scenes import (
+    Scene,
+    SceneCaptions,
+    SceneClassification,
+    render,
+    save_preview,
+    view_classnames,
+    view_templates,
+)
+from mmcl.data.shards import ShardStream, write_shards
 from mmcl.data.zeroshot import (
     ZeroShotMetadata,
     available_zero_shot_datasets,
@@ -9,9 +22,25 @@ from mmcl.data.zeroshot import (
 )
 
 __all__ = [
+    "CaptionedImages",
+    "ClassCaptions",
+    "ImageFiles",
+    "Scene",
+    "SceneCaptions",
+    "SceneClassification",
+    "ShardStream",
     "ZeroShotMetadata",
     "available_zero_shot_datasets",
+    "class_folders",
+    "collate_pairs",
     "format_prompts",
+    "list_images",
+    "load_image",
     "load_zero_shot_metadata",
     "normalize_template",
+    "render",
+    "save_preview",
+    "view_classnames",
+    "view_templates",
+    "write_shards",
 ]

@@ -97,15 +97,25 @@ class ImageFiles(Dataset):
         return self.transform(image), self.labels[index], index
 
 
+def collate_skipping_none(batch: list, empty: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Collate the items that are not `None` (unreadable files); append how many were dropped.
+
+    `empty` is what the fields collate to when every item of the batch was dropped, since
+    there is then nothing to infer their shapes from.
+
+    >>> collate_skipping_none([(1, "a"), None], empty=((), ()))
+    (tensor([1]), ('a',), 1)
+    """
+    good = [item for item in batch if item is not None]
+    dropped = len(batch) - len(good)
+    fields = tuple(default_collate(good)) if good else empty
+    return (*fields, dropped)
+
+
 def collate_skipping_bad(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Collate (image, label, index) items, dropping the `None`s of unreadable files.
 
     Returns images, labels, indices and how many items were dropped.
     """
-    good = [item for item in batch if item is not None]
-    dropped = len(batch) - len(good)
-    if not good:
-        empty = torch.empty(0, dtype=torch.long)
-        return torch.empty(0), empty, empty, dropped
-    images, labels, indices = default_collate(good)
-    return images, labels, indices, dropped
+    empty = torch.empty(0, dtype=torch.long)
+    return collate_skipping_none(batch, empty=(torch.empty(0), empty, empty))

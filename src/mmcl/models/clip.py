@@ -41,6 +41,10 @@ class CLIP(nn.Module):
             self.visual = VisionTransformer(vision, config.embed_dim, config.quick_gelu)
         self.text = TextTransformer(config.text_cfg, config.embed_dim, config.quick_gelu)
         self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
+        # SigLIP's learnable bias on the pairwise logits (Zhai et al. 2023); absent for CLIP.
+        self.logit_bias = None
+        if config.init_logit_bias is not None:
+            self.logit_bias = nn.Parameter(torch.tensor(float(config.init_logit_bias)))
         self.init_parameters()
 
     @property
@@ -69,7 +73,10 @@ class CLIP(nn.Module):
         else:
             _init_transformer(self.visual.transformer)
         with torch.no_grad():
-            self.logit_scale.fill_(LOGIT_SCALE_INIT)
+            scale = self.config.init_logit_scale
+            self.logit_scale.fill_(LOGIT_SCALE_INIT if scale is None else float(scale))
+            if self.logit_bias is not None:
+                self.logit_bias.fill_(float(self.config.init_logit_bias))
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.text.transformer.grad_checkpointing = enable
@@ -95,11 +102,16 @@ class CLIP(nn.Module):
         text_features = self.encode_text(texts, normalize=True) if texts is not None else None
         logit_scale = self.logit_scale.exp().clamp(max=LOGIT_SCALE_MAX)
         if output_dict if output_dict is not None else self.output_dict:
-            return {
+            outputs = {
                 "image_features": image_features,
                 "text_features": text_features,
                 "logit_scale": logit_scale,
             }
+            if self.logit_bias is not None:
+                outputs["logit_bias"] = self.logit_bias
+            return outputs
+        if self.logit_bias is not None:
+            return image_features, text_features, logit_scale, self.logit_bias
         return image_features, text_features, logit_scale
 
 

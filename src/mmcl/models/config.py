@@ -50,6 +50,8 @@ class CLIPConfig:
     vision_cfg: VisionConfig = field(default_factory=VisionConfig)
     text_cfg: TextConfig = field(default_factory=TextConfig)
     quick_gelu: bool = False
+    init_logit_scale: float | None = None  # log of the initial scale; None: log(1 / 0.07)
+    init_logit_bias: float | None = None  # set for SigLIP-style training (e.g. -10)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> CLIPConfig:
@@ -62,7 +64,9 @@ class CLIPConfig:
                 raise ValueError(f"{source}: vision_cfg.layers must list 4 stage depths")
         text = _parse(TextConfig, data.pop("text_cfg", {}), f"{source}: text_cfg")
         top = _parse(_TopLevel, data, source)
-        return cls(top.embed_dim, vision, text, top.quick_gelu)
+        return cls(
+            top.embed_dim, vision, text, top.quick_gelu, top.init_logit_scale, top.init_logit_bias
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -76,6 +80,8 @@ class CLIPConfig:
 class _TopLevel:
     embed_dim: int = 512
     quick_gelu: bool = False
+    init_logit_scale: float | None = None
+    init_logit_bias: float | None = None
 
 
 def _mlp_width(width: int, ratio: float) -> int:

@@ -23,12 +23,15 @@ def create_model(
     precision: str = "fp32",
     device: str | torch.device = "cpu",
     output_dict: bool = False,
+    **config_overrides,
 ) -> CLIP:
     """Build a CLIP model from a config name, optionally loading weights from a file.
 
     `pretrained` may be an OpenAI TorchScript archive or state dict, an open_clip state dict
     (`.pt`, `.bin`, `.safetensors`), a Hugging Face `CLIPModel` folder, or an mmcl safetensors
-    file. With `name=None` the architecture comes from the checkpoint itself.
+    file. With `name=None` the architecture comes from the checkpoint itself. Keyword
+    arguments override config fields, e.g. `init_logit_bias=-10` for SigLIP training or
+    `vision_cfg={"patch_size": 4}` (nested dicts are merged into the named config).
 
     >>> import mmcl
     >>> model = mmcl.create_model("tiny-vit")
@@ -40,9 +43,13 @@ def create_model(
         raise ValueError("create_model needs a model name, a pretrained checkpoint, or both")
     checkpoint = load_checkpoint(pretrained) if pretrained is not None else None
     if name is not None:
-        config = CLIPConfig.from_dict(get_model_config(name), source=resolve_name(name))
+        config = CLIPConfig.from_dict(
+            _merged(get_model_config(name), config_overrides), source=resolve_name(name)
+        )
     elif checkpoint.config is not None:
-        config = CLIPConfig.from_dict(checkpoint.config, source=str(checkpoint.path))
+        config = CLIPConfig.from_dict(
+            _merged(checkpoint.config, config_overrides), source=str(checkpoint.path)
+        )
     else:
         raise CheckpointError(
             f"{checkpoint.path}: the file does not record its architecture; "
@@ -101,6 +108,16 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: dict, source: str
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.load_state_dict(given, strict=False)
+
+
+def _merged(config: dict, overrides: dict) -> dict:
+    merged = dict(config)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
 
 
 def _dtype(precision: str) -> torch.dtype:

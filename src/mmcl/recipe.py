@@ -1,0 +1,182 @@
+"""Training recipes: one YAML file says which model, which data, which evaluation, which settings.
+
+    model:  {name: tiny-vit, pretrained: null, <config overrides such as init_logit_bias>}
+    data:   {kind: scenes | csv | folder | shards, ...}
+    eval:   {scene_views: [...], folder: ..., retrieval_csv: ..., ...}
+    train:  TrainConfig fields
+
+`mmcl train --config demo` runs a recipe shipped with mmcl (see `mmcl train --list`); a path
+runs your own. `--set train.lr=0.001` overrides any entry.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mmcl.io.tokenizer import tokenize
+from mmcl.io.transforms import image_transform
+from mmcl.models import create_model
+from mmcl.train import FitResult, TrainConfig, Trainer
+
+SECTIONS = ("model", "data", "eval", "train")
+
+
+@dataclass
+class Recipe:
+    model: dict[str, Any]
+    data: dict[str, Any]
+    eval: dict[str, Any]
+    train: TrainConfig
+    source: str
+
+
+def shipped_recipes() -> list[str]:
+    folder = resources.files("mmcl") / "recipes"
+    return sorted(entry.name[:-5] for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+
+
+def recipe_text(name_or_path: str | Path) -> tuple[str, str]:
+    path = Path(name_or_path)
+    if path.is_file():
+        return path.read_text(encoding="utf-8"), str(path)
+    if str(name_or_path) in shipped_recipes():
+        entry = resources.files("mmcl") / "recipes" / f"{name_or_path}.yaml"
+        return entry.read_text(encoding="utf-8"), f"recipe {name_or_path!r}"
+    raise FileNotFoundError(
+        f"{name_or_path}: no such file, and not a shipped recipe ({', '.join(shipped_recipes())})"
+    )
+
+
+def load_recipe(name_or_path: str | Path, overrides: list[str] = ()) -> Recipe:
+    text, source = recipe_text(name_or_path)
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{source}: invalid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source}: expected sections {SECTIONS}")
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"{source}: unknown section(s) {unknown}; expected {list(SECTIONS)}")
+    raw = copy.deepcopy(raw)
+    for override in overrides:
+        apply_override(raw, override)
+    for section in ("model", "data"):
+        if not raw.get(section):
+            raise ValueError(f"{source}: the {section!r} section is missing or empty")
+    return Recipe(
+        raw["model"],
+        raw["data"],
+        raw.get("eval") or {},
+        TrainConfig.from_dict(raw.get("train") or {}, source=f"{source}: train"),
+        source,
+    )
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """`section.key=value`, the value parsed as YAML (numbers, booleans, lists)."""
+    key, sep, value = override.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) != 2 or parts[0] not in SECTIONS:
+        raise ValueError(
+            f"--set {override!r}: expected section.key=value with section in {SECTIONS}"
+        )
+    raw.setdefault(parts[0], {})
+    if raw[parts[0]] is None:
+        raw[parts[0]] = {}
+    raw[parts[0]][parts[1]] = yaml.safe_load(value)
+
+
+def build_model(recipe: Recipe):
+    options = dict(recipe.model)
+    name, pretrained = options.pop("name", None), options.pop("pretrained", None)
+    return create_model(name, pretrained=pretrained, **options)
+
+
+def build_train_data(recipe: Recipe, image_size: int):
+    """The training data set and its collate function (None: the default)."""
+    data = dict(recipe.data)
+    kind = data.pop("kind", None)
+    transform = image_transform(image_size, is_train=True)
+    if kind == "scenes":
+        from mmcl.data.scenes import SceneCaptions
+
+        size = data.pop("size", 100_000)
+        return SceneCaptions("train", size, image_size=image_size, tokenizer=tokenize, **data), None
+    if kind == "csv":
+        from mmcl.data.captions import CaptionedImages, collate_pairs
+
+        return CaptionedImages(
+            transform=transform, tokenizer=tokenize, **_renamed(data)
+        ), collate_pairs
+    if kind == "folder":
+        from mmcl.data.captions import ClassCaptions, collate_pairs
+
+        return ClassCaptions(transform=transform, tokenizer=tokenize, **data), collate_pairs
+    if kind == "shards":
+        from mmcl.data.shards import ShardStream
+        from mmcl.train.distributed import init_from_env
+
+        info = init_from_env()
+        return ShardStream(
+            data.pop("urls"),
+            transform,
+            tokenize,
+            rank=info.rank,
+            world_size=info.world_size,
+            seed=recipe.train.seed,
+            batch_size=recipe.train.batch_size,
+            num_workers=recipe.train.workers,
+            **data,
+        ), None
+    raise ValueError(
+        f"{recipe.source}: data.kind must be one of scenes, csv, folder, shards; got {kind!r}"
+    )
+
+
+def _renamed(data: dict[str, Any]) -> dict[str, Any]:
+    data = dict(data)
+    if "path" in data:
+        data["table"] = data.pop("path")
+    return data
+
+
+def build_evaluation(recipe: Recipe, image_size: int):
+    from mmcl.eval import suites
+    from mmcl.io.transforms import get_preprocess
+
+    spec = dict(recipe.eval)
+    parts = []
+    split, size = spec.pop("scene_split", "test"), spec.pop("size", 500)
+    if "scene_views" in spec:
+        parts.append(suites.scene_views_suite(spec.pop("scene_views"), split, size, image_size))
+    if "retrieval_size" in spec:
+        parts.append(suites.scene_retrieval_suite(split, spec.pop("retrieval_size"), image_size))
+    if "folder" in spec:
+        parts.append(
+            suites.folder_suite(
+                spec.pop("folder"),
+                get_preprocess(image_size),
+                spec.pop("dataset", None),
+                spec.pop("max_images", None),
+            )
+        )
+    if spec:
+        raise ValueError(f"{recipe.source}: unknown eval entries {sorted(spec)}")
+    return suites.CombinedSuite(parts) if parts else None
+
+
+def run_recipe(recipe: Recipe) -> FitResult:
+    import torch
+
+    torch.manual_seed(recipe.train.seed)  # the same initial weights on every rank and rerun
+    model = build_model(recipe)
+    train_data, collate = build_train_data(recipe, model.image_size)
+    evaluate = build_evaluation(recipe, model.image_size)
+    return Trainer(model, train_data, recipe.train, collate_fn=collate, evaluate=evaluate).fit()

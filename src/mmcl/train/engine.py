@@ -1,0 +1,467 @@
+"""The one training loop: data, optimiser, precision, accumulation, checkpoints, logging, DDP.
+
+Continual-learning methods and other extensions plug in as *plugins*: small objects with any of
+the hooks below, called by the loop. A plugin never needs its own loop.
+
+    extra_losses(model, batch, outputs) -> dict[str, Tensor]   # added to the objective
+    after_optimizer_step(trainer)                               # e.g. weight averaging
+    state_dict() / load_state_dict(state)                       # saved in every checkpoint
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
+from tqdm.auto import tqdm
+
+from mmcl.io.checkpoints import save_safetensors
+from mmcl.train import distributed
+from mmcl.train.config import TrainConfig
+from mmcl.train.freezing import freeze
+from mmcl.train.grad_cache import grad_cache_step
+from mmcl.train.losses import ClipLoss, SigLipLoss
+from mmcl.train.optim import build_optimizer, cosine_with_warmup
+from mmcl.train.run_log import RunLog
+from mmcl.train.sampler import EpochSampler, SeededItems
+from mmcl.train.state import (
+    ResumeError,
+    capture_rng_state,
+    check_schedule,
+    load_training_state,
+    restore_rng_state,
+    save_training_state,
+)
+
+LOGIT_SCALE_MAX = math.log(100)
+
+
+@dataclass
+class FitResult:
+    steps: int
+    final_loss: float
+    skipped_samples: int
+    seconds: float
+    checkpoint: Path | None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Trainer:
+    """Contrastive training of a CLIP-family model on (image, tokens) batches.
+
+    >>> import mmcl, torch, tempfile
+    >>> from mmcl.train import Trainer, TrainConfig
+    >>> pairs = [(torch.randn(3, 32, 32), mmcl.tokenize(f"item {i}")[0]) for i in range(8)]
+    >>> config = TrainConfig(steps=2, batch_size=4, progress=False, tensorboard=False,
+    ...                      output_dir=tempfile.mkdtemp())
+    >>> result = Trainer(mmcl.create_model("tiny-vit"), pairs, config).fit()
+    >>> result.steps
+    2
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_data: Dataset,
+        config: TrainConfig,
+        collate_fn: Callable | None = None,
+        evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+        plugins: Sequence[Any] = (),
+    ):
+        self.streaming = isinstance(train_data, IterableDataset)
+        if self.streaming:
+            # A stream (webdataset shards) batches itself and knows its own position.
+            if config.steps is None:
+                raise ValueError("streaming data has no known length: set the run's `steps`")
+            if getattr(train_data, "batch_size", None) != config.batch_size:
+                raise ValueError(
+                    f"the stream's batch_size ({getattr(train_data, 'batch_size', None)}) must "
+                    f"equal the run's batch_size ({config.batch_size})"
+                )
+        elif len(train_data) == 0:
+            raise ValueError("the training data set is empty")
+        if config.grad_cache_chunk and any(hasattr(p, "extra_losses") for p in plugins):
+            raise ValueError("gradient caching cannot be combined with plugins that add losses")
+        if config.grad_cache_chunk and config.accumulation_steps > 1:
+            raise ValueError(
+                "gradient caching replaces accumulation (it already gives the exact large-batch "
+                "gradient): set accumulation_steps=1 with grad_cache_chunk"
+            )
+        self.config = config
+        self.model = model
+        self.train_data = train_data
+        self.collate_fn = collate_fn or default_collate
+        self.evaluate = evaluate
+        self.plugins = list(plugins)
+        self.info = distributed.init_from_env()
+        self.step = 0
+        self.epoch = 0
+        self.items_consumed = 0  # of this rank's share of the current epoch
+        self.skipped = 0
+
+    # --- set-up --------------------------------------------------------------------------------
+
+    @property
+    def steps_per_epoch(self) -> int:
+        if self.streaming:
+            raise ValueError("a stream's epoch length is unknown")
+        per_rank = len(self.train_data) // self.info.world_size
+        steps = per_rank // (self.config.batch_size * self.config.accumulation_steps)
+        if steps < 1:
+            raise ValueError(
+                f"{len(self.train_data)} training items are too few for one step of "
+                f"{self.config.batch_size} x {self.config.accumulation_steps} accumulation x "
+                f"{self.info.world_size} rank(s)"
+            )
+        return steps
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.steps or self.config.epochs * self.steps_per_epoch
+
+    def schedule(self) -> dict[str, Any]:
+        config = self.config
+        return {
+            "total_steps": self.total_steps,
+            "warmup_steps": config.warmup_steps,
+            "lr": config.lr,
+            "global_batch_size": config.batch_size
+            * config.accumulation_steps
+            * self.info.world_size,
+            "accumulation_steps": config.accumulation_steps,
+        }
+
+    def _setup(self) -> None:
+        config = self.config
+        torch.manual_seed(config.seed)
+        model = self.model.to(self.info.device)
+        if config.lock_image:
+            freeze(model.visual, config.lock_image_unlocked_groups)
+        if config.lock_text:
+            freeze(model.text, config.lock_text_unlocked_groups)
+        if config.grad_checkpointing:
+            model.set_grad_checkpointing(True)
+        if config.warmup_steps > self.total_steps:
+            raise ValueError(
+                f"warmup_steps {config.warmup_steps} exceeds the run's {self.total_steps} steps"
+            )
+        self.optimizer = build_optimizer(model, config.lr, config.weight_decay)
+        self.scheduler = cosine_with_warmup(
+            self.optimizer, config.warmup_steps, self.total_steps, config.min_lr_ratio
+        )
+        use_scaler = config.precision == "fp16" and self.info.device.type == "cuda"
+        if config.precision == "fp16" and not use_scaler:
+            raise ValueError("precision fp16 needs a GPU; use bf16 on CPU")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        if model.logit_bias is None and config.loss == "siglip":
+            raise ValueError(
+                "loss 'siglip' needs a model with a logit bias: set init_logit_bias (e.g. -10) "
+                "in the model config"
+            )
+        self.loss_fn = SigLipLoss() if config.loss == "siglip" else ClipLoss()
+        self.ddp_model = model
+        # Gradient caching calls the towers directly and averages gradients itself.
+        if self.info.world_size > 1 and not config.grad_cache_chunk:
+            device_ids = [self.info.device] if self.info.device.type == "cuda" else None
+            self.ddp_model = DistributedDataParallel(model, device_ids=device_ids)
+        if not self.streaming:
+            self.sampler = EpochSampler(
+                len(self.train_data), config.seed, True, self.info.rank, self.info.world_size
+            )
+        resume_path = self._resume_path()
+        if resume_path is not None:
+            self._load(resume_path)
+        self.log = (
+            RunLog(config.output_dir, self.step if resume_path else None, config.tensorboard)
+            if self.info.is_main
+            else None
+        )
+
+    def _resume_path(self) -> Path | None:
+        resume = self.config.resume
+        if not resume:
+            return None
+        if resume != "latest":
+            return Path(resume)
+        found = sorted(self.config.checkpoint_dir.glob("step_*.pt"))
+        return found[-1] if found else None  # "latest" with nothing saved yet: a fresh start
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": capture_rng_state(),
+            "step": self.step,
+            "data": {
+                "epoch": self.epoch,
+                "items_consumed": self.items_consumed,
+                # Batch counts, unlike sample counts, are the same on every rank.
+                "stream_batches": self.train_data.batches_consumed if self.streaming else None,
+            },
+            "skipped": self.skipped,
+            "schedule": self.schedule(),
+            "config": self.config.to_dict(),
+            "plugins": [p.state_dict() for p in self.plugins if hasattr(p, "state_dict")],
+        }
+
+    def save_checkpoint(self) -> Path | None:
+        path = None
+        if self.info.is_main:
+            folder = self.config.checkpoint_dir
+            path = save_training_state(folder / f"step_{self.step:08d}.pt", self.state_dict())
+            for old in sorted(folder.glob("step_*.pt"))[: -self.config.keep_checkpoints]:
+                old.unlink()
+        if distributed.is_distributed():
+            torch.distributed.barrier()
+        return path
+
+    def _load(self, path: Path) -> None:
+        state = load_training_state(path)
+        if not self.config.allow_schedule_change:
+            check_schedule(state["schedule"], self.schedule(), str(path))
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as error:
+            raise ResumeError(f"{path}: the checkpoint's model does not fit: {error}") from error
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.config.allow_schedule_change:
+            self._rebase_schedule(state)
+        self.scaler.load_state_dict(state["scaler"])
+        restore_rng_state(state["rng"])
+        self.step = state["step"]
+        self.epoch = state["data"]["epoch"]
+        self.items_consumed = state["data"]["items_consumed"]
+        if self.streaming:
+            self.train_data.resume_from(
+                self.epoch, batches_consumed=state["data"]["stream_batches"]
+            )
+        self.skipped = state.get("skipped", 0)
+        stateful = [p for p in self.plugins if hasattr(p, "load_state_dict")]
+        for plugin, plugin_state in zip(stateful, state.get("plugins", []), strict=False):
+            plugin.load_state_dict(plugin_state)
+
+    def _rebase_schedule(self, state: dict[str, Any]) -> None:
+        # An explicit schedule change: continue the *new* schedule from the saved step.
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = self.config.lr
+        self.scheduler.base_lrs = [self.config.lr] * len(self.optimizer.param_groups)
+        self.scheduler.last_epoch = state["step"] - 1
+        self.scheduler.step()
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def fit(self) -> FitResult:
+        self._setup()
+        config = self.config
+        start_time, last_loss, checkpoint = time.perf_counter(), float("nan"), None
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc="training",
+            unit="step",
+            disable=not (config.progress and self.info.is_main),
+            dynamic_ncols=True,
+        )
+        try:
+            while self.step < self.total_steps:
+                for batches in self._epoch_steps():
+                    step_start = time.perf_counter()
+                    loss, terms, samples = self._optimizer_step(batches)
+                    last_loss = loss
+                    self.step += 1
+                    self.items_consumed += config.batch_size * config.accumulation_steps
+                    if self.streaming:
+                        for batch in batches:
+                            self.train_data.advance(len(batch[0]) + batch[2])
+                    rate = samples * self.info.world_size / (time.perf_counter() - step_start)
+                    bar.set_postfix(loss=f"{loss:.4f}", samples_per_s=f"{rate:.0f}")
+                    bar.update(1)
+                    if self.log and (self.step % config.log_every == 0 or self.step == 1):
+                        self.log.log(
+                            self.step,
+                            "train",
+                            {
+                                "loss": loss,
+                                **terms,
+                                "lr": self.scheduler.get_last_lr()[0],
+                                "logit_scale": self.model.logit_scale.detach().exp().item(),
+                                "samples_per_s": rate,
+                                "epoch": self.epoch,
+                                "skipped": self.skipped,
+                            },
+                        )
+                    done = self.step >= self.total_steps
+                    if config.eval_every and (self.step % config.eval_every == 0) and not done:
+                        self._evaluate()
+                    if config.checkpoint_every and self.step % config.checkpoint_every == 0:
+                        checkpoint = self.save_checkpoint()
+                    if done:
+                        break
+                else:
+                    self.epoch, self.items_consumed = self.epoch + 1, 0
+            metrics = self._evaluate()
+            if not config.checkpoint_every or self.step % config.checkpoint_every:
+                checkpoint = self.save_checkpoint()
+            if self.info.is_main:
+                save_safetensors(self.model, Path(config.output_dir) / "model.safetensors")
+        finally:
+            bar.close()
+            if self.log:
+                self.log.close()
+        return FitResult(
+            self.step,
+            last_loss,
+            self.skipped,
+            time.perf_counter() - start_time,
+            checkpoint,
+            metrics,
+        )
+
+    def _epoch_steps(self):
+        """Yields lists of `accumulation_steps` micro-batches, resuming mid-epoch."""
+        config = self.config
+        if self.streaming:
+            self.train_data.set_epoch(self.epoch)
+            loader = self.train_data.loader()
+        else:
+            self.sampler.set_epoch(self.epoch, start=self.items_consumed)
+            loader = DataLoader(
+                SeededItems(self.train_data, config.seed),
+                batch_size=config.batch_size,
+                sampler=self.sampler,
+                num_workers=config.workers,
+                collate_fn=self._collate,
+                drop_last=True,
+                persistent_workers=False,
+            )
+        pending, batches = [], iter(loader)
+        while True:
+            batch = next(batches, None)
+            if self.streaming and distributed.is_distributed():
+                # Ranks' shards may hold different numbers of samples: the epoch ends for all
+                # as soon as one rank runs dry, so no rank waits forever in a collective.
+                alive = torch.tensor([batch is not None], dtype=torch.int32)
+                torch.distributed.all_reduce(alive, op=torch.distributed.ReduceOp.MIN)
+                batch = batch if alive.item() else None
+            if batch is None:
+                return
+            pending.append(batch)
+            if len(pending) == config.accumulation_steps:
+                yield pending
+                pending = []
+
+    def _collate(self, items: list) -> tuple[torch.Tensor, torch.Tensor, int]:
+        # (images, tokens, number of unreadable items dropped from this batch)
+        batch = self.collate_fn(items)
+        if len(batch) == 3:
+            return batch
+        images, tokens = batch[0], batch[1]
+        return images, tokens, 0
+
+    def _autocast(self):
+        if self.config.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
+        return torch.autocast(self.info.device.type, dtype=dtype)
+
+    def _optimizer_step(self, batches: list) -> tuple[float, dict[str, float], int]:
+        config = self.config
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        total, term_sums, samples = 0.0, {}, 0
+        for index, (images, tokens, dropped) in enumerate(batches):
+            self.skipped += dropped
+            samples += len(images)
+            images = images.to(self.info.device, non_blocking=True)
+            tokens = tokens.to(self.info.device, non_blocking=True)
+            if config.grad_cache_chunk:
+                with self._autocast():
+                    loss = grad_cache_step(
+                        self.model, images, tokens, self._feature_loss, config.grad_cache_chunk
+                    )
+                total += float(loss)
+                continue
+            last = index == len(batches) - 1
+            sync = (
+                contextlib.nullcontext()
+                if last or self.ddp_model is self.model
+                else (self.ddp_model.no_sync())
+            )
+            with sync:
+                with self._autocast():
+                    terms = self._loss_terms(images, tokens, (images, tokens))
+                    loss = sum(terms.values())
+                self.scaler.scale(loss / len(batches)).backward()
+            total += loss.item() / len(batches)
+            for key, value in terms.items():
+                term_sums[key] = term_sums.get(key, 0.0) + value.item() / len(batches)
+        if config.grad_cache_chunk:
+            distributed.average_gradients(self.model.parameters())
+        if distributed.is_distributed():  # log the global batch's loss, not this rank's share
+            reduced = torch.tensor([total, *term_sums.values()], device=self.info.device)
+            torch.distributed.all_reduce(reduced)  # SUM: gloo has no AVG
+            reduced /= self.info.world_size
+            total = reduced[0].item()
+            term_sums = dict(zip(term_sums, reduced[1:].tolist(), strict=True))
+        if config.grad_clip_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
+        for plugin in self.plugins:
+            if hasattr(plugin, "after_optimizer_step"):
+                plugin.after_optimizer_step(self)
+        return total, (term_sums if len(term_sums) > 1 else {}), samples
+
+    def _feature_loss(self, image_features, text_features, logit_scale):
+        if self.config.loss == "siglip":
+            return self.loss_fn(image_features, text_features, logit_scale, self.model.logit_bias)
+        return self.loss_fn(image_features, text_features, logit_scale)
+
+    def _loss_terms(self, images, tokens, batch) -> dict[str, torch.Tensor]:
+        if len(images) == 0:  # every item unreadable: a zero loss keeps DDP ranks in step
+            zero = sum(p.sum() * 0 for p in self.model.parameters() if p.requires_grad)
+            return {"contrastive": zero}
+        outputs = self.ddp_model(images, tokens, output_dict=True)
+        terms = {
+            "contrastive": self._feature_loss(
+                outputs["image_features"], outputs["text_features"], outputs["logit_scale"]
+            )
+        }
+        for plugin in self.plugins:
+            if hasattr(plugin, "extra_losses"):
+                terms.update(plugin.extra_losses(self.model, batch, outputs))
+        return terms
+
+    def _evaluate(self) -> dict[str, float]:
+        if self.evaluate is None or not self.info.is_main:
+            if distributed.is_distributed():
+                torch.distributed.barrier()
+            return {}
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad(), self._autocast():
+            metrics = self.evaluate(self.model)
+        self.model.train(was_training)
+        if self.log:
+            self.log.log(self.step, "eval", metrics)
+        if distributed.is_distributed():
+            torch.distributed.barrier()
+        return metrics

@@ -1,0 +1,259 @@
+"""The training loop: schedule, freezing, precision, accumulation, resume, and bad settings."""
+
+import json
+import math
+
+import pytest
+import torch
+
+import mmcl
+from mmcl.train import ResumeError, TrainConfig, Trainer
+from mmcl.train.optim import build_optimizer, cosine_with_warmup
+
+WORDS = "red green blue cat dog tree house car boat sun moon star fish bird apple chair".split()
+
+
+class RandomPairs(torch.utils.data.Dataset):
+    """Fixed random images with distinct random captions: a learnable matching problem."""
+
+    def __init__(self, size=32, image_size=32, seed=0):
+        generator = torch.Generator().manual_seed(seed)
+        self.images = torch.randn(size, 3, image_size, image_size, generator=generator)
+        picks = torch.randint(len(WORDS), (size, 3), generator=generator).tolist()
+        self.tokens = mmcl.tokenize([" ".join(WORDS[i] for i in row) for row in picks])
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return self.images[index], self.tokens[index]
+
+
+def settings(tmp_path, **overrides):
+    values = dict(
+        steps=6,
+        batch_size=8,
+        lr=1e-4,
+        warmup_steps=1,
+        progress=False,
+        tensorboard=False,
+        output_dir=str(tmp_path / "run"),
+        log_every=1,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def losses(tmp_path, name="run"):
+    lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+    return [r["loss"] for r in map(json.loads, lines) if r["kind"] == "train"]
+
+
+def tiny_model(seed=0, name="tiny-vit", **overrides):
+    torch.manual_seed(seed)
+    return mmcl.create_model(name, **overrides)
+
+
+def test_loss_goes_down_and_artifacts_are_written(tmp_path):
+    result = Trainer(tiny_model(), RandomPairs(), settings(tmp_path, steps=30)).fit()
+    curve = losses(tmp_path)
+    assert result.steps == 30 and len(curve) == 30
+    assert sum(curve[-5:]) / 5 < 0.7 * sum(curve[:5]) / 5
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+    reloaded, _ = mmcl.load(tmp_path / "run" / "model.safetensors")
+    assert torch.equal(reloaded.state_dict()["logit_scale"], trained_scale(tmp_path))
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
+        "step_00000030.pt"
+    ]
+
+
+def trained_scale(tmp_path):
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "step_00000030.pt")
+    return checkpoint["model"]["logit_scale"]
+
+
+def test_resume_continues_exactly(tmp_path):
+    data = RandomPairs()
+    Trainer(tiny_model(), data, settings(tmp_path, steps=8, checkpoint_every=3)).fit()
+    uninterrupted = losses(tmp_path)
+    # Stop a second run after step 5 (its last checkpoint is step 3), then resume it.
+    config = settings(tmp_path, steps=8, checkpoint_every=3, output_dir=str(tmp_path / "cut"))
+
+    class Stop(Exception):
+        pass
+
+    class StopAfter:
+        def after_optimizer_step(self, trainer):
+            if trainer.step == 5:
+                raise Stop
+
+    with pytest.raises(Stop):
+        Trainer(tiny_model(), data, config, plugins=[StopAfter()]).fit()
+    config.resume = "latest"
+    Trainer(tiny_model(seed=123), data, config).fit()
+    assert losses(tmp_path, "cut") == uninterrupted
+
+
+def test_resume_refuses_a_different_schedule(tmp_path):
+    data = RandomPairs()
+    Trainer(tiny_model(), data, settings(tmp_path, steps=4, checkpoint_every=2)).fit()
+    changed = settings(tmp_path, steps=8, lr=5e-5, resume="latest")
+    with pytest.raises(ResumeError, match="total_steps: checkpoint 4 vs now 8"):
+        Trainer(tiny_model(), data, changed).fit()
+    changed.allow_schedule_change = True
+    result = Trainer(tiny_model(), data, changed).fit()
+    assert result.steps == 8
+
+
+def test_cosine_schedule_with_warmup_follows_the_formula():
+    optimizer = build_optimizer(tiny_model(), lr=1.0)
+    scheduler = cosine_with_warmup(optimizer, warmup_steps=4, total_steps=14, min_ratio=0.1)
+    rates = []
+    for _ in range(14):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    expected = [(s + 1) / 4 for s in range(4)] + [
+        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - 4) / 10)) for s in range(4, 14)
+    ]
+    assert rates == pytest.approx(expected)
+
+
+def test_weight_decay_spares_norms_biases_embeddings_and_scale():
+    model = tiny_model()
+    optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.2)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in optimizer.param_groups[0]["params"]}
+    spared = {names[id(p)] for p in optimizer.param_groups[1]["params"]}
+    assert "visual.transformer.resblocks.0.attn.in_proj_weight" in decayed
+    assert "text.text_projection" in decayed
+    for name in (
+        "logit_scale",
+        "text.token_embedding.weight",
+        "text.positional_embedding",
+        "visual.class_embedding",
+        "visual.ln_pre.weight",
+        "visual.transformer.resblocks.0.mlp.c_fc.bias",
+    ):
+        assert name in spared
+    assert decayed.isdisjoint(spared) and len(decayed | spared) == len(names)
+
+
+def test_locked_image_tower_does_not_move(tmp_path):
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    Trainer(model, RandomPairs(), settings(tmp_path, steps=3, lock_image=True)).fit()
+    after = model.state_dict()
+    for key in before:
+        moved = not torch.equal(before[key], after[key])
+        assert moved == (not key.startswith("visual.")) or key == "logit_scale", key
+
+
+def test_partly_unlocked_image_tower_trains_only_its_head(tmp_path):
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    config = settings(tmp_path, steps=2, lock_image=True, lock_image_unlocked_groups=1)
+    Trainer(model, RandomPairs(), config).fit()
+    moved = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    visual_moved = {k for k in moved if k.startswith("visual.")}
+    assert visual_moved == {"visual.ln_post.weight", "visual.ln_post.bias", "visual.proj"}
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path):
+    result = Trainer(tiny_model(), RandomPairs(), settings(tmp_path, precision="bf16")).fit()
+    assert math.isfinite(result.final_loss)
+    assert next(iter(tiny_model().parameters())).dtype == torch.float32  # weights stay fp32
+
+
+def test_gradient_checkpointing_gives_the_same_curve(tmp_path):
+    Trainer(tiny_model(), RandomPairs(), settings(tmp_path)).fit()
+    Trainer(
+        tiny_model(),
+        RandomPairs(),
+        settings(tmp_path, grad_checkpointing=True, output_dir=str(tmp_path / "gc")),
+    ).fit()
+    assert losses(tmp_path, "gc") == pytest.approx(losses(tmp_path), abs=1e-6)
+
+
+def test_gradient_caching_gives_the_same_curve(tmp_path):
+    Trainer(tiny_model(), RandomPairs(), settings(tmp_path)).fit()
+    Trainer(
+        tiny_model(),
+        RandomPairs(),
+        settings(tmp_path, grad_cache_chunk=3, output_dir=str(tmp_path / "cache")),
+    ).fit()
+    assert losses(tmp_path, "cache") == pytest.approx(losses(tmp_path), abs=1e-5)
+
+
+def test_gradient_clipping_bounds_the_norm(tmp_path):
+    norms = []
+
+    class RecordNorm:
+        def after_optimizer_step(self, trainer):
+            grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
+            norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+
+    config = settings(tmp_path, steps=3, grad_clip_norm=0.01)
+    Trainer(tiny_model(), RandomPairs(), config, plugins=[RecordNorm()]).fit()
+    assert all(n <= 0.01 + 1e-6 for n in norms)
+
+
+def test_accumulation_consumes_several_batches_per_step(tmp_path):
+    trainer = Trainer(
+        tiny_model(),
+        RandomPairs(size=32),
+        settings(tmp_path, steps=None, epochs=2, accumulation_steps=2),
+    )
+    assert trainer.steps_per_epoch == 2
+    result = trainer.fit()
+    assert result.steps == 4
+
+
+def test_siglip_loss_trains_the_bias(tmp_path):
+    model = tiny_model(init_logit_bias=-10.0, init_logit_scale=math.log(10))
+    Trainer(model, RandomPairs(), settings(tmp_path, loss="siglip", steps=4)).fit()
+    assert model.logit_bias.item() != -10.0
+    with pytest.raises(ValueError, match="needs a model with a logit bias"):
+        Trainer(tiny_model(), RandomPairs(), settings(tmp_path, loss="siglip")).fit()
+
+
+def test_evaluation_runs_every_n_steps_and_at_the_end(tmp_path):
+    calls = []
+
+    def evaluate(model):
+        calls.append(model.training)
+        return {"score": float(len(calls))}
+
+    result = Trainer(
+        tiny_model(), RandomPairs(), settings(tmp_path, steps=5, eval_every=2), evaluate=evaluate
+    ).fit()
+    assert calls == [False, False, False]  # steps 2, 4 and the end, in eval mode
+    assert result.metrics == {"score": 3.0}
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [r["step"] for r in map(json.loads, lines) if r["kind"] == "eval"] == [2, 4, 5]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"precision": "int8"}, "precision must be one of"),
+        ({"batch_size": 0}, "batch_size must be at least 1"),
+        ({"loss": "triplet"}, "loss must be one of"),
+        ({"lr": -1.0}, "lr must be positive"),
+    ],
+)
+def test_bad_settings_are_named(overrides, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        settings(tmp_path, **overrides)
+
+
+def test_too_little_data_is_an_error_before_training(tmp_path):
+    with pytest.raises(ValueError, match="too few for one step"):
+        Trainer(tiny_model(), RandomPairs(size=4), settings(tmp_path, steps=None)).fit()
+    with pytest.raises(ValueError, match="empty"):
+        Trainer(tiny_model(), [], settings(tmp_path))
+
+
+def test_unknown_setting_in_a_file_is_named():
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['learning_rate'\]"):
+        TrainConfig.from_dict({"learning_rate": 0.1}, source="demo.yaml")
