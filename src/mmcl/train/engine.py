@@ -275,6 +275,7 @@ class Trainer:
             unit="step",
             disable=not (config.progress and self.info.is_main),
             dynamic_ncols=True,
+            mininterval=1.0,
         )
         try:
             while self.step < self.total_steps:

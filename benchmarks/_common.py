@@ -1,0 +1,39 @@
+"""Shared by the benchmarks: the machine's own matmul peak and a table printer."""
+
+from __future__ import annotations
+
+import platform
+import time
+
+import torch
+
+
+def matmul_peak_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
+    """Best observed GFLOP/s of a square matmul: the ceiling the models are measured against."""
+    a = torch.randn(size, size, dtype=dtype)
+    b = torch.randn(size, size, dtype=dtype)
+    a @ b  # warm-up (and AMX/oneDNN kernel selection)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def machine_line() -> str:
+    flags = open("/proc/cpuinfo").read() if platform.system() == "Linux" else ""
+    features = [f for f in ("amx_bf16", "avx512_bf16", "avx512f") if f in flags]
+    return (
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, CPU features: {', '.join(features) or 'none of AMX/AVX-512'}"
+    )
+
+
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = " | ".join(f"{{:<{w}}}" for w in widths)
+    print(line.format(*header))
+    print("-+-".join("-" * w for w in widths))
+    for row in rows:
+        print(line.format(*[str(c) for c in row]))
