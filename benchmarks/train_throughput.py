@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +28,9 @@ import mmcl
 from mmcl.io.checkpoints.openai import from_openai_layout
 from mmcl.train import TrainConfig, Trainer
 
-CAPTION_WORDS = "a photo of small red blue green circle square star on white black background".split()
+CAPTION_WORDS = (
+    "a photo of small red blue green circle square star on white black background".split()
+)
 
 
 def random_batch(count: int, image_size: int, seed: int = 0):
@@ -81,8 +86,15 @@ def mmcl_steps(model, images, tokens, batch_size, steps, precision, lr=1e-4):
     """mmcl's Trainer (the real loop: logging, scheduling and all), reading its own timings."""
     with tempfile.TemporaryDirectory() as folder:
         config = TrainConfig(
-            steps=steps, batch_size=batch_size, lr=lr, weight_decay=0.0, precision=precision,
-            progress=False, tensorboard=False, log_every=1, output_dir=folder,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=0.0,
+            precision=precision,
+            progress=False,
+            tensorboard=False,
+            log_every=1,
+            output_dir=folder,
         )
         trainer = Trainer(model, FixedPairs(images, tokens), config)
         # Same batches as the reference loop: disable shuffling for the comparison.
@@ -106,6 +118,88 @@ def trainer_sampler_shuffle_off(trainer):
     trainer._setup = setup
 
 
+def memory_probe(mode: str, name: str, batch_size: int, chunk: int) -> None:
+    """One training step in this fresh process; prints the peak memory it added (MiB)."""
+    from mmcl.train.grad_cache import grad_cache_step
+    from mmcl.train.losses import ClipLoss
+
+    torch.manual_seed(0)
+    model = mmcl.create_model(name).train()
+    images, tokens = random_batch(batch_size, model.image_size)
+    loss_fn = ClipLoss()
+    sampler = RssSampler()
+    with sampler:
+        if mode == "cache":
+            grad_cache_step(model, images, tokens, loss_fn, chunk)
+        else:
+            image_features, text_features, scale = model(images, tokens)
+            loss_fn(image_features, text_features, scale).backward()
+    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    print(json.dumps({"added_mib": sampler.added_mib, "grad_norm": float(grads.norm())}))
+
+
+class RssSampler:
+    """Peak resident memory above the starting point, sampled every millisecond (Linux)."""
+
+    def __enter__(self):
+        import threading
+
+        self.page = resource.getpagesize()
+        self.start = self.peak = self._rss()
+        self.running = True
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * self.page
+
+    def _watch(self):
+        while self.running:
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.001)
+
+    @property
+    def added_mib(self) -> float:
+        return (self.peak - self.start) / 2**20
+
+
+def gradient_cache_memory(name: str, batch_size: int, chunk: int) -> list[list[str]]:
+    rows = []
+    for mode in ("plain", "cache"):
+        command = [
+            sys.executable,
+            __file__,
+            "--memory-probe",
+            mode,
+            "--probe-model",
+            name,
+            "--batch-size",
+            str(batch_size),
+            "--chunk",
+            str(chunk),
+        ]
+        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        result = json.loads(output.strip().splitlines()[-1])
+        label = "plain backward" if mode == "plain" else f"gradient cache, chunks of {chunk}"
+        rows.append(
+            [
+                name,
+                str(batch_size),
+                label,
+                f"{result['added_mib']:.0f}",
+                f"{result['grad_norm']:.6f}",
+            ]
+        )
+    return rows
+
+
 def throughput(times: list[float], batch_size: int, warmup: int) -> float:
     return batch_size / statistics.median(times[warmup:])
 
@@ -114,7 +208,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps, smaller models")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--memory-probe", choices=["plain", "cache"], help=argparse.SUPPRESS)
+    parser.add_argument("--probe-model", default="tiny-vit", help=argparse.SUPPRESS)
+    parser.add_argument("--chunk", type=int, default=32, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_probe:
+        memory_probe(args.memory_probe, args.probe_model, args.batch_size, args.chunk)
+        return
     models = ["tiny-vit"] if args.quick else ["tiny-vit", "ViT-B-32"]
     steps, warmup = (6, 2) if args.quick else (12, 4)
 
@@ -146,8 +246,17 @@ def main() -> None:
     theirs, _ = open_clip_steps(reference, images, tokens, 16, curve_steps, "fp32")
     mine, _ = mmcl_steps(ours, images, tokens, 16, curve_steps, "fp32")
     gap = max(abs(a - b) for a, b in zip(theirs, mine, strict=True))
-    print(f"\nloss curve, tiny-vit fp32, {curve_steps} steps: max |mmcl - open_clip| = {gap:.2e} "
-          f"(first {theirs[0]:.4f} / {mine[0]:.4f}, last {theirs[-1]:.4f} / {mine[-1]:.4f})")
+    # Gradient caching: one step's peak memory, and the same gradient (norm) as plain backward.
+    name, batch = ("tiny-vit", 256) if args.quick else ("ViT-B-32", 128)
+    print("\ngradient caching: peak memory added by one training step (fresh process each)")
+    print_table(
+        ["model", "batch", "method", "peak MiB", "gradient norm"],
+        gradient_cache_memory(name, batch, 16),
+    )
+    print(
+        f"\nloss curve, tiny-vit fp32, {curve_steps} steps: max |mmcl - open_clip| = {gap:.2e} "
+        f"(first {theirs[0]:.4f} / {mine[0]:.4f}, last {theirs[-1]:.4f} / {mine[-1]:.4f})"
+    )
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ def test_readme_examples_run_as_written(tmp_path):
         "zeroshot",
         "retrieval",
         "convert",
+        "train",
     }
     mmcl = Path(sys.executable).with_name("mmcl")
     for line in commands:

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import ToTensor
 
 from mmcl.data import captions as captions_module
+from mmcl.data import images as images_module
 from mmcl.data.captions import CaptionedImages, ClassCaptions, class_caption, collate_pairs
 from mmcl.io.tokenizer import tokenize
 
@@ -93,7 +94,7 @@ def test_missing_column_fails_in_the_constructor_before_any_image_is_read(
     def no_reading(path):
         raise AssertionError(f"read {path} before checking the columns")
 
-    monkeypatch.setattr(captions_module, "load_image", no_reading)
+    monkeypatch.setattr(images_module, "load_image", no_reading)
     table = write_table(tmp_path / "pairs.csv", "filepath,title\na.png,a cat\n")
     with pytest.raises(ValueError) as error:
         CaptionedImages(table, ToTensor())

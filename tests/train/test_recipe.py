@@ -2,6 +2,7 @@
 
 import io
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,6 +92,31 @@ def test_cli_trains_on_a_caption_table_and_a_class_folder(tmp_path):
         out = tmp_path / recipe.stem
         assert main(["train", "--config", str(recipe), "--output-dir", str(out)]) == 0
         assert (out / "model.safetensors").is_file()
+
+
+SHARED_CIFAR10 = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar10"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not SHARED_CIFAR10.is_dir(), reason=f"real data not present at {SHARED_CIFAR10} (CI has it)"
+)
+def test_shipped_cifar10_recipe_runs_on_the_shared_images(tmp_path, capsys):
+    overrides = [
+        f"data.root={SHARED_CIFAR10 / 'train'}",
+        f"eval.folder={SHARED_CIFAR10 / 'test'}",
+        "eval.max_images=100",
+        "train.steps=3",
+        "train.batch_size=16",
+        "train.workers=0",
+        "train.warmup_steps=1",
+        "train.eval_every=null",
+        "train.checkpoint_every=null",
+        "train.tensorboard=false",
+    ]
+    args = ["train", "--config", "cifar10-captions", "--output-dir", str(tmp_path), "--quiet"]
+    assert main(args + [a for o in overrides for a in ("--set", o)]) == 0
+    assert "zeroshot/cifar10" in capsys.readouterr().out
 
 
 def test_missing_caption_column_fails_before_training(tmp_path, capsys):

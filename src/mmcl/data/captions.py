@@ -13,7 +13,6 @@ empty, truncated, not an image) makes its item ``None`` with a warning naming th
 from __future__ import annotations
 
 import csv
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from mmcl.data.images import ImageReadError, class_folders, collate_skipping_none, load_image
+from mmcl.data.images import class_folders, collate_skipping_none, load_image_or_skip
 from mmcl.data.zeroshot import format_prompts
 
 __all__ = [
@@ -96,12 +95,8 @@ class ImageTextPairs(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[Any, Any] | None:
-        try:
-            image = load_image(self.paths[index])
-        except ImageReadError as error:
-            if not self.skip_bad:
-                raise
-            warnings.warn(f"skipping unreadable image {error}", stacklevel=2)
+        image = load_image_or_skip(self.paths[index], self.skip_bad)
+        if image is None:
             return None
         caption = self.captions[index]
         tokens = self.tokenizer([caption])[0] if self.tokenizer is not None else caption

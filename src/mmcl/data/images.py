@@ -37,6 +37,18 @@ def load_image(path: str | Path) -> Image.Image:
         raise ImageReadError(path, str(error) or type(error).__name__) from error
 
 
+def load_image_or_skip(path: str | Path, skip_bad: bool) -> Image.Image | None:
+    """`load_image`, or None with a warning naming the file when it is unreadable and
+    `skip_bad` is set (the caller's collate drops and counts the Nones)."""
+    try:
+        return load_image(path)
+    except ImageReadError as error:
+        if not skip_bad:
+            raise
+        warnings.warn(f"skipping unreadable image {error}", stacklevel=3)
+        return None
+
+
 def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
     """Image files below `folder` in a stable (sorted) order."""
     folder = Path(folder)
@@ -87,12 +99,8 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        try:
-            image = load_image(self.paths[index])
-        except ImageReadError as error:
-            if not self.skip_bad:
-                raise
-            warnings.warn(f"skipping unreadable image {error}", stacklevel=2)
+        image = load_image_or_skip(self.paths[index], self.skip_bad)
+        if image is None:
             return None
         return self.transform(image), self.labels[index], index
 
