@@ -165,6 +165,15 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
     assert next(iter(tiny_model().parameters())).dtype == torch.float32  # weights stay fp32
 
 
+def test_fp16_autocast_uses_a_grad_scaler(tmp_path):
+    trainer = Trainer(tiny_model(), RandomPairs(), settings(tmp_path, precision="fp16", steps=3))
+    result = trainer.fit()
+    assert math.isfinite(result.final_loss)
+    assert trainer.scaler.is_enabled() and trainer.scaler.get_scale() > 0
+    saved = torch.load(result.checkpoint)
+    assert saved["scaler"]["scale"] == trainer.scaler.get_scale()  # resumable with its scale
+
+
 def test_gradient_checkpointing_gives_the_same_curve(tmp_path):
     Trainer(tiny_model(), RandomPairs(), settings(tmp_path)).fit()
     Trainer(
@@ -257,3 +266,10 @@ def test_too_little_data_is_an_error_before_training(tmp_path):
 def test_unknown_setting_in_a_file_is_named():
     with pytest.raises(ValueError, match=r"unknown setting\(s\) \['learning_rate'\]"):
         TrainConfig.from_dict({"learning_rate": 0.1}, source="demo.yaml")
+
+
+def test_warmup_longer_than_the_run_is_shortened_with_a_warning(tmp_path):
+    trainer = Trainer(tiny_model(), RandomPairs(), settings(tmp_path, steps=20, warmup_steps=90))
+    with pytest.warns(UserWarning, match="warming up over 2 steps instead"):
+        trainer.fit()
+    assert trainer.schedule()["warmup_steps"] == 2

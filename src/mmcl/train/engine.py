@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from mmcl.train import distributed
 from mmcl.train.config import TrainConfig
 from mmcl.train.freezing import freeze
 from mmcl.train.grad_cache import grad_cache_step
-from mmcl.train.losses import ClipLoss, SigLipLoss
+from mmcl.train.objectives import ContrastiveObjective
 from mmcl.train.optim import build_optimizer, cosine_with_warmup
 from mmcl.train.run_log import RunLog
 from mmcl.train.sampler import EpochSampler, SeededItems
@@ -76,6 +77,7 @@ class Trainer:
         collate_fn: Callable | None = None,
         evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
         plugins: Sequence[Any] = (),
+        objective: Callable | None = None,
     ):
         self.streaming = isinstance(train_data, IterableDataset)
         if self.streaming:
@@ -89,6 +91,9 @@ class Trainer:
                 )
         elif len(train_data) == 0:
             raise ValueError("the training data set is empty")
+        self.objective = objective or ContrastiveObjective(config.loss)
+        if config.grad_cache_chunk and not isinstance(self.objective, ContrastiveObjective):
+            raise ValueError("gradient caching applies to the contrastive objective only")
         if config.grad_cache_chunk and any(hasattr(p, "extra_losses") for p in plugins):
             raise ValueError("gradient caching cannot be combined with plugins that add losses")
         if config.grad_cache_chunk and config.accumulation_steps > 1:
@@ -128,11 +133,17 @@ class Trainer:
     def total_steps(self) -> int:
         return self.config.steps or self.config.epochs * self.steps_per_epoch
 
+    @property
+    def warmup_steps(self) -> int:
+        # A recipe shortened with --steps for a quick look keeps a tenth of the run as warm-up.
+        warmup = self.config.warmup_steps
+        return warmup if warmup <= self.total_steps else self.total_steps // 10
+
     def schedule(self) -> dict[str, Any]:
         config = self.config
         return {
             "total_steps": self.total_steps,
-            "warmup_steps": config.warmup_steps,
+            "warmup_steps": self.warmup_steps,
             "lr": config.lr,
             "global_batch_size": config.batch_size
             * config.accumulation_steps
@@ -151,23 +162,22 @@ class Trainer:
         if config.grad_checkpointing:
             model.set_grad_checkpointing(True)
         if config.warmup_steps > self.total_steps:
-            raise ValueError(
-                f"warmup_steps {config.warmup_steps} exceeds the run's {self.total_steps} steps"
+            warnings.warn(
+                f"warmup_steps {config.warmup_steps} exceeds the run's {self.total_steps} steps; "
+                f"warming up over {self.warmup_steps} steps instead",
+                stacklevel=2,
             )
         self.optimizer = build_optimizer(model, config.lr, config.weight_decay)
         self.scheduler = cosine_with_warmup(
-            self.optimizer, config.warmup_steps, self.total_steps, config.min_lr_ratio
+            self.optimizer, self.warmup_steps, self.total_steps, config.min_lr_ratio
         )
-        use_scaler = config.precision == "fp16" and self.info.device.type == "cuda"
-        if config.precision == "fp16" and not use_scaler:
-            raise ValueError("precision fp16 needs a GPU; use bf16 on CPU")
-        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-        if model.logit_bias is None and config.loss == "siglip":
-            raise ValueError(
-                "loss 'siglip' needs a model with a logit bias: set init_logit_bias (e.g. -10) "
-                "in the model config"
-            )
-        self.loss_fn = SigLipLoss() if config.loss == "siglip" else ClipLoss()
+        # fp16's narrow range needs loss scaling; bf16 and fp32 do not. (fp16 autocast also runs
+        # on CPU, where it is slow unless the CPU has AMX-FP16: prefer bf16 there.)
+        self.scaler = torch.amp.GradScaler(
+            self.info.device.type, enabled=config.precision == "fp16"
+        )
+        if hasattr(self.objective, "check"):
+            self.objective.check(model)
         self.ddp_model = model
         # Gradient caching calls the towers directly and averages gradients itself.
         if self.info.world_size > 1 and not config.grad_cache_chunk:
@@ -384,7 +394,7 @@ class Trainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         total, term_sums, samples = 0.0, {}, 0
-        for index, (images, tokens, dropped) in enumerate(batches):
+        for index, (images, tokens, dropped) in enumerate(batches):  # tokens: or class labels
             self.skipped += dropped
             samples += len(images)
             images = images.to(self.info.device, non_blocking=True)
@@ -432,20 +442,13 @@ class Trainer:
         return total, (term_sums if len(term_sums) > 1 else {}), samples
 
     def _feature_loss(self, image_features, text_features, logit_scale):
-        if self.config.loss == "siglip":
-            return self.loss_fn(image_features, text_features, logit_scale, self.model.logit_bias)
-        return self.loss_fn(image_features, text_features, logit_scale)
+        return self.objective.feature_loss(self.model, image_features, text_features, logit_scale)
 
-    def _loss_terms(self, images, tokens, batch) -> dict[str, torch.Tensor]:
+    def _loss_terms(self, images, targets, batch) -> dict[str, torch.Tensor]:
         if len(images) == 0:  # every item unreadable: a zero loss keeps DDP ranks in step
             zero = sum(p.sum() * 0 for p in self.model.parameters() if p.requires_grad)
-            return {"contrastive": zero}
-        outputs = self.ddp_model(images, tokens, output_dict=True)
-        terms = {
-            "contrastive": self._feature_loss(
-                outputs["image_features"], outputs["text_features"], outputs["logit_scale"]
-            )
-        }
+            return {"empty batch": zero}
+        terms, outputs = self.objective(self.ddp_model, images, targets)
         for plugin in self.plugins:
             if hasattr(plugin, "extra_losses"):
                 terms.update(plugin.extra_losses(self.model, batch, outputs))
