@@ -225,6 +225,8 @@ class Trainer:
             "schedule": self.schedule(),
             "config": self.config.to_dict(),
             "plugins": [p.state_dict() for p in self.plugins if hasattr(p, "state_dict")],
+            "objective": self.objective.state_dict() if hasattr(self.objective, "state_dict")
+            else None,
         }
 
     def save_checkpoint(self) -> Path | None:
@@ -260,6 +262,8 @@ class Trainer:
                 self.epoch, batches_consumed=state["data"]["stream_batches"]
             )
         self.skipped = state.get("skipped", 0)
+        if state.get("objective") is not None and hasattr(self.objective, "load_state_dict"):
+            self.objective.load_state_dict(state["objective"])
         stateful = [p for p in self.plugins if hasattr(p, "load_state_dict")]
         for plugin, plugin_state in zip(stateful, state.get("plugins", []), strict=False):
             plugin.load_state_dict(plugin_state)

@@ -54,13 +54,14 @@ class ClassificationObjective:
     the template cycles with the step so every template is seen.
 
     `label_ids[k]` is the dataset label of `classnames[k]` (class-incremental tasks keep
-    global labels); labels not among them are an error.
+    global labels); labels not among them are an error. `templates` is one list shared by all
+    classes, or one list per class (classes from different data sets are prompted their own way).
     """
 
     def __init__(
         self,
         classnames: Sequence[str],
-        templates: Sequence[str],
+        templates: Sequence[str] | Sequence[Sequence[str]],
         label_ids: Sequence[int] | None = None,
         tokenizer=tokenize,
     ):
@@ -69,9 +70,21 @@ class ClassificationObjective:
         label_ids = list(range(len(classnames))) if label_ids is None else list(label_ids)
         if len(label_ids) != len(classnames):
             raise ValueError(f"{len(classnames)} class names but {len(label_ids)} label ids")
+        if not templates:
+            raise ValueError("a classification objective needs at least one prompt template")
+        if isinstance(templates[0], str):
+            templates = [list(templates)] * len(classnames)
+        if len(templates) != len(classnames) or not all(templates):
+            raise ValueError(f"{len(classnames)} class names but {len(templates)} template lists")
+        cycle = max(len(t) for t in templates)
         self.prompts = [
-            tokenizer([format_prompts(name, [template])[0] for name in classnames])
-            for template in templates
+            tokenizer(
+                [
+                    format_prompts(name, [own[step % len(own)]])[0]
+                    for name, own in zip(classnames, templates, strict=True)
+                ]
+            )
+            for step in range(cycle)
         ]
         self.position = torch.full((max(label_ids) + 1,), -1, dtype=torch.long)
         self.position[torch.tensor(label_ids)] = torch.arange(len(label_ids))
@@ -82,8 +95,17 @@ class ClassificationObjective:
         self.calls += 1
         outputs = model(images, tokens, output_dict=True)
         logits = outputs["logit_scale"] * outputs["image_features"] @ outputs["text_features"].T
-        targets = self.position.to(labels.device)[labels]
+        known = (labels >= 0) & (labels < len(self.position))
+        targets = self.position.to(labels.device)[labels.clamp(0, len(self.position) - 1)]
+        targets = torch.where(known, targets, -1)
         if (targets < 0).any():
-            raise ValueError(f"labels {sorted(set(labels[targets < 0].tolist()))} are not classes")
+            unknown = sorted(set(labels[targets < 0].tolist()))
+            raise ValueError(f"labels {unknown} are not among the objective's classes")
         outputs["logits"] = logits
         return {"classification": F.cross_entropy(logits, targets)}, outputs
+
+    def state_dict(self) -> dict[str, int]:
+        return {"calls": self.calls}  # which template comes next, for an exact resume
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.calls = int(state["calls"])

@@ -1,0 +1,1 @@
+"""Continual learning: scenarios, methods, metrics, the runner."""

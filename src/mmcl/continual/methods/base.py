@@ -1,0 +1,60 @@
+"""The shape of a continual-learning method: a few optional hooks on the one training loop.
+
+A method subclasses `Method` (one level, no deeper) and overrides only the hooks it needs:
+
+    setup(model, run)                   once per run, fresh or resumed: add adapters/prompts
+    before_task(task, model, run)       snapshot a teacher, route a new task, ...
+    train_data(task, run) -> Dataset    what the engine trains on (replay mixes a buffer in)
+    extra_losses(model, batch, outputs) -> {name: tensor}   EWC penalty, distillation, ...
+    after_optimizer_step(trainer)       e.g. weight averaging every N iterations
+    after_task(task, model, run)        Fisher information, weight interpolation, memory update
+    predict(model, images, space, run) -> logits or None     where inference changes
+    state_dict() / load_state_dict()    everything needed to resume exactly
+
+`run` is the `ContinualRun` in progress (`mmcl.continual.runner`): the scenario, the task
+index, the training settings, the initial weights, and the label helpers (`run.stream_data`,
+`run.training_space`, `run.evaluation_space`). Labels inside a run are *stream labels* (see
+`mmcl.continual.classes`); `space` is the `ClassSpace` a prediction chooses from, and logits
+have one column per class of it, in its order.
+
+Methods that train on past tasks' data too (joint training, replay) set
+`mixes_past_data = True`, so task- and multi-dataset streams train over all classes so far.
+The runner broadcasts a method's state from rank 0 after every task, so buffers, exemplars and
+Fisher estimates are identical on every rank of a `torchrun` job.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch.utils.data import Dataset
+
+
+class Method:
+    name = "finetune"
+    trains = True  # False: the model is never updated (e.g. the frozen zero-shot baseline)
+    mixes_past_data = False
+
+    def setup(self, model, run) -> None:
+        pass
+
+    def before_task(self, task, model, run) -> None:
+        pass
+
+    def train_data(self, task, run) -> Dataset:
+        return run.stream_data(task.index)
+
+    def after_task(self, task, model, run) -> None:
+        pass
+
+    def predict(self, model, images, space, run):
+        return None  # the zero-shot classifier built from the space's prompts
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"

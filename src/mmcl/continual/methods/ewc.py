@@ -1,0 +1,149 @@
+"""EWC (Kirkpatrick et al. 2017) and online EWC (Schwarz et al. 2018): a quadratic pull towards
+the weights each past task ended with, stronger where those weights mattered to that task.
+
+After task k the method stores the diagonal Fisher information F_k of the model's predictive
+distribution over the task's classes, and the anchor theta*_k = the weights at that moment.
+While later tasks train it adds
+
+    ewc = lambda / 2 * sum_k sum_i F_k,i * (theta_i - theta*_k,i) ** 2
+
+EWC keeps one (F_k, theta*_k) pair per past task, so its memory grows by two copies of the
+trainable weights per task. Online EWC keeps a single running pair: F <- gamma * F + F_k and
+theta* <- theta*_k (gamma = 1 sums the Fisher of every task; gamma < 1 forgets old ones).
+
+The Fisher is the *true* Fisher, not the empirical one: for each of `fisher_samples` training
+images x (a seeded random sample of the task's training set) a label y is drawn from the
+model's own prediction p(y | x), and F = mean over x of (d log p(y | x) / d theta) ** 2. The
+logits are those the training objective uses (`ClassificationObjective` over the task's class
+prompts, templates cycling), computed in eval mode one image at a time, because a squared
+gradient needs per-sample gradients. Only trainable parameters get a Fisher: a frozen one has
+no entry (its Fisher is zero) and costs no memory.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mmcl.continual.methods.base import Method
+from mmcl.train.objectives import ClassificationObjective
+
+
+class EWC(Method):
+    name = "ewc"
+
+    def __init__(
+        self,
+        lambda_: float = 1000.0,
+        online: bool = False,
+        gamma: float = 1.0,
+        fisher_samples: int = 256,
+    ):
+        if not (math.isfinite(lambda_) and lambda_ >= 0):
+            raise ValueError(f"ewc: lambda_ must be a finite number >= 0, got {lambda_}")
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"ewc: gamma must be in [0, 1], got {gamma}")
+        if not online and gamma != 1.0:
+            raise ValueError("ewc: gamma (the Fisher's decay) applies to online EWC only")
+        if isinstance(fisher_samples, bool) or not isinstance(fisher_samples, int):
+            raise ValueError(f"ewc: fisher_samples must be an integer, got {fisher_samples!r}")
+        if fisher_samples < 1:
+            raise ValueError(f"ewc: fisher_samples must be at least 1, got {fisher_samples}")
+        self.lambda_ = lambda_
+        self.online = online
+        self.gamma = gamma
+        self.fisher_samples = fisher_samples
+        self.name = "online_ewc" if online else "ewc"
+        # One (Fisher, anchor) pair per past task, or a single running pair for online EWC.
+        self.fishers: list[dict[str, torch.Tensor]] = []
+        self.anchors: list[dict[str, torch.Tensor]] = []
+
+    def after_task(self, task, model, run) -> None:
+        seed = 1_000_003 * run.config.seed + task.index
+        fisher = diagonal_fisher(model, task, self.fisher_samples, seed)
+        if self.online and self.fishers:
+            previous = self.fishers[0]
+            for name, old in previous.items():  # F <- gamma * F + F_k
+                new = fisher.get(name)
+                if new is None:  # frozen now: keep its decayed Fisher
+                    fisher[name] = self.gamma * old
+                else:
+                    fisher[name] = new + self.gamma * old.to(new.device)
+            self.fishers, self.anchors = [], []
+        parameters = dict(model.named_parameters())
+        self.fishers.append(fisher)
+        self.anchors.append({name: parameters[name].detach().clone() for name in fisher})
+
+    def extra_losses(self, model, batch, outputs) -> dict[str, torch.Tensor]:
+        if not self.fishers:
+            return {}
+        parameters = dict(model.named_parameters())
+        total = None
+        for fisher, anchor in zip(self.fishers, self.anchors, strict=True):
+            for name, weight in fisher.items():
+                parameter = parameters[name]
+                if weight.device != parameter.device:  # after loading a checkpoint on CPU
+                    fisher[name] = weight = weight.to(parameter.device)
+                    anchor[name] = anchor[name].to(parameter.device)
+                term = (weight * (parameter.float() - anchor[name]) ** 2).sum()
+                total = term if total is None else total + term
+        return {"ewc": self.lambda_ / 2 * total}
+
+    def state_dict(self):
+        return {"fishers": self.fishers, "anchors": self.anchors}
+
+    def load_state_dict(self, state) -> None:
+        self.fishers = [dict(f) for f in state.get("fishers", [])]
+        self.anchors = [dict(a) for a in state.get("anchors", [])]
+
+    def __repr__(self) -> str:
+        if self.online:
+            return (
+                f"EWC(lambda_={self.lambda_}, online=True, gamma={self.gamma}, "
+                f"fisher_samples={self.fisher_samples})"
+            )
+        return f"EWC(lambda_={self.lambda_}, fisher_samples={self.fisher_samples})"
+
+
+def online_ewc(lambda_: float = 1000.0, gamma: float = 1.0, fisher_samples: int = 256) -> EWC:
+    """Online EWC (Schwarz et al. 2018): one running Fisher, decayed by `gamma` each task."""
+    return EWC(lambda_=lambda_, online=True, gamma=gamma, fisher_samples=fisher_samples)
+
+
+def diagonal_fisher(model, task, samples: int, seed: int) -> dict[str, torch.Tensor]:
+    """Mean squared gradient of log p(y | x), y drawn from the model, over trainable weights.
+
+    `samples` training items of `task` (all of them when it has fewer), chosen at random with
+    `seed`; the labels are drawn with the same seed, so the result is reproducible.
+    """
+    objective = ClassificationObjective(
+        task.classnames, task.templates, getattr(task, "class_ids", None)
+    )
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in trainable}
+    if not trainable:
+        return fisher
+    device = trainable[0][1].device
+    generator = torch.Generator().manual_seed(seed)
+    picks = torch.randperm(len(task.train), generator=generator)[:samples].tolist()
+    was_training = model.training
+    model.eval()
+    try:
+        for index in picks:
+            image, label = task.train[index]
+            labels = torch.tensor([int(label)], device=device)
+            _, outputs = objective(model, image.unsqueeze(0).to(device), labels)
+            log_probs = outputs["logits"][0].float().log_softmax(dim=-1)
+            drawn = torch.multinomial(log_probs.detach().exp().cpu(), 1, generator=generator)
+            gradients = torch.autograd.grad(
+                log_probs[drawn.item()], [p for _, p in trainable], allow_unused=True
+            )
+            for (name, _), gradient in zip(trainable, gradients, strict=True):
+                if gradient is not None:
+                    fisher[name] += gradient.float() ** 2
+    finally:
+        model.train(was_training)
+    for value in fisher.values():
+        value /= len(picks)
+    return fisher

@@ -1,0 +1,220 @@
+"""Walk a task stream: per task, method hooks + the training engine, then evaluate every task.
+
+The accuracy matrix A[i, j] (accuracy on task j after training task i) is filled row by row,
+including j > i (zero-shot on tasks not trained yet), with the initial model's accuracies as a
+row before training. After every task the run writes its progress atomically; `resume=True`
+continues at the task where it stopped, and inside that task at the engine's last checkpoint
+(`checkpoint_every` in the training settings), which holds the model, optimiser, RNG, sampler
+position and the method's own state (buffers, Fisher, teachers).
+
+Under `torchrun` every rank runs this same function: the engine trains with DDP, every rank
+evaluates the same test sets, the method's state is broadcast from rank 0 after each task, and
+only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmcl.continual import classes
+from mmcl.continual.evaluation import task_accuracy
+from mmcl.continual.report import write_report
+from mmcl.io.atomic import atomic_path
+from mmcl.train import TrainConfig, Trainer, distributed
+from mmcl.train.objectives import ClassificationObjective
+
+PROGRESS_FILE = "progress.json"
+STATE_FILE = "state_after_task.pt"
+INITIAL_FILE = "initial_model.pt"
+
+
+@dataclass
+class ContinualRun:
+    """What hooks may consult while a run is in progress."""
+
+    scenario: Any
+    method: Any
+    config: TrainConfig
+    output_dir: Path
+    initial_state: dict[str, torch.Tensor]
+    task_index: int = 0
+
+    def stream_data(self, index: int, split: str = "train"):
+        """Task `index`'s data with stream labels (what the engine trains on)."""
+        return classes.stream_data(self.scenario, index, split)
+
+    def training_space(self, index: int | None = None) -> classes.ClassSpace:
+        """The classes the objective of task `index` (default: the current one) chooses from."""
+        index = self.task_index if index is None else index
+        return classes.training_space(self.scenario, index, self.method.mixes_past_data)
+
+    def evaluation_space(self, index: int, evaluated_after: int) -> classes.ClassSpace:
+        return classes.evaluation_space(self.scenario, index, evaluated_after)
+
+    def initial_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A frozen copy of `model` holding the weights the run started from (a teacher)."""
+        teacher = copy.deepcopy(model)
+        teacher.load_state_dict(self.initial_state)
+        teacher.requires_grad_(False)
+        return teacher.eval()
+
+
+@dataclass
+class ContinualResult:
+    method: str
+    task_names: list[str]
+    matrix: list[list[float]]  # rows: after task i; columns: task j
+    initial: list[float]  # before any training
+    seconds_per_task: list[float]
+    peak_memory_mib: list[float]
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self.report.get("metrics", {})
+
+
+def run_continual(
+    model: torch.nn.Module,
+    scenario,
+    method,
+    config: TrainConfig,
+    output_dir: str | Path,
+    resume: bool = False,
+    eval_batch_size: int = 256,
+    progress: bool = True,
+    extra: dict[str, Any] | None = None,
+) -> ContinualResult:
+    """Train `method` on every task of `scenario` in turn; write the report into `output_dir`.
+
+    `config` is the engine's per-task setting (steps or epochs, batch, lr, precision, ...);
+    each task trains in `output_dir/task_XX_name` with its own checkpoints.
+    """
+    output_dir = Path(output_dir)
+    is_main = distributed.rank() == 0
+    tasks = scenario.tasks
+    names = [task.name for task in tasks]
+    if not resume and (output_dir / PROGRESS_FILE).exists():
+        raise ValueError(
+            f"{output_dir} already holds a continual run: resume it (resume=True / --resume) "
+            f"or choose a new output folder"
+        )
+    saved = _load_progress(output_dir, names, method.name) if resume else None
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _barrier()
+
+    if saved is None:
+        initial_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        if is_main:
+            with atomic_path(output_dir / INITIAL_FILE) as tmp:
+                torch.save(initial_state, tmp)
+        saved = {"method": method.name, "tasks": names, "completed": 0, "matrix": [],
+                 "initial": None, "seconds": [], "peak_memory_mib": []}
+    else:
+        initial_state = torch.load(output_dir / INITIAL_FILE, weights_only=True)
+    run = ContinualRun(scenario, method, config, output_dir, initial_state)
+    method.setup(model, run)
+    if saved["completed"] > 0:
+        state = torch.load(output_dir / STATE_FILE, weights_only=True)
+        model.load_state_dict(state["model"])
+        method.load_state_dict(state["method"])
+
+    if saved["initial"] is None:
+        saved["initial"] = _evaluate_all(model, method, scenario, -1, run, eval_batch_size)
+        _save_progress(output_dir, saved, is_main)
+
+    for index in range(saved["completed"], len(tasks)):
+        task = tasks[index]
+        run.task_index = index
+        started = time.perf_counter()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        method.before_task(task, model, run)
+        if method.trains:
+            task_config = dataclasses.replace(
+                copy.deepcopy(config),
+                output_dir=str(output_dir / f"task_{index:02d}_{task.name}"),
+                resume="latest" if resume else None,
+                progress=progress and config.progress,
+            )
+            space = run.training_space(index)
+            objective = ClassificationObjective(space.names, space.templates, space.labels)
+            Trainer(model, method.train_data(task, run), task_config, objective=objective,
+                    plugins=[method]).fit()
+        method.after_task(task, model, run)
+        if distributed.is_distributed():
+            method.load_state_dict(_broadcast(method.state_dict()))
+        seconds = time.perf_counter() - started
+        row = _evaluate_all(model, method, scenario, index, run, eval_batch_size)
+        saved["matrix"].append(row)
+        saved["seconds"].append(seconds)
+        saved["peak_memory_mib"].append(_peak_memory_mib())
+        saved["completed"] = index + 1
+        if is_main:
+            with atomic_path(output_dir / STATE_FILE) as tmp:
+                torch.save({"model": model.state_dict(), "method": method.state_dict()}, tmp)
+        _save_progress(output_dir, saved, is_main)
+        if progress and is_main:
+            shown = " ".join(f"{100 * a:5.1f}" for a in row)
+            print(f"after task {index} ({task.name}): {shown}  [{seconds:.0f}s]", flush=True)
+
+    report = write_report(
+        output_dir, saved["matrix"], names, method.name, extra=extra or {},
+        times=saved["seconds"], peak_memory=saved["peak_memory_mib"], initial=saved["initial"],
+    ) if is_main else {}
+    _barrier()
+    return ContinualResult(method.name, names, saved["matrix"], saved["initial"],
+                           saved["seconds"], saved["peak_memory_mib"], report)
+
+
+def _evaluate_all(model, method, scenario, after: int, run, batch_size: int) -> list[float]:
+    return [
+        task_accuracy(model, method, scenario, j, after, run, batch_size)
+        for j in range(len(scenario))
+    ]
+
+
+def _peak_memory_mib() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _barrier() -> None:
+    if distributed.is_distributed():
+        torch.distributed.barrier()
+
+
+def _broadcast(state: Any) -> Any:
+    holder = [state]
+    torch.distributed.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def _save_progress(output_dir: Path, saved: dict, is_main: bool) -> None:
+    if is_main:
+        with atomic_path(output_dir / PROGRESS_FILE) as tmp:
+            tmp.write_text(json.dumps(saved, indent=2))
+    _barrier()
+
+
+def _load_progress(output_dir: Path, names: list[str], method_name: str) -> dict | None:
+    path = output_dir / PROGRESS_FILE
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    if saved["tasks"] != names or saved["method"] != method_name:
+        raise ValueError(
+            f"{path}: it belongs to another run (method {saved['method']!r}, tasks "
+            f"{saved['tasks']}); use a fresh output folder"
+        )
+    return saved
