@@ -1,10 +1,12 @@
-"""The `mmcl` command: models, embed, zeroshot, retrieval, convert.
+"""The `mmcl` command: models, embed, zeroshot, retrieval, convert, train, continual.
 
 mmcl models
 mmcl embed --model tiny-vit --images photos/ --output photos.npy
 mmcl zeroshot --model ViT-B-32 --pretrained ViT-B-32.pt --data cifar10/test --dataset cifar10
 mmcl retrieval --model ViT-B-32 --pretrained ViT-B-32.pt --captions captions.csv
 mmcl convert ViT-B-32.pt clip-vit-b32-hf --to hf
+mmcl train --config demo
+mmcl continual --scenario mini-mtil --method zscl
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from mmcl import cli_continual
 from mmcl.data.images import ImageFiles, class_folders, list_images
 from mmcl.io.atomic import atomic_path
 from mmcl.io.checkpoints import (
@@ -115,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, help="total optimizer steps")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=run_train)
+    cli_continual.add_parser(commands)
     return parser
 
 

@@ -18,8 +18,15 @@ def scenario():
 
 
 def config(tmp_path, **overrides):
-    values = dict(steps=2, batch_size=8, lr=1e-4, warmup_steps=0, progress=False,
-                  tensorboard=False, output_dir=str(tmp_path / "unused"))
+    values = dict(
+        steps=2,
+        batch_size=8,
+        lr=1e-4,
+        warmup_steps=0,
+        progress=False,
+        tensorboard=False,
+        output_dir=str(tmp_path / "unused"),
+    )
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -30,8 +37,14 @@ def model():
 
 
 def test_matrix_has_every_task_after_every_task(tmp_path):
-    result = run_continual(model(), scenario(), build_method("finetune"), config(tmp_path),
-                           tmp_path / "run", progress=False)
+    result = run_continual(
+        model(),
+        scenario(),
+        build_method("finetune"),
+        config(tmp_path),
+        tmp_path / "run",
+        progress=False,
+    )
     assert len(result.matrix) == 4 and all(len(row) == 4 for row in result.matrix)
     assert all(0.0 <= a <= 1.0 for row in result.matrix for a in row)
     assert len(result.initial) == 4 and len(result.seconds_per_task) == 4
@@ -40,8 +53,14 @@ def test_matrix_has_every_task_after_every_task(tmp_path):
 
 
 def test_frozen_model_rows_equal_its_initial_accuracy(tmp_path):
-    result = run_continual(model(), scenario(), build_method("frozen"), config(tmp_path),
-                           tmp_path / "run", progress=False)
+    result = run_continual(
+        model(),
+        scenario(),
+        build_method("frozen"),
+        config(tmp_path),
+        tmp_path / "run",
+        progress=False,
+    )
     # Class-incremental evaluation widens the label space as tasks arrive, so compare the
     # last row with a direct evaluation of the untouched model over all classes.
     fresh = model()
@@ -53,8 +72,14 @@ def test_frozen_model_rows_equal_its_initial_accuracy(tmp_path):
 def test_wise_ft_alpha_zero_returns_to_the_initial_weights(tmp_path):
     start = model()
     initial = {k: v.clone() for k, v in start.state_dict().items()}
-    run_continual(start, scenario(), build_method("wise_ft", alpha=0.0), config(tmp_path),
-                  tmp_path / "run", progress=False)
+    run_continual(
+        start,
+        scenario(),
+        build_method("wise_ft", alpha=0.0),
+        config(tmp_path),
+        tmp_path / "run",
+        progress=False,
+    )
     for key, value in start.state_dict().items():
         assert torch.allclose(value, initial[key]), key
 
@@ -95,12 +120,14 @@ def test_resume_continues_at_the_next_task(tmp_path):
 
     method.after_task = after_task
     with pytest.raises(KeyboardInterrupt):
-        run_continual(model(), scenario(), method, config(tmp_path), tmp_path / "run",
-                      progress=False)
+        run_continual(
+            model(), scenario(), method, config(tmp_path), tmp_path / "run", progress=False
+        )
     progress = json.loads((tmp_path / "run" / "progress.json").read_text())
     assert progress["completed"] == 1
-    result = run_continual(model(), scenario(), method, config(tmp_path), tmp_path / "run",
-                           resume=True, progress=False)
+    result = run_continual(
+        model(), scenario(), method, config(tmp_path), tmp_path / "run", resume=True, progress=False
+    )
     assert calls == [0, 1, 1, 2, 3] and len(result.matrix) == 4
     with pytest.raises(ValueError, match="already holds a continual run"):
         run_continual(model(), scenario(), method, config(tmp_path), tmp_path / "run")

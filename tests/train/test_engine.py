@@ -273,3 +273,12 @@ def test_warmup_longer_than_the_run_is_shortened_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="warming up over 2 steps instead"):
         trainer.fit()
     assert trainer.schedule()["warmup_steps"] == 2
+
+
+def test_too_few_items_for_one_batch_is_a_clear_error(tmp_path):
+    pairs = [(torch.randn(3, 32, 32), mmcl.tokenize("x")[0]) for _ in range(4)]
+    config = TrainConfig(
+        steps=1, batch_size=8, progress=False, tensorboard=False, output_dir=str(tmp_path)
+    )
+    with pytest.raises(ValueError, match="4 training items are too few for one step"):
+        Trainer(mmcl.create_model("tiny-vit"), pairs, config)

@@ -15,7 +15,7 @@ with its own class names and prompt templates. The protocol:
 * **Sizes:** each task has ``train_size`` training and ``test_size`` test images (default 2,000
   and 500: about five minutes an epoch over all seven tasks for a small ViT on two CPU cores).
   Scenes are generated to exactly that size; the real data sets draw class-balanced subsets of
-  their pools, capped at the pool (digits has 1,437 train and 360 test images).
+  their pools, capped at the pool (digits has 1,438 train and 359 test images).
 * **Seeds:** ``seed`` fixes every choice: the scenes' generation seed, the MNIST and digits
   train/test pools and every subset. Each task's draws are keyed by its name and the seed, so
   selecting fewer tasks (``tasks=``) does not change the ones kept.
@@ -295,9 +295,13 @@ def mini_mtil(
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{what} must be a positive int, got {value!r}")
+    if isinstance(tasks, str):  # one task name, not its letters
+        tasks = [tasks]
     chosen = list(MINI_MTIL_TASKS) if tasks is None else list(tasks)
-    unknown = sorted(set(chosen) - set(MINI_MTIL_TASKS))
-    if unknown or not chosen:
+    if not chosen:
+        raise ValueError(f"tasks is empty: choose from {list(MINI_MTIL_TASKS)}")
+    unknown = sorted(set(chosen) - set(MINI_MTIL_TASKS), key=str)
+    if unknown:
         raise ValueError(f"unknown mini-MTIL tasks {unknown}; valid: {list(MINI_MTIL_TASKS)}")
     root = shared_data_root(data_root)
     entries = []

@@ -18,6 +18,8 @@ domain is a fixed function of its parameters. Pass the result to
 
 from __future__ import annotations
 
+import numbers
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
 from typing import Any
@@ -38,7 +40,8 @@ __all__ = [
     "transformed_domains",
 ]
 
-# The five non-identity orders of R, G, B first, so that a few domains are all different.
+# The identity, then the two cyclic shifts (the first three differ in every channel pairwise,
+# so the default domains are all different), then the three swaps.
 CHANNEL_PERMUTATIONS: tuple[tuple[int, int, int], ...] = (
     (0, 1, 2),
     (1, 2, 0),
@@ -82,11 +85,16 @@ class Rotate:
     """
 
     def __init__(self, angle: float) -> None:
+        if isinstance(angle, bool) or not isinstance(angle, numbers.Real):
+            raise ValueError(f"angle must be a number of degrees, got {angle!r}")
         self.angle = angle
 
     def __call__(self, image: Any) -> Any:
         if isinstance(image, torch.Tensor) and self.angle % 90 == 0:
-            return torch.rot90(image, int(self.angle // 90) % 4, dims=(-2, -1))
+            quarter_turns = int(self.angle // 90) % 4
+            # A quarter turn of a non-square image would swap height and width: keep the size.
+            if quarter_turns % 2 == 0 or image.shape[-1] == image.shape[-2]:
+                return torch.rot90(image, quarter_turns, dims=(-2, -1))
         if isinstance(image, Image.Image):
             return image.rotate(self.angle, resample=Image.Resampling.BILINEAR)
         return TF.rotate(image, self.angle, interpolation=TF.InterpolationMode.BILINEAR, fill=0.0)
@@ -99,15 +107,20 @@ class PermuteChannels:
     """Reorder the colour channels: output channel ``i`` is input channel ``order[i]``."""
 
     def __init__(self, order: Sequence[int]) -> None:
-        if sorted(order) != [0, 1, 2]:
-            raise ValueError(f"order must be a permutation of (0, 1, 2), got {tuple(order)}")
-        self.order = tuple(order)
+        order = tuple(order)
+        try:
+            indices = tuple(-1 if isinstance(i, bool) else operator.index(i) for i in order)
+        except TypeError:
+            indices = ()
+        if sorted(indices) != [0, 1, 2]:
+            raise ValueError(f"order must be a permutation of (0, 1, 2), got {order}")
+        self.order = indices
 
     def __call__(self, image: Any) -> Any:
         if isinstance(image, Image.Image):
             bands = image.convert("RGB").split()
             return Image.merge("RGB", [bands[i] for i in self.order])
-        if image.shape[-3] != 3:
+        if image.ndim < 3 or image.shape[-3] != 3:
             raise ValueError(f"expected 3 colour channels, got image shape {tuple(image.shape)}")
         return image[..., list(self.order), :, :]
 
@@ -131,7 +144,11 @@ def rotated_domains(
     train: Any, test: Any, angles: Sequence[float], prefix: str = "rotated"
 ) -> list[tuple[str, TransformedDataset, TransformedDataset]]:
     """Domains ``"{prefix}-{angle}"``: every image rotated by ``angle`` degrees."""
-    transforms = {f"{prefix}-{a:g}": Rotate(a) for a in angles}
+    rotations = [Rotate(a) for a in angles]
+    turns = [a % 360 for a in angles]  # 0 and 360 degrees are the same domain
+    if len(set(turns)) != len(turns):
+        raise ValueError(f"angles must be distinct modulo 360 degrees, got {list(angles)}")
+    transforms = {f"{prefix}-{r.angle:g}": r for r in rotations}
     _check_distinct(transforms, angles, "angles")
     return transformed_domains(train, test, transforms)
 
@@ -144,7 +161,8 @@ def colour_permuted_domains(
 ) -> list[tuple[str, TransformedDataset, TransformedDataset]]:
     """Domains ``"{prefix}-rgb"``, ``"{prefix}-gbr"``, ...: the RGB channels reordered (a
     colour shift that keeps shapes and brightness structure, not the hues)."""
-    transforms = {f"{prefix}-{''.join('rgb'[i] for i in o)}": PermuteChannels(o) for o in orders}
+    permutations = [PermuteChannels(o) for o in orders]  # checks each order first
+    transforms = {f"{prefix}-{''.join('rgb'[i] for i in p.order)}": p for p in permutations}
     _check_distinct(transforms, orders, "orders")
     return transformed_domains(train, test, transforms)
 

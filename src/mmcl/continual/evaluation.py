@@ -9,8 +9,9 @@ from mmcl.continual.classes import evaluation_space, stream_data
 
 
 @torch.no_grad()
-def task_accuracy(model, method, scenario, task_index: int, evaluated_after: int, run,
-                  batch_size: int = 256) -> float:
+def task_accuracy(
+    model, method, scenario, task_index: int, evaluated_after: int, run, batch_size: int = 256
+) -> float:
     """Top-1 accuracy on task `task_index` after training task `evaluated_after` (-1: before
     any), over the classes `evaluation_space` names; the method's `predict` may replace the
     zero-shot classifier."""
@@ -22,8 +23,9 @@ def task_accuracy(model, method, scenario, task_index: int, evaluated_after: int
     classifier = None
     correct = total = 0
     try:
-        for images, labels in DataLoader(stream_data(scenario, task_index, "test"),
-                                         batch_size=batch_size):
+        for images, labels in DataLoader(
+            stream_data(scenario, task_index, "test"), batch_size=batch_size
+        ):
             images = images.to(device)
             logits = method.predict(model, images, space, run)
             if logits is None:

@@ -1,35 +1,50 @@
 """Named scenarios for the command line and benchmarks, and the one-call way to run a method.
 
-    scenes-cil   class-incremental over the built-in scenes' shape view (4 tasks x 2 shapes);
-                 needs no files
-    cifar10-cil  class-incremental CIFAR-10 (5 tasks x 2 classes) from the shared data folder
-    mini-mtil    the built-in multi-dataset sequence (see `mmcl.continual.builtin`)
+scenes-cil   class-incremental over the built-in scenes' shape view (4 tasks x 2 shapes);
+             needs no files
+cifar10-cil  class-incremental CIFAR-10 (5 tasks x 2 classes) from the shared data folder
+mini-mtil    the built-in multi-dataset sequence (see `mmcl.continual.builtin`)
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
 
 from mmcl.continual.builtin import MINI_MTIL_TASKS, mini_mtil, shared_data_root
 from mmcl.continual.scenarios import class_incremental
-from mmcl.continual.tasks import Scenario
+from mmcl.continual.tasks import Scenario, describe
 from mmcl.data.scenes import SceneClassification, view_classnames, view_templates
 
 
-def scenes_cil(image_size: int = 32, seed: int = 0, train_size: int = 2000,
-               test_size: int = 500) -> Scenario:
+def scenes_cil(
+    image_size: int = 32, seed: int = 0, train_size: int = 2000, test_size: int = 500
+) -> Scenario:
+    """Class-incremental built-in scenes: 4 tasks x 2 shapes (no files needed)."""
     train = SceneClassification("shape", "train", train_size, image_size=image_size, seed=seed)
     test = SceneClassification("shape", "test", test_size, image_size=image_size, seed=seed)
     return class_incremental(
-        train, test, view_classnames("shape"), n_tasks=4, seed=seed,
-        templates=view_templates("shape"), train_targets=[train.label(i) for i in range(len(train))],
-        test_targets=[test.label(i) for i in range(len(test))], name="scenes-cil",
+        train,
+        test,
+        view_classnames("shape"),
+        n_tasks=4,
+        seed=seed,
+        templates=view_templates("shape"),
+        train_targets=[train.label(i) for i in range(len(train))],
+        test_targets=[test.label(i) for i in range(len(test))],
+        name="scenes-cil",
     )
 
 
-def cifar10_cil(image_size: int = 32, seed: int = 0, train_size: int = 2000,
-                test_size: int = 500) -> Scenario:
+def cifar10_cil(
+    image_size: int = 32, seed: int = 0, train_size: int = 2000, test_size: int = 500
+) -> Scenario:
+    """Class-incremental CIFAR-10: 5 tasks x 2 classes (needs the shared data folder)."""
     from mmcl.continual.builtin import _cifar10  # the same class-balanced subsets as mini-MTIL
 
     train, test, classnames, templates = _cifar10(
@@ -58,3 +73,135 @@ def build_scenario(name: str, **options) -> Scenario:
 
 
 __all__ = ["MINI_MTIL_TASKS", "SCENARIOS", "build_scenario", "cifar10_cil", "scenes_cil"]
+
+
+# --- one call from names to a finished run --------------------------------------------------
+
+SCENES_PRETRAINED = "scenes-pretrained"
+
+# Per-task training defaults for the built-in sequences: short, since every task is small.
+DEFAULT_TRAINING = {
+    "steps": 100,
+    "batch_size": 64,
+    "lr": 1e-4,
+    "weight_decay": 0.1,
+    "grad_clip_norm": 1.0,
+    "tensorboard": False,
+    "log_every": 10,
+}
+
+
+def parse_method_args(text: str | None) -> dict[str, Any]:
+    """`"lambda_=100,online=true"` -> `{"lambda_": 100, "online": True}` (values read as YAML).
+
+    >>> parse_method_args("alpha=0.5, online=true, name=x")
+    {'alpha': 0.5, 'online': True, 'name': 'x'}
+    """
+    arguments: dict[str, Any] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"method argument {item.strip()!r} is not KEY=VALUE")
+        parsed = yaml.safe_load(value.strip())
+        if isinstance(parsed, str):  # YAML 1.1 reads "1e-3" as text
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        arguments[key.strip()] = parsed
+    return arguments
+
+
+def starting_model(spec: str = SCENES_PRETRAINED, progress: bool = True) -> torch.nn.Module:
+    """The model a run starts from: `scenes-pretrained` (the cached tiny CLIP pre-trained on
+    the built-in scenes, trained on first use), a checkpoint path, or a model name (random
+    weights: no zero-shot ability, useful for tests only)."""
+    from mmcl.models import create_model
+
+    if spec == SCENES_PRETRAINED:
+        from mmcl.continual.pretrained import pretrained_scene_model
+
+        return create_model(None, pretrained=pretrained_scene_model(progress=progress))
+    if Path(spec).exists():
+        return create_model(None, pretrained=Path(spec))
+    torch.manual_seed(0)
+    return create_model(spec)
+
+
+def run_experiment(
+    scenario: str,
+    method: str,
+    output_dir: str | Path,
+    method_args: dict[str, Any] | None = None,
+    model: str = SCENES_PRETRAINED,
+    training: dict[str, Any] | None = None,
+    scenario_args: dict[str, Any] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+):
+    """Build the scenario, method and model by name and run them; returns a `ContinualResult`
+    (its report is also in `output_dir`). Bad names and arguments fail before any training."""
+    from mmcl.continual.methods import build_method
+    from mmcl.continual.runner import run_continual
+    from mmcl.train import TrainConfig
+
+    built_method = build_method(method, **(method_args or {}))
+    settings = {**DEFAULT_TRAINING, **(training or {}), "output_dir": str(output_dir)}
+    if settings.get("steps"):
+        settings.setdefault("warmup_steps", settings["steps"] // 10)
+    settings.setdefault("progress", progress)
+    config = TrainConfig.from_dict(settings, "continual training settings")
+    network = starting_model(model, progress=progress)
+    options = dict(scenario_args or {})
+    options.setdefault("image_size", network.image_size)
+    stream = build_scenario(scenario, **options)
+    if progress:
+        print(describe(stream))
+    extra = {
+        "scenario": scenario,
+        "scenario_args": options,
+        "model": model,
+        "method_args": method_args or {},
+        "training": settings,
+    }
+    return run_continual(
+        network,
+        stream,
+        built_method,
+        config,
+        output_dir,
+        resume=resume,
+        progress=progress,
+        extra=extra,
+    )
+
+
+def compare(
+    scenario: str,
+    methods: list[str],
+    output_dir: str | Path,
+    method_args: dict[str, dict[str, Any]] | None = None,
+    **options,
+) -> dict[str, Any]:
+    """Run several methods on one stream (each in `output_dir/<method>`); returns their
+    reports by method name. A finished method is read back, not run again."""
+    from mmcl.continual.methods import build_method
+    from mmcl.continual.report import read_report
+
+    method_args = method_args or {}
+    for name in methods:  # every name and argument checked before hours of training
+        build_method(name, **method_args.get(name, {}))
+    reports = {}
+    for name in methods:
+        folder = Path(output_dir) / name.replace("+", "_")
+        if (folder / "report.json").exists():
+            reports[name] = read_report(folder)
+            continue
+        resume = (folder / "progress.json").exists()
+        result = run_experiment(
+            scenario, name, folder, method_args.get(name), resume=resume, **options
+        )
+        reports[name] = result.report
+    return reports

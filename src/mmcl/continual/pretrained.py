@@ -28,8 +28,12 @@ def pretrained_scene_model(steps: int | None = None, progress: bool = True) -> P
     target = cache_dir() / "pretrained" / f"scenes-clip-{key}.safetensors"
     if target.is_file():
         return target
-    overrides = ["train.eval_every=null", "train.checkpoint_every=null", "train.tensorboard=false",
-                 f"train.progress={str(progress).lower()}"]
+    overrides = [
+        "train.eval_every=null",
+        "train.checkpoint_every=null",
+        "train.tensorboard=false",
+        f"train.progress={str(progress).lower()}",
+    ]
     if steps is not None:
         overrides.append(f"train.steps={steps}")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -37,8 +41,10 @@ def pretrained_scene_model(steps: int | None = None, progress: bool = True) -> P
         recipe = load_recipe("demo", [*overrides, f"train.output_dir={folder}"])
         recipe.eval = {}
         if progress:
-            print(f"pre-training the starting model once ({recipe.train.steps} steps); "
-                  f"it will be cached at {target}")
+            print(
+                f"pre-training the starting model once ({recipe.train.steps} steps); "
+                f"it will be cached at {target}"
+            )
         run_recipe(recipe)
         shutil.move(str(Path(folder) / "model.safetensors"), target)  # same folder: a rename
     return target

@@ -100,7 +100,9 @@ def run_continual(
     each task trains in `output_dir/task_XX_name` with its own checkpoints.
     """
     output_dir = Path(output_dir)
-    is_main = distributed.rank() == 0
+    info = distributed.init_from_env()
+    is_main = info.is_main
+    model.to(info.device)
     tasks = scenario.tasks
     names = [task.name for task in tasks]
     if not resume and (output_dir / PROGRESS_FILE).exists():
@@ -108,21 +110,36 @@ def run_continual(
             f"{output_dir} already holds a continual run: resume it (resume=True / --resume) "
             f"or choose a new output folder"
         )
+    per_step = config.batch_size * config.accumulation_steps * info.world_size
+    small = [f"{t.name} ({len(t.train)})" for t in tasks if len(t.train) < per_step]
+    if method.trains and small:
+        raise ValueError(
+            f"tasks with fewer training items than one step takes ({config.batch_size} x "
+            f"{config.accumulation_steps} accumulation x {info.world_size} rank(s)): "
+            f"{', '.join(small)}; lower the batch size or give the tasks more data"
+        )
     saved = _load_progress(output_dir, names, method.name) if resume else None
     output_dir.mkdir(parents=True, exist_ok=True)
     _barrier()
 
+    run = ContinualRun(scenario, method, config, output_dir, {})
+    method.setup(model, run)  # adapters/prompts first, so the snapshot below includes them
     if saved is None:
-        initial_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        run.initial_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         if is_main:
             with atomic_path(output_dir / INITIAL_FILE) as tmp:
-                torch.save(initial_state, tmp)
-        saved = {"method": method.name, "tasks": names, "completed": 0, "matrix": [],
-                 "initial": None, "seconds": [], "peak_memory_mib": []}
+                torch.save(run.initial_state, tmp)
+        saved = {
+            "method": method.name,
+            "tasks": names,
+            "completed": 0,
+            "matrix": [],
+            "initial": None,
+            "seconds": [],
+            "peak_memory_mib": [],
+        }
     else:
-        initial_state = torch.load(output_dir / INITIAL_FILE, weights_only=True)
-    run = ContinualRun(scenario, method, config, output_dir, initial_state)
-    method.setup(model, run)
+        run.initial_state = torch.load(output_dir / INITIAL_FILE, weights_only=True)
     if saved["completed"] > 0:
         state = torch.load(output_dir / STATE_FILE, weights_only=True)
         model.load_state_dict(state["model"])
@@ -148,8 +165,13 @@ def run_continual(
             )
             space = run.training_space(index)
             objective = ClassificationObjective(space.names, space.templates, space.labels)
-            Trainer(model, method.train_data(task, run), task_config, objective=objective,
-                    plugins=[method]).fit()
+            Trainer(
+                model,
+                method.train_data(task, run),
+                task_config,
+                objective=objective,
+                plugins=[method],
+            ).fit()
         method.after_task(task, model, run)
         if distributed.is_distributed():
             method.load_state_dict(_broadcast(method.state_dict()))
@@ -167,13 +189,30 @@ def run_continual(
             shown = " ".join(f"{100 * a:5.1f}" for a in row)
             print(f"after task {index} ({task.name}): {shown}  [{seconds:.0f}s]", flush=True)
 
-    report = write_report(
-        output_dir, saved["matrix"], names, method.name, extra=extra or {},
-        times=saved["seconds"], peak_memory=saved["peak_memory_mib"], initial=saved["initial"],
-    ) if is_main else {}
+    report = (
+        write_report(
+            output_dir,
+            saved["matrix"],
+            names,
+            method.name,
+            extra=extra or {},
+            times=saved["seconds"],
+            peak_memory=saved["peak_memory_mib"],
+            initial=saved["initial"],
+        )
+        if is_main
+        else {}
+    )
     _barrier()
-    return ContinualResult(method.name, names, saved["matrix"], saved["initial"],
-                           saved["seconds"], saved["peak_memory_mib"], report)
+    return ContinualResult(
+        method.name,
+        names,
+        saved["matrix"],
+        saved["initial"],
+        saved["seconds"],
+        saved["peak_memory_mib"],
+        report,
+    )
 
 
 def _evaluate_all(model, method, scenario, after: int, run, batch_size: int) -> list[float]:

@@ -109,8 +109,16 @@ def _split_by_class(
     prompts = _resolve_templates(train, templates)
     train_labels = _checked_targets(train, train_targets, len(names), "train")
     test_labels = _checked_targets(test, test_targets, len(names), "test")
+    # A class without training items could never be learnt: refuse it before any training.
+    untrainable = sorted(set(range(len(names))) - set(train_labels))
     tasks = []
     for t, group in enumerate(groups_of(len(names))):
+        missing = [c for c in group if c in untrainable]
+        if missing:
+            raise ValueError(
+                f"task {t}: classes {missing} ({', '.join(names[c] for c in missing)}) have no "
+                "training examples"
+            )
         label_map = {c: j for j, c in enumerate(group)} if local_labels else None
         members = set(group)
         parts = {}
@@ -235,15 +243,15 @@ def domain_incremental(
     >>> scenario.task_names, scenario.classes_seen_up_to(0)
     (['rotated-0', 'rotated-90'], [0, 1])
     """
-    domains = list(domains)
+    domains = [tuple(domain) for domain in domains]
     if not domains:
         raise ValueError("domain_incremental needs at least one (name, train, test) domain")
-    names = _resolve_names(domains[0][1], classnames)
-    tasks = []
     for t, domain in enumerate(domains):
         if len(domain) != 3:
             raise ValueError(f"domain {t} must be (name, train, test), got {len(domain)} items")
-        domain_name, train, test = domain
+    names = _resolve_names(domains[0][1], classnames)
+    tasks = []
+    for t, (domain_name, train, test) in enumerate(domains):
         _checked_targets(train, None, len(names), f"domain {domain_name!r} train")
         _checked_targets(test, None, len(names), f"domain {domain_name!r} test")
         tasks.append(
@@ -277,7 +285,7 @@ def multi_dataset(
     >>> [task.num_classes for task in scenario], scenario.classnames is None
     ([2, 3], True)
     """
-    entries = list(tasks)
+    entries = [tuple(entry) for entry in tasks]
     if not entries:
         raise ValueError("multi_dataset needs at least one task")
     built = []

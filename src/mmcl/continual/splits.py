@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import operator
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -38,8 +39,9 @@ def split_classes(
         return _checked_splits(class_splits, n_classes, n_tasks)
 
     if class_order is None:
+        # An int seed only: random.Random(None) would draw a different order every run.
         order = list(range(n_classes))
-        random.Random(seed).shuffle(order)
+        random.Random(_class_id(seed, "seed")).shuffle(order)
     else:
         order = [_class_id(c, "class_order") for c in class_order]
         if sorted(order) != list(range(n_classes)):
@@ -60,15 +62,22 @@ def split_classes(
 
 
 def _class_id(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{what} must hold integer class ids, got {value!r}")
-    return value
+    """``value`` as an int: Python, numpy or 0-d tensor integers, never bools."""
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise ValueError(f"{what}: expected an integer, got {value!r}")
 
 
 def _checked_splits(
     class_splits: Sequence[Sequence[int]], n_classes: int, n_tasks: int | None
 ) -> list[list[int]]:
-    groups = [[_class_id(c, "class_splits") for c in group] for group in class_splits]
+    try:
+        groups = [[_class_id(c, "class_splits") for c in group] for group in class_splits]
+    except TypeError:  # a group that is not a list
+        raise ValueError(f"class_splits must be lists of class ids, got {class_splits!r}") from None
     if not groups:
         raise ValueError("class_splits is empty: give at least one group of class ids")
     if n_tasks is not None and n_tasks != len(groups):
@@ -92,11 +101,24 @@ def _checked_splits(
     return groups
 
 
+def _is_int(value: Any) -> bool:
+    try:
+        _class_id(value, "")
+    except ValueError:
+        return False
+    return True
+
+
 def _group_sizes(
     n_classes: int, n_tasks: int | None, classes_per_task: int | Sequence[int] | None
 ) -> list[int]:
-    if isinstance(classes_per_task, Sequence):
-        sizes = [_class_id(k, "classes_per_task") for k in classes_per_task]
+    if classes_per_task is not None and not _is_int(classes_per_task):
+        try:
+            sizes = [_class_id(k, "classes_per_task") for k in classes_per_task]
+        except TypeError:  # not iterable
+            raise ValueError(
+                f"classes_per_task must be an int or a list of ints, got {classes_per_task!r}"
+            ) from None
         if any(k <= 0 for k in sizes):
             raise ValueError(f"classes_per_task {sizes} has an empty task")
         if sum(sizes) != n_classes:
@@ -113,8 +135,9 @@ def _group_sizes(
         return [k] * (n_classes // k)
     if n_tasks is None:
         raise ValueError("give n_tasks, classes_per_task or class_splits")
-    if isinstance(n_tasks, bool) or not isinstance(n_tasks, int) or n_tasks <= 0:
+    if not _is_int(n_tasks) or n_tasks <= 0:
         raise ValueError(f"n_tasks must be a positive int, got {n_tasks!r}")
+    n_tasks = _class_id(n_tasks, "n_tasks")
     if n_tasks > n_classes:
         raise ValueError(f"n_tasks={n_tasks} is more than the {n_classes} classes")
     if n_classes % n_tasks:

@@ -29,6 +29,8 @@ dataset, labels remapped on the fly where the kind asks for it).
 
 from __future__ import annotations
 
+import numbers
+import operator
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -72,21 +74,24 @@ def dataset_targets(dataset: Any, targets: Sequence[int] | torch.Tensor | None =
         targets = [dataset[i][1] for i in range(len(dataset))]
     if isinstance(targets, torch.Tensor):
         targets = targets.tolist()
-    labels = []
-    for position, label in enumerate(targets):
-        if isinstance(label, torch.Tensor) and label.numel() == 1:
-            label = label.item()
-        if isinstance(label, bool) or not isinstance(label, int):
-            try:
-                label = int(label)  # numpy integers
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"label at index {position} must be an integer class id, got {label!r}"
-                ) from None
-        labels.append(label)
+    labels = [_class_label(label, position) for position, label in enumerate(targets)]
     if len(labels) != len(dataset):
         raise ValueError(f"{len(labels)} targets for a dataset of {len(dataset)} items")
     return labels
+
+
+def _class_label(label: Any, position: int) -> int:
+    # Integers of any kind (numpy, 0-d tensors) and integral floats (a float label tensor) are
+    # class ids; bools, fractions and strings are not, rather than being truncated to one.
+    if isinstance(label, torch.Tensor) and label.numel() == 1:
+        label = label.item()
+    if not isinstance(label, bool):  # numpy's bool is neither an index nor a Real
+        try:
+            return operator.index(label)
+        except TypeError:
+            if isinstance(label, numbers.Real) and float(label).is_integer():
+                return int(label)
+    raise ValueError(f"label at index {position} must be an integer class id, got {label!r}")
 
 
 def _cheap_targets(dataset: Any) -> Sequence[int] | torch.Tensor | None:
@@ -122,7 +127,12 @@ class TaskSubset(Dataset):
         self.indices = list(indices)
         self.label_map = dict(label_map) if label_map is not None else None
         selected = [source_targets[i] for i in self.indices]
-        self.targets = [self.label_map[y] for y in selected] if self.label_map else selected
+        if self.label_map is not None:
+            unmapped = sorted({y for y in selected if y not in self.label_map})
+            if unmapped:
+                raise ValueError(f"labels {unmapped} of the selected items are not in label_map")
+            selected = [self.label_map[y] for y in selected]
+        self.targets = selected
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -177,6 +187,9 @@ class Task:
                     f"task {self.name!r}: {len(self.class_ids)} class ids for "
                     f"{len(self.classnames)} class names"
                 )
+            repeated = sorted({c for c in self.class_ids if self.class_ids.count(c) > 1})
+            if repeated:
+                raise ValueError(f"task {self.name!r}: class ids {repeated} appear more than once")
         elif self.global_labels:
             raise ValueError(f"task {self.name!r}: global labels need class_ids")
         for split, data in (("train", self.train), ("test", self.test)):
@@ -236,13 +249,32 @@ class Scenario:
         if self.classnames is None and self.kind != "multi-dataset":
             raise ValueError(f"a {self.kind} scenario needs the global class names")
         if self.classnames is not None:
-            object.__setattr__(self, "classnames", list(self.classnames))
+            object.__setattr__(self, "classnames", [str(c) for c in self.classnames])
             for task in tasks:
                 unknown = [c for c in task.class_ids or () if not 0 <= c < len(self.classnames)]
                 if task.class_ids is None or unknown:
                     raise ValueError(
                         f"task {task.name!r} needs class ids in 0..{len(self.classnames) - 1}"
                     )
+                expected = [self.classnames[c] for c in task.class_ids]
+                if task.classnames != expected:
+                    raise ValueError(
+                        f"task {task.name!r}: class names {task.classnames} do not match the "
+                        f"scenario's names of its class ids {task.class_ids}: {expected}"
+                    )
+        # Stream labels (mmcl.continual.classes) read a task's labels by the scenario's kind.
+        for task in tasks:
+            if self.kind == "class-incremental" and not task.global_labels:
+                raise ValueError(
+                    f"task {task.name!r}: class-incremental tasks need global_labels=True"
+                )
+            if self.kind in ("task-incremental", "multi-dataset") and task.global_labels:
+                raise ValueError(f"task {task.name!r}: {self.kind} tasks have local labels")
+            if self.kind == "domain-incremental" and task.label_ids != task.class_ids:
+                raise ValueError(
+                    f"task {task.name!r}: domain-incremental labels must be the shared class "
+                    f"ids, got labels {task.label_ids} for class ids {task.class_ids}"
+                )
 
     def __len__(self) -> int:
         return len(self.tasks)

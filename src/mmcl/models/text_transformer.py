@@ -26,7 +26,15 @@ class TextTransformer(nn.Module):
         self.ln_final = LayerNorm(config.width)
         self.text_projection = nn.Parameter(torch.empty(config.width, output_dim))
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, prefix_embeddings: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Text features ``(batch, output_dim)`` of ``tokens`` ``(batch, context)``.
+
+        ``prefix_embeddings`` ``(length, width)`` or ``(batch, length, width)``: learned vectors
+        (soft prompts, as in CoOp) placed right after the start-of-text token, before the
+        tokens' own embeddings; the sequence must still fit in the context length.
+        """
         # tokens: (batch, context) int64. The end-of-text token has the largest id, so argmax
         # finds it (the convention of OpenAI's and open_clip's CLIP).
         eot = tokens.argmax(dim=-1)
@@ -34,9 +42,27 @@ class TextTransformer(nn.Module):
         # so computing only up to it is exact and saves the padding's work.
         length = int(eot.max()) + 1 if tokens.numel() else tokens.shape[1]
         tokens = tokens[:, :length]
-        x = self.token_embedding(tokens) + self.positional_embedding[:length].to(
-            self.token_embedding.weight.dtype
-        )
+        x = self.token_embedding(tokens)
+        if prefix_embeddings is not None:
+            x = self._insert_prefix(x, prefix_embeddings)
+            eot = eot + prefix_embeddings.shape[-2]  # the end token moved right by the prefix
+        x = x + self.positional_embedding[: x.shape[1]].to(self.token_embedding.weight.dtype)
         x = self.ln_final(self.transformer(x, causal=True))
         pooled = x[torch.arange(x.shape[0], device=x.device), eot]
         return pooled @ self.text_projection
+
+    def _insert_prefix(self, x: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        batch, _, width = x.shape
+        if prefix.dim() == 2:
+            prefix = prefix.unsqueeze(0).expand(batch, -1, -1)
+        if prefix.dim() != 3 or prefix.shape[0] != batch or prefix.shape[2] != width:
+            raise ValueError(
+                f"prefix_embeddings must be (length, {width}) or ({batch}, length, {width}), "
+                f"got {tuple(prefix.shape)}"
+            )
+        if x.shape[1] + prefix.shape[1] > self.context_length:
+            raise ValueError(
+                f"{prefix.shape[1]} prefix vectors and {x.shape[1]} tokens exceed the context "
+                f"length {self.context_length}"
+            )
+        return torch.cat([x[:, :1], prefix.to(x.dtype), x[:, 1:]], dim=1)

@@ -28,10 +28,33 @@ class VisionTransformer(nn.Module):
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, images: torch.Tensor, prompt_embeddings: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Image features ``(batch, output_dim)`` from the class token.
+
+        ``prompt_embeddings`` ``(length, width)`` or ``(batch, length, width)``: extra tokens
+        (visual prompts, as in L2P) inserted after the class token once the positional
+        embedding is added; they take part in attention, and the feature is still the class
+        token's.
+        """
         # images: (batch, 3, H, W) -> patches (batch, grid*grid, width)
         x = self.conv1(images.to(self.conv1.weight.dtype)).flatten(2).transpose(1, 2)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+        if prompt_embeddings is not None:
+            x = torch.cat([x[:, :1], self._check_prompts(x, prompt_embeddings), x[:, 1:]], dim=1)
         x = self.transformer(self.ln_pre(x))
         return self.ln_post(x[:, 0]) @ self.proj
+
+    @staticmethod
+    def _check_prompts(x: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+        batch, _, width = x.shape
+        if prompts.dim() == 2:
+            prompts = prompts.unsqueeze(0).expand(batch, -1, -1)
+        if prompts.dim() != 3 or prompts.shape[0] != batch or prompts.shape[2] != width:
+            raise ValueError(
+                f"prompt_embeddings must be (length, {width}) or ({batch}, length, {width}), "
+                f"got {tuple(prompts.shape)}"
+            )
+        return prompts.to(x.dtype)

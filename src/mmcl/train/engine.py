@@ -6,6 +6,7 @@ the hooks below, called by the loop. A plugin never needs its own loop.
     extra_losses(model, batch, outputs) -> dict[str, Tensor]   # added to the objective
     after_optimizer_step(trainer)                               # e.g. weight averaging
     state_dict() / load_state_dict(state)                       # saved in every checkpoint
+    ddp_find_unused_parameters = True     # some trainable parameters sit out some steps
 """
 
 from __future__ import annotations
@@ -112,6 +113,8 @@ class Trainer:
         self.epoch = 0
         self.items_consumed = 0  # of this rank's share of the current epoch
         self.skipped = 0
+        if not self.streaming:
+            _ = self.steps_per_epoch  # too few items for one step: say so, never loop forever
 
     # --- set-up --------------------------------------------------------------------------------
 
@@ -182,7 +185,11 @@ class Trainer:
         # Gradient caching calls the towers directly and averages gradients itself.
         if self.info.world_size > 1 and not config.grad_cache_chunk:
             device_ids = [self.info.device] if self.info.device.type == "cuda" else None
-            self.ddp_model = DistributedDataParallel(model, device_ids=device_ids)
+            # Plugins whose parameters sit out some steps (e.g. top-k routed experts) say so.
+            unused = any(getattr(p, "ddp_find_unused_parameters", False) for p in self.plugins)
+            self.ddp_model = DistributedDataParallel(
+                model, device_ids=device_ids, find_unused_parameters=unused
+            )
         if not self.streaming:
             self.sampler = EpochSampler(
                 len(self.train_data), config.seed, True, self.info.rank, self.info.world_size
@@ -225,7 +232,8 @@ class Trainer:
             "schedule": self.schedule(),
             "config": self.config.to_dict(),
             "plugins": [p.state_dict() for p in self.plugins if hasattr(p, "state_dict")],
-            "objective": self.objective.state_dict() if hasattr(self.objective, "state_dict")
+            "objective": self.objective.state_dict()
+            if hasattr(self.objective, "state_dict")
             else None,
         }
 

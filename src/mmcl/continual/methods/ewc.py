@@ -2,8 +2,8 @@
 the weights each past task ended with, stronger where those weights mattered to that task.
 
 After task k the method stores the diagonal Fisher information F_k of the model's predictive
-distribution over the task's classes, and the anchor theta*_k = the weights at that moment.
-While later tasks train it adds
+distribution and the anchor theta*_k = the weights at that moment. While later tasks train it
+adds
 
     ewc = lambda / 2 * sum_k sum_i F_k,i * (theta_i - theta*_k,i) ** 2
 
@@ -12,12 +12,13 @@ trainable weights per task. Online EWC keeps a single running pair: F <- gamma *
 theta* <- theta*_k (gamma = 1 sums the Fisher of every task; gamma < 1 forgets old ones).
 
 The Fisher is the *true* Fisher, not the empirical one: for each of `fisher_samples` training
-images x (a seeded random sample of the task's training set) a label y is drawn from the
-model's own prediction p(y | x), and F = mean over x of (d log p(y | x) / d theta) ** 2. The
-logits are those the training objective uses (`ClassificationObjective` over the task's class
-prompts, templates cycling), computed in eval mode one image at a time, because a squared
-gradient needs per-sample gradients. Only trainable parameters get a Fisher: a frozen one has
-no entry (its Fisher is zero) and costs no memory.
+images x (a seeded random sample of the task's data, with stream labels) a label y is drawn
+from the model's own prediction p(y | x), and F = mean over x of (d log p(y | x) / d theta)**2.
+p is the distribution the task was trained with: the classification objective over the task's
+training space (`run.training_space`: in class-incremental streams every class seen so far),
+templates cycling, computed in eval mode one image at a time, because a squared gradient needs
+per-sample gradients. Only trainable parameters get a Fisher: a frozen one has no entry (its
+Fisher is zero) and costs no memory.
 """
 
 from __future__ import annotations
@@ -32,39 +33,28 @@ from mmcl.train.objectives import ClassificationObjective
 
 class EWC(Method):
     name = "ewc"
+    online = False
 
-    def __init__(
-        self,
-        lambda_: float = 1000.0,
-        online: bool = False,
-        gamma: float = 1.0,
-        fisher_samples: int = 256,
-    ):
-        if not (math.isfinite(lambda_) and lambda_ >= 0):
-            raise ValueError(f"ewc: lambda_ must be a finite number >= 0, got {lambda_}")
-        if not 0.0 <= gamma <= 1.0:
-            raise ValueError(f"ewc: gamma must be in [0, 1], got {gamma}")
-        if not online and gamma != 1.0:
-            raise ValueError("ewc: gamma (the Fisher's decay) applies to online EWC only")
-        if isinstance(fisher_samples, bool) or not isinstance(fisher_samples, int):
-            raise ValueError(f"ewc: fisher_samples must be an integer, got {fisher_samples!r}")
-        if fisher_samples < 1:
-            raise ValueError(f"ewc: fisher_samples must be at least 1, got {fisher_samples}")
-        self.lambda_ = lambda_
-        self.online = online
-        self.gamma = gamma
+    def __init__(self, lambda_: float = 1000.0, fisher_samples: int = 256):
+        _check_arguments(self.name, lambda_, fisher_samples)
+        self.lambda_ = float(lambda_)
+        self.gamma = 1.0
         self.fisher_samples = fisher_samples
-        self.name = "online_ewc" if online else "ewc"
         # One (Fisher, anchor) pair per past task, or a single running pair for online EWC.
         self.fishers: list[dict[str, torch.Tensor]] = []
         self.anchors: list[dict[str, torch.Tensor]] = []
 
     def after_task(self, task, model, run) -> None:
         seed = 1_000_003 * run.config.seed + task.index
-        fisher = diagonal_fisher(model, task, self.fisher_samples, seed)
+        fisher = diagonal_fisher(
+            model,
+            run.training_space(task.index),
+            run.stream_data(task.index),
+            self.fisher_samples,
+            seed,
+        )
         if self.online and self.fishers:
-            previous = self.fishers[0]
-            for name, old in previous.items():  # F <- gamma * F + F_k
+            for name, old in self.fishers[0].items():  # F <- gamma * F + F_k
                 new = fisher.get(name)
                 if new is None:  # frozen now: keep its decayed Fisher
                     fisher[name] = self.gamma * old
@@ -73,7 +63,7 @@ class EWC(Method):
             self.fishers, self.anchors = [], []
         parameters = dict(model.named_parameters())
         self.fishers.append(fisher)
-        self.anchors.append({name: parameters[name].detach().clone() for name in fisher})
+        self.anchors.append({name: parameters[name].detach().float().clone() for name in fisher})
 
     def extra_losses(self, model, batch, outputs) -> dict[str, torch.Tensor]:
         if not self.fishers:
@@ -83,12 +73,14 @@ class EWC(Method):
         for fisher, anchor in zip(self.fishers, self.anchors, strict=True):
             for name, weight in fisher.items():
                 parameter = parameters[name]
-                if weight.device != parameter.device:  # after loading a checkpoint on CPU
+                if weight.device != parameter.device:  # loaded from a checkpoint on the CPU
                     fisher[name] = weight = weight.to(parameter.device)
                     anchor[name] = anchor[name].to(parameter.device)
                 term = (weight * (parameter.float() - anchor[name]) ** 2).sum()
                 total = term if total is None else total + term
-        return {"ewc": self.lambda_ / 2 * total}
+        if total is None:  # nothing was trainable when the Fisher was taken
+            return {}
+        return {self.name: self.lambda_ / 2 * total}
 
     def state_dict(self):
         return {"fishers": self.fishers, "anchors": self.anchors}
@@ -98,40 +90,59 @@ class EWC(Method):
         self.anchors = [dict(a) for a in state.get("anchors", [])]
 
     def __repr__(self) -> str:
-        if self.online:
-            return (
-                f"EWC(lambda_={self.lambda_}, online=True, gamma={self.gamma}, "
-                f"fisher_samples={self.fisher_samples})"
-            )
         return f"EWC(lambda_={self.lambda_}, fisher_samples={self.fisher_samples})"
 
 
-def online_ewc(lambda_: float = 1000.0, gamma: float = 1.0, fisher_samples: int = 256) -> EWC:
+class OnlineEWC(EWC):
     """Online EWC (Schwarz et al. 2018): one running Fisher, decayed by `gamma` each task."""
-    return EWC(lambda_=lambda_, online=True, gamma=gamma, fisher_samples=fisher_samples)
+
+    name = "online_ewc"
+    online = True
+
+    def __init__(self, lambda_: float = 1000.0, gamma: float = 1.0, fisher_samples: int = 256):
+        super().__init__(lambda_=lambda_, fisher_samples=fisher_samples)
+        if not (isinstance(gamma, (int, float)) and 0.0 <= gamma <= 1.0):
+            raise ValueError(f"{self.name}: gamma must be in [0, 1], got {gamma!r}")
+        self.gamma = float(gamma)
+
+    def __repr__(self) -> str:
+        return (
+            f"OnlineEWC(lambda_={self.lambda_}, gamma={self.gamma}, "
+            f"fisher_samples={self.fisher_samples})"
+        )
 
 
-def diagonal_fisher(model, task, samples: int, seed: int) -> dict[str, torch.Tensor]:
+def _check_arguments(method: str, lambda_, fisher_samples) -> None:
+    if not (isinstance(lambda_, (int, float)) and math.isfinite(lambda_) and lambda_ >= 0):
+        raise ValueError(f"{method}: lambda_ must be a finite number >= 0, got {lambda_!r}")
+    if isinstance(fisher_samples, bool) or not isinstance(fisher_samples, int):
+        raise ValueError(f"{method}: fisher_samples must be an integer, got {fisher_samples!r}")
+    if fisher_samples < 1:
+        raise ValueError(f"{method}: fisher_samples must be at least 1, got {fisher_samples}")
+
+
+def diagonal_fisher(model, space, data, samples: int, seed: int) -> dict[str, torch.Tensor]:
     """Mean squared gradient of log p(y | x), y drawn from the model, over trainable weights.
 
-    `samples` training items of `task` (all of them when it has fewer), chosen at random with
-    `seed`; the labels are drawn with the same seed, so the result is reproducible.
+    p is the classification objective over `space` (a `ClassSpace`); `data` yields
+    ``(image, stream label)``. `samples` items of `data` (all of them when it has fewer) are
+    chosen at random with `seed`, and the labels are drawn with the same generator, so the
+    result is reproducible.
     """
-    objective = ClassificationObjective(
-        task.classnames, task.templates, getattr(task, "class_ids", None)
-    )
+    objective = ClassificationObjective(space.names, space.templates, space.labels)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in trainable}
     if not trainable:
         return fisher
     device = trainable[0][1].device
     generator = torch.Generator().manual_seed(seed)
-    picks = torch.randperm(len(task.train), generator=generator)[:samples].tolist()
+    picks = torch.randperm(len(data), generator=generator)[:samples].tolist()
     was_training = model.training
-    model.eval()
+    model.eval()  # the prediction the task ended with: no dropout, BatchNorm's running stats
     try:
         for index in picks:
-            image, label = task.train[index]
+            image, label = data[index]
+            # The label only has to be one of the space's classes: y is drawn from the model.
             labels = torch.tensor([int(label)], device=device)
             _, outputs = objective(model, image.unsqueeze(0).to(device), labels)
             log_probs = outputs["logits"][0].float().log_softmax(dim=-1)

@@ -1,0 +1,152 @@
+"""`mmcl continual`: run a continual-learning method on a task stream, or compare several.
+
+mmcl continual --scenario mini-mtil --method zscl --output-dir runs/zscl
+mmcl continual --scenario scenes-cil --method er+lwf --method-args buffer_size=200,lambda_=1
+mmcl continual compare --scenario mini-mtil --methods frozen,finetune,lwf,zscl,moe_adapters
+mmcl continual list
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+TRAINING_FLAGS = {  # flag -> TrainConfig field
+    "steps": "steps",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "precision": "precision",
+    "checkpoint_every": "checkpoint_every",
+    "workers": "workers",
+    "seed": "seed",
+}
+
+
+def add_parser(commands) -> None:
+    continual = commands.add_parser(
+        "continual",
+        help="continual learning: run a method on a task stream (or `compare`, `list`)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_run_arguments(continual)
+    continual.add_argument("--method", help="method name; a+b composes (see `mmcl continual list`)")
+    continual.add_argument("--method-args", help="KEY=VALUE,... for the method, e.g. lambda_=100")
+    continual.set_defaults(handler=run_one, command="continual")
+    actions = continual.add_subparsers(dest="action")
+    compare = actions.add_parser("compare", help="several methods on one stream, one table")
+    add_run_arguments(compare)
+    compare.add_argument("--methods", required=True, help="comma-separated method names")
+    compare.add_argument(
+        "--method-args",
+        action="append",
+        default=[],
+        metavar="METHOD:KEY=VALUE,...",
+        help="arguments of one method, e.g. ewc:lambda_=100 (repeatable)",
+    )
+    compare.set_defaults(handler=run_compare, command="continual compare")
+    listing = actions.add_parser("list", help="list scenarios and methods")
+    listing.set_defaults(handler=run_list, command="continual list")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scenario", default="mini-mtil", help="task stream (default mini-mtil)")
+    parser.add_argument(
+        "--model",
+        default="scenes-pretrained",
+        help="scenes-pretrained (default: cached tiny CLIP), a checkpoint path, or a model name",
+    )
+    parser.add_argument("--output-dir", type=Path, help="where reports and checkpoints go")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    parser.add_argument("--train-size", type=int, help="training items per task")
+    parser.add_argument("--test-size", type=int, help="test items per task")
+    parser.add_argument("--steps", type=int, help="optimizer steps per task (default 100)")
+    parser.add_argument("--epochs", type=int, help="epochs per task (instead of --steps)")
+    parser.add_argument("--batch-size", type=int, help="per process (default 64)")
+    parser.add_argument("--lr", type=float, help="learning rate (default 1e-4)")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    parser.add_argument("--workers", type=int, help="data loading processes")
+    parser.add_argument("--seed", type=int, help="training seed (default 0)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _options(args: argparse.Namespace) -> dict:
+    training = {
+        field: getattr(args, flag)
+        for flag, field in TRAINING_FLAGS.items()
+        if getattr(args, flag) is not None
+    }
+    if args.epochs is not None and args.steps is None:
+        training["steps"] = None  # epochs decide the length
+    scenario_args = {
+        key: getattr(args, key)
+        for key in ("train_size", "test_size")
+        if getattr(args, key) is not None
+    }
+    return {
+        "model": args.model,
+        "training": training,
+        "scenario_args": scenario_args,
+        "progress": not args.quiet,
+    }
+
+
+def run_one(args: argparse.Namespace) -> int:
+    from mmcl.continual.experiments import parse_method_args, run_experiment
+
+    if args.action is None and not args.method:
+        raise ValueError("give --method NAME (see `mmcl continual list`), or use `compare`")
+    output = args.output_dir or Path("runs") / "continual" / f"{args.scenario}-{args.method}"
+    result = run_experiment(
+        args.scenario,
+        args.method,
+        output,
+        parse_method_args(args.method_args),
+        resume=args.resume,
+        **_options(args),
+    )
+    print((output / "report.md").read_text() if (output / "report.md").exists() else result)
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from mmcl.continual.experiments import compare, parse_method_args
+    from mmcl.continual.report import compare_table
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise ValueError("--methods is empty")
+    method_args = {}
+    for spec in args.method_args:
+        name, sep, values = spec.partition(":")
+        if not sep or name not in methods:
+            raise ValueError(
+                f"--method-args {spec!r}: expected METHOD:KEY=VALUE with METHOD in "
+                f"--methods ({', '.join(methods)})"
+            )
+        method_args[name] = parse_method_args(values)
+    output = args.output_dir or Path("runs") / "continual" / f"{args.scenario}-compare"
+    reports = compare(args.scenario, methods, output, method_args, **_options(args))
+    print(compare_table(reports))
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from mmcl.continual.experiments import SCENARIOS
+    from mmcl.continual.methods import METHODS
+
+    print("scenarios:")
+    for name, builder in sorted(SCENARIOS.items()):
+        print(f"  {name:14s} {_first_line(builder.__doc__)}")
+    print("methods (compose with +):")
+    for name, method in sorted(METHODS.items()):
+        print(f"  {name:14s} {_first_line(sys.modules[method.__module__].__doc__)}")
+    return 0
+
+
+def _first_line(doc: str | None) -> str:
+    lines = (doc or "").strip().splitlines()
+    return lines[0] if lines else ""

@@ -1,0 +1,190 @@
+"""CoOp (Zhou et al. 2022, "Learning to Prompt for Vision-Language Models"): keep CLIP frozen
+and learn the words of the prompt instead.
+
+The text input of a class is ``[SOT] ctx_1 .. ctx_M classname . [EOT]``, where the ctx_i are
+learned vectors in the token-embedding space (:class:`mmcl.nn.prompts.TextContext`) that
+replace a hand-written template. Initialised from the token embeddings of "a photo of a", the
+context reproduces that prompt exactly, so training starts from the zero-shot classifier of
+that template. The contexts are shared by all classes; with ``per_task=True`` every task gets
+its own, trained on that task and then frozen, and a class is always prompted with the context
+of the task that introduced it.
+
+How it plugs in, without the model or the engine knowing about it:
+
+- ``setup`` freezes the model and registers the contexts on it (``model.coop_contexts``), so
+  they are optimised, checkpointed and resumed with the model's own state.
+- While a task trains, a forward pre-hook on the text tower recognises the prompts the
+  runner's classification objective embeds (every class of the training space under each of
+  its templates) and hands the tower that class's CoOp input instead: the tokens of
+  "classname." with the context as ``prefix_embeddings``. The objective's cross-entropy thus
+  trains the context. The hook is removed after the task, so outside training the model
+  encodes text as usual.
+- ``predict`` scores images against the class embeddings of the learned contexts.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mmcl.continual import classes
+from mmcl.continual.methods.base import Method
+from mmcl.data.zeroshot import format_prompts
+from mmcl.io.tokenizer import get_tokenizer, tokenize
+from mmcl.models.text_transformer import TextTransformer
+from mmcl.nn.prompts import TextContext
+
+DEFAULT_LENGTH = 16  # the paper's context length when it starts from random vectors
+
+
+class CoOp(Method):
+    name = "coop"
+
+    def __init__(
+        self,
+        context_init: str | None = "a photo of a",
+        n_ctx: int | None = None,
+        per_task: bool = False,
+    ):
+        if context_init is not None and not isinstance(context_init, str):
+            raise ValueError(f"coop: context_init must be a phrase or None, got {context_init!r}")
+        if n_ctx is not None and (isinstance(n_ctx, bool) or not isinstance(n_ctx, int)):
+            raise ValueError(f"coop: n_ctx must be a positive integer, got {n_ctx!r}")
+        if n_ctx is not None and n_ctx < 1:
+            raise ValueError(f"coop: n_ctx must be a positive integer, got {n_ctx}")
+        if not isinstance(per_task, bool):
+            raise ValueError(f"coop: per_task must be True or False, got {per_task!r}")
+        self.phrase_ids: list[int] = []
+        if context_init is not None:
+            self.phrase_ids = get_tokenizer().encode(context_init)
+            if not self.phrase_ids:
+                raise ValueError(f"coop: context_init {context_init!r} has no tokens")
+            if n_ctx is not None and n_ctx != len(self.phrase_ids):
+                raise ValueError(
+                    f"coop: context_init {context_init!r} is {len(self.phrase_ids)} tokens, "
+                    f"but n_ctx is {n_ctx}; leave n_ctx out to use the phrase's length"
+                )
+        self.context_init = context_init
+        self.n_ctx = len(self.phrase_ids) if context_init is not None else n_ctx or DEFAULT_LENGTH
+        self.per_task = per_task
+        self.owner: dict[int, int] = {}  # stream label -> index of the context that prompts it
+        self._prompts: dict[tuple[int, ...], tuple[list[int], int]] = {}
+        self._hook = None
+        self._contexts: nn.ModuleList | None = None
+        self._features: dict = {}  # predict's class embeddings, until the model trains again
+
+    # --- hooks ---------------------------------------------------------------------------------
+
+    def setup(self, model, run) -> None:
+        if not isinstance(getattr(model, "text", None), TextTransformer):
+            raise ValueError("coop: needs a CLIP model with mmcl's causal text tower")
+        if self.n_ctx + 4 > model.text.context_length:  # start, a name, the full stop, end
+            raise ValueError(
+                f"coop: {self.n_ctx} context vectors leave no room for a class name in the "
+                f"text tower's context length {model.text.context_length}"
+            )
+        scenario = run.scenario
+        if self.per_task and scenario.kind == "domain-incremental":
+            raise ValueError(
+                "coop: per_task contexts need classes that belong to one task, but every task "
+                "of a domain-incremental stream shares its classes; use per_task=False"
+            )
+        self.owner = {}
+        for index in range(len(scenario)):
+            for label in classes.task_classes(scenario, index).labels:
+                self.owner.setdefault(label, index if self.per_task else 0)
+        model.requires_grad_(False)
+        width = model.text.token_embedding.embedding_dim
+        init = None
+        if self.phrase_ids:
+            init = model.text.token_embedding.weight[self.phrase_ids].detach().float().cpu()
+        count = len(scenario) if self.per_task else 1
+        contexts = nn.ModuleList(TextContext(self.n_ctx, width, init) for _ in range(count))
+        model.coop_contexts = contexts.to(model.text.token_embedding.weight.device)
+        self._features = {}
+
+    def before_task(self, task, model, run) -> None:
+        contexts = model.coop_contexts
+        training = task.index if self.per_task else 0
+        for index, context in enumerate(contexts):  # earlier tasks' contexts stay as learned
+            context.requires_grad_(index == training)
+        # Every prompt the objective may embed -> the class's CoOp tokens and context.
+        space = run.training_space(task.index)
+        self._prompts = {}
+        for name, label, templates in zip(space.names, space.labels, space.templates, strict=True):
+            own = list(_through_end(class_tokens([name])[0].tolist()))
+            for prompt in tokenize(format_prompts(name, list(templates))).tolist():
+                self._prompts[_through_end(prompt)] = (own, self.owner[label])
+        self._remove_hook()
+        self._contexts = contexts
+        self._hook = model.text.register_forward_pre_hook(self._substitute, with_kwargs=True)
+        self._features = {}
+
+    def after_task(self, task, model, run) -> None:
+        self._remove_hook()
+        self._features = {}
+
+    def predict(self, model, images, space, run):
+        text = self._features.get((id(model), tuple(space.names), tuple(space.labels)))
+        if text is None:
+            text = self.text_features(model, space.names, space.labels)
+            self._features = {(id(model), tuple(space.names), tuple(space.labels)): text}
+        image = model.encode_image(images, normalize=True)
+        return image.float() @ text.T
+
+    # --- the learned prompts -------------------------------------------------------------------
+
+    def text_features(self, model, names, labels):
+        """Normalised float32 embeddings ``(len(names), embed_dim)`` of classes prompted with
+        their learned contexts (``labels`` are stream labels, which choose the context)."""
+        unknown = [label for label in labels if label not in self.owner]
+        if unknown:
+            raise ValueError(f"coop: labels {unknown} are not classes of the run's stream")
+        contexts = model.coop_contexts
+        device = contexts[0].embeddings.device
+        prefix = _stacked(contexts)[[self.owner[label] for label in labels]]
+        features = model.text(class_tokens(names).to(device), prefix_embeddings=prefix)
+        return F.normalize(features.float(), dim=-1)
+
+    def _substitute(self, module, args, kwargs):
+        """Forward pre-hook on the text tower while a task trains: class prompts in, CoOp out."""
+        if "prefix_embeddings" in kwargs or not args:
+            return None  # a caller that chose its own prefix (predict) is left alone
+        tokens = args[0]
+        found = [self._prompts.get(_through_end(row)) for row in tokens.tolist()]
+        if all(item is None for item in found):
+            return None  # not class prompts (e.g. captions of another loss): encode as usual
+        if any(item is None for item in found):
+            raise ValueError(
+                "coop: a text batch mixes the training classes' prompts with other texts; "
+                "encode them in separate calls"
+            )
+        width = max(len(item[0]) for item in found)
+        padded = [item[0] + [0] * (width - len(item[0])) for item in found]
+        new_tokens = torch.tensor(padded, dtype=tokens.dtype).to(tokens.device)
+        prefix = _stacked(self._contexts)[[item[1] for item in found]]
+        return (new_tokens,), {**kwargs, "prefix_embeddings": prefix}
+
+    def _remove_hook(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def __repr__(self) -> str:
+        init = repr(self.context_init)
+        return f"CoOp(context_init={init}, n_ctx={self.n_ctx}, per_task={self.per_task})"
+
+
+def class_tokens(names) -> torch.Tensor:
+    """CoOp's text after the context: the class name and a full stop, as tokens."""
+    return tokenize([f"{name}." for name in names])
+
+
+def _stacked(contexts: nn.ModuleList):
+    return torch.stack([context() for context in contexts])  # (contexts, length, width)
+
+
+def _through_end(row: list[int]) -> tuple[int, ...]:
+    """A token row up to its end-of-text token (the largest id), without the padding."""
+    return tuple(row[: max(range(len(row)), key=row.__getitem__) + 1])

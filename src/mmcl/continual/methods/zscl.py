@@ -1,0 +1,183 @@
+"""ZSCL (Zheng et al. 2023, "Preventing Zero-Shot Transfer Degradation in Continual Learning of
+Vision-Language Models"): distil the *initial* model on reference image-text pairs that belong
+to no task, and average the weights along each task's training path.
+
+Feature-space distillation. The teacher is the model the run started from (its zero-shot
+ability is what should survive). Every training step draws a batch of reference pairs; student
+and teacher embed its images and captions, and with z = logit_scale * cos(image_i, text_j)
+
+    zscl = lambda * T**2 * (KL(softmax(z_t / T) || softmax(z_s / T))        image -> text
+                            + KL(softmax(z_t.T / T) || softmax(z_s.T / T)))  text -> image
+
+at T = 2, rows averaged (the T**2 keeps the gradient's size independent of T, as in the
+authors' code; KL rather than their cross-entropy differs by a constant, so it is zero at the
+start). The authors' code builds the student's logits with the teacher's text embeddings;
+here the student's own text tower is used, so it is held too (this library trains both towers).
+
+Reference data: the built-in captioned scenes (`mmcl.data.scenes.SceneCaptions`) of the "val"
+split, rendered at the model's image size. Scene splits are disjoint by construction and the
+built-in scene tasks and scene pre-training use "train" and "test" scenes, so no reference pair
+is a task item. The authors draw images and sentences from unrelated sources; the loss needs no
+pairing, so captions of the same scenes do as well. Batch number d is a seeded random choice of
+`reference_batch_size` pairs (default: the run's batch size; at most `reference_pairs`) that
+depends on d alone, so keeping d in the state makes a resumed run draw exactly what an
+uninterrupted one would.
+
+Weight ensemble. Within a task the method keeps the running mean of the weights,
+theta_avg <- (n * theta_avg + theta) / (n + 1): it starts as the task's initial weights (n = 1)
+and takes in the weights every `average_every` optimizer steps (after steps 1, 1 + I, 1 + 2I,
+..., the paper's iterations 0, I, 2I, ...). At the end of the task the model takes the average.
+Parameters only: buffers (BatchNorm statistics) keep their last value, and parameters frozen
+for the task leave the average at its first update (their mean is themselves), so checkpoints
+of a run with a locked tower stay small. The average is part of the state, so resuming inside
+a task is exact.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mmcl.continual.methods.base import Method
+from mmcl.continual.methods.lwf import distillation
+from mmcl.data.scenes import SceneCaptions
+from mmcl.io.tokenizer import tokenize
+
+REFERENCE_SPLIT = "val"  # neither the tasks' scenes ("train", "test") nor pre-training's
+
+
+class ZSCL(Method):
+    name = "zscl"
+
+    def __init__(
+        self,
+        lambda_: float = 1.0,
+        temperature: float = 2.0,
+        reference_pairs: int = 512,
+        reference_batch_size: int | None = None,
+        average_every: int = 100,
+    ):
+        if not (isinstance(lambda_, (int, float)) and math.isfinite(lambda_) and lambda_ >= 0):
+            raise ValueError(f"zscl: lambda_ must be a finite number >= 0, got {lambda_!r}")
+        if not (
+            isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0
+        ):
+            raise ValueError(f"zscl: temperature must be a finite number > 0, got {temperature!r}")
+        _check_count("reference_pairs", reference_pairs)
+        if reference_batch_size is not None:
+            _check_count("reference_batch_size", reference_batch_size)
+        _check_count("average_every", average_every)
+        self.lambda_ = float(lambda_)
+        self.temperature = float(temperature)
+        self.reference_pairs = reference_pairs
+        self.reference_batch_size = reference_batch_size
+        self.average_every = average_every
+        self.teacher: torch.nn.Module | None = None
+        self.reference: SceneCaptions | None = None
+        self.batch_size = 0  # reference pairs per step, known once the run's batch size is
+        self.seed = 0
+        self.draws = 0  # reference batches drawn so far in the run
+        self.average: dict[str, torch.Tensor] | None = None
+        self.members = 0  # weights in the average
+
+    def setup(self, model, run) -> None:
+        self.teacher = None  # the initial weights are known once every method has set up
+        self.seed = run.config.seed
+        self.reference = SceneCaptions(
+            REFERENCE_SPLIT,
+            self.reference_pairs,
+            image_size=model.image_size,
+            seed=self.seed,
+            tokenizer=tokenize,
+        )
+        self.batch_size = min(
+            self.reference_batch_size or run.config.batch_size, len(self.reference)
+        )
+
+    def before_task(self, task, model, run) -> None:
+        if self.teacher is None:
+            self.teacher = run.initial_model(model)
+        self.average = {n: p.detach().clone() for n, p in _floating_parameters(model)}
+        self.members = 1
+
+    def reference_batch(self, draw: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and caption tokens of reference batch number `draw` (a function of it)."""
+        generator = torch.Generator().manual_seed(1_000_003 * self.seed + draw)
+        picks = torch.randperm(len(self.reference), generator=generator)[: self.batch_size]
+        images, tokens = zip(*(self.reference[i] for i in picks.tolist()), strict=True)
+        return torch.stack(images), torch.stack(tokens)
+
+    def extra_losses(self, model, batch, outputs) -> dict[str, torch.Tensor]:
+        if self.teacher is None:
+            raise RuntimeError("zscl: setup(model, run) must run before training")
+        device = batch[0].device
+        if next(self.teacher.parameters()).device != device:
+            self.teacher.to(device)  # built before the engine moved the model
+        images, tokens = (t.to(device) for t in self.reference_batch(self.draws))
+        self.draws += 1
+        student = model(images, tokens, output_dict=True)
+        with torch.no_grad():
+            teacher = self.teacher(images, tokens, output_dict=True)
+        student_logits = _logits(student)
+        teacher_logits = _logits(teacher)
+        t = self.temperature
+        loss = distillation(teacher_logits, student_logits, t) + distillation(
+            teacher_logits.T, student_logits.T, t
+        )
+        return {"zscl": self.lambda_ * t**2 * loss}
+
+    def after_optimizer_step(self, trainer) -> None:
+        # trainer.step counts the steps before this one: 0, I, 2I, ... as in the paper.
+        if self.average is None or trainer.step % self.average_every:
+            return
+        with torch.no_grad():
+            for name, parameter in _floating_parameters(trainer.model):
+                if name not in self.average:
+                    continue
+                if not parameter.requires_grad:  # frozen for the task: its mean is itself
+                    del self.average[name]
+                    continue
+                mean = self.average[name]
+                if mean.device != parameter.device:  # loaded from a checkpoint on the CPU
+                    self.average[name] = mean = mean.to(parameter.device)
+                mean.mul_(self.members).add_(parameter.detach()).div_(self.members + 1)
+        self.members += 1
+
+    def after_task(self, task, model, run) -> None:
+        if self.average is not None:
+            with torch.no_grad():
+                for name, parameter in _floating_parameters(model):
+                    if name in self.average:
+                        parameter.copy_(self.average[name])
+        self.average, self.members = None, 0
+
+    def state_dict(self):
+        return {"draws": self.draws, "average": self.average, "members": self.members}
+
+    def load_state_dict(self, state) -> None:
+        self.draws = int(state.get("draws", 0))
+        average = state.get("average")
+        self.average = None if average is None else dict(average)
+        self.members = int(state.get("members", 0))
+
+    def __repr__(self) -> str:
+        return (
+            f"ZSCL(lambda_={self.lambda_}, temperature={self.temperature}, "
+            f"reference_pairs={self.reference_pairs}, "
+            f"reference_batch_size={self.reference_batch_size}, "
+            f"average_every={self.average_every})"
+        )
+
+
+def _check_count(argument: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"zscl: {argument} must be an integer >= 1, got {value!r}")
+
+
+def _floating_parameters(model):
+    return [(n, p) for n, p in model.named_parameters() if p.is_floating_point()]
+
+
+def _logits(outputs) -> torch.Tensor:
+    return outputs["logit_scale"] * outputs["image_features"] @ outputs["text_features"].T

@@ -1,0 +1,107 @@
+"""`mmcl continual`: one method, compare, list, and bad input reported before training."""
+
+import json
+
+import pytest
+
+from mmcl.cli import main
+from mmcl.continual.experiments import parse_method_args
+
+SMALL = [
+    "--scenario",
+    "scenes-cil",
+    "--model",
+    "tiny-vit",
+    "--steps",
+    "1",
+    "--batch-size",
+    "8",
+    "--train-size",
+    "32",
+    "--test-size",
+    "8",
+    "--quiet",
+]
+
+
+def test_one_method_writes_its_report(tmp_path, capsys):
+    assert (
+        main(
+            [
+                "continual",
+                *SMALL,
+                "--method",
+                "wise_ft",
+                "--method-args",
+                "alpha=0.25",
+                "--output-dir",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 0
+    )
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["method"] == "wise_ft" and len(report["accuracy_matrix"]) == 4
+    assert report["extra"]["method_args"] == {"alpha": 0.25}
+    assert "| Transfer |" in capsys.readouterr().out or (tmp_path / "run" / "report.md").exists()
+
+
+def test_compare_prints_one_row_per_method_and_reuses_finished_runs(tmp_path, capsys):
+    command = [
+        "continual",
+        "compare",
+        *SMALL,
+        "--methods",
+        "frozen,finetune",
+        "--output-dir",
+        str(tmp_path),
+    ]
+    assert main(command) == 0
+    table = capsys.readouterr().out
+    rows = [
+        line
+        for line in table.splitlines()
+        if line.startswith("| frozen") or line.startswith("| finetune")
+    ]
+    assert len(rows) == 2
+    stamp = (tmp_path / "finetune" / "report.json").stat().st_mtime_ns
+    assert main(command) == 0  # read back, not rerun
+    assert (tmp_path / "finetune" / "report.json").stat().st_mtime_ns == stamp
+
+
+def test_list_names_every_scenario_and_method(capsys):
+    from mmcl.continual.experiments import SCENARIOS
+    from mmcl.continual.methods import METHODS
+
+    assert main(["continual", "list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in [*SCENARIOS, *METHODS])
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--method", "finetuen"], "Did you mean finetune"),
+        (["--method", "wise_ft", "--method-args", "alpha=3"], "alpha must be in"),
+        (["--method", "finetune", "--method-args", "gamma"], "is not KEY=VALUE"),
+        (["--scenario", "nope", "--method", "finetune"], "Valid scenarios"),
+        ([], "give --method"),
+    ],
+)
+def test_bad_input_is_a_clear_error_before_training(tmp_path, capsys, arguments, message):
+    small = [a for a in SMALL if a != "scenes-cil" and a != "--scenario"]
+    if "--scenario" not in arguments:
+        small = SMALL
+    assert main(["continual", *small, *arguments, "--output-dir", str(tmp_path / "x")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x" / "progress.json").exists()
+
+
+def test_method_arguments_are_read_as_yaml_values():
+    assert parse_method_args("lambda_=100, online=true,name=abc,frac=1e-3") == {
+        "lambda_": 100,
+        "online": True,
+        "name": "abc",
+        "frac": 0.001,
+    }
+    assert parse_method_args("") == {}
