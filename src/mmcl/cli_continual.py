@@ -19,6 +19,7 @@ TRAINING_FLAGS = {  # flag -> TrainConfig field
     "lr": "lr",
     "precision": "precision",
     "checkpoint_every": "checkpoint_every",
+    "log_every": "log_every",
     "workers": "workers",
     "seed": "seed",
 }
@@ -68,6 +69,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, help="learning rate (default 1e-4)")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    parser.add_argument("--log-every", type=int, help="steps between log lines (default 10)")
     parser.add_argument("--workers", type=int, help="data loading processes")
     parser.add_argument("--seed", type=int, help="training seed (default 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
