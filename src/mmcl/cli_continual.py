@@ -49,6 +49,7 @@ def add_parser(commands) -> None:
     )
     compare.set_defaults(handler=run_compare, command="continual compare")
     listing = actions.add_parser("list", help="list scenarios and methods")
+    listing.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     listing.set_defaults(handler=run_list, command="continual list")
 
 
@@ -149,6 +150,7 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _first_line(doc: str | None) -> str:
-    lines = (doc or "").strip().splitlines()
-    return lines[0] if lines else ""
+def _first_line(doc: str | None, width: int = 90) -> str:
+    """The docstring's first paragraph on one line, shortened to `width` characters."""
+    paragraph = " ".join((doc or "").strip().split("\n\n")[0].split())
+    return paragraph if len(paragraph) <= width else paragraph[: width - 3].rstrip() + "..."

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from mmcl.recipe import load_recipe, recipe_text, run_recipe
 
-
 RECIPE = "scenes-vit"
 
 
