@@ -387,7 +387,7 @@ def _decimals(values: Sequence[float | None]) -> int:
 def _number(value: float | None, decimals: int) -> str:
     if value is None or not math.isfinite(value):
         return MISSING
-    return f"{value:.{decimals}f}"
+    return f"{value:.{decimals}f}".replace(f"-{0:.{decimals}f}", f"{0:.{decimals}f}")  # no "-0.00"
 
 
 def _emphasised(text: str, row: int, column: int) -> str:
