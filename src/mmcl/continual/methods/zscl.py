@@ -75,6 +75,7 @@ class ZSCL(Method):
         self.average_every = average_every
         self.teacher: torch.nn.Module | None = None
         self.reference: SceneCaptions | None = None
+        self._rendered: tuple[torch.Tensor, torch.Tensor] | None = None
         self.batch_size = 0  # reference pairs per step, known once the run's batch size is
         self.seed = 0
         self.draws = 0  # reference batches drawn so far in the run
@@ -94,6 +95,7 @@ class ZSCL(Method):
         self.batch_size = min(
             self.reference_batch_size or run.config.batch_size, len(self.reference)
         )
+        self._rendered: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def before_task(self, task, model, run) -> None:
         if self.teacher is None:
@@ -105,8 +107,13 @@ class ZSCL(Method):
         """Images and caption tokens of reference batch number `draw` (a function of it)."""
         generator = torch.Generator().manual_seed(1_000_003 * self.seed + draw)
         picks = torch.randperm(len(self.reference), generator=generator)[: self.batch_size]
-        images, tokens = zip(*(self.reference[i] for i in picks.tolist()), strict=True)
-        return torch.stack(images), torch.stack(tokens)
+        if self._rendered is None:  # render the reference set once, not a batch every step
+            images, tokens = zip(
+                *(self.reference[i] for i in range(len(self.reference))), strict=True
+            )
+            self._rendered = torch.stack(images), torch.stack(tokens)
+        images, tokens = self._rendered
+        return images[picks], tokens[picks]
 
     def extra_losses(self, model, batch, outputs) -> dict[str, torch.Tensor]:
         if self.teacher is None:
