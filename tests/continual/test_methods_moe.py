@@ -3,6 +3,7 @@ freezing, the auto-selector, an end-to-end run, resuming and bad arguments."""
 
 import pytest
 import torch
+from continual_helpers import small_config, tiny_clip
 from torch.nn import functional as F
 
 import mmcl
@@ -19,7 +20,6 @@ from mmcl.nn.adapters import (
     cv_squared,
     load_balancing_loss,
 )
-from mmcl.train import TrainConfig
 
 SCENARIO = build_scenario("scenes-cil", train_size=32, test_size=16)
 
@@ -35,22 +35,11 @@ def one_thread():
 
 
 def config(tmp_path, **overrides):
-    values = dict(
-        steps=2,
-        batch_size=8,
-        lr=1e-3,
-        warmup_steps=0,
-        progress=False,
-        tensorboard=False,
-        output_dir=str(tmp_path / "unused"),
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
+    return small_config(tmp_path, lr=0.001, **overrides)
 
 
 def model():
-    torch.manual_seed(0)
-    return mmcl.create_model("tiny-vit")
+    return tiny_clip()
 
 
 def adapted(tmp_path, method=None):

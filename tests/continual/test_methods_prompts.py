@@ -5,35 +5,24 @@ import math
 
 import pytest
 import torch
+from continual_helpers import small_config, small_scenario
 from safetensors.torch import load_file
 from torch.utils.data import TensorDataset
 
 import mmcl
-from mmcl.continual.experiments import build_scenario
 from mmcl.continual.methods.coop import CoOp, class_tokens
 from mmcl.continual.methods.l2p import L2P
 from mmcl.continual.runner import ContinualRun, run_continual
 from mmcl.continual.scenarios import domain_incremental
 from mmcl.nn.prompts import PromptPool, TextContext
-from mmcl.train import TrainConfig
 
 
 def scenario():
-    return build_scenario("scenes-cil", train_size=32, test_size=16)
+    return small_scenario()
 
 
 def config(tmp_path, **overrides):
-    values = dict(
-        steps=2,
-        batch_size=8,
-        lr=1e-2,
-        warmup_steps=0,
-        progress=False,
-        tensorboard=False,
-        output_dir=str(tmp_path / "unused"),
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
+    return small_config(tmp_path, lr=0.01, **overrides)
 
 
 def model(name="tiny-vit", seed=0):

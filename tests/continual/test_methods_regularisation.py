@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from continual_helpers import small_config, tiny_clip
 from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
@@ -24,7 +25,6 @@ from mmcl.continual.runner import ContinualRun, run_continual
 from mmcl.continual.scenarios import multi_dataset
 from mmcl.continual.tasks import Scenario
 from mmcl.data.zeroshot import format_prompts
-from mmcl.train import TrainConfig
 from mmcl.train.objectives import ClassificationObjective
 from mmcl.train.state import load_training_state
 
@@ -35,22 +35,7 @@ def scenario(tasks: int = 4):
 
 
 def config(tmp_path, **overrides):
-    values = dict(
-        steps=2,
-        batch_size=8,
-        lr=1e-3,
-        warmup_steps=0,
-        progress=False,
-        tensorboard=False,
-        output_dir=str(tmp_path / "unused"),
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
-
-
-def tiny_clip():
-    torch.manual_seed(0)
-    return mmcl.create_model("tiny-vit")
+    return small_config(tmp_path, lr=0.001, **overrides)
 
 
 def a_run(tmp_path, method, model):

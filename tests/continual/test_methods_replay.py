@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
+from continual_helpers import small_config, tiny_clip
 from torch.nn import functional as F
 
-import mmcl
 from mmcl.continual.classes import evaluation_space
 from mmcl.continual.experiments import build_scenario
 from mmcl.continual.methods import icarl as icarl_module
@@ -18,7 +18,6 @@ from mmcl.continual.methods.icarl import ICaRL, herding
 from mmcl.continual.methods.replay import ExperienceReplay, ReservoirBuffer
 from mmcl.continual.methods.wise_ft import WiseFT
 from mmcl.continual.runner import ContinualRun, run_continual
-from mmcl.train import TrainConfig
 from mmcl.train.objectives import ClassificationObjective
 
 
@@ -27,22 +26,11 @@ def scenario(train_size=32):
 
 
 def config(tmp_path, **overrides):
-    values = dict(
-        steps=2,
-        batch_size=8,
-        lr=1e-4,
-        warmup_steps=0,
-        progress=False,
-        tensorboard=False,
-        output_dir=str(tmp_path / "unused"),
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
+    return small_config(tmp_path, lr=0.0001, **overrides)
 
 
 def model():
-    torch.manual_seed(0)
-    return mmcl.create_model("tiny-vit").eval()
+    return tiny_clip().eval()
 
 
 def started_run(method, tmp_path, train_size=32):

@@ -4,36 +4,24 @@ import json
 
 import pytest
 import torch
+from continual_helpers import small_config, small_scenario, tiny_clip
 
-import mmcl
 from mmcl.continual.evaluation import task_accuracy
 from mmcl.continual.experiments import build_scenario
 from mmcl.continual.methods import available_methods, build_method
 from mmcl.continual.runner import ContinualRun, run_continual
-from mmcl.train import TrainConfig
 
 
 def scenario():
-    return build_scenario("scenes-cil", train_size=32, test_size=16)
+    return small_scenario()
 
 
 def config(tmp_path, **overrides):
-    values = dict(
-        steps=2,
-        batch_size=8,
-        lr=1e-4,
-        warmup_steps=0,
-        progress=False,
-        tensorboard=False,
-        output_dir=str(tmp_path / "unused"),
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
+    return small_config(tmp_path, lr=0.0001, **overrides)
 
 
 def model():
-    torch.manual_seed(0)
-    return mmcl.create_model("tiny-vit")
+    return tiny_clip()
 
 
 def test_matrix_has_every_task_after_every_task(tmp_path):
@@ -50,6 +38,9 @@ def test_matrix_has_every_task_after_every_task(tmp_path):
     assert len(result.initial) == 4 and len(result.seconds_per_task) == 4
     progress = json.loads((tmp_path / "run" / "progress.json").read_text())
     assert progress["completed"] == 4 and progress["matrix"] == result.matrix
+    # Finished tasks keep their final model, not their mid-task checkpoints.
+    for folder in (tmp_path / "run").glob("task_*"):
+        assert (folder / "model.safetensors").is_file() and not (folder / "checkpoints").exists()
 
 
 def test_frozen_model_rows_equal_its_initial_accuracy(tmp_path):

@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import json
 import resource
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,6 +186,10 @@ def run_continual(
             with atomic_path(output_dir / STATE_FILE) as tmp:
                 torch.save({"model": model.state_dict(), "method": method.state_dict()}, tmp)
         _save_progress(output_dir, saved, is_main)
+        if is_main:  # the task is done: its mid-task checkpoints are superseded by STATE_FILE
+            shutil.rmtree(
+                output_dir / f"task_{index:02d}_{task.name}" / "checkpoints", ignore_errors=True
+            )
         if progress and is_main:
             shown = " ".join(f"{100 * a:5.1f}" for a in row)
             print(f"after task {index} ({task.name}): {shown}  [{seconds:.0f}s]", flush=True)
