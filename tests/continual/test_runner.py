@@ -138,3 +138,38 @@ def test_method_names_and_arguments_are_checked():
 def test_unknown_scenario_lists_the_valid_ones():
     with pytest.raises(ValueError, match="Valid scenarios: cifar10-cil, mini-mtil, scenes-cil"):
         build_scenario("scenes-dil")
+
+
+def test_a_stop_between_saving_weights_and_the_row_does_not_repeat_the_task(tmp_path, monkeypatch):
+    from mmcl.continual import runner
+
+    def finish(folder):
+        network = model()
+        result = run_continual(
+            network,
+            scenario(),
+            build_method("wise_ft", alpha=0.5),
+            config(tmp_path),
+            folder,
+            resume=True,
+            progress=False,
+        )
+        return result, network.state_dict()
+
+    expected, expected_weights = finish(tmp_path / "whole")
+    original, calls = runner._record, []
+
+    def dies_on_the_second_task(saved, row, seconds, peak):
+        calls.append(saved["completed"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # after state_after_task.pt of task 1 was written
+        original(saved, row, seconds, peak)
+
+    monkeypatch.setattr(runner, "_record", dies_on_the_second_task)
+    with pytest.raises(KeyboardInterrupt):
+        finish(tmp_path / "cut")
+    monkeypatch.setattr(runner, "_record", original)
+    result, weights = finish(tmp_path / "cut")
+    # WiSE-FT's after_task is not idempotent: running task 1 again would change the weights.
+    assert result.matrix == expected.matrix
+    assert all(torch.equal(weights[k], expected_weights[k]) for k in expected_weights)

@@ -141,10 +141,17 @@ def run_continual(
         }
     else:
         run.initial_state = torch.load(output_dir / INITIAL_FILE, weights_only=True)
-    if saved["completed"] > 0:
+    if resume and (output_dir / STATE_FILE).exists():
         state = torch.load(output_dir / STATE_FILE, weights_only=True)
         model.load_state_dict(state["model"])
         method.load_state_dict(state["method"])
+        if state["completed"] == saved["completed"] + 1:
+            # Stopped after a task's weights were saved but before its row was: evaluate it
+            # now rather than train (and apply after_task to) that task a second time.
+            run.task_index = state["completed"] - 1
+            row = _evaluate_all(model, method, scenario, run.task_index, run, eval_batch_size)
+            _record(saved, row, state["seconds"], state["peak_memory_mib"])
+            _save_progress(output_dir, saved, is_main)
 
     if saved["initial"] is None:
         saved["initial"] = _evaluate_all(model, method, scenario, -1, run, eval_batch_size)
@@ -177,14 +184,19 @@ def run_continual(
         if distributed.is_distributed():
             method.load_state_dict(_broadcast(method.state_dict()))
         seconds = time.perf_counter() - started
-        row = _evaluate_all(model, method, scenario, index, run, eval_batch_size)
-        saved["matrix"].append(row)
-        saved["seconds"].append(seconds)
-        saved["peak_memory_mib"].append(_peak_memory_mib())
-        saved["completed"] = index + 1
+        peak = _peak_memory_mib()
         if is_main:
             with atomic_path(output_dir / STATE_FILE) as tmp:
-                torch.save({"model": model.state_dict(), "method": method.state_dict()}, tmp)
+                state = {
+                    "model": model.state_dict(),
+                    "method": method.state_dict(),
+                    "completed": index + 1,
+                    "seconds": seconds,
+                    "peak_memory_mib": peak,
+                }
+                torch.save(state, tmp)
+        row = _evaluate_all(model, method, scenario, index, run, eval_batch_size)
+        _record(saved, row, seconds, peak)
         _save_progress(output_dir, saved, is_main)
         if is_main:  # the task is done: its mid-task checkpoints are superseded by STATE_FILE
             shutil.rmtree(
@@ -225,6 +237,13 @@ def _evaluate_all(model, method, scenario, after: int, run, batch_size: int) -> 
         task_accuracy(model, method, scenario, j, after, run, batch_size)
         for j in range(len(scenario))
     ]
+
+
+def _record(saved: dict, row: list[float], seconds: float, peak: float) -> None:
+    saved["matrix"].append(row)
+    saved["seconds"].append(seconds)
+    saved["peak_memory_mib"].append(peak)
+    saved["completed"] += 1
 
 
 def _peak_memory_mib() -> float:
