@@ -1,6 +1,7 @@
 """Checkpoint formats: mmcl matches open_clip / transformers on the same random weights."""
 
 import json
+import shutil
 
 import open_clip
 import pytest
@@ -281,3 +282,11 @@ def test_huggingface_folder_without_config(tmp_path):
     (tmp_path / "hf").mkdir()
     with pytest.raises(CheckpointError, match="config.json"):
         load_checkpoint(tmp_path / "hf")
+
+
+@pytest.fixture(autouse=True)
+def _free_disk_after_each_test(tmp_path):
+    # Large models' checkpoints are gigabytes: free them as each test ends, so the suite never
+    # holds more than one test's files (pytest would keep them all until the session ends).
+    yield
+    shutil.rmtree(tmp_path, ignore_errors=True)
