@@ -66,10 +66,37 @@ def test_embed_images_equals_the_python_api(checkpoint, class_folder, tmp_path):
     assert np.abs(features[4] - expected[0].numpy()).max() < 1e-5
 
 
+def test_embed_images_in_parts_resumes_and_refuses_other_settings(
+    checkpoint, class_folder, tmp_path, capsys
+):
+    model, path = checkpoint
+    output = tmp_path / "out.npy"
+    args = ["embed", "--pretrained", str(path), "--images", str(class_folder)]
+    args += ["--output", str(output), "--quiet", "--batch-size", "2", "--part-size", "4"]
+    assert main([*args, "--workers", "2", "--keep-parts"]) == 0
+    parts = tmp_path / "out.npy.parts"
+    assert len(list(parts.glob("part-*.safetensors"))) == 3  # 9 images in parts of 4
+    first = np.load(output)
+    names = (tmp_path / "out.npy.index.txt").read_text().splitlines()
+    preprocess = mmcl.get_preprocess(model)
+    with torch.no_grad():
+        expected = model.encode_image(torch.stack([preprocess(Image.open(n)) for n in names]), True)
+    assert np.abs(first - expected.numpy()).max() < 1e-5
+    capsys.readouterr()
+
+    assert main([*args, "--precision", "bf16"]) == 2
+    error = capsys.readouterr().err
+    assert "another embedding job" in error and "precision" in error and str(parts) in error
+    assert main(args) == 0
+    assert "reused 3 finished part(s)" in capsys.readouterr().out
+    assert np.array_equal(np.load(output), first) and not parts.exists()
+
+
 def test_embed_texts_to_safetensors(checkpoint, tmp_path):
     model, path = checkpoint
     texts = tmp_path / "texts.txt"
-    texts.write_text("a cat\na dog\n")
+    captions = ["a cat", "a dog asleep on a red sofa beside a window in the sun", "", "a bird"]
+    texts.write_text("".join(f"{caption}\n" for caption in captions))
     output = tmp_path / "texts.safetensors"
     assert (
         main(
@@ -87,8 +114,9 @@ def test_embed_texts_to_safetensors(checkpoint, tmp_path):
         == 0
     )
     with torch.no_grad():
-        expected = model.encode_text(mmcl.tokenize(["a cat", "a dog"]), normalize=True)
-    assert torch.allclose(load_file(str(output))["features"], expected, atol=1e-6)
+        expected = model.encode_text(mmcl.tokenize(captions), normalize=True)
+    assert torch.allclose(load_file(str(output))["features"], expected, atol=1e-5)
+    assert (tmp_path / "texts.safetensors.index.txt").read_text().splitlines() == captions
 
 
 def test_unreadable_image_is_named_or_skipped(checkpoint, class_folder, tmp_path, capsys):

@@ -18,9 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from mmcl import cli_continual
 from mmcl.data.images import ImageFiles, class_folders, list_images
@@ -62,7 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
     source = embed.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", type=Path, help="folder of images (searched recursively)")
     source.add_argument("--texts", type=Path, help="text file, one text per line")
-    embed.add_argument("--output", type=Path, required=True, help="file.npy or file.safetensors")
+    embed.add_argument(
+        "--output",
+        type=Path,
+        required=True,
+        help="file.npy or file.safetensors (row names go to <output>.index.txt)",
+    )
+    embed.add_argument(
+        "--part-size",
+        type=int,
+        default=4096,
+        help="images: write finished parts of this many images to <output>.parts/ as they "
+        "come; a rerun after an interruption computes only the missing parts",
+    )
+    embed.add_argument(
+        "--keep-parts", action="store_true", help="keep <output>.parts/ after joining them"
+    )
     embed.set_defaults(handler=run_embed)
 
     zeroshot = commands.add_parser("zeroshot", help="class-folder images -> accuracy table")
@@ -185,22 +198,41 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def run_embed(args: argparse.Namespace) -> int:
-    from mmcl.eval.embed import embed_images, embed_texts
+    from mmcl.eval.embed import embed_image_folder, embed_texts, save_features
 
     if args.output.suffix not in (".npy", ".safetensors"):
         raise ValueError(f"--output must end in .npy or .safetensors, got {args.output}")
+    if args.part_size < 1:
+        raise ValueError(f"--part-size must be positive, got {args.part_size}")
     model = load_model(args)
     if args.images is not None:
         paths = list_images(args.images)
         if not paths:
             raise ValueError(f"{args.images}: no image files found")
-        dataset = ImageFiles(paths, get_preprocess(model), skip_bad=args.skip_bad)
-        result = embed_images(
-            model, dataset, args.batch_size, args.workers, args.device, progress=not args.quiet
+        result = embed_image_folder(
+            model,
+            paths,
+            args.output,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            device=args.device,
+            part_size=args.part_size,
+            skip_bad=args.skip_bad,
+            keep_parts=args.keep_parts,
+            settings={"precision": args.precision},
+            source={"model": args.model, "pretrained": args.pretrained},
+            progress=not args.quiet,
         )
-        features, names = result.features, [str(paths[i]) for i in result.indices]
+        rows, dim, index = result.rows, result.dim, result.index
+        if result.parts_reused:
+            print(f"reused {result.parts_reused} finished part(s) of an earlier run")
         if result.skipped:
-            print(f"skipped {result.skipped} unreadable image(s)", file=sys.stderr)
+            shown = ", ".join(str(path) for path in result.skipped[:10])
+            more = f" and {len(result.skipped) - 10} more" if len(result.skipped) > 10 else ""
+            print(
+                f"skipped {len(result.skipped)} unreadable image(s): {shown}{more}",
+                file=sys.stderr,
+            )
     else:
         texts = args.texts.read_text(encoding="utf-8").splitlines()
         features = embed_texts(
@@ -211,20 +243,9 @@ def run_embed(args: argparse.Namespace) -> int:
             args.device,
             progress=not args.quiet,
         )
-        names = texts
-    with atomic_path(args.output) as tmp:
-        if args.output.suffix == ".npy":
-            with open(tmp, "wb") as handle:
-                np.save(handle, features.numpy())
-        else:
-            save_file({"features": features.contiguous()}, str(tmp))
-    index = args.output.with_suffix(args.output.suffix + ".index.txt")
-    with atomic_path(index) as tmp:
-        tmp.write_text("".join(name.replace("\n", " ") + "\n" for name in names))
-    print(
-        f"wrote {features.shape[0]} x {features.shape[1]} features to {args.output} "
-        f"(row names in {index})"
-    )
+        index = save_features(args.output, features, texts)
+        rows, dim = features.shape
+    print(f"wrote {rows} x {dim} features to {args.output} (row names in {index})")
     return 0
 
 

@@ -19,8 +19,16 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", 
 
 
 class ImageReadError(ValueError):
-    def __init__(self, path: Path, reason: str):
-        super().__init__(f"{path}: cannot read image ({reason})")
+    def __init__(self, path: Path | str, reason: str | None = None):
+        if reason is None:
+            # One argument: a formatted message. A DataLoader worker's error comes back this
+            # way, as the worker's whole traceback; keep only its last line, our message.
+            message = str(path).rstrip().splitlines()[-1]
+            name = f"{type(self).__module__}.{type(self).__qualname__}"
+            message = message.removeprefix(f"{name}: ").removeprefix(f"{type(self).__name__}: ")
+        else:
+            message = f"{path}: cannot read image ({reason})"
+        super().__init__(message)
         self.path = path
 
 
