@@ -8,7 +8,7 @@ import torch
 
 import mmcl
 from mmcl.train import ResumeError, TrainConfig, Trainer
-from mmcl.train.optim import build_optimizer, cosine_with_warmup
+from mmcl.train.optim import build_optimizer, cosine_with_warmup, step_decay
 
 WORDS = "red green blue cat dog tree house car boat sun moon star fish bird apple chair".split()
 
@@ -117,6 +117,47 @@ def test_cosine_schedule_with_warmup_follows_the_formula():
         0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - 4) / 10)) for s in range(4, 14)
     ]
     assert rates == pytest.approx(expected)
+
+
+def test_step_schedule_decays_at_fractions_of_the_run_after_warmup():
+    optimizer = build_optimizer(tiny_model(), lr=1.0, kind="sgd")
+    scheduler = step_decay(
+        optimizer, total_steps=20, decay_at=(0.5, 0.75), decay=0.1, warmup_steps=2
+    )
+    rates = []
+    for _ in range(20):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    expected = [0.5, 1.0] + [1.0] * 8 + [0.1] * 5 + [0.01] * 5  # milestones at steps 10 and 15
+    assert rates == pytest.approx(expected)
+
+
+def test_sgd_and_step_schedule_settings_reach_the_trainer(tmp_path):
+    config = settings(
+        tmp_path, optimizer="sgd", momentum=0.9, schedule="step", lr_decay_at=[0.5], lr=0.01
+    )
+    trainer = Trainer(tiny_model(), RandomPairs(), config)
+    trainer.fit()
+    assert isinstance(trainer.optimizer, torch.optim.SGD)
+    assert trainer.optimizer.param_groups[0]["momentum"] == 0.9
+    assert trainer.scheduler.get_last_lr()[0] == pytest.approx(0.001)  # decayed once, at step 3
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"optimizer": "lamb"}, "optimizer must be one of"),
+        ({"schedule": "linear"}, "schedule must be one of"),
+        ({"momentum": 1.0}, "momentum must be in"),
+        ({"schedule": "step", "lr_decay_at": [0.9, 0.5]}, "increasing fractions"),
+        ({"lr_decay_at": [0.5]}, "needs schedule 'step'"),
+        ({"lr_decay": 0.0}, "lr_decay must be in"),
+    ],
+)
+def test_bad_optimiser_settings_are_named(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**overrides)
 
 
 def test_weight_decay_spares_norms_biases_embeddings_and_scale():

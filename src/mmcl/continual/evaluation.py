@@ -6,6 +6,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mmcl.continual.classes import evaluation_space, stream_data
+from mmcl.continual.heads import head_logits, is_classifier
 
 
 @torch.no_grad()
@@ -14,7 +15,7 @@ def task_accuracy(
 ) -> float:
     """Top-1 accuracy on task `task_index` after training task `evaluated_after` (-1: before
     any), over the classes `evaluation_space` names; the method's `predict` may replace the
-    zero-shot classifier."""
+    zero-shot classifier (or, for a plain classifier, the head's columns)."""
     task = scenario.tasks[task_index]
     device = next(model.parameters()).device
     was_training = model.training
@@ -28,6 +29,8 @@ def task_accuracy(
         ):
             images = images.to(device)
             logits = method.predict(model, images, space, run)
+            if logits is None and is_classifier(model):
+                logits = head_logits(model, images, space.labels)
             if logits is None:
                 if classifier is None:
                     classifier = space.classifier(model).float()

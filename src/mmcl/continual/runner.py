@@ -28,10 +28,10 @@ import torch
 
 from mmcl.continual import classes
 from mmcl.continual.evaluation import task_accuracy
+from mmcl.continual.heads import classification_objective, is_classifier
 from mmcl.continual.report import write_report
 from mmcl.io.atomic import atomic_path
 from mmcl.train import TrainConfig, Trainer, distributed
-from mmcl.train.objectives import ClassificationObjective
 
 PROGRESS_FILE = "progress.json"
 STATE_FILE = "state_after_task.pt"
@@ -119,6 +119,7 @@ def run_continual(
             f"{config.accumulation_steps} accumulation x {info.world_size} rank(s)): "
             f"{', '.join(small)}; lower the batch size or give the tasks more data"
         )
+    _check_model_fits(model, method, scenario)
     saved = _load_progress(output_dir, names, method.name) if resume else None
     output_dir.mkdir(parents=True, exist_ok=True)
     _barrier()
@@ -172,7 +173,7 @@ def run_continual(
                 progress=progress and config.progress,
             )
             space = run.training_space(index)
-            objective = ClassificationObjective(space.names, space.templates, space.labels)
+            objective = classification_objective(model, space)
             Trainer(
                 model,
                 method.train_data(task, run),
@@ -230,6 +231,26 @@ def run_continual(
         saved["peak_memory_mib"],
         report,
     )
+
+
+def _check_model_fits(model, method, scenario) -> None:
+    """A plain classifier needs a head column per stream label and a method without text."""
+    if not is_classifier(model):
+        return
+    parts = getattr(method, "parts", [method])
+    textual = [part.name for part in parts if part.needs_text_tower]
+    if textual:
+        raise ValueError(
+            f"method(s) {textual} work on a CLIP model's text tower; this model is a plain "
+            f"image classifier ({type(model).__name__})"
+        )
+    last = classes.training_space(scenario, len(scenario) - 1, True)
+    needed = max(last.labels) + 1
+    if model.num_classes < needed:
+        raise ValueError(
+            f"the classifier's head has {model.num_classes} outputs but the stream has "
+            f"{needed} classes (stream labels 0..{needed - 1})"
+        )
 
 
 def _evaluate_all(model, method, scenario, after: int, run, batch_size: int) -> list[float]:

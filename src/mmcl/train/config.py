@@ -9,6 +9,8 @@ from typing import Any
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 LOSSES = ("clip", "siglip")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "step")
 
 
 @dataclass
@@ -19,10 +21,15 @@ class TrainConfig:
     batch_size: int = 64  # per rank and micro-batch; global batch = this x ranks x accumulation
     accumulation_steps: int = 1
     # optimisation
+    optimizer: str = "adamw"  # sgd: plain SGD (+ momentum), as the classic CL protocols use
+    momentum: float = 0.0  # sgd only
     lr: float = 5e-4
     weight_decay: float = 0.2
+    schedule: str = "cosine"  # cosine with warm-up, or step: x lr_decay at each lr_decay_at
     warmup_steps: int = 0
-    min_lr_ratio: float = 0.0
+    min_lr_ratio: float = 0.0  # cosine only
+    lr_decay_at: tuple[float, ...] = ()  # step only: fractions of the run, e.g. (0.7, 0.9)
+    lr_decay: float = 0.1
     grad_clip_norm: float | None = None
     loss: str = "clip"
     grad_cache_chunk: int | None = None  # embed in chunks of this size (gradient caching)
@@ -63,6 +70,24 @@ class TrainConfig:
                 problems.append(f"{name} must be at least 1 (or unset), got {value}")
         if self.lr <= 0:
             problems.append(f"lr must be positive, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not 0 <= self.momentum < 1:
+            problems.append(f"momentum must be in [0, 1), got {self.momentum}")
+        self.lr_decay_at = tuple(float(x) for x in self.lr_decay_at)
+        if any(not 0 < x < 1 for x in self.lr_decay_at) or list(self.lr_decay_at) != sorted(
+            self.lr_decay_at
+        ):
+            problems.append(
+                f"lr_decay_at must be increasing fractions of the run in (0, 1), "
+                f"got {list(self.lr_decay_at)}"
+            )
+        if self.lr_decay_at and self.schedule != "step":
+            problems.append("lr_decay_at needs schedule 'step'")
+        if not 0 < self.lr_decay <= 1:
+            problems.append(f"lr_decay must be in (0, 1], got {self.lr_decay}")
         if self.warmup_steps < 0:
             problems.append(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if problems:

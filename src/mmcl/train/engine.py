@@ -32,7 +32,7 @@ from mmcl.train.config import TrainConfig
 from mmcl.train.freezing import freeze
 from mmcl.train.grad_cache import grad_cache_step
 from mmcl.train.objectives import ContrastiveObjective
-from mmcl.train.optim import build_optimizer, cosine_with_warmup
+from mmcl.train.optim import build_optimizer, cosine_with_warmup, step_decay
 from mmcl.train.run_log import RunLog
 from mmcl.train.sampler import EpochSampler, SeededItems
 from mmcl.train.state import (
@@ -170,10 +170,25 @@ class Trainer:
                 f"warming up over {self.warmup_steps} steps instead",
                 stacklevel=2,
             )
-        self.optimizer = build_optimizer(model, config.lr, config.weight_decay)
-        self.scheduler = cosine_with_warmup(
-            self.optimizer, self.warmup_steps, self.total_steps, config.min_lr_ratio
+        self.optimizer = build_optimizer(
+            model,
+            config.lr,
+            config.weight_decay,
+            kind=config.optimizer,
+            momentum=config.momentum,
         )
+        if config.schedule == "step":
+            self.scheduler = step_decay(
+                self.optimizer,
+                self.total_steps,
+                config.lr_decay_at,
+                config.lr_decay,
+                self.warmup_steps,
+            )
+        else:
+            self.scheduler = cosine_with_warmup(
+                self.optimizer, self.warmup_steps, self.total_steps, config.min_lr_ratio
+            )
         # fp16's narrow range needs loss scaling; bf16 and fp32 do not. (fp16 autocast also runs
         # on CPU, where it is slow unless the CPU has AMX-FP16: prefer bf16 there.)
         self.scaler = torch.amp.GradScaler(
@@ -321,7 +336,7 @@ class Trainer:
                                 "loss": loss,
                                 **terms,
                                 "lr": self.scheduler.get_last_lr()[0],
-                                "logit_scale": self.model.logit_scale.detach().exp().item(),
+                                **self._logit_scale(),
                                 "samples_per_s": rate,
                                 "epoch": self.epoch,
                                 "skipped": self.skipped,
@@ -446,12 +461,17 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        with torch.no_grad():
-            self.model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
+        if getattr(self.model, "logit_scale", None) is not None:  # plain classifiers have none
+            with torch.no_grad():
+                self.model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
         for plugin in self.plugins:
             if hasattr(plugin, "after_optimizer_step"):
                 plugin.after_optimizer_step(self)
         return total, (term_sums if len(term_sums) > 1 else {}), samples
+
+    def _logit_scale(self) -> dict[str, float]:
+        scale = getattr(self.model, "logit_scale", None)
+        return {} if scale is None else {"logit_scale": scale.detach().exp().item()}
 
     def _feature_loss(self, image_features, text_features, logit_scale):
         return self.objective.feature_loss(self.model, image_features, text_features, logit_scale)

@@ -86,8 +86,7 @@ class ClassificationObjective:
             )
             for step in range(cycle)
         ]
-        self.position = torch.full((max(label_ids) + 1,), -1, dtype=torch.long)
-        self.position[torch.tensor(label_ids)] = torch.arange(len(label_ids))
+        self.position = label_positions(label_ids)
         self.calls = 0
 
     def __call__(self, model, images, labels):
@@ -95,12 +94,7 @@ class ClassificationObjective:
         self.calls += 1
         outputs = model(images, tokens, output_dict=True)
         logits = outputs["logit_scale"] * outputs["image_features"] @ outputs["text_features"].T
-        known = (labels >= 0) & (labels < len(self.position))
-        targets = self.position.to(labels.device)[labels.clamp(0, len(self.position) - 1)]
-        targets = torch.where(known, targets, -1)
-        if (targets < 0).any():
-            unknown = sorted(set(labels[targets < 0].tolist()))
-            raise ValueError(f"labels {unknown} are not among the objective's classes")
+        targets = class_targets(self.position, labels)
         outputs["logits"] = logits
         return {"classification": F.cross_entropy(logits, targets)}, outputs
 
@@ -109,3 +103,21 @@ class ClassificationObjective:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.calls = int(state["calls"])
+
+
+def label_positions(label_ids: Sequence[int]) -> torch.Tensor:
+    """A lookup table: entry `label_ids[k]` holds k, every other entry -1."""
+    position = torch.full((max(label_ids) + 1,), -1, dtype=torch.long)
+    position[torch.tensor(list(label_ids))] = torch.arange(len(label_ids))
+    return position
+
+
+def class_targets(position: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each label's column (see `label_positions`); a label outside the table is an error."""
+    known = (labels >= 0) & (labels < len(position))
+    targets = position.to(labels.device)[labels.clamp(0, len(position) - 1)]
+    targets = torch.where(known, targets, -1)
+    if (targets < 0).any():
+        unknown = sorted(set(labels[targets < 0].tolist()))
+        raise ValueError(f"labels {unknown} are not among the objective's classes")
+    return targets

@@ -16,6 +16,7 @@ from typing import Any
 from mmcl.continual.methods.base import Method
 from mmcl.continual.methods.composite import Composite
 from mmcl.continual.methods.coop import CoOp
+from mmcl.continual.methods.der import DarkExperienceReplay, DarkExperienceReplayPlusPlus
 from mmcl.continual.methods.ewc import EWC, OnlineEWC
 from mmcl.continual.methods.finetune import Finetune
 from mmcl.continual.methods.frozen import Frozen
@@ -42,6 +43,8 @@ METHODS: dict[str, type[Method]] = {
     # replay
     "er": ExperienceReplay,
     "icarl": ICaRL,
+    "der": DarkExperienceReplay,
+    "derpp": DarkExperienceReplayPlusPlus,
     # architecture
     "moe_adapters": MoEAdapters,
     # prompts

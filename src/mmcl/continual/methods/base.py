@@ -34,6 +34,7 @@ class Method:
     name = "finetune"
     trains = True  # False: the model is never updated (e.g. the frozen zero-shot baseline)
     mixes_past_data = False
+    needs_text_tower = False  # True: CLIP only, refused for a plain classifier (heads.py)
 
     def setup(self, model, run) -> None:
         pass

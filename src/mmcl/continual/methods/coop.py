@@ -40,6 +40,7 @@ DEFAULT_LENGTH = 16  # the paper's context length when it starts from random vec
 
 class CoOp(Method):
     name = "coop"
+    needs_text_tower = True
 
     def __init__(
         self,

@@ -15,7 +15,7 @@ The Fisher is the *true* Fisher, not the empirical one: for each of `fisher_samp
 images x (a seeded random sample of the task's data, with stream labels) a label y is drawn
 from the model's own prediction p(y | x), and F = mean over x of (d log p(y | x) / d theta)**2.
 p is the distribution the task was trained with: the classification objective over the task's
-training space (`run.training_space`: in class-incremental streams every class seen so far),
+training space (prompts for CLIP, the head's columns for a plain classifier) (`run.training_space`: in class-incremental streams every class seen so far),
 templates cycling, computed in eval mode one image at a time, because a squared gradient needs
 per-sample gradients. Only trainable parameters get a Fisher: a frozen one has no entry (its
 Fisher is zero) and costs no memory.
@@ -27,8 +27,8 @@ import math
 
 import torch
 
+from mmcl.continual.heads import classification_objective
 from mmcl.continual.methods.base import Method
-from mmcl.train.objectives import ClassificationObjective
 
 
 class EWC(Method):
@@ -129,7 +129,7 @@ def diagonal_fisher(model, space, data, samples: int, seed: int) -> dict[str, to
     chosen at random with `seed`, and the labels are drawn with the same generator, so the
     result is reproducible.
     """
-    objective = ClassificationObjective(space.names, space.templates, space.labels)
+    objective = classification_objective(model, space)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in trainable}
     if not trainable:

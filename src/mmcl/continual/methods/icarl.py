@@ -37,6 +37,12 @@ classes are those trained before the task. CLIP logits share a large arbitrary o
 (logit_scale * cosine is about 25 for every class of a pretrained model), which a softmax
 ignores but a sigmoid saturates on, so each row is centred (its mean over the old classes
 subtracted) before the sigmoid.
+
+A plain image classifier (`mmcl.continual.heads`) is iCaRL's own setting: s and t are the head's
+columns for the old classes (student and teacher forward passes), not centred, and the
+nearest-mean classifier compares the backbone's normalised features. Classes without exemplars
+cannot be scored by prompts, so they get no score (-inf) while any class of the space has
+prototypes; a space with none is scored by the head.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from torch.nn import functional as F
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from mmcl.continual import classes
+from mmcl.continual.heads import head_logits, is_classifier
 from mmcl.continual.methods.base import Method
 from mmcl.continual.methods.replay import ReplayItems
 from mmcl.data.zeroshot import format_prompts
@@ -138,6 +145,9 @@ class ICaRL(Method):
         # Training on past data too, the objective's classes include every old class.
         self._old_columns = space.positions(torch.tensor(old.labels))
         teacher = copy.deepcopy(model).requires_grad_(False).eval()
+        if is_classifier(model):
+            self._teacher, self._old_labels = teacher, old.labels
+            return
         cycle = max(len(templates) for templates in space.templates)  # as the objective cycles
         self._teacher_text = torch.stack(
             [prompt_features(teacher, old, step) for step in range(cycle)]
@@ -148,17 +158,22 @@ class ICaRL(Method):
         if self._teacher is None:
             return {}
         images = batch[0]
-        step = self._calls % len(self._teacher_text)
+        step = self._calls
         self._calls += 1
         if next(self._teacher.parameters()).device != images.device:  # the engine moved the model
             self._teacher.to(images.device)
-            self._teacher_text = self._teacher_text.to(images.device)
             self._old_columns = self._old_columns.to(images.device)
+        student = outputs["logits"][:, self._old_columns].float()
+        if self._teacher_text is None:  # a plain classifier: the heads' old columns, as in iCaRL
+            with torch.no_grad():
+                target = head_logits(self._teacher, images, self._old_labels).float()
+            loss = F.binary_cross_entropy_with_logits(student, torch.sigmoid(target))
+            return {"distillation": self.distill_weight * loss}
+        self._teacher_text = self._teacher_text.to(images.device)
         with torch.no_grad():
             past = self._teacher(images, None, output_dict=True)
             target = past["logit_scale"].float() * past["image_features"].float()
-            target = target @ self._teacher_text[step].float().T
-        student = outputs["logits"][:, self._old_columns].float()
+            target = target @ self._teacher_text[step % len(self._teacher_text)].float().T
         loss = F.binary_cross_entropy_with_logits(
             _centred(student), torch.sigmoid(_centred(target))
         )
@@ -180,6 +195,10 @@ class ICaRL(Method):
         if self._cache.get("model") != key:
             self._cache = {"model": key, "columns": self._prototypes(model, run)}
         columns = self._cache["columns"]
+        if is_classifier(model):  # no prompts to fall back on: unscored, or the head's logits
+            if all(columns.get(label) is None for label in space.labels):
+                return head_logits(model, images, space.labels)
+            columns = {label: columns.get(label) for label in space.labels}
         missing = [k for k, label in enumerate(space.labels) if label not in columns]
         if missing:
             zero_shot = classes.ClassSpace(
@@ -189,9 +208,18 @@ class ICaRL(Method):
             ).classifier(model)
             for position, k in enumerate(missing):
                 columns[space.labels[k]] = zero_shot[:, position].float()
-        weights = torch.stack([columns[label] for label in space.labels], dim=1)
         features = model.encode_image(images, normalize=True).float()
-        return features @ weights.to(features.device)
+        unscored = [k for k, label in enumerate(space.labels) if columns[label] is None]
+        weights = torch.stack(
+            [
+                torch.zeros(features.shape[1]) if columns[label] is None else columns[label].cpu()
+                for label in space.labels
+            ],
+            dim=1,
+        )
+        scores = features @ weights.to(features.device)
+        scores[:, unscored] = -math.inf
+        return scores
 
     def _prototypes(self, model, run) -> dict[int, torch.Tensor]:
         exemplars = self._exemplars(run)
@@ -209,6 +237,7 @@ class ICaRL(Method):
         self._teacher = None
         self._teacher_text = None
         self._old_columns = None
+        self._old_labels: list[int] = []
         self._cache: dict[str, Any] = {}  # prototypes under the model of the last evaluation
 
     def state_dict(self) -> dict[str, Any]:

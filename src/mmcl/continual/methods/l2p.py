@@ -35,6 +35,7 @@ from mmcl.nn.prompts import PromptPool
 
 class L2P(Method):
     name = "l2p"
+    needs_text_tower = True
 
     def __init__(
         self,

@@ -15,6 +15,9 @@ teacher's entropy, a constant: the same gradient, and zero while nothing has cha
 embeds one prompt per class, the template cycling with the step as in the training objective.
 The first task has no old classes, so it trains without the term, as in the paper.
 
+A plain image classifier (`mmcl.continual.heads`) has no prompts: z is its head's columns for
+the old classes, from the student's forward pass of this step and from the teacher's.
+
 Resuming: the teacher is not saved. The runner calls `before_task` again when it resumes a task,
 with the model as it was at the task's start, so the snapshot taken there is the same teacher;
 only the template position is part of the state.
@@ -29,6 +32,7 @@ import torch
 from torch.nn import functional as F
 
 from mmcl.continual.classes import ClassSpace, task_classes, union
+from mmcl.continual.heads import head_logits, is_classifier
 from mmcl.continual.methods.base import Method
 from mmcl.data.zeroshot import format_prompts
 from mmcl.io.tokenizer import tokenize
@@ -66,6 +70,12 @@ class LwF(Method):
         images = batch[0]
         if next(self.teacher.parameters()).device != images.device:
             self.teacher.to(images.device)  # taken before the engine moved the model
+        if is_classifier(model):
+            old = torch.as_tensor(self.old_classes.labels, device=images.device)
+            student = outputs["all_logits"][:, old]
+            with torch.no_grad():
+                teacher = head_logits(self.teacher, images, self.old_classes.labels)
+            return {"lwf": self.lambda_ * distillation(teacher, student, self.temperature)}
         tokens = self.prompt_tokens(self.calls).to(images.device)
         self.calls += 1
         text = model.encode_text(tokens, normalize=True)

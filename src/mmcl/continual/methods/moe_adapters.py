@@ -64,6 +64,7 @@ HELD_OUT = 0.2  # of a task's features, for the selector's threshold
 
 class MoEAdapters(Method):
     name = "moe_adapters"
+    needs_text_tower = True
 
     def __init__(
         self,

@@ -49,6 +49,7 @@ REFERENCE_SPLIT = "val"  # neither the tasks' scenes ("train", "test") nor pre-t
 
 class ZSCL(Method):
     name = "zscl"
+    needs_text_tower = True
 
     def __init__(
         self,

@@ -28,8 +28,11 @@ def _plain_tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 
 def save_safetensors(model, path: str | os.PathLike) -> Path:
-    """mmcl layout with the architecture in the file's metadata, so `mmcl.load(path)` works."""
-    metadata = {MMCL_CONFIG_KEY: json.dumps(model.config.to_dict()), "format": "pt"}
+    """mmcl layout with the architecture in the file's metadata, so `mmcl.load(path)` works.
+    A model without an mmcl config (e.g. a plain classifier) is saved as bare tensors."""
+    metadata = {"format": "pt"}
+    if getattr(model, "config", None) is not None:
+        metadata[MMCL_CONFIG_KEY] = json.dumps(model.config.to_dict())
     with atomic_path(path) as tmp:
         save_file(_plain_tensors(model.state_dict()), str(tmp), metadata=metadata)
     return Path(path)

@@ -1,0 +1,236 @@
+"""Plain image classifiers in the continual runner, and DER / DER++."""
+
+import math
+
+import pytest
+import torch
+import torchvision
+from continual_helpers import small_config
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import TensorDataset
+
+from mmcl.continual.classes import task_classes
+from mmcl.continual.heads import (
+    HeadObjective,
+    ImageClassifier,
+    cifar_resnet18,
+    classification_objective,
+    is_classifier,
+)
+from mmcl.continual.methods import build_method
+from mmcl.continual.runner import ContinualRun, run_continual
+from mmcl.continual.scenarios import class_incremental
+
+
+def separable_stream(classes: int = 4, per_class: int = 24, tasks: int = 2, seed: int = 0):
+    """Class-incremental stream of 3x8x8 images whose class is a bright pixel's position."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def split(count):
+        labels = torch.arange(classes).repeat_interleave(count)
+        images = 0.1 * torch.randn(len(labels), 3, 8, 8, generator=generator)
+        images[torch.arange(len(labels)), 0, labels, labels] += 3.0
+        return TensorDataset(images, labels), labels.tolist()
+
+    (train, train_targets), (test, test_targets) = split(per_class), split(per_class // 2)
+    return class_incremental(
+        train,
+        test,
+        [f"class {k}" for k in range(classes)],
+        n_tasks=tasks,
+        seed=seed,
+        train_targets=train_targets,
+        test_targets=test_targets,
+        name="separable",
+    )
+
+
+def linear_classifier(classes: int = 4) -> ImageClassifier:
+    """No BatchNorm or dropout: train and eval mode compute the same function."""
+    torch.manual_seed(0)
+    return ImageClassifier(nn.Flatten(), 3 * 8 * 8, classes, image_size=8)
+
+
+def test_cifar_resnet18_is_torchvisions_with_a_small_stem():
+    model = cifar_resnet18(num_classes=10)
+    reference = torchvision.models.resnet18(num_classes=10)
+    # Only the stem differs: a 3x3 instead of a 7x7 convolution over 3 input channels.
+    stem_difference = 64 * 3 * (7 * 7 - 3 * 3)
+    assert sum(p.numel() for p in model.parameters()) == (
+        sum(p.numel() for p in reference.parameters()) - stem_difference
+    )
+    assert isinstance(model.backbone.maxpool, nn.Identity)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert model.encode_image(torch.zeros(2, 3, 32, 32), normalize=True).shape == (2, 512)
+    narrow = cifar_resnet18(num_classes=10, width=20)
+    assert narrow.encode_image(torch.zeros(1, 3, 32, 32)).shape == (1, 160)
+
+
+def test_head_objective_is_cross_entropy_over_the_space_columns():
+    model = linear_classifier()
+    images = torch.randn(5, 3, 8, 8)
+    labels = torch.tensor([3, 1, 1, 3, 1])
+    terms, outputs = HeadObjective([3, 1])(model, images, labels)
+    logits = model(images)
+    expected = F.cross_entropy(logits[:, [3, 1]], torch.tensor([0, 1, 1, 0, 1]))
+    torch.testing.assert_close(terms["classification"], expected)
+    torch.testing.assert_close(outputs["all_logits"], logits)
+    with pytest.raises(ValueError, match=r"labels \[2\]"):
+        HeadObjective([3, 1])(model, images, torch.tensor([2, 1, 1, 3, 1]))
+    with pytest.raises(ValueError, match="num_classes >= 8"):
+        HeadObjective([7])(model, images, torch.full((5,), 7))
+
+
+def test_classification_objective_picks_the_head_for_a_classifier():
+    stream = separable_stream()
+    space = ContinualRun(stream, build_method("finetune"), None, None, {}).training_space(0)
+    assert isinstance(classification_objective(linear_classifier(), space), HeadObjective)
+    wrapped = nn.Module()
+    wrapped.module = linear_classifier()  # what DistributedDataParallel looks like
+    assert is_classifier(wrapped)
+
+
+@pytest.mark.parametrize(
+    "method", ["finetune", "joint", "ewc", "lwf", "er", "icarl", "der", "derpp", "er+lwf"]
+)
+def test_classifier_runs_through_every_textless_method(tmp_path, method):
+    stream = separable_stream()
+    arguments = {
+        "icarl": {"memory_size": 8},
+        "der": {"buffer_size": 8},
+        "ewc": {"lambda_": 1.0},  # the default suits CLIP's tiny steps, not SGD at lr 0.05
+    }.get(method, {})
+    if method in ("er", "derpp", "er+lwf"):
+        arguments = {"buffer_size": 8}
+    result = run_continual(
+        linear_classifier(),
+        stream,
+        build_method(method, **arguments),
+        small_config(tmp_path, lr=0.05, steps=12, optimizer="sgd", weight_decay=0.0),
+        tmp_path / "run",
+        progress=False,
+    )
+    matrix = torch.tensor(result.matrix)
+    assert matrix.shape == (2, 2) and ((0 <= matrix) & (matrix <= 1)).all()
+    # The pixel tells the class: after its task, every method has learned the task well.
+    assert matrix[0, 0] > 0.9 and matrix[1, 1] > 0.9, result.matrix
+
+
+def test_text_tower_methods_refuse_a_classifier(tmp_path):
+    for method in ("zscl", "coop", "er+moe_adapters"):
+        with pytest.raises(ValueError, match="text tower"):
+            run_continual(
+                linear_classifier(),
+                separable_stream(),
+                build_method(method),
+                small_config(tmp_path),
+                tmp_path / method,
+                progress=False,
+            )
+
+
+def test_a_head_too_small_for_the_stream_is_refused_before_training(tmp_path):
+    with pytest.raises(ValueError, match="head has 3 outputs but the stream has 4 classes"):
+        run_continual(
+            linear_classifier(classes=3),
+            separable_stream(),
+            build_method("finetune"),
+            small_config(tmp_path),
+            tmp_path / "run",
+            progress=False,
+        )
+    assert not (tmp_path / "run").exists()
+
+
+def _run_for(method, stream, tmp_path, task_index=0):
+    run = ContinualRun(stream, method, small_config(tmp_path), tmp_path, {}, task_index)
+    return run
+
+
+def test_der_stores_the_models_logits_so_its_term_starts_at_zero(tmp_path):
+    stream = separable_stream()
+    model = linear_classifier().eval()
+    der = build_method("derpp", buffer_size=10, alpha=1.0, beta=0.5)
+    run = _run_for(der, stream, tmp_path)
+    der.setup(model, run)
+    task0 = stream.tasks[0]
+    der.before_task(task0, model, run)
+    assert der.extra_losses(model, (torch.zeros(4, 3, 8, 8),), {}) == {}  # empty buffer
+    der.after_task(task0, model, run)
+    assert len(der.buffer) == 10 and set(der.logits) == {(t, i) for t, i, _ in der.buffer.items}
+    # Stored logits: the model's, on the task's classes only (NaN elsewhere).
+    first = task0.label_ids
+    (t, i, label) = der.buffer.items[0]
+    image, stream_label = run.stream_data(t)[i]
+    assert stream_label == label
+    expected = model(image.unsqueeze(0))[0, first]
+    torch.testing.assert_close(der.logits[(t, i)][first], expected.detach())
+    others = [k for k in range(4) if k not in first]
+    assert torch.isnan(der.logits[(t, i)][others]).all()
+
+    run.task_index = 1
+    der.before_task(stream.tasks[1], model, run)
+    terms = der.extra_losses(model, (torch.zeros(4, 3, 8, 8),), {})
+    assert terms["der"].item() == pytest.approx(0.0, abs=1e-10)  # same model: nothing to pull
+    # DER++'s term is the cross-entropy of stored items' labels over the current classes.
+    assert terms["der++"].item() > 0
+    with torch.no_grad():
+        model.head.weight.add_(0.5)
+    assert der.extra_losses(model, (torch.zeros(4, 3, 8, 8),), {})["der"].item() > 0
+
+
+def test_der_draws_are_reproducible_from_its_state(tmp_path):
+    stream = separable_stream()
+    model = linear_classifier()
+    der = build_method("derpp", buffer_size=6)
+    run = _run_for(der, stream, tmp_path)
+    der.setup(model, run)
+    der.before_task(stream.tasks[0], model, run)
+    der.after_task(stream.tasks[0], model, run)
+    run.task_index = 1
+    der.before_task(stream.tasks[1], model, run)
+    der.extra_losses(model, (torch.zeros(4, 3, 8, 8),), {})
+    saved = der.state_dict()
+    after = der._draw(4, "cpu")
+
+    restored = build_method("derpp", buffer_size=6)
+    restored.setup(model, run)
+    restored.before_task(stream.tasks[1], model, run)
+    restored.load_state_dict(saved)
+    again = restored._draw(4, "cpu")
+    for a, b in zip(after, again, strict=True):
+        torch.testing.assert_close(a, b, equal_nan=True)
+
+
+def test_der_arguments_are_checked():
+    with pytest.raises(ValueError, match="buffer_size"):
+        build_method("der", buffer_size=0)
+    with pytest.raises(ValueError, match="alpha"):
+        build_method("derpp", alpha=-1)
+    with pytest.raises(ValueError, match="minibatch_size"):
+        build_method("der", minibatch_size=0)
+
+
+def test_icarl_on_a_classifier_scores_only_classes_with_exemplars(tmp_path):
+    stream = separable_stream()
+    model = linear_classifier()
+    icarl = build_method("icarl", memory_size=8)
+    run = _run_for(icarl, stream, tmp_path)
+    icarl.setup(model, run)
+    images = torch.randn(3, 3, 8, 8)
+    every = ContinualRun(stream, icarl, None, None, {}).evaluation_space(1, 1)
+    assert icarl.predict(model, images, every, run) is None  # no exemplars: the head decides
+    icarl.after_task(stream.tasks[0], model, run)
+    scores = icarl.predict(model, images, every, run)
+    seen = set(stream.tasks[0].label_ids)
+    for column, label in enumerate(every.labels):
+        if label in seen:
+            assert torch.isfinite(scores[:, column]).all()
+        else:
+            assert (scores[:, column] == -math.inf).all()
+    future = task_classes(stream, 1)  # a space with no exemplars at all: the head's logits
+    assert not set(future.labels) & seen
+    torch.testing.assert_close(
+        icarl.predict(model, images, future, run), model(images)[:, future.labels]
+    )
