@@ -21,6 +21,7 @@ from mmcl.continual.heads import (
 from mmcl.continual.methods import build_method
 from mmcl.continual.runner import ContinualRun, run_continual
 from mmcl.continual.scenarios import class_incremental
+from mmcl.train import TrainConfig
 
 
 def separable_stream(classes: int = 4, per_class: int = 24, tasks: int = 2, seed: int = 0):
@@ -234,3 +235,60 @@ def test_icarl_on_a_classifier_scores_only_classes_with_exemplars(tmp_path):
     torch.testing.assert_close(
         icarl.predict(model, images, future, run), model(images)[:, future.labels]
     )
+
+
+# ----------------------------------------------------------------------------- DER protocol
+def test_der_protocol_table_and_settings_match():
+    from mmcl.continual.protocols import (
+        DER_METHODS,
+        DER_PUBLISHED_CLASS_IL,
+        DER_TRAINING,
+        der_training,
+    )
+
+    assert set(DER_METHODS) == set(DER_PUBLISHED_CLASS_IL)
+    for name, setting in DER_METHODS.items():
+        build_method(setting.method, **setting.arguments)  # every row is a valid mmcl method
+        config = TrainConfig(**der_training(name, output_dir="unused"))
+        assert (config.optimizer, config.batch_size, config.epochs) == ("sgd", 32, 50)
+        assert (config.lr, config.weight_decay) == (setting.lr, setting.weight_decay)
+    # 35 and 45 of 50 epochs, as fractions of the run.
+    assert [50 * x for x in DER_TRAINING["lr_decay_at"]] == pytest.approx([35, 45])
+    with pytest.raises(ValueError, match="unknown protocol method 'der'"):
+        der_training("der")
+
+
+def test_seq_cifar10_is_five_pairs_in_natural_order_with_cifar_preprocessing():
+    from mmcl.continual.builtin import MissingDataError
+    from mmcl.continual.heads import CIFAR10_MEAN, CIFAR10_STD
+    from mmcl.continual.protocols import seq_cifar10
+
+    try:
+        scenario = seq_cifar10(train_per_class=3, test_per_class=2)
+    except MissingDataError as missing:
+        pytest.skip(f"shared data not available, skipping: {missing}")
+    assert [task.label_ids for task in scenario.tasks] == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+    assert scenario.tasks[0].classnames == ["airplane", "automobile"]
+    for task in scenario.tasks:
+        assert sorted(task.train.targets) == sorted(task.label_ids * 3)
+        assert sorted(task.test.targets) == sorted(task.label_ids * 2)
+    # Test images: CIFAR normalisation of the decoded file, no augmentation.
+    from mmcl.data.images import load_image
+
+    test_data = scenario.tasks[0].test
+    image, _ = test_data[0]
+    source = (
+        test_data.dataset.paths[test_data.indices[0]] if hasattr(test_data, "indices") else None
+    )
+    if source is not None:
+        pixels = torchvision.transforms.functional.to_tensor(load_image(source))
+        mean, std = (
+            torch.tensor(CIFAR10_MEAN)[:, None, None],
+            torch.tensor(CIFAR10_STD)[:, None, None],
+        )
+        torch.testing.assert_close(image, (pixels - mean) / std)
+    # Training images are augmented: two reads of one item differ (crop and flip are random).
+    torch.manual_seed(0)
+    reads = [scenario.tasks[0].train[0][0] for _ in range(6)]
+    assert any(not torch.equal(reads[0], other) for other in reads[1:])
+    assert {tuple(r.shape) for r in reads} == {(3, 32, 32)}

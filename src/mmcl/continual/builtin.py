@@ -189,7 +189,7 @@ def _task_rng(task: str, seed: int, purpose: str) -> random.Random:
     return random.Random(f"mini-mtil/{task}/{purpose}/{seed}")
 
 
-def _folder(root: Path, relative: str) -> Path:
+def data_folder(root: Path, relative: str) -> Path:
     folder = root / relative
     if not folder.is_dir():
         raise MissingDataError(
@@ -198,7 +198,7 @@ def _folder(root: Path, relative: str) -> Path:
     return folder
 
 
-def _checked_class_folders(folder: Path, classnames: Sequence[str]) -> tuple[list, list[int]]:
+def checked_class_folders(folder: Path, classnames: Sequence[str]) -> tuple[list, list[int]]:
     paths, labels, found = class_folders(folder)
     # Labels are folder positions; they are only right if the folders are the classes in order.
     if list(found) != list(classnames):
@@ -220,7 +220,9 @@ def _cifar10(image_size: int, seed: int, train_size: int, test_size: int, root: 
     transform = get_preprocess(image_size)
     parts = []
     for split, size in (("train", train_size), ("test", test_size)):
-        paths, labels = _checked_class_folders(_folder(root, f"cifar10/{split}"), meta.classnames)
+        paths, labels = checked_class_folders(
+            data_folder(root, f"cifar10/{split}"), meta.classnames
+        )
         keep = balanced_subset(labels, size, _task_rng("cifar10", seed, split))
         parts.append(
             LabelledImageFiles([paths[i] for i in keep], [labels[i] for i in keep], transform)
@@ -230,7 +232,7 @@ def _cifar10(image_size: int, seed: int, train_size: int, test_size: int, root: 
 
 def _mnist(image_size: int, seed: int, train_size: int, test_size: int, root: Path) -> Parts:
     meta = load_zero_shot_metadata("mnist")
-    paths, labels = _checked_class_folders(_folder(root, "mnist/test"), meta.classnames)
+    paths, labels = checked_class_folders(data_folder(root, "mnist/test"), meta.classnames)
     train_pool, test_pool = split_per_class(
         labels, _TRAIN_FRACTION, _task_rng("mnist", seed, "pools")
     )
