@@ -17,6 +17,9 @@ TRAINING_FLAGS = {  # flag -> TrainConfig field
     "epochs": "epochs",
     "batch_size": "batch_size",
     "lr": "lr",
+    "optimizer": "optimizer",
+    "momentum": "momentum",
+    "weight_decay": "weight_decay",
     "precision": "precision",
     "checkpoint_every": "checkpoint_every",
     "log_every": "log_every",
@@ -58,7 +61,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default="scenes-pretrained",
-        help="scenes-pretrained (default: cached tiny CLIP), a checkpoint path, or a model name",
+        help="scenes-pretrained (default: cached tiny CLIP), a checkpoint path, a model name, "
+        "or a plain classifier: cifar-resnet18 (-reduced: GEM's width 20)",
     )
     parser.add_argument("--output-dir", type=Path, help="where reports and checkpoints go")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -68,6 +72,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, help="epochs per task (instead of --steps)")
     parser.add_argument("--batch-size", type=int, help="per process (default 64)")
     parser.add_argument("--lr", type=float, help="learning rate (default 1e-4)")
+    parser.add_argument("--optimizer", choices=["adamw", "sgd"], help="default adamw")
+    parser.add_argument("--momentum", type=float, help="SGD momentum (default 0)")
+    parser.add_argument("--weight-decay", type=float, help="default 0.1")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     parser.add_argument("--log-every", type=int, help="steps between log lines (default 10)")

@@ -105,3 +105,55 @@ def test_method_arguments_are_read_as_yaml_values():
         "frac": 0.001,
     }
     assert parse_method_args("") == {}
+
+
+def test_the_classic_protocol_runs_a_plain_classifier_from_the_command_line(tmp_path):
+    from mmcl.continual.builtin import MissingDataError, shared_data_root
+
+    if not (shared_data_root() / "cifar10").is_dir():
+        pytest.skip(f"shared data not available, skipping: {MissingDataError.__name__}")
+    command = [
+        "continual",
+        "--scenario",
+        "seq-cifar10",
+        "--model",
+        "cifar-resnet18-reduced",
+        "--method",
+        "derpp",
+        "--method-args",
+        "buffer_size=20,minibatch_size=4",
+        "--optimizer",
+        "sgd",
+        "--momentum",
+        "0.9",
+        "--weight-decay",
+        "0",
+        "--lr",
+        "0.03",
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--train-size",
+        "40",
+        "--test-size",
+        "20",
+        "--quiet",
+        "--output-dir",
+        str(tmp_path / "run"),
+    ]
+    assert main(command) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["method"] == "derpp" and len(report["accuracy_matrix"]) == 5
+    training = report["extra"]["training"]
+    assert (training["optimizer"], training["momentum"], training["weight_decay"]) == (
+        "sgd",
+        0.9,
+        0,
+    )
+    # A text-tower method on the classifier is refused with the reason, before training.
+    command[command.index("derpp")] = "zscl"
+    command[command.index("buffer_size=20,minibatch_size=4")] = ""
+    command[-1] = str(tmp_path / "zscl")
+    assert main(command) == 2
+    assert not (tmp_path / "zscl" / "progress.json").exists()

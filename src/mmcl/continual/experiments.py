@@ -4,6 +4,9 @@ scenes-cil   class-incremental over the built-in scenes' shape view (4 tasks x 2
              needs no files
 cifar10-cil  class-incremental CIFAR-10 (5 tasks x 2 classes) from the shared data folder
 mini-mtil    the built-in multi-dataset sequence (see `mmcl.continual.builtin`)
+seq-cifar10  the DER protocol's sequential CIFAR-10 (natural class order, CIFAR normalisation,
+             crop + flip; `mmcl.continual.protocols`), for plain classifiers such as
+             `--model cifar-resnet18`
 """
 
 from __future__ import annotations
@@ -55,10 +58,23 @@ def cifar10_cil(
     )
 
 
+def seq_cifar10_scenario(
+    image_size: int = 32, seed: int = 0, train_size: int | None = None, test_size: int | None = None
+) -> Scenario:
+    """Sequential CIFAR-10 (DER protocol); sizes count all ten classes (None: every image)."""
+    from mmcl.continual.protocols import seq_cifar10
+
+    if image_size != 32:
+        raise ValueError(f"seq-cifar10 is a 32x32 protocol; the model expects {image_size}px")
+    per_class = [None if size is None else max(1, size // 10) for size in (train_size, test_size)]
+    return seq_cifar10(*per_class, seed=seed)
+
+
 SCENARIOS: dict[str, Callable[..., Scenario]] = {
     "scenes-cil": scenes_cil,
     "cifar10-cil": cifar10_cil,
     "mini-mtil": mini_mtil,
+    "seq-cifar10": seq_cifar10_scenario,
 }
 
 
@@ -114,11 +130,22 @@ def parse_method_args(text: str | None) -> dict[str, Any]:
     return arguments
 
 
+# Plain image classifiers (`mmcl.continual.heads`) for the classic protocols, by name.
+CLASSIFIERS = {"cifar-resnet18": 64, "cifar-resnet18-reduced": 20}  # name -> ResNet-18 width
+
+
 def starting_model(spec: str = SCENES_PRETRAINED, progress: bool = True) -> torch.nn.Module:
     """The model a run starts from: `scenes-pretrained` (the cached tiny CLIP pre-trained on
-    the built-in scenes, trained on first use), a checkpoint path, or a model name (random
-    weights: no zero-shot ability, useful for tests only)."""
+    the built-in scenes, trained on first use), a checkpoint path, a model name (random
+    weights: no zero-shot ability, useful for tests only), or a plain 10-class classifier
+    (`cifar-resnet18`, `cifar-resnet18-reduced`, seeded random weights)."""
     from mmcl.models import create_model
+
+    if spec in CLASSIFIERS:
+        from mmcl.continual.heads import cifar_resnet18
+
+        torch.manual_seed(0)
+        return cifar_resnet18(num_classes=10, width=CLASSIFIERS[spec])
 
     if spec == SCENES_PRETRAINED:
         from mmcl.continual.pretrained import pretrained_scene_model
