@@ -292,3 +292,23 @@ def test_seq_cifar10_is_five_pairs_in_natural_order_with_cifar_preprocessing():
     reads = [scenario.tasks[0].train[0][0] for _ in range(6)]
     assert any(not torch.equal(reads[0], other) for other in reads[1:])
     assert {tuple(r.shape) for r in reads} == {(3, 32, 32)}
+
+
+def test_batched_fisher_of_a_classifier_equals_the_one_image_loop(monkeypatch):
+    from mmcl.continual.methods import ewc as ewc_module
+
+    stream = separable_stream()
+    torch.manual_seed(0)
+    model = cifar_resnet18(num_classes=4, width=4)  # BatchNorm: eval mode must be respected
+    model.train()
+    images = torch.randn(10, 3, 32, 32)
+    space = task_classes(stream, 0)
+    data = TensorDataset(images, torch.tensor(space.labels * 5))
+    model(images)  # move BatchNorm's running statistics off their initial values
+    batched = ewc_module.diagonal_fisher(model, space, data, samples=10, seed=3)
+    monkeypatch.setattr(ewc_module, "is_classifier", lambda model: False)
+    looped = ewc_module.diagonal_fisher(model, space, data, samples=10, seed=3)
+    assert batched.keys() == looped.keys()
+    for name in batched:
+        torch.testing.assert_close(batched[name], looped[name], rtol=1e-4, atol=1e-9)
+    assert model.training  # restored

@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from mmcl.continual.heads import classification_objective
+from mmcl.continual.heads import classification_objective, is_classifier
 from mmcl.continual.methods.base import Method
 
 
@@ -140,21 +140,51 @@ def diagonal_fisher(model, space, data, samples: int, seed: int) -> dict[str, to
     was_training = model.training
     model.eval()  # the prediction the task ended with: no dropout, BatchNorm's running stats
     try:
-        for index in picks:
-            image, label = data[index]
-            # The label only has to be one of the space's classes: y is drawn from the model.
-            labels = torch.tensor([int(label)], device=device)
-            _, outputs = objective(model, image.unsqueeze(0).to(device), labels)
-            log_probs = outputs["logits"][0].float().log_softmax(dim=-1)
-            drawn = torch.multinomial(log_probs.detach().exp().cpu(), 1, generator=generator)
-            gradients = torch.autograd.grad(
-                log_probs[drawn.item()], [p for _, p in trainable], allow_unused=True
-            )
-            for (name, _), gradient in zip(trainable, gradients, strict=True):
-                if gradient is not None:
-                    fisher[name] += gradient.float() ** 2
+        if is_classifier(model):
+            _accumulate_batched(model, space, data, picks, generator, fisher, device)
+        else:
+            for index in picks:
+                image, label = data[index]
+                # The label only has to be one of the space's classes: y is drawn from the model.
+                labels = torch.tensor([int(label)], device=device)
+                _, outputs = objective(model, image.unsqueeze(0).to(device), labels)
+                log_probs = outputs["logits"][0].float().log_softmax(dim=-1)
+                drawn = torch.multinomial(log_probs.detach().exp().cpu(), 1, generator=generator)
+                gradients = torch.autograd.grad(
+                    log_probs[drawn.item()], [p for _, p in trainable], allow_unused=True
+                )
+                for (name, _), gradient in zip(trainable, gradients, strict=True):
+                    if gradient is not None:
+                        fisher[name] += gradient.float() ** 2
     finally:
         model.train(was_training)
     for value in fisher.values():
         value /= len(picks)
     return fisher
+
+
+def _accumulate_batched(model, space, data, picks, generator, fisher, device, chunk: int = 16):
+    """Per-sample gradients of a plain classifier, `chunk` images at a time (torch.func's vmap
+    over one functional forward), added squared into `fisher`. Labels are drawn in the same
+    order, from the same generator, as the one-image-at-a-time loop."""
+    from torch.func import functional_call, grad, vmap
+
+    columns = torch.tensor(space.labels, device=device)
+    trainable = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    fixed = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
+    fixed.update(dict(model.named_buffers()))
+
+    def log_prob(weights, image, label):
+        logits = functional_call(model, {**fixed, **weights}, (image.unsqueeze(0),))
+        log_probs = logits[0, columns].float().log_softmax(dim=-1)
+        return log_probs.gather(0, label.unsqueeze(0))[0]  # no .item() under vmap
+
+    per_sample = vmap(grad(log_prob), in_dims=(None, 0, 0))
+    for start in range(0, len(picks), chunk):
+        images = torch.stack([data[i][0] for i in picks[start : start + chunk]]).to(device)
+        with torch.no_grad():
+            probabilities = model(images)[:, columns].float().softmax(dim=-1).cpu()
+        drawn = torch.cat([torch.multinomial(row, 1, generator=generator) for row in probabilities])
+        gradients = per_sample(trainable, images, drawn.to(device))
+        for name, gradient in gradients.items():
+            fisher[name] += (gradient.float() ** 2).sum(dim=0)
