@@ -153,6 +153,7 @@ def test_sgd_and_step_schedule_settings_reach_the_trainer(tmp_path):
         ({"schedule": "step", "lr_decay_at": [0.9, 0.5]}, "increasing fractions"),
         ({"lr_decay_at": [0.5]}, "needs schedule 'step'"),
         ({"lr_decay": 0.0}, "lr_decay must be in"),
+        ({"min_lr_ratio": 1.5}, "min_lr_ratio must be in"),
     ],
 )
 def test_bad_optimiser_settings_are_named(overrides, message):

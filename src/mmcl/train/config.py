@@ -86,6 +86,8 @@ class TrainConfig:
             )
         if self.lr_decay_at and self.schedule != "step":
             problems.append("lr_decay_at needs schedule 'step'")
+        if not 0 <= self.min_lr_ratio <= 1:
+            problems.append(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not 0 < self.lr_decay <= 1:
             problems.append(f"lr_decay must be in (0, 1], got {self.lr_decay}")
         if self.warmup_steps < 0:
