@@ -47,9 +47,9 @@ class TextTransformer(nn.Module):
             x = self._insert_prefix(x, prefix_embeddings)
             eot = eot + prefix_embeddings.shape[-2]  # the end token moved right by the prefix
         x = x + self.positional_embedding[: x.shape[1]].to(self.token_embedding.weight.dtype)
-        x = self.ln_final(self.transformer(x, causal=True))
-        pooled = x[torch.arange(x.shape[0], device=x.device), eot]
-        return pooled @ self.text_projection
+        # LayerNorm acts per token, so normalising only the pooled one is the same.
+        pooled = self.transformer(x, causal=True, output_positions=eot)
+        return self.ln_final(pooled) @ self.text_projection
 
     def _insert_prefix(self, x: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
         batch, _, width = x.shape

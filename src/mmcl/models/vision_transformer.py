@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from mmcl.models.config import VisionConfig
-from mmcl.nn import LayerNorm, Transformer
+from mmcl.nn import LayerNorm, Transformer, inference
 
 
 class VisionTransformer(nn.Module):
@@ -38,14 +38,32 @@ class VisionTransformer(nn.Module):
         embedding is added; they take part in attention, and the feature is still the class
         token's.
         """
-        # images: (batch, 3, H, W) -> patches (batch, grid*grid, width)
-        x = self.conv1(images.to(self.conv1.weight.dtype)).flatten(2).transpose(1, 2)
+        x = self.embed_patches(images)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
         if prompt_embeddings is not None:
             x = torch.cat([x[:, :1], self._check_prompts(x, prompt_embeddings), x[:, 1:]], dim=1)
-        x = self.transformer(self.ln_pre(x))
-        return self.ln_post(x[:, 0]) @ self.proj
+        class_token = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        x = self.transformer(self.ln_pre(x), output_positions=class_token)
+        return self.ln_post(x) @ self.proj
+
+    def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
+        """``conv1`` as the matmul it is: (batch, 3, H, W) -> (batch, grid*grid, width).
+
+        A stride-`patch` convolution is one matrix product of the flattened patches with the
+        flattened kernel; computed that way it shares the transformer's fast matmul path, and
+        the copy that gathers the patches also casts float32 images to the model's dtype.
+        """
+        batch, channels, height, width = images.shape
+        patch = self.conv1.kernel_size[0]
+        rows, cols = height // patch, width // patch
+        # Like the convolution, ignore the pixels beyond the last whole patch.
+        images = images[:, :, : rows * patch, : cols * patch]
+        patches = images.reshape(batch, channels, rows, patch, cols, patch)
+        patches = patches.permute(0, 2, 4, 1, 3, 5)
+        patches = patches.to(self.conv1.weight.dtype, memory_format=torch.contiguous_format)
+        patches = patches.reshape(batch, rows * cols, -1)  # one copy: gathered and cast at once
+        return inference.linear(patches, self.conv1.weight)
 
     @staticmethod
     def _check_prompts(x: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mmcl.nn import inference
+
 
 class MultiheadSelfAttention(nn.Module):
     def __init__(self, width: int, heads: int):
@@ -23,15 +25,37 @@ class MultiheadSelfAttention(nn.Module):
         self.out_proj = nn.Linear(width, width)
         nn.init.xavier_uniform_(self.in_proj_weight)
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        # x: (batch, tokens, width)
+    def forward(
+        self,
+        x: torch.Tensor,
+        causal: bool = False,
+        query_positions: torch.Tensor | None = None,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Self-attention over ``x`` ``(batch, tokens, width)``.
+
+        With ``query_positions`` ``(batch,)`` only one token per row asks (row ``b``'s token
+        ``query_positions[b]``), still attending over every token (the ones before it when
+        `causal`), and the output is ``(batch, 1, width)``. A `residual` is added to the
+        output (inside the output projection's matmul on the CPU inference path).
+        """
         batch, tokens, width = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
-        qkv = qkv.view(batch, tokens, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
-        query, key, value = qkv.unbind(0)  # each (batch, heads, tokens, head_dim)
-        out = F.scaled_dot_product_attention(query, key, value, is_causal=causal)
-        out = out.transpose(1, 2).reshape(batch, tokens, width)
-        return self.out_proj(out)
+        qkv = inference.linear(x, self.in_proj_weight, self.in_proj_bias)
+        qkv = qkv.view(batch, tokens, 3, self.heads, width // self.heads)
+        mask = None
+        if query_positions is not None:
+            rows = torch.arange(batch, device=x.device)
+            query = qkv[rows, query_positions, 0].unsqueeze(2)  # (batch, heads, 1, head_dim)
+            _, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+            if causal:  # (batch, 1, 1, tokens): keys up to each row's query position
+                keys = torch.arange(tokens, device=x.device)
+                mask = (keys <= query_positions.unsqueeze(1)).view(batch, 1, 1, tokens)
+            causal = False
+        else:
+            query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (batch, heads, tokens, d)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=causal)
+        out = out.transpose(1, 2).reshape(batch, query.shape[2], width)
+        return inference.apply_linear(self.out_proj, out, residual=residual)
 
 
 class AttentionPool2d(nn.Module):
@@ -59,8 +83,8 @@ class AttentionPool2d(nn.Module):
         def split_heads(t: torch.Tensor) -> torch.Tensor:
             return t.view(batch, -1, self.heads, head_dim).transpose(1, 2)
 
-        query = split_heads(self.q_proj(tokens[:, :1]))
-        key = split_heads(self.k_proj(tokens))
-        value = split_heads(self.v_proj(tokens))
+        query = split_heads(inference.apply_linear(self.q_proj, tokens[:, :1]))
+        key = split_heads(inference.apply_linear(self.k_proj, tokens))
+        value = split_heads(inference.apply_linear(self.v_proj, tokens))
         pooled = F.scaled_dot_product_attention(query, key, value)  # (batch, heads, 1, head_dim)
-        return self.c_proj(pooled.transpose(1, 2).reshape(batch, channels))
+        return inference.apply_linear(self.c_proj, pooled.transpose(1, 2).reshape(batch, channels))

@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from mmcl.nn import inference
 from mmcl.nn.attention import MultiheadSelfAttention
 from mmcl.nn.layers import LayerNorm, activation_layer
+
+
+class Mlp(nn.Module):
+    """``c_proj(gelu(c_fc(x)))``; the names are those of OpenAI's checkpoints."""
+
+    def __init__(self, width: int, mlp_width: int, quick_gelu: bool = False):
+        super().__init__()
+        self.c_fc = nn.Linear(width, mlp_width)
+        self.gelu = activation_layer(quick_gelu)
+        self.c_proj = nn.Linear(mlp_width, width)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        # On the CPU inference path the GELU runs inside the first matmul and the residual
+        # (if given) inside the second (`inference.linear`).
+        hidden = inference.apply_linear(self.c_fc, x, self.gelu)
+        return inference.apply_linear(self.c_proj, hidden, residual=residual)
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -18,17 +33,23 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_1 = LayerNorm(width)
         self.attn = MultiheadSelfAttention(width, heads)
         self.ln_2 = LayerNorm(width)
-        self.mlp = nn.Sequential(
-            OrderedDict(
-                c_fc=nn.Linear(width, mlp_width),
-                gelu=activation_layer(quick_gelu),
-                c_proj=nn.Linear(mlp_width, width),
-            )
-        )
+        self.mlp = Mlp(width, mlp_width, quick_gelu)
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), causal=causal)
-        return x + self.mlp(self.ln_2(x))
+    def forward(
+        self, x: torch.Tensor, causal: bool = False, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``(batch, tokens, width)`` -> the same; with ``positions`` ``(batch,)``, only row
+        ``b``'s token ``positions[b]`` is computed: ``(batch, 1, width)``."""
+        kept = x
+        if positions is not None:
+            kept = x[torch.arange(len(x), device=x.device), positions].unsqueeze(1)
+        if _has_hooks(self.attn) or _has_hooks(self.mlp):
+            # Hooks (adapters) see the sublayers' own outputs, so add the residuals here.
+            x = kept + self.attn(self.ln_1(x), causal=causal, query_positions=positions)
+            return x + self.mlp(self.ln_2(x))
+        # The residual additions ride along in the output projections' matmuls.
+        x = self.attn(self.ln_1(x), causal=causal, query_positions=positions, residual=kept)
+        return self.mlp(self.ln_2(x), residual=x)
 
 
 class Transformer(nn.Module):
@@ -45,10 +66,37 @@ class Transformer(nn.Module):
             ResidualAttentionBlock(width, heads, mlp_width, quick_gelu) for _ in range(layers)
         )
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        for block in self.resblocks:
+    def forward(
+        self, x: torch.Tensor, causal: bool = False, output_positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``(batch, tokens, width)`` -> the same, or, with ``output_positions`` ``(batch,)``,
+        only the final state of row ``b``'s token ``output_positions[b]``: ``(batch, width)``.
+
+        A CLIP tower reads one token (the class token, the end-of-text token). On the fast
+        inference path (`mmcl.nn.inference`) the last block then runs its attention query,
+        projection and MLP for that token alone, as the other tokens' final states would be
+        thrown away (the same result to rounding; ~6% of a 12-layer tower). A last block that
+        carries hooks (adapters) always sees every token.
+        """
+        pooled_last = (
+            output_positions is not None
+            and inference.fast_path(x)
+            and len(self.resblocks) > 0
+            and not _has_hooks(self.resblocks[-1])
+        )
+        last = len(self.resblocks) - 1
+        for index, block in enumerate(self.resblocks):
+            positions = output_positions if pooled_last and index == last else None
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, causal, use_reentrant=False)
+                x = checkpoint(block, x, causal, positions, use_reentrant=False)
             else:
-                x = block(x, causal=causal)
-        return x
+                x = block(x, causal=causal, positions=positions)
+        if output_positions is None:
+            return x
+        if pooled_last:
+            return x.squeeze(1)
+        return x[torch.arange(x.shape[0], device=x.device), output_positions]
+
+
+def _has_hooks(block: nn.Module) -> bool:
+    return any(m._forward_hooks or m._forward_pre_hooks for m in block.modules())
