@@ -176,7 +176,11 @@ def linear(
             x, packed, bias, "gelu" if gelu else "none", [], "none"
         )
         return out if gelu or activation is None else activation(out)
-    out = F.linear(x, weight.reshape(weight.shape[0], -1), bias)
+    return _finish(F.linear(x, weight.reshape(weight.shape[0], -1), bias), activation, residual)
+
+
+def _finish(out, activation: nn.Module | None, residual: torch.Tensor | None) -> torch.Tensor:
+    # The unfused epilogue: the activation, then the residual addition.
     if activation is not None:
         out = activation(out)
     return out if residual is None else residual + out
@@ -192,10 +196,7 @@ def apply_linear(
     (e.g. a LoRA wrapper) or one with hooks is called as a module."""
     if type(layer) is nn.Linear and not (layer._forward_hooks or layer._forward_pre_hooks):
         return linear(x, layer.weight, layer.bias, activation, residual)
-    out = layer(x)
-    if activation is not None:
-        out = activation(out)
-    return out if residual is None else residual + out
+    return _finish(layer(x), activation, residual)
 
 
 def conv_bn(
