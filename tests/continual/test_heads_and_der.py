@@ -1,5 +1,6 @@
 """Plain image classifiers in the continual runner, and DER / DER++."""
 
+import json
 import math
 
 import pytest
@@ -149,36 +150,81 @@ def _run_for(method, stream, tmp_path, task_index=0):
     return run
 
 
-def test_der_stores_the_models_logits_so_its_term_starts_at_zero(tmp_path):
+def _trained_batch(run, task, indices, model):
+    """What the engine hands `extra_losses`: a batch of the task's items with their indices,
+    and the objective's outputs on it."""
+    data = run.stream_data(task)
+    images = torch.stack([data[i][0] for i in indices])
+    labels = torch.tensor([data[i][1] for i in indices])
+    _, outputs = classification_objective(model, run.training_space(task))(model, images, labels)
+    return (images, labels, torch.tensor(indices)), outputs
+
+
+def test_der_stores_each_trained_items_logits_so_its_term_starts_at_zero(tmp_path):
     stream = separable_stream()
     model = linear_classifier().eval()
     der = build_method("derpp", buffer_size=10, alpha=1.0, beta=0.5)
     run = _run_for(der, stream, tmp_path)
     der.setup(model, run)
-    task0 = stream.tasks[0]
-    der.before_task(task0, model, run)
-    assert der.extra_losses(model, (torch.zeros(4, 3, 8, 8),), {}) == {}  # empty buffer
-    der.after_task(task0, model, run)
-    assert len(der.buffer) == 10 and set(der.logits) == {(t, i) for t, i, _ in der.buffer.items}
-    # Stored logits: the model's, on the task's classes only (NaN elsewhere).
-    first = task0.label_ids
-    (t, i, label) = der.buffer.items[0]
-    image, stream_label = run.stream_data(t)[i]
-    assert stream_label == label
-    expected = model(image.unsqueeze(0))[0, first]
-    torch.testing.assert_close(der.logits[(t, i)][first], expected.detach())
-    others = [k for k in range(4) if k not in first]
-    assert torch.isnan(der.logits[(t, i)][others]).all()
+    der.before_task(stream.tasks[0], model, run)
+    batch, outputs = _trained_batch(run, 0, list(range(12)), model)
+    assert der.extra_losses(model, batch, outputs) == {}  # the buffer was empty before it
+    # Reservoir over the 12 items offered: the first 10 fill it, the last 2 may replace some.
+    assert len(der.buffer) == 10 and der.buffer.seen == 12
+    for slot, (t, i, label) in enumerate(der.buffer.items):
+        image, stream_label = run.stream_data(t)[i]
+        assert t == 0 and stream_label == label
+        # Stored: every column of the head, as the model computed it in that step.
+        torch.testing.assert_close(der.logits[slot], model(image.unsqueeze(0))[0].detach())
 
     run.task_index = 1
     der.before_task(stream.tasks[1], model, run)
-    terms = der.extra_losses(model, (torch.zeros(4, 3, 8, 8),), {})
+    batch, outputs = _trained_batch(run, 1, [0, 1, 2, 3], model)
+    terms = der.extra_losses(model, batch, outputs)
     assert terms["der"].item() == pytest.approx(0.0, abs=1e-10)  # same model: nothing to pull
     # DER++'s term is the cross-entropy of stored items' labels over the current classes.
     assert terms["der++"].item() > 0
+    assert der.buffer.seen == 16  # task 1's batch was offered too
     with torch.no_grad():
         model.head.weight.add_(0.5)
-    assert der.extra_losses(model, (torch.zeros(4, 3, 8, 8),), {})["der"].item() > 0
+    batch, outputs = _trained_batch(run, 1, [4, 5], model)
+    assert der.extra_losses(model, batch, outputs)["der"].item() > 0
+
+
+def test_der_keeps_a_clip_models_logits_for_the_trained_classes_only(tmp_path):
+    import mmcl
+
+    stream = separable_stream()
+    torch.manual_seed(0)
+    model = mmcl.create_model("tiny-vit").eval()
+    der = build_method("der", buffer_size=4)
+    run = _run_for(der, stream, tmp_path)
+    der.setup(model, run)
+    der.before_task(stream.tasks[0], model, run)
+    data = run.stream_data(0)
+    resize = torch.nn.Upsample(size=model.visual.image_size, mode="nearest")
+    images = resize(torch.stack([data[i][0] for i in range(4)]))
+    labels = torch.tensor([data[i][1] for i in range(4)])
+    objective = classification_objective(model, run.training_space(0))
+    _, outputs = objective(model, images, labels)
+    der.extra_losses(model, (images, labels, torch.arange(4)), outputs)
+    trained = stream.tasks[0].label_ids
+    others = [k for k in range(4) if k not in trained]
+    for slot, (_, index, _) in enumerate(der.buffer.items):
+        torch.testing.assert_close(der.logits[slot][trained], outputs["logits"][index].detach())
+        assert torch.isnan(der.logits[slot][others]).all()
+
+
+def test_der_needs_item_indices(tmp_path):
+    stream = separable_stream()
+    model = linear_classifier()
+    der = build_method("der", buffer_size=4)
+    run = _run_for(der, stream, tmp_path)
+    der.setup(model, run)
+    der.before_task(stream.tasks[0], model, run)
+    batch, outputs = _trained_batch(run, 0, [0, 1], model)
+    with pytest.raises(ValueError, match="map-style"):
+        der.extra_losses(model, (batch[0], batch[1], None), outputs)
 
 
 def test_der_draws_are_reproducible_from_its_state(tmp_path):
@@ -188,10 +234,10 @@ def test_der_draws_are_reproducible_from_its_state(tmp_path):
     run = _run_for(der, stream, tmp_path)
     der.setup(model, run)
     der.before_task(stream.tasks[0], model, run)
-    der.after_task(stream.tasks[0], model, run)
+    der.extra_losses(model, *_trained_batch(run, 0, list(range(8)), model))
     run.task_index = 1
     der.before_task(stream.tasks[1], model, run)
-    der.extra_losses(model, (torch.zeros(4, 3, 8, 8),), {})
+    der.extra_losses(model, *_trained_batch(run, 1, [0, 1, 2, 3], model))
     saved = der.state_dict()
     after = der._draw(4, "cpu")
 
@@ -312,3 +358,51 @@ def test_batched_fisher_of_a_classifier_equals_the_one_image_loop(monkeypatch):
     for name in batched:
         torch.testing.assert_close(batched[name], looped[name], rtol=1e-4, atol=1e-9)
     assert model.training  # restored
+
+
+def _train_losses(output):
+    curves = {}
+    for folder in sorted(output.glob("task_*")):
+        lines = (folder / "metrics.jsonl").read_text().splitlines()
+        curves[folder.name] = [r["loss"] for r in map(json.loads, lines) if r["kind"] == "train"]
+    return curves
+
+
+def test_derpp_resumed_inside_a_task_repeats_the_uninterrupted_run(tmp_path, monkeypatch):
+    config = dict(lr=0.05, steps=6, optimizer="sgd", checkpoint_every=2, log_every=1)
+
+    def run(output, resume=False):
+        method = build_method("derpp", buffer_size=8)
+        result = run_continual(
+            linear_classifier(),
+            separable_stream(),
+            method,
+            small_config(tmp_path, **config),
+            output,
+            progress=False,
+            resume=resume,
+        )
+        return result, method
+
+    whole, whole_method = run(tmp_path / "whole")
+    # Stop the second run inside task 1, after its checkpoint at step 4 and before step 6.
+    original, calls = type(whole_method).extra_losses, []
+
+    def stop_at_step_five(self, model, batch, outputs):
+        calls.append(self._task)
+        if self._task == 1 and calls.count(1) == 5:
+            raise KeyboardInterrupt
+        return original(self, model, batch, outputs)
+
+    monkeypatch.setattr(type(whole_method), "extra_losses", stop_at_step_five)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut")
+    monkeypatch.setattr(type(whole_method), "extra_losses", original)
+    checkpoints = list((tmp_path / "cut").glob("task_01_*/checkpoints/step_*.pt"))
+    assert max(path.name for path in checkpoints) == "step_00000004.pt"  # resumes mid-task
+    resumed, resumed_method = run(tmp_path / "cut", resume=True)
+
+    assert _train_losses(tmp_path / "cut") == _train_losses(tmp_path / "whole")
+    assert resumed.matrix == whole.matrix
+    torch.testing.assert_close(resumed_method.logits, whole_method.logits, equal_nan=True)
+    assert resumed_method.buffer.items == whole_method.buffer.items

@@ -324,3 +324,27 @@ def test_too_few_items_for_one_batch_is_a_clear_error(tmp_path):
     )
     with pytest.raises(ValueError, match="4 training items are too few for one step"):
         Trainer(mmcl.create_model("tiny-vit"), pairs, config)
+
+
+class IndexRecorder:
+    """A plugin that keeps the batches the loop hands it."""
+
+    def __init__(self):
+        self.batches = []
+
+    def extra_losses(self, model, batch, outputs):
+        self.batches.append([part.clone() for part in batch])
+        return {}
+
+
+def test_plugins_see_each_items_index_in_the_data_set(tmp_path):
+    data, recorder = RandomPairs(), IndexRecorder()
+    config = settings(tmp_path, steps=6, workers=1)  # 6 x 8 items: one and a half epochs
+    Trainer(tiny_model(), data, config, plugins=[recorder]).fit()
+    seen = []
+    for images, tokens, indices in recorder.batches:
+        assert indices.dtype == torch.long and len(indices) == len(images)
+        assert torch.equal(images, data.images[indices])
+        assert torch.equal(tokens, data.tokens[indices])
+        seen += indices.tolist()
+    assert sorted(seen[:32]) == list(range(32))  # the first epoch: every item once

@@ -16,7 +16,8 @@ The data here are the shared JPEG re-encoding of CIFAR-10, so even a full run is
 identical with, the original binaries. mmcl's methods differ from Mammoth's in places (each
 method's docstring says how): EWC uses the true Fisher on 256 samples, LwF the KL divergence at
 T = 2, iCaRL cross-entropy plus BCE distillation, ER half-replay batches through the data set
-(an epoch therefore takes twice the steps), DER++ logits recorded at the end of each task.
+(an epoch therefore takes twice the steps), DER++ cross-entropy over the classes seen so
+far rather than the whole head.
 Mammoth's online EWC penalty is e_lambda * sum F (w - w*)^2; mmcl's is lambda / 2 * the same
 sum, so lambda = 2 x e_lambda.
 """

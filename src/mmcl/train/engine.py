@@ -4,6 +4,8 @@ Continual-learning methods and other extensions plug in as *plugins*: small obje
 the hooks below, called by the loop. A plugin never needs its own loop.
 
     extra_losses(model, batch, outputs) -> dict[str, Tensor]   # added to the objective
+        batch: (images, targets, indices): `indices` are the items' positions in the training
+        data set (a LongTensor on the CPU), None for a webdataset stream
     after_optimizer_step(trainer)                               # e.g. weight averaging
     state_dict() / load_state_dict(state)                       # saved in every checkpoint
     ddp_find_unused_parameters = True     # some trainable parameters sit out some steps
@@ -34,7 +36,7 @@ from mmcl.train.grad_cache import grad_cache_step
 from mmcl.train.objectives import ContrastiveObjective
 from mmcl.train.optim import build_optimizer, cosine_with_warmup, step_decay
 from mmcl.train.run_log import RunLog
-from mmcl.train.sampler import EpochSampler, SeededItems
+from mmcl.train.sampler import EpochSampler, IndexedItems
 from mmcl.train.state import (
     ResumeError,
     capture_rng_state,
@@ -378,7 +380,7 @@ class Trainer:
         else:
             self.sampler.set_epoch(self.epoch, start=self.items_consumed)
             loader = DataLoader(
-                SeededItems(self.train_data, config.seed),
+                IndexedItems(self.train_data, config.seed),
                 batch_size=config.batch_size,
                 sampler=self.sampler,
                 num_workers=config.workers,
@@ -402,13 +404,16 @@ class Trainer:
                 yield pending
                 pending = []
 
-    def _collate(self, items: list) -> tuple[torch.Tensor, torch.Tensor, int]:
-        # (images, tokens, number of unreadable items dropped from this batch)
-        batch = self.collate_fn(items)
-        if len(batch) == 3:
-            return batch
+    def _collate(self, items: list) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]:
+        # (images, tokens, number of unreadable items dropped from this batch, the kept items'
+        # indices in the data set); items arrive as (index, item) pairs from `IndexedItems`.
+        indices = torch.tensor([index for index, item in items if item is not None])
+        batch = self.collate_fn([item for _, item in items])
         images, tokens = batch[0], batch[1]
-        return images, tokens, 0
+        dropped = batch[2] if len(batch) == 3 else 0
+        if len(indices) != len(images):  # a collate that drops items some other way
+            indices = None
+        return images, tokens, dropped, indices
 
     def _autocast(self):
         if self.config.precision == "fp32":
@@ -421,7 +426,8 @@ class Trainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         total, term_sums, samples = 0.0, {}, 0
-        for index, (images, tokens, dropped) in enumerate(batches):  # tokens: or class labels
+        for index, (images, tokens, dropped, *rest) in enumerate(batches):  # tokens: or labels
+            indices = rest[0] if rest else None  # streams know no item indices
             self.skipped += dropped
             samples += len(images)
             images = images.to(self.info.device, non_blocking=True)
@@ -441,7 +447,7 @@ class Trainer:
             )
             with sync:
                 with self._autocast():
-                    terms = self._loss_terms(images, tokens, (images, tokens))
+                    terms = self._loss_terms(images, tokens, (images, tokens, indices))
                     loss = sum(terms.values())
                 self.scaler.scale(loss / len(batches)).backward()
             total += loss.item() / len(batches)

@@ -64,3 +64,11 @@ class SeededItems(Dataset):
             return self.dataset[index]
         finally:
             torch.set_rng_state(saved)
+
+
+class IndexedItems(SeededItems):
+    """`SeededItems` that also says which item it is: ``(index, item)`` for key (epoch, index),
+    so a batch can carry its items' positions in the data set (DER records logits per item)."""
+
+    def __getitem__(self, key: tuple[int, int]):
+        return key[1], super().__getitem__(key)

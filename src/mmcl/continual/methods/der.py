@@ -11,17 +11,20 @@ towards the stored ones; DER++ also draws a second minibatch and trains on its l
 `alpha` and `beta` default to the published sequential CIFAR-10 setting for a 500-item buffer
 (alpha 0.2, beta 0.5 for DER++; `beta=0` is DER, published with alpha 0.3).
 
-Differences from the paper, both forced by references instead of stored images:
-* The buffer is `ReservoirBuffer` (the one ER uses): references ``(task, index, label)``, filled
-  at the end of each task with that task's items, not step by step. Reservoir sampling gives
-  each item the same chance of being kept either way.
-* So the logits are those of the model at the end of the task that brought the item in
-  (eval mode, the item's seeded augmentation), not those of the step that saw it; the paper
-  samples them along the optimisation path.
-Logits cover the classes the task was trained over (`run.training_space`); a later task's
-logits cover more classes, and the difference is taken over the stored ones only. A plain
-classifier's logits are its head's columns, a CLIP model's are logit_scale x cosine to its
-prompts (the objective of the task).
+As in the paper, the buffer is filled along training: after each step's losses, every item of
+the batch is offered to a reservoir (`ReservoirBuffer`, the one ER uses) together with the
+logits the model gave it in that step (train mode, that step's augmentation). An item is offered
+again in every epoch, so, as in the authors' code, it can be stored twice with the logits of
+two moments. What is stored is a reference ``(task, index, label)`` to the stream data, never the
+image; a replayed item is loaded again with a fresh (seeded) augmentation, as the paper does
+with its stored un-augmented inputs. Under `torchrun` the ranks gather each step's references
+and logits and offer them in rank order, so every rank's buffer stays the same.
+
+Logits: a plain classifier's are all its head's columns (the paper's), a CLIP model's are
+logit_scale x cosine to the prompts of the classes the task trains over (`run.training_space`)
+and NaN for other classes; the mean squared difference is taken over the stored (non-NaN)
+columns. Where mmcl differs from the authors' Mammoth code: its Class-IL cross-entropy covers
+every output of the head, mmcl's covers the classes seen so far.
 
 Minibatches are drawn without replacement from a generator seeded by the run's seed, the rank,
 the task and the step, so a resumed run draws the same items; their augmentation is seeded per
@@ -36,7 +39,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from mmcl.continual.heads import classification_objective
+from mmcl.continual.heads import classification_objective, is_classifier
 from mmcl.continual.methods.base import Method
 from mmcl.continual.methods.replay import ReplayItems, ReservoirBuffer
 from mmcl.train import distributed
@@ -75,38 +78,65 @@ class DarkExperienceReplay(Method):
         self.alpha, self.beta = float(alpha), float(beta)
         self.minibatch_size = minibatch_size
         self.buffer = ReservoirBuffer(buffer_size)
-        self.logits: dict[tuple[int, int], torch.Tensor] = {}  # (task, index) -> stored logits
+        self.logits = torch.zeros(0, 0)  # row k: the logits stored with buffer slot k
         self.calls = 0  # replay draws made in the current task
         self._objective = None
         self._run = None
 
     def setup(self, model, run) -> None:
         self.buffer = ReservoirBuffer(self.buffer_size, seed=run.config.seed)
-        self.logits = {}
-        self._classes = 1 + max(run.training_space(len(run.scenario) - 1).labels)
+        stream_classes = 1 + max(run.training_space(len(run.scenario) - 1).labels)
+        head = getattr(getattr(model, "module", model), "head", None)
+        self._classes = max(stream_classes, head.out_features if is_classifier(model) else 0)
+        self.logits = torch.full((self.buffer_size, self._classes), math.nan)
 
     def before_task(self, task, model, run) -> None:
         self.calls = 0
         self._run = run
+        self._task = task.index
         self._objective = classification_objective(model, run.training_space(task.index))
         self._space_labels = torch.tensor(run.training_space(task.index).labels)
 
     def extra_losses(self, model, batch, outputs) -> dict[str, torch.Tensor]:
-        if not len(self.buffer):
-            return {}
-        device = batch[0].device
-        size = self.minibatch_size or len(batch[0])
-        images, labels, stored = self._draw(size, device)
-        _, replayed = self._objective(model, images, labels)
-        current = replayed["logits"].float().new_zeros(len(images), self._classes)
-        current = current.index_copy(1, self._space_labels.to(device), replayed["logits"].float())
-        known = ~torch.isnan(stored)
-        terms = {"der": self.alpha * F.mse_loss(current[known], stored[known])}
-        if self.beta > 0:
-            images, labels, _ = self._draw(size, device)
-            classification, _ = self._objective(model, images, labels)
-            terms["der++"] = self.beta * classification["classification"]
+        terms = {}
+        if len(self.buffer):  # replay first: the paper draws before storing the new batch
+            size = self.minibatch_size or len(batch[0])
+            images, labels, stored = self._draw(size, batch[0].device)
+            _, replayed = self._objective(model, images, labels)
+            current = self._full_logits(replayed)
+            known = ~torch.isnan(stored)
+            terms["der"] = self.alpha * F.mse_loss(current[known], stored[known])
+            if self.beta > 0:
+                images, labels, _ = self._draw(size, batch[0].device)
+                classification, _ = self._objective(model, images, labels)
+                terms["der++"] = self.beta * classification["classification"]
+        self._store(batch, outputs)
         return terms
+
+    def _full_logits(self, outputs) -> torch.Tensor:
+        """One row per item over every class, NaN where the objective gave no logit."""
+        if "all_logits" in outputs:  # a plain classifier: the whole head
+            return outputs["all_logits"].float()
+        logits = outputs["logits"].float()
+        full = logits.new_full((len(logits), self._classes), math.nan)
+        return full.index_copy(1, self._space_labels.to(logits.device), logits)
+
+    @torch.no_grad()
+    def _store(self, batch, outputs) -> None:
+        if len(batch) < 3 or batch[2] is None:
+            raise ValueError(
+                f"{self.name} stores each trained item with its logits, so it needs the items' "
+                "indices in the batch: train from a map-style data set, not a stream"
+            )
+        indices = batch[2].to(torch.long).cpu()
+        labels = torch.as_tensor(batch[1]).to(torch.long).cpu()
+        logits = self._full_logits(outputs).detach().cpu()
+        indices, labels, logits = _gather_in_rank_order(indices, labels, logits)
+        references = zip(indices.tolist(), labels.tolist(), strict=True)
+        slots = self.buffer.add((self._task, index, label) for index, label in references)
+        for row, slot in enumerate(slots):
+            if slot >= 0:  # a later item of this batch may overwrite the same slot: in order
+                self.logits[slot] = logits[row]
 
     def _draw(self, size: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         run = self._run
@@ -123,53 +153,32 @@ class DarkExperienceReplay(Method):
         images = torch.stack([data[(self.calls, k)][0] for k in range(len(items))])
         self.calls += 1
         labels = torch.tensor([y for _, _, y in items], device=device)
-        stored = torch.stack([self.logits[(t, i)] for t, i, _ in items]).to(device)
+        stored = self.logits[torch.tensor(picks)].to(device)
         return images.to(device), labels, stored
 
-    @torch.no_grad()
-    def after_task(self, task, model, run) -> None:
-        labels = run.stream_data(task.index).targets
-        self.buffer.add((task.index, index, label) for index, label in enumerate(labels))
-        kept = {(t, i): y for t, i, y in self.buffer.items}
-        self.logits = {key: value for key, value in self.logits.items() if key in kept}
-        new = [key for key in kept if key not in self.logits]
-        if not new:
-            return
-        space = run.training_space(task.index)
-        objective = classification_objective(model, space)
-        data = SeededItems(ReplayItems(run, new, [kept[key] for key in new]), run.config.seed)
-        device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
-        try:
-            for start in range(0, len(new), run.config.batch_size):
-                chunk = range(start, min(start + run.config.batch_size, len(new)))
-                items = [data[(task.index, k)] for k in chunk]
-                images = torch.stack([image for image, _ in items]).to(device)
-                targets = torch.tensor([label for _, label in items], device=device)
-                _, outputs = objective(model, images, targets)
-                for k, row in zip(chunk, outputs["logits"].float().cpu(), strict=True):
-                    stored = torch.full((self._classes,), math.nan)
-                    stored[torch.tensor(space.labels)] = row
-                    self.logits[new[k]] = stored
-        finally:
-            model.train(was_training)
-
     def state_dict(self) -> dict[str, Any]:
-        keys = list(self.logits)
         return {
             "buffer": self.buffer.state_dict(),
-            "keys": torch.tensor(keys, dtype=torch.long).reshape(-1, 2),
-            "logits": torch.stack([self.logits[k] for k in keys]) if keys else torch.zeros(0),
+            "logits": self.logits[: len(self.buffer)].clone(),
             "calls": self.calls,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "buffer" not in state:
             return
+        if "keys" in state:
+            raise ValueError(
+                f"{self.name}: this checkpoint stores logits per item at the end of each task "
+                "(mmcl before step-wise recording); it cannot resume a step-wise run"
+            )
         self.buffer.load_state_dict(state["buffer"])
-        keys = [tuple(k) for k in state["keys"].tolist()]
-        self.logits = {key: row.float() for key, row in zip(keys, state["logits"], strict=False)}
+        stored = state["logits"].float()
+        if stored.shape[0] != len(self.buffer) or stored.shape[1] != self.logits.shape[1]:
+            raise ValueError(
+                f"{self.name}: the checkpoint holds logits of shape {tuple(stored.shape)} for "
+                f"{len(self.buffer)} buffer items over {self.logits.shape[1]} classes"
+            )
+        self.logits[: len(stored)] = stored
         self.calls = int(state.get("calls", 0))
 
     def __repr__(self) -> str:
@@ -192,3 +201,24 @@ class DarkExperienceReplayPlusPlus(DarkExperienceReplay):
         minibatch_size: int | None = None,
     ):
         super().__init__(buffer_size, alpha, beta, minibatch_size)
+
+
+def _gather_in_rank_order(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Every rank's rows of each tensor, concatenated in rank order (as is, in one process).
+
+    Ranks may hold different numbers of rows (unreadable items dropped), so rows are padded to
+    the largest count for the all-gather and trimmed after."""
+    if not distributed.is_distributed():
+        return tensors
+    count = torch.tensor([len(tensors[0])])
+    counts = [torch.zeros_like(count) for _ in range(distributed.world_size())]
+    torch.distributed.all_gather(counts, count)
+    longest = int(max(counts))
+    gathered = []
+    for tensor in tensors:
+        padded = tensor.new_zeros((longest, *tensor.shape[1:]))
+        padded[: len(tensor)] = tensor
+        parts = [torch.zeros_like(padded) for _ in counts]
+        torch.distributed.all_gather(parts, padded)
+        gathered.append(torch.cat([part[: int(n)] for part, n in zip(parts, counts, strict=True)]))
+    return tuple(gathered)

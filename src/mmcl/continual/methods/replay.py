@@ -41,7 +41,9 @@ class ReservoirBuffer:
     the seed and the calls made, and a buffer restored from `state_dict` continues exactly.
 
     >>> buffer = ReservoirBuffer(3, seed=0)
-    >>> buffer.add([(0, i, i % 2) for i in range(10)])
+    >>> buffer.add([(0, i, i % 2) for i in range(5)])
+    [0, 1, 2, -1, 1]
+    >>> _ = buffer.add([(0, i, i % 2) for i in range(5, 10)])
     >>> len(buffer), buffer.seen
     (3, 10)
     """
@@ -57,21 +59,29 @@ class ReservoirBuffer:
     def __len__(self) -> int:
         return len(self.items)
 
-    def add(self, items: Iterable[Sequence[int]]) -> None:
+    def add(self, items: Iterable[Sequence[int]]) -> list[int]:
+        """Offers `items` in order; returns the slot each one went to, -1 where it was not kept
+        (a later item of the same call may still overwrite an earlier one's slot)."""
         items = [_reference(item) for item in items]
         if not items:
-            return
+            return []
         generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.seen) % 2**63)
         # One draw per item, j_n uniform in 0..n: a 62-bit random integer modulo n + 1 (its
         # bias, below (n + 1) / 2**62, is far beneath anything a test or a run could see).
         bound = torch.arange(self.seen + 1, self.seen + len(items) + 1)
         slots = (torch.randint(2**62, (len(items),), generator=generator) % bound).tolist()
+        placed = []
         for item, slot in zip(items, slots, strict=True):
             if len(self.items) < self.capacity:
+                placed.append(len(self.items))
                 self.items.append(item)
             elif slot < self.capacity:
+                placed.append(slot)
                 self.items[slot] = item
+            else:
+                placed.append(-1)
             self.seen += 1
+        return placed
 
     def state_dict(self) -> dict[str, Any]:
         return {
