@@ -283,6 +283,7 @@ def test_training_changes_only_adapters_and_routers_and_never_frozen_experts(fin
         assert torch.equal(network.state_dict()[key], value), key
     for task, (changed, allowed) in enumerate(zip(method.changed, method.allowed, strict=True)):
         assert changed, f"task {task} trained nothing"
+        assert any(".experts." in k for k in changed), f"task {task} found no expert to train"
         outside = {k for k in changed if not any(k.startswith(a + ".") for a in allowed)}
         assert not outside, f"task {task} changed frozen experts or other tasks' routers: {outside}"
     # After each task every layer freezes its top_k most used experts of that task.
@@ -320,6 +321,16 @@ def test_a_fresh_model_and_method_resume_from_the_saved_state(finished, tmp_path
         assert torch.equal(fresh.predict(fresh_model, images, space, fresh_run), expected)
 
 
+def test_experts_are_sized_so_every_task_has_its_own_to_train(tmp_path):
+    network, method, _ = adapted(tmp_path)
+    tasks = len(SCENARIO)
+    assert method.num_experts == method.top_k * tasks  # one top-k set frozen per task
+    assert all(len(m.experts) == method.num_experts for m in method.mixtures.values())
+    too_few = MoEAdapters(num_experts=method.top_k * (tasks - 1))
+    with pytest.warns(UserWarning, match=f"from task {tasks} of {tasks} on"):
+        too_few.setup(model(), ContinualRun(SCENARIO, too_few, config(tmp_path), tmp_path, {}))
+
+
 # --- bad arguments --------------------------------------------------------------------------
 
 
@@ -329,7 +340,7 @@ def test_a_fresh_model_and_method_resume_from_the_saved_state(finished, tmp_path
         ({"num_experts": 0}, "num_experts"),
         ({"num_experts": True}, "num_experts"),
         ({"top_k": 0}, "top_k"),
-        ({"top_k": 5}, "exceeds num_experts"),
+        ({"top_k": 5, "num_experts": 4}, "exceeds num_experts"),
         ({"bottleneck": 0}, "bottleneck"),
         ({"layers": 0}, "layers"),
         ({"towers": ("visual", "audio")}, "towers"),
@@ -337,7 +348,7 @@ def test_a_fresh_model_and_method_resume_from_the_saved_state(finished, tmp_path
         ({"adapter_scale": 0.0}, "adapter_scale"),
         ({"adapter_scale": "0.1"}, "must be a number"),
         ({"balance_weight": -1.0}, "balance_weight"),
-        ({"frozen_per_task": 5}, "frozen_per_task"),
+        ({"frozen_per_task": 5, "num_experts": 4}, "frozen_per_task"),
         ({"selector_steps": -1}, "selector_steps"),
         ({"selector_quantile": 1.5}, "selector_quantile"),
         ({"selector_samples": 0}, "selector_samples"),

@@ -16,7 +16,10 @@ only router t and the experts not frozen yet, with the classification loss plus
 see `mmcl.nn.adapters`). While it trains, every layer counts how many samples each expert got;
 afterwards each layer freezes its `frozen_per_task` (default `top_k`) most used experts, so
 what task t relied on most is kept for good and later tasks reuse it through their own routers
-without changing it (the paper's activate-freeze strategy).
+without changing it (the paper's activate-freeze strategy). So that every task still finds
+experts to train, `num_experts` defaults to `frozen_per_task` x the number of tasks (the
+authors' code: 22 experts, top-2, for the 11 tasks of MTIL); fewer are allowed, with a warning
+that the last tasks will train only their routers.
 
 Text side: both towers carry adapters (as in the paper), and task t's router is used in both,
 so the class prompts are embedded under the same router as the image. (In a causal text tower
@@ -46,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -68,7 +72,7 @@ class MoEAdapters(Method):
 
     def __init__(
         self,
-        num_experts: int = 4,
+        num_experts: int | None = None,
         top_k: int = 2,
         bottleneck: int = 64,
         layers: int | None = None,
@@ -88,14 +92,17 @@ class MoEAdapters(Method):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"moe_adapters: {what} must be a number, got {value!r}")
         for what, value in (
-            ("num_experts", num_experts),
             ("top_k", top_k),
             ("bottleneck", bottleneck),
             ("selector_samples", selector_samples),
         ):
             _check_int(value, what, minimum=1)
-        if top_k > num_experts:
-            raise ValueError(f"moe_adapters: top_k ({top_k}) exceeds num_experts ({num_experts})")
+        if num_experts is not None:
+            _check_int(num_experts, "num_experts", minimum=1)
+            if top_k > num_experts:
+                raise ValueError(
+                    f"moe_adapters: top_k ({top_k}) exceeds num_experts ({num_experts})"
+                )
         if layers is not None:
             _check_int(layers, "layers", minimum=1)
         towers = (towers,) if isinstance(towers, str) else tuple(towers)
@@ -109,7 +116,7 @@ class MoEAdapters(Method):
             raise ValueError(f"moe_adapters: balance_weight must be >= 0, got {balance_weight}")
         frozen_per_task = top_k if frozen_per_task is None else frozen_per_task
         _check_int(frozen_per_task, "frozen_per_task", minimum=0)
-        if frozen_per_task > num_experts:
+        if num_experts is not None and frozen_per_task > num_experts:
             raise ValueError(
                 f"moe_adapters: frozen_per_task ({frozen_per_task}) exceeds num_experts "
                 f"({num_experts})"
@@ -119,6 +126,7 @@ class MoEAdapters(Method):
             raise ValueError(
                 f"moe_adapters: selector_quantile must be in (0, 1], got {selector_quantile}"
             )
+        self.requested_experts = num_experts  # None: sized to the stream in `setup`
         self.num_experts, self.top_k, self.bottleneck = num_experts, top_k, bottleneck
         self.layers, self.towers = layers, towers
         self.adapter_scale, self.balance_weight = adapter_scale, balance_weight
@@ -134,6 +142,7 @@ class MoEAdapters(Method):
     def setup(self, model, run) -> None:
         if any(isinstance(m, MixtureOfAdapters) for m in model.modules()):
             raise ValueError("moe_adapters: the model already carries mixture-of-adapters layers")
+        self.num_experts = self._experts_for(len(run.scenario))
         model.requires_grad_(False)  # the whole CLIP stays as it is; only adapters train
         reference = next(model.parameters())
         self.mixtures = {}
@@ -252,6 +261,23 @@ class MoEAdapters(Method):
         )
 
     # --- helpers -------------------------------------------------------------------------------
+
+    def _experts_for(self, tasks: int) -> int:
+        """The experts per layer: as requested, or enough for every task to train its own."""
+        if self.requested_experts is None:
+            return max(self.top_k, self.frozen_per_task * tasks)
+        experts = self.requested_experts
+        left = experts - self.frozen_per_task * (tasks - 1)  # free when the last task starts
+        if left < self.top_k:
+            first = next(t for t in range(tasks) if experts - self.frozen_per_task * t < self.top_k)
+            warnings.warn(
+                f"moe_adapters: {experts} experts with {self.frozen_per_task} frozen per task "
+                f"leave fewer than top_k={self.top_k} trainable experts from task {first + 1} "
+                f"of {tasks} on (those tasks train mostly their routers); leave num_experts "
+                f"unset for {self.frozen_per_task * tasks}",
+                stacklevel=3,
+            )
+        return experts
 
     @contextlib.contextmanager
     def _routing(self, task: int | None):
