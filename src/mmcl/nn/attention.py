@@ -40,18 +40,30 @@ class MultiheadSelfAttention(nn.Module):
         output (inside the output projection's matmul on the CPU inference path).
         """
         batch, tokens, width = x.shape
-        qkv = inference.linear(x, self.in_proj_weight, self.in_proj_bias)
-        qkv = qkv.view(batch, tokens, 3, self.heads, width // self.heads)
+        head_dim = width // self.heads
         mask = None
         if query_positions is not None:
+            # Only the asking tokens need a query: project them alone, and every token to keys
+            # and values (row blocks of the fused projection).
             rows = torch.arange(batch, device=x.device)
-            query = qkv[rows, query_positions, 0].unsqueeze(2)  # (batch, heads, 1, head_dim)
-            _, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+            asking = x[rows, query_positions].unsqueeze(1)  # (batch, 1, width)
+            query = inference.linear(
+                asking, self.in_proj_weight, self.in_proj_bias, rows=(0, width)
+            )
+            query = query.view(batch, 1, self.heads, head_dim).transpose(1, 2)
+            key_value = inference.linear(
+                x, self.in_proj_weight, self.in_proj_bias, rows=(width, 3 * width)
+            )
+            key, value = key_value.view(batch, tokens, 2, self.heads, head_dim).permute(
+                2, 0, 3, 1, 4
+            )
             if causal:  # (batch, 1, 1, tokens): keys up to each row's query position
                 keys = torch.arange(tokens, device=x.device)
                 mask = (keys <= query_positions.unsqueeze(1)).view(batch, 1, 1, tokens)
             causal = False
         else:
+            qkv = inference.linear(x, self.in_proj_weight, self.in_proj_bias)
+            qkv = qkv.view(batch, tokens, 3, self.heads, head_dim)
             query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (batch, heads, tokens, d)
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=causal)
         out = out.transpose(1, 2).reshape(batch, query.shape[2], width)

@@ -48,8 +48,9 @@ class ResidualAttentionBlock(nn.Module):
             x = kept + self.attn(self.ln_1(x), causal=causal, query_positions=positions)
             return x + self.mlp(self.ln_2(x))
         # The residual additions ride along in the output projections' matmuls.
-        x = self.attn(self.ln_1(x), causal=causal, query_positions=positions, residual=kept)
-        return self.mlp(self.ln_2(x), residual=x)
+        normed = inference.layer_norm(self.ln_1, x)
+        x = self.attn(normed, causal=causal, query_positions=positions, residual=kept)
+        return self.mlp(inference.layer_norm(self.ln_2, x), residual=x)
 
 
 class Transformer(nn.Module):
