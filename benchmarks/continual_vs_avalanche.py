@@ -4,8 +4,8 @@
     python benchmarks/continual_vs_avalanche.py --quick         # a smoke run (< 1 minute)
     python benchmarks/continual_vs_avalanche.py --methods er --seeds 0,1,2 --json er.json
 
-avalanche-lib is not a dependency of mmcl; install it next to it without letting pip touch
-torch:  pip install avalanche-lib -c <(printf 'torch==2.14.1\\ntorchvision==0.29.1\\n')
+avalanche-lib is not a dependency of mmcl, only of its tests: `make setup` installs it (with
+constraints.txt, so pip leaves torch alone).
 
 One experiment, two implementations: CIFAR-10 (the shared JPEG copy, a seeded class-balanced
 subset, the same one `mmcl.continual.protocols.seq_cifar10` picks), 5 tasks of 2 classes in the
@@ -13,7 +13,11 @@ natural order ({airplane, automobile}, {bird, cat}, ...), decoded once into a ui
 both libraries read through the same `Dataset` and the same augmentation (random 32-pixel crop
 after 4 pixels of zero padding, horizontal flip, CIFAR-10 normalisation; none with
 --no-augment). The network is `cifar_resnet18(10, width)` (width 20: GEM's reduced ResNet-18),
-built once per seed and copied, so both libraries start from the same weights. Both train with
+built once per seed and copied, so both libraries start from the same weights: mmcl's copy
+in the memory layout `cifar_resnet18` gives it (channels-last convolution weights, which
+oneDNN convolves faster on the CPU), avalanche's in PyTorch's default NCHW layout, what a
+torchvision or avalanche model has (--same-layout gives avalanche the channels-last copy too:
+the difference then left is the libraries' own). Both train with
 plain SGD (constant learning rate, no weight decay, momentum only with --momentum), batch 32,
 the same epochs and seed, one head over all 10 classes, on the CPU with the same number of
 threads. Per method and library the table shows Class-IL accuracy after the last task (mean
@@ -38,21 +42,24 @@ is given `drop_last=True`). Differences that remain, by method:
   for the latter. mmcl re-seeds the augmentation per item (`SeededItems`) and shuffles with its
   own generator, so the two runs see different crops and batch orders: a single seed's
   difference is partly noise (use --seeds for several).
-* EWC (avalanche `EWC(mode="separate")`, mmcl "ewc"): avalanche's penalty is
-  lambda * sum F (w - w*)^2, mmcl's lambda / 2 * the same sum, so mmcl gets lambda_ = 2 x
-  --ewc-lambda. The importances differ in kind: avalanche squares the *mini-batch mean*
-  gradient of the cross-entropy with the true labels over all 10 outputs, batch by batch over
-  the whole task (an empirical Fisher), mmcl averages *per-sample* squared gradients of
-  log p(y|x) with y drawn from the model over the task's training classes (the true Fisher,
-  batched with torch.func.vmap for a plain classifier); here over as many images as the task
-  has (--fisher-samples; default: all of them, as avalanche; mmcl's own default is 256). Neither is a fixed multiple of the
-  other: after this benchmark's short first task avalanche's came out about 3x larger in sum
-  (the mean gradient is not small yet), with the largest entries (first convolution) alike,
-  near 1. The penalty's curvature, lr x 2 lambda x sum of the past tasks' importances, must
-  stay below 2 for SGD to be stable; at lr 0.1 and lambda 10 avalanche's run diverged here
-  (non-finite weights by the last task; a run that diverges is marked in the table), hence
-  the default of 1 (a weak pull in both). mmcl's per-sample Fisher costs more
-  than avalanche's one batched pass; --fisher-samples 256 shortens it.
+* EWC (avalanche `EWC(mode="separate")`, mmcl "ewc" with `fisher="minibatch"`): avalanche's
+  penalty is lambda * sum F (w - w*)^2, mmcl's lambda / 2 * the same sum, so mmcl gets
+  lambda_ = 2 x --ewc-lambda. Both compute the same importance, avalanche's: in eval mode, the
+  task's training images in batches of --batch-size (the last one smaller), the square of each
+  batch's mean cross-entropy gradient with the true labels, averaged over the batches (a
+  mini-batch empirical importance, not the Fisher), here over every image of the task
+  (--fisher-samples; mmcl's own default is 256). What remains different: mmcl's cross-entropy
+  is over the classes seen so far (see above), and it batches a seeded random order of the
+  task's images where avalanche takes them in data-set order. mmcl's default estimator,
+  `fisher="sample"` (the true Fisher, per-sample gradients of log p(y|x) with y drawn from the
+  model), is what --ewc-fisher sample runs instead; it costs about one backward pass per image
+  rather than per batch, and it is about 3x smaller in sum after this benchmark's short first
+  task (the mean gradient is not small yet). The penalty's curvature, lr x 2 lambda x sum of
+  the past tasks' importances, must stay below 2 for SGD to be stable; at lr 0.1 and lambda 10
+  avalanche's run diverged here (non-finite weights by the last task; a run that diverges is
+  marked in the table), hence the default of 1 (a weak pull in both). mmcl merges the past
+  tasks' quadratics into one per weight (the same value and gradient; avalanche adds one term
+  per weight and past task).
 * LwF (avalanche `LwF(alpha, temperature)`, mmcl "lwf"): the same loss, alpha * KL(teacher ||
   student) of the old classes' logits at temperature T, batch mean, no T^2. mmcl's teacher is
   in eval mode (BatchNorm running statistics); avalanche's is a copy of the model in training
@@ -197,7 +204,11 @@ def method_lr(args, method: str) -> float:
 def run_mmcl(method: str, model, train, test, names, args, seed: int) -> dict:
     arguments = {
         "finetune": {},
-        "ewc": {"lambda_": 2 * args.ewc_lambda, "fisher_samples": args.fisher_samples},
+        "ewc": {
+            "lambda_": 2 * args.ewc_lambda,
+            "fisher_samples": args.fisher_samples,
+            "fisher": args.ewc_fisher,
+        },
         "lwf": {"lambda_": args.lwf_alpha, "temperature": args.lwf_temperature},
         "er": {"buffer_size": args.mem_size},
     }[method]
@@ -357,7 +368,10 @@ def warm_up(av: dict, initial, train: CifarTensors, test: CifarTensors, names, a
         )
     settings = argparse.Namespace(**{**vars(args), "epochs": 1, "fisher_samples": 8})
     run_mmcl("finetune", copy.deepcopy(initial), *small, names, settings, 0)
-    run_avalanche(av, "finetune", copy.deepcopy(initial), *small, settings, 0)
+    layout = torch.channels_last if args.same_layout else torch.contiguous_format
+    run_avalanche(
+        av, "finetune", copy.deepcopy(initial).to(memory_format=layout), *small, settings, 0
+    )
 
 
 def compare(args, av: dict) -> dict:
@@ -382,6 +396,8 @@ def compare(args, av: dict) -> dict:
             order = ("mmcl", "avalanche") if position % 2 == 0 else ("avalanche", "mmcl")
             for library in order:
                 model = copy.deepcopy(initial)
+                if library == "avalanche" and not args.same_layout:
+                    model = model.to(memory_format=torch.contiguous_format)
                 if library == "mmcl":
                     run = run_mmcl(method, model, train, test, names, args, seed)
                 else:
@@ -487,6 +503,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--fisher-samples", type=int, help="mmcl EWC's Fisher images (default: a whole task)"
     )
+    parser.add_argument(
+        "--ewc-fisher",
+        choices=("minibatch", "sample"),
+        default="minibatch",
+        help="mmcl EWC's importance: minibatch (avalanche's) or sample (mmcl's default, the "
+        "true Fisher)",
+    )
+    parser.add_argument(
+        "--same-layout",
+        action="store_true",
+        help="give avalanche the channels-last model as well (default: PyTorch's NCHW)",
+    )
     parser.add_argument("--lwf-alpha", type=float, default=1.0)
     parser.add_argument("--lwf-temperature", type=float, default=2.0)
     parser.add_argument("--mem-size", type=int, default=500, help="replay memory (items)")
@@ -548,8 +576,10 @@ def main(argv=None) -> None:
         f"{args.epochs} epoch(s) a task, batch {args.batch_size}, SGD lr ({lrs}), momentum "
         f"{args.momentum:g}, {'no augmentation' if args.no_augment else 'crop + flip'}, "
         f"seeds {args.seeds}; EWC lambda {args.ewc_lambda:g} (mmcl lambda_ "
-        f"{2 * args.ewc_lambda:g}, Fisher on {args.fisher_samples} images), LwF alpha "
-        f"{args.lwf_alpha:g} T {args.lwf_temperature:g}, replay memory {args.mem_size}"
+        f"{2 * args.ewc_lambda:g}, {args.ewc_fisher} importance on {args.fisher_samples} "
+        f"images), LwF alpha {args.lwf_alpha:g} T {args.lwf_temperature:g}, replay memory "
+        f"{args.mem_size}; avalanche's model "
+        f"{'channels-last, as mmcl' if args.same_layout else 'NCHW, mmcl channels-last'}"
     )
     started = time.perf_counter()
     try:

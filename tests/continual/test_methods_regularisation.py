@@ -410,4 +410,6 @@ def test_registry_can_route_keyword_arguments():
     assert "gamma" not in inspect.signature(EWC).parameters
     assert {"lambda_", "gamma", "fisher_samples"} <= set(inspect.signature(OnlineEWC).parameters)
     assert (EWC.name, OnlineEWC.name, LwF.name, ZSCL.name) == ("ewc", "online_ewc", "lwf", "zscl")
-    assert repr(OnlineEWC(gamma=0.5)) == "OnlineEWC(lambda_=1000.0, gamma=0.5, fisher_samples=256)"
+    assert repr(OnlineEWC(gamma=0.5)) == (
+        "OnlineEWC(lambda_=1000.0, gamma=0.5, fisher_samples=256, fisher='sample')"
+    )

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from mmcl.data.images import ImageFiles, collate_skipping_bad
 from mmcl.io.atomic import atomic_path
-from mmcl.io.transforms import get_preprocess
+from mmcl.io.transforms import get_preprocess, streamlined
 
 FEATURE_SUFFIXES = (".npy", ".safetensors")
 PARTS_FORMAT = 1
@@ -218,7 +218,8 @@ def embed_image_folder(
         for first in range(start, stop, batch_size):
             batches.append(range(first, min(first + batch_size, stop)))
             plan.append((part, first + batch_size >= stop))
-    dataset = ImageFiles(paths, transform, skip_bad=skip_bad)
+    # The manifest records `transform`; the workers run its streamlined form (same tensors).
+    dataset = ImageFiles(paths, streamlined(transform), skip_bad=skip_bad)
     loader = _image_loader(dataset, device, workers if batches else 0, batch_sampler=batches)
     done = len(paths) - sum(len(batch) for batch in batches)
     features, rows = [], []

@@ -21,6 +21,11 @@ These are open_clip's results, kept for parity with published checkpoints'
 evaluation. The one mode open_clip cannot handle is premultiplied ``La`` (Pillow
 has no ``La -> RGB`` conversion); we route it through ``LA`` (un-premultiply,
 the same thing Pillow does for ``RGBa -> RGB``).
+
+``streamlined(transform)`` gives the same tensors sooner, for long jobs (``mmcl embed``): the
+final ``ToTensor(), Normalize(...)`` become one `ToNormalizedTensor` (the same float32
+arithmetic without the intermediate tensors and per-call checks), and centre crops that would
+only copy the image are skipped.
 """
 
 from __future__ import annotations
@@ -44,11 +49,14 @@ from torchvision.transforms import functional as TF
 __all__ = [
     "OPENAI_DATASET_MEAN",
     "OPENAI_DATASET_STD",
+    "CenterCropIfNeeded",
     "ConvertToRGB",
     "EnsurePILImage",
     "ResizeToCover",
+    "ToNormalizedTensor",
     "get_preprocess",
     "image_transform",
+    "streamlined",
 ]
 
 # Per-channel RGB mean/std of OpenAI's CLIP training images, from openai/CLIP
@@ -138,6 +146,74 @@ class ResizeToCover:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(size={self.size}, interpolation={self.interpolation.value})"
+
+
+class ToNormalizedTensor:
+    """``Normalize(mean, std)(ToTensor()(img))`` in one step, value for value.
+
+    For RGB images it does the arithmetic of the two steps, in their order and dtype (pixels to
+    the default float dtype, divided by 255, minus the mean, divided by the std), on one tensor
+    and with the mean and std made once, not on every call: 224 px, about 0.1 ms sooner an
+    image. Other modes, or a mean/std that is not per RGB channel, take the two steps themselves.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.steps = Compose([ToTensor(), Normalize(mean=self.mean, std=self.std)])
+        self.fast = len(self.mean) == len(self.std) == 3
+        self._stats: tuple[torch.dtype, torch.Tensor, torch.Tensor] | None = None
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        if not (self.fast and isinstance(img, Image.Image) and img.mode == "RGB"):
+            return self.steps(img)
+        dtype = torch.get_default_dtype()  # ToTensor's; Normalize then computes in it too
+        mean, std = self._mean_std(dtype)
+        pixels = torch.from_numpy(np.array(img))  # (H, W, 3) uint8, a copy of its own
+        tensor = pixels.permute(2, 0, 1).to(dtype, memory_format=torch.contiguous_format)
+        return tensor.div_(255).sub_(mean).div_(std)
+
+    def _mean_std(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._stats is None or self._stats[0] != dtype:
+            mean = torch.tensor(self.mean, dtype=dtype).view(-1, 1, 1)
+            std = torch.tensor(self.std, dtype=dtype).view(-1, 1, 1)
+            if (std == 0).any():
+                raise ValueError(f"std evaluated to zero after conversion to {dtype}: {self.std}")
+            self._stats = (dtype, mean, std)
+        return self._stats[1], self._stats[2]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(mean={self.mean}, std={self.std})"
+
+
+class CenterCropIfNeeded(CenterCrop):
+    """``CenterCrop`` that returns a PIL image already of the crop's size as it is, rather than
+    a copy (what upsampled small images, e.g. CIFAR's 32 px, always are)."""
+
+    def forward(self, img):
+        if isinstance(img, Image.Image) and img.size == (self.size[1], self.size[0]):
+            return img
+        return super().forward(img)
+
+
+def streamlined(transform: Callable) -> Callable:
+    """The same transform, for running many times: a ``Compose`` ending in ``ToTensor(),
+    Normalize(mean, std)`` ends in ``ToNormalizedTensor(mean, std)`` instead, and its
+    ``CenterCrop`` skips images that already have the crop's size; both give the same tensors.
+    Anything else is returned as it is.
+
+    >>> from PIL import Image
+    >>> preprocess = get_preprocess(224)
+    >>> image = Image.new("RGB", (40, 30), (200, 100, 50))
+    >>> bool((streamlined(preprocess)(image) == preprocess(image)).all())
+    True
+    """
+    if not isinstance(transform, Compose) or len(transform.transforms) < 2:
+        return transform
+    *head, to_tensor, normalize = transform.transforms
+    if type(to_tensor) is not ToTensor or type(normalize) is not Normalize or normalize.inplace:
+        return transform
+    steps = [CenterCropIfNeeded(step.size) if type(step) is CenterCrop else step for step in head]
+    return Compose([*steps, ToNormalizedTensor(normalize.mean, normalize.std)])
 
 
 def _to_hw(image_size: ImageSize) -> tuple[int, int]:
