@@ -92,6 +92,20 @@ def test_embed_images_in_parts_resumes_and_refuses_other_settings(
     assert np.array_equal(np.load(output), first) and not parts.exists()
 
 
+def test_embed_in_streams_gives_the_same_features(checkpoint, class_folder, tmp_path, capsys):
+    model, path = checkpoint
+    args = ["embed", "--pretrained", str(path), "--images", str(class_folder)]
+    args += ["--quiet", "--batch-size", "5"]
+    assert main([*args, "--output", str(tmp_path / "one.npy")]) == 0
+    assert main([*args, "--output", str(tmp_path / "two.npy"), "--streams", "2"]) == 0
+    np.testing.assert_allclose(
+        np.load(tmp_path / "two.npy"), np.load(tmp_path / "one.npy"), rtol=1e-5, atol=1e-6
+    )
+    capsys.readouterr()
+    assert main([*args, "--output", str(tmp_path / "bad.npy"), "--streams", "0"]) == 2
+    assert "--streams must be positive, got 0" in capsys.readouterr().err
+
+
 def test_embed_texts_to_safetensors(checkpoint, tmp_path):
     model, path = checkpoint
     texts = tmp_path / "texts.txt"

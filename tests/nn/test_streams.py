@@ -1,0 +1,106 @@
+"""`in_streams`: a batch's parts run side by side, each on its own thread with its share of the
+intra-op threads, and the result is what encoding the parts one after the other gives."""
+
+import threading
+
+import pytest
+import torch
+
+import mmcl
+from mmcl.nn.streams import in_streams, threads_per_stream
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("name", ["tiny-vit", "tiny-rn"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_equals_the_parts_encoded_in_turn_at_each_streams_thread_count(
+    name, precision, two_threads
+):
+    torch.manual_seed(0)
+    model = mmcl.create_model(name, precision=precision)
+    images = torch.randn(7, 3, model.image_size, model.image_size)
+    with torch.inference_mode():
+        streamed = in_streams(model.encode_image, images, streams=2)
+        torch.set_num_threads(threads_per_stream(2))  # 1: what each worker runs with
+        expected = torch.cat([model.encode_image(part) for part in images.tensor_split(2)])
+    assert torch.equal(streamed, expected)
+    # And the same function as the one-call encoding (to the precision's rounding).
+    with torch.inference_mode():
+        whole = model.encode_image(images)
+    tolerance = 1e-5 if precision == "fp32" else 2e-2
+    torch.testing.assert_close(streamed.float(), whole.float(), rtol=tolerance, atol=tolerance)
+
+
+def test_parts_run_on_their_own_threads_with_their_share_of_threads(two_threads):
+    seen, barrier = [], threading.Barrier(2, timeout=10)
+
+    def record(part):
+        barrier.wait()  # both parts are running at the same time, or this times out
+        seen.append((threading.get_ident(), torch.get_num_threads(), len(part)))
+        return part + 1
+
+    with torch.no_grad():
+        result = in_streams(record, torch.zeros(5, 3), streams=2)
+    assert torch.equal(result, torch.ones(5, 3))
+    assert len({ident for ident, _, _ in seen}) == 2
+    assert threading.get_ident() not in {ident for ident, _, _ in seen}
+    assert sorted(threads for _, threads, _ in seen) == [1, 1]
+    assert sorted(size for _, _, size in seen) == [2, 3]
+    assert torch.get_num_threads() == 2  # the caller's own setting is untouched
+
+
+def test_grad_and_inference_modes_reach_the_workers():
+    modes = []
+
+    def record(part):
+        modes.append((torch.is_grad_enabled(), torch.is_inference_mode_enabled()))
+        return part
+
+    with torch.inference_mode():
+        in_streams(record, torch.zeros(4), streams=2)
+    with torch.no_grad():
+        in_streams(record, torch.zeros(4), streams=2)
+    assert modes == [(False, True)] * 2 + [(False, False)] * 2
+
+
+@pytest.mark.parametrize("why", ["gradients", "autocast", "one item", "one stream"])
+def test_the_plain_call_where_splitting_would_change_the_meaning(why):
+    calls = []
+
+    def record(part):
+        calls.append((threading.get_ident(), part.shape[0]))
+        return part * 2
+
+    batch, streams = torch.ones(4, requires_grad=True), 2
+    if why == "gradients":
+        result = in_streams(record, batch, streams)
+        result.sum().backward()  # the graph is the caller's
+        assert torch.equal(batch.grad, torch.full((4,), 2.0))
+    elif why == "autocast":
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            in_streams(record, batch, streams)
+    elif why == "one item":
+        with torch.no_grad():
+            in_streams(record, batch[:1], streams)
+    else:
+        with torch.no_grad():
+            in_streams(record, batch, 1)
+    assert calls == [(threading.get_ident(), 1 if why == "one item" else 4)]
+
+
+def test_errors_reach_the_caller():
+    def broken(part):
+        raise RuntimeError("part failed")
+
+    with torch.no_grad(), pytest.raises(RuntimeError, match="part failed"):
+        in_streams(broken, torch.zeros(4), streams=2)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="streams must be an integer >= 1"):
+            in_streams(lambda x: x, torch.zeros(4), streams=bad)
