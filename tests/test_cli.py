@@ -92,12 +92,25 @@ def test_embed_images_in_parts_resumes_and_refuses_other_settings(
     assert np.array_equal(np.load(output), first) and not parts.exists()
 
 
-def test_embed_in_streams_gives_the_same_features(checkpoint, class_folder, tmp_path, capsys):
+def test_embed_in_streams_gives_the_same_features(
+    checkpoint, class_folder, tmp_path, capsys, monkeypatch
+):
+    from mmcl.nn import streams
+
+    parts, run = [], streams._run
+
+    def recorded(fn, part, inference):
+        parts.append(len(part))
+        return run(fn, part, inference)
+
     model, path = checkpoint
     args = ["embed", "--pretrained", str(path), "--images", str(class_folder)]
     args += ["--quiet", "--batch-size", "5"]
     assert main([*args, "--output", str(tmp_path / "one.npy")]) == 0
+    monkeypatch.setattr(streams, "_run", recorded)
+    assert not parts
     assert main([*args, "--output", str(tmp_path / "two.npy"), "--streams", "2"]) == 0
+    assert parts == [3, 2, 2, 2]  # 9 images: batches of 5 and 4, each split in two
     np.testing.assert_allclose(
         np.load(tmp_path / "two.npy"), np.load(tmp_path / "one.npy"), rtol=1e-5, atol=1e-6
     )

@@ -339,3 +339,20 @@ def test_the_estimator_is_an_argument_that_is_checked(tmp_path, monkeypatch):
             tmp_path / f"run_{expected}", progress=False,
         )  # fmt: skip
         assert calls[-2:] == [expected, expected] and len(method.fishers) == 2
+
+
+def test_a_checkpoint_remembers_its_estimator_and_refuses_the_other():
+    fisher, anchor = {"w": torch.ones(2)}, {"w": torch.zeros(2)}
+    saved = EWC(fisher="minibatch")
+    saved.fishers, saved.anchors = [fisher], [anchor]
+    state = saved.state_dict()
+    same = EWC(fisher="minibatch")
+    same.load_state_dict(state)
+    assert same.fishers == [fisher] and same.anchors == [anchor]
+    with pytest.raises(ValueError, match="fisher='minibatch', this run asks for fisher='sample'"):
+        EWC().load_state_dict(state)
+    old = {"fishers": [fisher], "anchors": [anchor]}  # written before the choice existed
+    EWC().load_state_dict(old)
+    with pytest.raises(ValueError, match="estimated with fisher='sample'"):
+        OnlineEWC(fisher="minibatch").load_state_dict(old)
+    OnlineEWC(fisher="minibatch").load_state_dict({"fishers": [], "anchors": []})  # task 0

@@ -2,6 +2,7 @@
 intra-op threads, and the result is what encoding the parts one after the other gives."""
 
 import threading
+import time
 
 import pytest
 import torch
@@ -54,6 +55,26 @@ def test_parts_run_on_their_own_threads_with_their_share_of_threads(two_threads)
     assert sorted(threads for _, threads, _ in seen) == [1, 1]
     assert sorted(size for _, _, size in seen) == [2, 3]
     assert torch.get_num_threads() == 2  # the caller's own setting is untouched
+    started_later = []
+    thread = threading.Thread(target=lambda: started_later.append(torch.get_num_threads()))
+    thread.start(), thread.join()
+    assert started_later == [2]  # and so is the count threads started afterwards begin with
+
+
+def test_a_stream_inside_a_stream_runs_plainly():
+    inner_threads = []
+
+    def inner(part):
+        inner_threads.append(threading.get_ident())
+        return part + 1
+
+    def outer(part):
+        return in_streams(inner, part, streams=2)  # would wait on the busy workers
+
+    with torch.no_grad():
+        for _ in range(2):
+            assert torch.equal(in_streams(outer, torch.zeros(4), streams=2), torch.ones(4))
+    assert threading.get_ident() not in inner_threads and len(inner_threads) == 4
 
 
 def test_grad_and_inference_modes_reach_the_workers():
@@ -95,12 +116,19 @@ def test_the_plain_call_where_splitting_would_change_the_meaning(why):
     assert calls == [(threading.get_ident(), 1 if why == "one item" else 4)]
 
 
-def test_errors_reach_the_caller():
+def test_errors_reach_the_caller_once_every_part_has_finished():
+    finished = []
+
     def broken(part):
-        raise RuntimeError("part failed")
+        if part[0] == 0:
+            raise RuntimeError("part failed")
+        time.sleep(0.2)  # the other part is still running when the first one fails
+        finished.append(True)
+        return part
 
     with torch.no_grad(), pytest.raises(RuntimeError, match="part failed"):
-        in_streams(broken, torch.zeros(4), streams=2)
+        in_streams(broken, torch.arange(4.0), streams=2)
+    assert finished == [True]
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="streams must be an integer >= 1"):
             in_streams(lambda x: x, torch.zeros(4), streams=bad)

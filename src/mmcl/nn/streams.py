@@ -11,15 +11,16 @@ better served by the plain call.
 
 `in_streams(fn, batch, streams)` runs ``fn`` on ``batch.tensor_split(streams)`` concurrently and
 concatenates the results. Each part runs on a worker thread whose intra-op thread count is its
-share of the caller's (PyTorch's OpenMP thread count is per thread), so the result equals, bit
-for bit, calling ``fn`` on each part in turn at that thread count. Workers are kept for the
-next call. Only inference is split: the call is made as it is when gradients are being
-recorded, under autocast, for tensors that are not on the CPU, or for a single stream.
+share of the caller's (with OpenMP, PyTorch's thread count is per thread), so the result
+equals, bit for bit, calling ``fn`` on each part in turn at that thread count. Workers are kept
+for the next call. Only inference is split: the call is made as it is when gradients are being
+recorded, under autocast, for tensors that are not on the CPU, for a single stream, and inside
+a stream (a nested call would wait on workers that are busy running its caller).
 """
 
 from __future__ import annotations
 
-import functools
+import concurrent.futures
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ __all__ = ["in_streams", "threads_per_stream"]
 
 _pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
+_worker = threading.local()  # .active: this thread runs a stream
 
 
 def threads_per_stream(streams: int) -> int:
@@ -55,6 +57,9 @@ def in_streams(
     inference = torch.is_inference_mode_enabled()
     pool = _pool(streams, threads_per_stream(streams))
     futures = [pool.submit(_run, fn, part, inference) for part in parts]
+    # Every part finishes before anything is returned or raised: no part may still be using
+    # the model when the caller goes on (say, after catching one part's error).
+    concurrent.futures.wait(futures)
     return torch.cat([future.result() for future in futures])
 
 
@@ -65,6 +70,7 @@ def _splittable(batch: torch.Tensor) -> bool:
         batch.device.type == "cpu"
         and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")
+        and not getattr(_worker, "active", False)
     )
 
 
@@ -80,7 +86,21 @@ def _pool(streams: int, threads: int) -> ThreadPoolExecutor:
             pool = ThreadPoolExecutor(
                 max_workers=streams,
                 thread_name_prefix=f"mmcl-stream-{threads}t",
-                initializer=functools.partial(torch.set_num_threads, threads),
+                initializer=_start_worker,
+                initargs=(threads,),
             )
+            # `torch.set_num_threads` in a worker also changes the count that threads started
+            # later begin with: start every worker now (they meet at a barrier), then give
+            # that default back the caller's count. The workers keep their own.
+            callers = torch.get_num_threads()
+            barrier = threading.Barrier(streams)
+            concurrent.futures.wait([pool.submit(barrier.wait) for _ in range(streams)])
+            torch.set_num_threads(callers)
             _pools[(streams, threads)] = pool
         return pool
+
+
+def _start_worker(threads: int) -> None:
+    _worker.active = True
+    torch.set_num_threads(threads)
+    torch.get_num_threads()  # settles this thread's count before the default is given back

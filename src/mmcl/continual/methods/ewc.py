@@ -116,14 +116,16 @@ class EWC(Method):
         weight a step instead of one per weight and past task (with 4 past tasks a quarter of
         the work). One pair is used as it is; several cost two more copies of the weights.
         """
-        # The pairs themselves (not their ids, which a freed dict's successor may reuse).
-        key = (device := next(iter(parameters.values())).device, *self.fishers, *self.anchors)
+        names = dict.fromkeys(name for fisher in self.fishers for name in fisher)
+        # Each weight's device (a model may span several), then the pairs themselves (not
+        # their ids, which a freed dict's successor may reuse).
+        devices = tuple(parameters[name].device for name in names)
+        key = (devices, *self.fishers, *self.anchors)
         cached = self._merged_key
         if cached is not None and len(cached) == len(key) and all(map(_same, cached, key)):
             return self._merged_terms
-        names = dict.fromkeys(name for fisher in self.fishers for name in fisher)
         terms, constant = {}, 0.0
-        for name in names:
+        for name, device in zip(names, devices, strict=True):
             pairs = [
                 (f[name].to(device), a[name].to(device))
                 for f, a in zip(self.fishers, self.anchors, strict=True)
@@ -143,9 +145,16 @@ class EWC(Method):
         return terms
 
     def state_dict(self):
-        return {"fishers": self.fishers, "anchors": self.anchors}
+        return {"fishers": self.fishers, "anchors": self.anchors, "fisher": self.fisher}
 
     def load_state_dict(self, state) -> None:
+        saved = state.get("fisher", "sample")  # checkpoints from before the choice: "sample"
+        if state.get("fishers") and saved != self.fisher:
+            raise ValueError(
+                f"{self.name}: the checkpoint's importances were estimated with "
+                f"fisher={saved!r}, this run asks for fisher={self.fisher!r}; resume with "
+                f"fisher={saved!r} (mixing the two would weigh the tasks' penalties unevenly)"
+            )
         self.fishers = [dict(f) for f in state.get("fishers", [])]
         self.anchors = [dict(a) for a in state.get("anchors", [])]
 
@@ -186,7 +195,7 @@ FISHER_ESTIMATORS = ("sample", "minibatch")
 
 
 def _same(cached, current) -> bool:
-    return cached is current or (isinstance(cached, torch.device) and cached == current)
+    return cached is current or (isinstance(cached, tuple) and cached == current)
 
 
 def _check_arguments(method: str, lambda_, fisher_samples, fisher, fisher_batch_size) -> None:
