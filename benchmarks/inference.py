@@ -99,7 +99,10 @@ def streams_label(settings: Settings) -> str:
 
 
 def with_streams(settings: Settings, batch: int) -> bool:
-    return settings.device == "cpu" and settings.streams > 1 and batch >= 2 * settings.streams
+    """Whether the row also times the throughput mode: CPU, a batch to split, a thread each."""
+    return settings.device == "cpu" and 1 < settings.streams <= min(
+        torch.get_num_threads(), batch // 2
+    )
 
 
 # --- timing and numbers ---------------------------------------------------------------------

@@ -108,6 +108,7 @@ def test_embed_in_streams_gives_the_same_features(
     args += ["--quiet", "--batch-size", "5"]
     assert main([*args, "--output", str(tmp_path / "one.npy")]) == 0
     monkeypatch.setattr(streams, "_run", recorded)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # a share for each stream
     assert not parts
     assert main([*args, "--output", str(tmp_path / "two.npy"), "--streams", "2"]) == 0
     assert parts == [3, 2, 2, 2]  # 9 images: batches of 5 and 4, each split in two

@@ -269,7 +269,7 @@ def test_compiled_towers_match_eager():
 def test_inference_benchmark_quick_run(tmp_path):
     output = tmp_path / "inference.json"
     command = [sys.executable, str(REPO / "benchmarks" / "inference.py"), "--quick"]
-    command += ["--threads", "1", "--image-models", "tiny-vit", "--limit", "16"]
+    command += ["--threads", "2", "--image-models", "tiny-vit", "--limit", "16"]
     command += ["--tokenizer-captions", "500", "--json", str(output)]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -277,7 +277,10 @@ def test_inference_benchmark_quick_run(tmp_path):
     payload = json.loads(output.read_text())
     rows = payload["rows"]
     assert {row["task"] for row in rows} >= {"image", "text", "tokenizer"}
-    assert {row["library"] for row in rows} == {"open_clip", "hf", "mmcl"}
-    fast = [row for row in rows if row["library"] == "mmcl" and row["precision"] == "bf16"]
+    assert {row["library"] for row in rows} == {"open_clip", "hf", "mmcl", "mmcl streams=2"}
+    streamed = {(r["task"], r["setting"]) for r in rows if r["library"] == "mmcl streams=2"}
+    assert ("image", "tiny-vit batch 8") in streamed  # batched rows only, embed included
+    assert ("image", "tiny-vit batch 1") not in streamed and any(t == "embed" for t, _ in streamed)
+    fast = [row for row in rows if row["library"].startswith("mmcl") and row["precision"] == "bf16"]
     assert fast and all(row["cos"] >= 0.999 for row in fast)
     assert payload["peak_gflops"]["bf16"] > 0 and payload["targets"]

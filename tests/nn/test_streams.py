@@ -61,7 +61,7 @@ def test_parts_run_on_their_own_threads_with_their_share_of_threads(two_threads)
     assert started_later == [2]  # and so is the count threads started afterwards begin with
 
 
-def test_a_stream_inside_a_stream_runs_plainly():
+def test_a_stream_inside_a_stream_runs_plainly(two_threads):
     inner_threads = []
 
     def inner(part):
@@ -77,7 +77,7 @@ def test_a_stream_inside_a_stream_runs_plainly():
     assert threading.get_ident() not in inner_threads and len(inner_threads) == 4
 
 
-def test_grad_and_inference_modes_reach_the_workers():
+def test_grad_and_inference_modes_reach_the_workers(two_threads):
     modes = []
 
     def record(part):
@@ -91,8 +91,8 @@ def test_grad_and_inference_modes_reach_the_workers():
     assert modes == [(False, True)] * 2 + [(False, False)] * 2
 
 
-@pytest.mark.parametrize("why", ["gradients", "autocast", "one item", "one stream"])
-def test_the_plain_call_where_splitting_would_change_the_meaning(why):
+@pytest.mark.parametrize("why", ["gradients", "autocast", "one item", "one stream", "one thread"])
+def test_the_plain_call_where_splitting_would_change_the_meaning(why, two_threads):
     calls = []
 
     def record(part):
@@ -110,13 +110,17 @@ def test_the_plain_call_where_splitting_would_change_the_meaning(why):
     elif why == "one item":
         with torch.no_grad():
             in_streams(record, batch[:1], streams)
+    elif why == "one thread":  # the caller's thread budget: two streams would use two
+        torch.set_num_threads(1)
+        with torch.no_grad():
+            in_streams(record, batch, streams)
     else:
         with torch.no_grad():
             in_streams(record, batch, 1)
     assert calls == [(threading.get_ident(), 1 if why == "one item" else 4)]
 
 
-def test_errors_reach_the_caller_once_every_part_has_finished():
+def test_errors_reach_the_caller_once_every_part_has_finished(two_threads):
     finished = []
 
     def broken(part):

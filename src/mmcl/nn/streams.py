@@ -14,8 +14,10 @@ concatenates the results. Each part runs on a worker thread whose intra-op threa
 share of the caller's (with OpenMP, PyTorch's thread count is per thread), so the result
 equals, bit for bit, calling ``fn`` on each part in turn at that thread count. Workers are kept
 for the next call. Only inference is split: the call is made as it is when gradients are being
-recorded, under autocast, for tensors that are not on the CPU, for a single stream, and inside
-a stream (a nested call would wait on workers that are busy running its caller).
+recorded, under autocast, for tensors that are not on the CPU, inside a stream (a nested call
+would wait on workers that are busy running its caller), and with a single stream: the number
+of streams is capped by the batch's items and by the caller's intra-op threads, so a process
+limited to one thread keeps to one.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ def in_streams(
     """
     if isinstance(streams, bool) or not isinstance(streams, int) or streams < 1:
         raise ValueError(f"streams must be an integer >= 1, got {streams!r}")
-    streams = min(streams, len(batch))
+    # No more streams than items, nor than the caller's threads (the workers' threads are its).
+    streams = min(streams, len(batch), torch.get_num_threads())
     if streams <= 1 or not _splittable(batch):
         return fn(batch)
     parts = batch.tensor_split(streams)
