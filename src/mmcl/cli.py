@@ -165,6 +165,21 @@ def load_model(args: argparse.Namespace):
     )
 
 
+def embed_image_files(args: argparse.Namespace, model, dataset: ImageFiles):
+    """`embed_images` with the command's batch, workers, device, streams and progress."""
+    from mmcl.eval.embed import embed_images
+
+    return embed_images(
+        model,
+        dataset,
+        args.batch_size,
+        args.workers,
+        args.device,
+        progress=not args.quiet,
+        streams=args.streams,
+    )
+
+
 def print_table(rows: list[list[str]], header: list[str]) -> None:
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     line = "  ".join(f"{{:<{w}}}" for w in widths)
@@ -261,7 +276,6 @@ def run_embed(args: argparse.Namespace) -> int:
 
 def run_zeroshot(args: argparse.Namespace) -> int:
     from mmcl.data.zeroshot import load_zero_shot_metadata
-    from mmcl.eval.embed import embed_images
     from mmcl.eval.zero_shot import accuracy, build_zero_shot_classifier
 
     paths, labels, folders = class_folders(args.data)
@@ -290,15 +304,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     dataset = ImageFiles(paths, get_preprocess(model), labels, skip_bad=args.skip_bad)
-    result = embed_images(
-        model,
-        dataset,
-        args.batch_size,
-        args.workers,
-        args.device,
-        progress=not args.quiet,
-        streams=args.streams,
-    )
+    result = embed_image_files(args, model, dataset)
     targets = torch.tensor(labels)[result.indices]
     logits = result.features @ classifier.float().cpu()
     overall = accuracy(logits, targets, topk=(1, 5))
@@ -368,21 +374,13 @@ def read_captions(
 
 
 def run_retrieval(args: argparse.Namespace) -> int:
-    from mmcl.eval.embed import embed_images, embed_texts
+    from mmcl.eval.embed import embed_texts
     from mmcl.eval.retrieval import retrieval_recall
 
     paths, captions, caption_image = read_captions(args.captions, args.images)
     model = load_model(args)
     dataset = ImageFiles(paths, get_preprocess(model), skip_bad=args.skip_bad)
-    images = embed_images(
-        model,
-        dataset,
-        args.batch_size,
-        args.workers,
-        args.device,
-        progress=not args.quiet,
-        streams=args.streams,
-    )
+    images = embed_image_files(args, model, dataset)
     texts = embed_texts(
         model,
         captions,

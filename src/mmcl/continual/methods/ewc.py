@@ -229,8 +229,7 @@ def diagonal_fisher(model, space, data, samples: int, seed: int) -> dict[str, to
     result is reproducible.
     """
     objective = classification_objective(model, space)
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in trainable}
+    trainable, fisher = _trainable_and_zeros(model)
     if not trainable:
         return fisher
     device = trainable[0][1].device
@@ -301,8 +300,7 @@ def minibatch_importance(
     over `space`.
     """
     objective = classification_objective(model, space)
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    importance = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in trainable}
+    trainable, importance = _trainable_and_zeros(model)
     if not trainable:
         return importance
     device = trainable[0][1].device
@@ -328,3 +326,9 @@ def minibatch_importance(
     for value in importance.values():
         value /= batches
     return importance
+
+
+def _trainable_and_zeros(model) -> tuple[list, dict[str, torch.Tensor]]:
+    """The trainable (name, parameter) pairs and a float32 zero accumulator for each."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return trainable, {n: torch.zeros_like(p, dtype=torch.float32) for n, p in trainable}
