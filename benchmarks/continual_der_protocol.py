@@ -3,6 +3,9 @@
     python benchmarks/continual_der_protocol.py --full --device cuda     # the published setting
     python benchmarks/continual_der_protocol.py                          # shortened, for a CPU
 
+The training engine runs on the GPU whenever one is visible; --device cuda only makes sure one
+is (the run stops at once rather than spending days on a CPU by mistake).
+
 The protocol, its source and how mmcl's methods differ from Mammoth's are in
 `mmcl.continual.protocols`. --full runs every image for 50 epochs per task (hours on one GPU
 for all seven methods); the default is a CPU-sized version of the same protocol: a
@@ -17,12 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import torch
 from _common import machine_line, print_table
 
+from mmcl.continual.builtin import MissingDataError
 from mmcl.continual.methods import build_method
 from mmcl.continual.protocols import (
     DER_METHODS,
@@ -46,6 +51,13 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=64, help="ResNet-18 width (64: the paper's)")
     parser.add_argument("--workers", type=int, default=0, help="data-loading processes")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cuda"],
+        default="auto",
+        help="auto: the GPU when one is visible (the engine's choice), else the CPU; cuda: "
+        "stop unless a GPU is visible",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=Path("runs/bench-der-protocol"))
     parser.add_argument("--fresh", action="store_true", help="delete earlier reports first")
@@ -55,6 +67,9 @@ def main() -> None:
     unknown = [m for m in methods if m not in DER_METHODS]
     if unknown:
         parser.error(f"unknown protocol methods {unknown}; valid: {', '.join(DER_METHODS)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     epochs = args.epochs or (50 if args.full else 2)
     per_class = (None, None) if args.full else (args.train_per_class, args.test_per_class)
     if args.fresh and args.output.exists():
@@ -64,7 +79,8 @@ def main() -> None:
     size = "all images" if args.full else f"{per_class[0]} train / {per_class[1]} test a class"
     print(
         f"Seq-CIFAR-10 (DER protocol): {size}, {epochs} epochs a task, batch 32, plain SGD, "
-        f"lr x0.1 at 70% and 90% of each task, ResNet-18 width {args.width}, {args.precision}\n"
+        f"lr x0.1 at 70% and 90% of each task, ResNet-18 width {args.width}, {args.precision}, "
+        f"on {device}\n"
     )
     scenario = seq_cifar10(*per_class, seed=args.seed)
     rows, results = [], {}
@@ -118,8 +134,12 @@ def main() -> None:
         f"\n(total {time.perf_counter() - started:.0f}s; published: Buzzega et al. 2020, Table 2)"
     )
     if args.json:
-        args.json.write_text(json.dumps({"epochs": epochs, "results": results}, indent=2))
+        payload = {"epochs": epochs, "device": device, "results": results}
+        args.json.write_text(json.dumps(payload, indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, MissingDataError) as error:  # bad settings or missing data: one line
+        sys.exit(f"continual_der_protocol.py: error: {error}")

@@ -406,3 +406,38 @@ def test_derpp_resumed_inside_a_task_repeats_the_uninterrupted_run(tmp_path, mon
     assert resumed.matrix == whole.matrix
     torch.testing.assert_close(resumed_method.logits, whole_method.logits, equal_nan=True)
     assert resumed_method.buffer.items == whole_method.buffer.items
+
+
+@pytest.mark.slow
+def test_der_protocol_benchmark_runs_end_to_end(tmp_path):
+    """The benchmark script itself, tiny: two methods, one epoch, 16 images a class."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mmcl.continual.builtin import MissingDataError
+    from mmcl.continual.protocols import DER_PUBLISHED_CLASS_IL, seq_cifar10
+
+    try:
+        seq_cifar10(train_per_class=1, test_per_class=1)
+    except MissingDataError as missing:
+        pytest.skip(f"shared data not available, skipping: {missing}")
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "continual_der_protocol.py"
+    command = [sys.executable, str(script), "--methods", "sgd,derpp", "--epochs", "1"]
+    command += ["--train-per-class", "16", "--test-per-class", "2", "--width", "4"]
+    command += ["--output", str(tmp_path / "runs"), "--json", str(tmp_path / "table.json")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = json.loads((tmp_path / "table.json").read_text())
+    assert table["epochs"] == 1 and table["device"] in ("cpu", "cuda")
+    assert set(table["results"]) == {"sgd", "derpp"}
+    for name, row in table["results"].items():
+        assert row["published"] == DER_PUBLISHED_CLASS_IL[name] and 0 <= row["ours"] <= 100
+    if table["device"] == "cpu":
+        refused = subprocess.run([*command, "--device", "cuda"], capture_output=True, text=True)
+        assert refused.returncode == 2 and "no CUDA device is visible" in refused.stderr
+    too_few = [*command[:-4], "--train-per-class", "2", "--output", str(tmp_path / "few")]
+    refused = subprocess.run(too_few, capture_output=True, text=True)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "error: tasks with fewer training items than one step takes" in refused.stderr
