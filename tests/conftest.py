@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
 import open_clip
 import pytest
 import torch
@@ -17,6 +20,31 @@ def open_clip_reference(name: str, seed: int = 0) -> torch.nn.Module:
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max())
+
+
+def join_cpu_process_group(rank: int, world_size: int, port: int):
+    """What torchrun would set for this rank (CPU and gloo even on a GPU machine), one intra-op
+    thread a process so the ranks do not fight over the cores; then the group is joined (its
+    `distributed.init_from_env` info is returned)."""
+    from mmcl.train import distributed
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        CUDA_VISIBLE_DEVICES="",
+    )
+    torch.set_num_threads(1)
+    return distributed.init_from_env()
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, for a multi-process test's rendezvous."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture

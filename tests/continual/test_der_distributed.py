@@ -2,7 +2,6 @@
 equals one process offered both ranks' items in rank order."""
 
 import os
-import socket
 from pathlib import Path
 
 import torch
@@ -10,6 +9,7 @@ import torch.multiprocessing as mp
 from continual_helpers import small_config
 from test_heads_and_der import linear_classifier, separable_stream
 
+from conftest import free_port, join_cpu_process_group
 from mmcl.continual.heads import classification_objective
 from mmcl.continual.methods import build_method
 from mmcl.continual.runner import ContinualRun
@@ -39,27 +39,12 @@ def der_after(tmp_path, indices_per_call):
 
 
 def worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE="2",
-        CUDA_VISIBLE_DEVICES="",
-    )
-    torch.set_num_threads(1)
-    distributed.init_from_env()
+    join_cpu_process_group(rank, 2, port)
     try:
         state = der_after(Path(out_dir), [RANK_ITEMS[rank]] * 2)  # two steps
         torch.save(state, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         distributed.cleanup()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_der_buffers_match_across_ranks_and_one_process(tmp_path):

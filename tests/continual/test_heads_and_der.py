@@ -145,8 +145,11 @@ def test_a_head_too_small_for_the_stream_is_refused_before_training(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def _run_for(method, stream, tmp_path, task_index=0):
-    run = ContinualRun(stream, method, small_config(tmp_path), tmp_path, {}, task_index)
+def _started(method, stream, model, tmp_path):
+    """A run of `method` on `stream`, set up and at the start of task 0, as the runner has it."""
+    run = ContinualRun(stream, method, small_config(tmp_path), tmp_path, {}, 0)
+    method.setup(model, run)
+    method.before_task(stream.tasks[0], model, run)
     return run
 
 
@@ -164,9 +167,7 @@ def test_der_stores_each_trained_items_logits_so_its_term_starts_at_zero(tmp_pat
     stream = separable_stream()
     model = linear_classifier().eval()
     der = build_method("derpp", buffer_size=10, alpha=1.0, beta=0.5)
-    run = _run_for(der, stream, tmp_path)
-    der.setup(model, run)
-    der.before_task(stream.tasks[0], model, run)
+    run = _started(der, stream, model, tmp_path)
     batch, outputs = _trained_batch(run, 0, list(range(12)), model)
     assert der.extra_losses(model, batch, outputs) == {}  # the buffer was empty before it
     # Reservoir over the 12 items offered: the first 10 fill it, the last 2 may replace some.
@@ -198,9 +199,7 @@ def test_der_keeps_a_clip_models_logits_for_the_trained_classes_only(tmp_path):
     torch.manual_seed(0)
     model = mmcl.create_model("tiny-vit").eval()
     der = build_method("der", buffer_size=4)
-    run = _run_for(der, stream, tmp_path)
-    der.setup(model, run)
-    der.before_task(stream.tasks[0], model, run)
+    run = _started(der, stream, model, tmp_path)
     data = run.stream_data(0)
     resize = torch.nn.Upsample(size=model.visual.image_size, mode="nearest")
     images = resize(torch.stack([data[i][0] for i in range(4)]))
@@ -219,9 +218,7 @@ def test_der_needs_item_indices(tmp_path):
     stream = separable_stream()
     model = linear_classifier()
     der = build_method("der", buffer_size=4)
-    run = _run_for(der, stream, tmp_path)
-    der.setup(model, run)
-    der.before_task(stream.tasks[0], model, run)
+    run = _started(der, stream, model, tmp_path)
     batch, outputs = _trained_batch(run, 0, [0, 1], model)
     with pytest.raises(ValueError, match="map-style"):
         der.extra_losses(model, (batch[0], batch[1], None), outputs)
@@ -231,9 +228,7 @@ def test_der_draws_are_reproducible_from_its_state(tmp_path):
     stream = separable_stream()
     model = linear_classifier()
     der = build_method("derpp", buffer_size=6)
-    run = _run_for(der, stream, tmp_path)
-    der.setup(model, run)
-    der.before_task(stream.tasks[0], model, run)
+    run = _started(der, stream, model, tmp_path)
     der.extra_losses(model, *_trained_batch(run, 0, list(range(8)), model))
     run.task_index = 1
     der.before_task(stream.tasks[1], model, run)
@@ -263,8 +258,7 @@ def test_icarl_on_a_classifier_scores_only_classes_with_exemplars(tmp_path):
     stream = separable_stream()
     model = linear_classifier()
     icarl = build_method("icarl", memory_size=8)
-    run = _run_for(icarl, stream, tmp_path)
-    icarl.setup(model, run)
+    run = _started(icarl, stream, model, tmp_path)
     images = torch.randn(3, 3, 8, 8)
     every = ContinualRun(stream, icarl, None, None, {}).evaluation_space(1, 1)
     assert icarl.predict(model, images, every, run) is None  # no exemplars: the head decides

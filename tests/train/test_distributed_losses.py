@@ -6,7 +6,6 @@ the tests compare them with the same computations done here in a single process.
 
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn import functional as F
 
+from conftest import free_port, join_cpu_process_group
 from mmcl.train import distributed
 from mmcl.train.grad_cache import grad_cache_step
 from mmcl.train.losses import ClipLoss, SigLipLoss
@@ -103,16 +103,7 @@ def model_scenario(name: str, model, images, texts, chunk_size: int | None) -> d
 
 
 def worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(WORLD_SIZE),
-        CUDA_VISIBLE_DEVICES="",  # CPU + gloo even on a GPU machine
-    )
-    torch.set_num_threads(1)
-    info = distributed.init_from_env()
+    info = join_cpu_process_group(rank, WORLD_SIZE, port)
     try:
         rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
         data = problem()
@@ -134,12 +125,6 @@ def worker(rank: int, port: int, out_dir: str) -> None:
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         distributed.cleanup()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
