@@ -110,7 +110,7 @@ def test_patch_embedding_matmul_equals_the_convolution_even_with_leftover_pixels
     "name, overrides",
     [
         ("tiny-vit", {}),
-        ("tiny-vit", {"quick_gelu": True}),  # an activation oneDNN does not fuse
+        ("tiny-vit", {"quick_gelu": True}),  # fused as silu with rescaled weights
         ("tiny-rn", {}),
         pytest.param("ViT-B-32", {}, marks=pytest.mark.slow),
         pytest.param("RN50", {}, marks=pytest.mark.slow),

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from mmcl.nn import LayerNorm, MultiheadSelfAttention, inference
+from mmcl.nn import LayerNorm, MultiheadSelfAttention, QuickGELU, inference
 
 
 def bf16_norm(width: int = 256) -> LayerNorm:
@@ -89,3 +89,42 @@ def test_one_query_attention_matches_the_full_attention_at_that_token(causal):
     assert pooled.shape == (3, 1, 128)
     assert F.cosine_similarity(pooled.squeeze(1).float(), full).min() > 0.9999
     assert F.cosine_similarity(pooled.float(), plain.float(), dim=-1).min() > 0.9999
+
+
+@pytest.mark.parametrize("activation", [QuickGELU, torch.nn.GELU])
+def test_mlp_with_fused_activation_computes_the_float32_function(activation):
+    # QuickGELU runs as silu(1.702 z) / 1.702 with rescaled cached weights: the same function.
+    generator = torch.Generator().manual_seed(5)
+    fc, proj = torch.nn.Linear(64, 256), torch.nn.Linear(256, 64)
+    with torch.no_grad():
+        for layer in (fc, proj):
+            layer.weight.copy_(0.1 * torch.randn(layer.weight.shape, generator=generator))
+            layer.bias.copy_(0.1 * torch.randn(layer.bias.shape, generator=generator))
+    x = torch.randn(4, 9, 64, generator=generator)
+    residual = torch.randn(4, 9, 64, generator=generator)
+    expected = residual + proj(activation()(fc(x)))  # float32, plain modules
+    fc, proj = fc.to(torch.bfloat16), proj.to(torch.bfloat16)
+    with torch.no_grad():
+        fast = inference.mlp(x.bfloat16(), fc, activation(), proj, residual.bfloat16())
+        without_residual = inference.mlp(x.bfloat16(), fc, activation(), proj)
+    assert fast.dtype == torch.bfloat16
+    assert F.cosine_similarity(fast.float(), expected.detach(), dim=-1).min() > 0.9999
+    assert (fast.float() - expected).abs().max() < 0.05 * expected.abs().max()
+    unfused = (expected - residual).detach()
+    assert F.cosine_similarity(without_residual.float(), unfused, dim=-1).min() > 0.9999
+    if activation is QuickGELU and inference.onednn_bf16():  # the fused path was taken
+        scales = {scale for _, scale in inference._PACKED_LINEAR[fc.weight][1]}
+        assert scales == {inference.QUICK_GELU_SLOPE}
+
+
+@pytest.mark.parametrize("activation", [QuickGELU, torch.nn.GELU])
+def test_mlp_calls_hooks_on_its_activation(activation):
+    fc, proj = torch.nn.Linear(64, 256).bfloat16(), torch.nn.Linear(256, 64).bfloat16()
+    module, seen = activation(), []
+    module.register_forward_hook(lambda m, args, output: seen.append(output.shape))
+    x = torch.randn(3, 64).bfloat16()
+    with torch.no_grad():
+        out = inference.mlp(x, fc, module, proj)
+        expected = proj(module(fc(x)))
+    assert seen == [(3, 256), (3, 256)]
+    assert F.cosine_similarity(out.float(), expected.float()).min() > 0.9999

@@ -21,10 +21,9 @@ class Mlp(nn.Module):
         self.c_proj = nn.Linear(mlp_width, width)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        # On the CPU inference path the GELU runs inside the first matmul and the residual
-        # (if given) inside the second (`inference.linear`).
-        hidden = inference.apply_linear(self.c_fc, x, self.gelu)
-        return inference.apply_linear(self.c_proj, hidden, residual=residual)
+        # On the CPU inference path the GELU (or QuickGELU) runs inside the first matmul and
+        # the residual (if given) inside the second (`inference.mlp`).
+        return inference.mlp(x, self.c_fc, self.gelu, self.c_proj, residual)
 
 
 class ResidualAttentionBlock(nn.Module):
