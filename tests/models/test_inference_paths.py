@@ -284,3 +284,29 @@ def test_inference_benchmark_quick_run(tmp_path):
     fast = [row for row in rows if row["library"].startswith("mmcl") and row["precision"] == "bf16"]
     assert fast and all(row["cos"] >= 0.999 for row in fast)
     assert payload["peak_gflops"]["bf16"] > 0 and payload["targets"]
+
+
+@pytest.mark.parametrize("name", ["tiny-vit", "tiny-rn"])
+def test_fp32_last_block_for_the_read_token_alone_gives_the_full_blocks_values_and_gradients(
+    name,
+):
+    # The towers compute only the pooled token in their last block, with gradients too;
+    # reference_mode runs every token through it.
+    _, model = twins(name)
+    model.requires_grad_(True)
+    images, tokens = inputs(model.image_size, 4)
+
+    def features_and_gradients():
+        model.zero_grad()
+        features = torch.cat([model.encode_image(images), model.encode_text(tokens)], dim=1)
+        (features * torch.linspace(-1, 1, features.shape[1])).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return features.detach(), grads
+
+    pooled, pooled_grads = features_and_gradients()
+    with inference.reference_mode():
+        full, full_grads = features_and_gradients()
+    assert max_abs_diff(pooled, full) < 1e-5
+    assert pooled_grads.keys() == full_grads.keys()
+    for key, grad in full_grads.items():
+        assert max_abs_diff(pooled_grads[key], grad) < 1e-5 * max(1.0, grad.abs().max()), key

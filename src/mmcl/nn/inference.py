@@ -2,8 +2,9 @@
 
 A model in bf16 or fp16 running without gradients (`torch.no_grad`, `torch.inference_mode`, or
 frozen weights) takes these shortcuts; float32 models, training and `torch.compile` compute
-the plain way, so a float32 model gives bit-identical results with and without gradients, and
-matches open_clip to float32 rounding.
+the plain way (but for the last block's single token, which holds everywhere: see the last
+item), so a float32 model gives bit-identical results with and without gradients, and matches
+open_clip to float32 rounding.
 
 - Linear layers on CPUs (bf16): a plain `F.linear` hands oneDNN a weight in PyTorch's row-major
   layout, which it re-lays out for its kernels (AMX tiles, AVX-512 blocks) on every call, and
@@ -17,8 +18,9 @@ matches open_clip to float32 rounding.
   whatever its parameters' dtype, and with 16-bit parameters converts them to float32 again for
   every row; given float32 copies (cached) it skips that and gives the same bits (-15% per
   LayerNorm).
-- Transformer towers read one token; the last block computes only that one (see
-  `mmcl.nn.Transformer`), its query projection included (a row block of the packed QKV weight).
+- Transformer towers read one token, and their last block computes only that one; that holds
+  in every precision and grad mode (`mmcl.nn.Transformer`). Here its query projection is a row
+  block of the packed QKV weight.
 
 The caches hold nothing of their own: an entry is keyed by the parameter's identity and checked
 against its storage, dtype, shape and version counter, so in-place updates (an optimiser step,
