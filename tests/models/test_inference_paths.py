@@ -5,6 +5,7 @@ import copy
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import open_clip
@@ -17,6 +18,7 @@ from conftest import max_abs_diff
 from mmcl.io.checkpoints.openai import from_openai_layout
 from mmcl.models import CLIP, CLIPConfig, get_model_config
 from mmcl.nn import inference
+from mmcl.nn.transformer import ResidualAttentionBlock
 
 REPO = Path(__file__).resolve().parents[2]
 CAPTIONS = [
@@ -85,7 +87,8 @@ def test_fp32_padding_free_text_equals_padded_text_caption_by_caption():
 
 @pytest.mark.parametrize("name", ["tiny-vit", "tiny-rn"])
 def test_fp32_gives_identical_bits_with_and_without_gradients(name):
-    # float32 never takes the shortcuts, whose rounding would depend on the grad mode.
+    # float32 takes no shortcut whose rounding would depend on the grad mode (the pooled last
+    # block is taken in both).
     _, model = twins(name)
     images, tokens = inputs(model.image_size)
     with torch.no_grad():
@@ -291,6 +294,21 @@ def test_inference_benchmark_quick_run(tmp_path):
     assert payload["peak_gflops"]["bf16"] > 0 and payload["targets"]
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_quick_gelu_towers_trace_into_one_graph(precision):
+    # torch.compile must see through the fast path's checks: no graph breaks in any block of
+    # what `compile_towers` compiles (the image tower, the text tower's transformer).
+    model = mmcl.create_model("tiny-vit", precision=precision, quick_gelu=True)
+    images, _ = inputs(model.image_size)
+    states = torch.randn(3, 7, model.text.transformer.width).to(next(model.parameters()).dtype)
+    end_tokens = torch.tensor([6, 2, 4])
+    torch._dynamo.reset()
+    with torch.no_grad():
+        assert torch._dynamo.explain(model.visual)(images).graph_break_count == 0
+        text = torch._dynamo.explain(model.text.transformer)
+        assert text(states, causal=True, output_positions=end_tokens).graph_break_count == 0
+
+
 @pytest.mark.parametrize("name", ["tiny-vit", "tiny-rn"])
 def test_fp32_last_block_for_the_read_token_alone_gives_the_full_blocks_values_and_gradients(
     name,
@@ -308,10 +326,47 @@ def test_fp32_last_block_for_the_read_token_alone_gives_the_full_blocks_values_a
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         return features.detach(), grads
 
-    pooled, pooled_grads = features_and_gradients()
-    with inference.reference_mode():
-        full, full_grads = features_and_gradients()
+    last_blocks = {model.text.transformer.resblocks[-1]}
+    if hasattr(model.visual, "transformer"):
+        last_blocks.add(model.visual.transformer.resblocks[-1])
+    pooled_calls = []
+    block_forward = ResidualAttentionBlock.forward
+
+    def recording_forward(block, x, causal=False, positions=None):
+        if block in last_blocks:
+            pooled_calls.append(positions is not None)
+        return block_forward(block, x, causal=causal, positions=positions)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ResidualAttentionBlock, "forward", recording_forward)
+        pooled, pooled_grads = features_and_gradients()
+        assert pooled_calls == [True] * len(last_blocks)  # the pooled path was taken
+        with inference.reference_mode():
+            full, full_grads = features_and_gradients()
+        assert pooled_calls[len(last_blocks) :] == [False] * len(last_blocks)
     assert max_abs_diff(pooled, full) < 1e-5
     assert pooled_grads.keys() == full_grads.keys()
     for key, grad in full_grads.items():
         assert max_abs_diff(pooled_grads[key], grad) < 1e-5 * max(1.0, grad.abs().max()), key
+
+
+def test_low_precision_on_a_cpu_without_its_instructions_warns_that_fp32_is_faster(monkeypatch):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # float32 never warns
+        mmcl.create_model("tiny-vit", precision="fp32")
+    monkeypatch.setattr(inference, "native_on_cpu", lambda dtype: dtype == torch.float32)
+    for precision in ("bf16", "fp16"):
+        with pytest.warns(UserWarning, match=f"precision='{precision}'.*'fp32' is likely faster"):
+            model = mmcl.create_model("tiny-vit", precision=precision)
+        assert next(model.parameters()).dtype == inference.LOW_PRECISION[precision == "fp16"]
+    monkeypatch.undo()
+    # The check itself (uncached): oneDNN alone says yes to bf16 on any AVX-512 CPU, where it
+    # emulates bf16; the CPU's own bf16 instructions decide.
+    check = inference.native_on_cpu.__wrapped__
+    assert check(torch.float32)
+    onednn = inference._onednn_supports("_is_mkldnn_bf16_supported")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert not check(torch.bfloat16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert check(torch.bfloat16) == onednn

@@ -13,6 +13,7 @@ from mmcl.io.transforms import get_preprocess
 from mmcl.models.clip import CLIP
 from mmcl.models.config import CLIPConfig
 from mmcl.models.registry import get_model_config, resolve_name
+from mmcl.nn import inference
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -36,10 +37,11 @@ def create_model(
 
     `precision="bf16"` (or "fp16", for GPUs) casts the whole model; it still takes the float32
     images preprocessing yields, and without gradients it runs the fast inference path of
-    `mmcl.nn.inference` (LayerNorm statistics stay float32). `compile=True` puts the towers
-    through `torch.compile` (Inductor; the first calls take a minute). It is never needed: on
-    CPUs mmcl's own bf16 path was 15-35% faster than Inductor's code for ViT-B/32, RN50 and
-    the text tower (`benchmarks/inference.py` measures it).
+    `mmcl.nn.inference` (LayerNorm statistics stay float32). On a CPU without bf16 (or
+    fp16) matmul instructions it warns, as float32 is then likely faster. `compile=True` puts
+    the towers through `torch.compile` (Inductor; the first calls take a minute). It is never
+    needed: on CPUs mmcl's own bf16 path was as fast as Inductor's code or faster, for
+    ViT-B/32 by 3% (`benchmarks/inference.py` measures it).
 
     >>> import mmcl
     >>> model = mmcl.create_model("tiny-vit")
@@ -70,6 +72,13 @@ def create_model(
             config, checkpoint.state_dict, str(checkpoint.path), dtype, output_dict
         )
     model = model.to(device=device, dtype=dtype).eval()
+    if torch.device(device).type == "cpu" and not inference.native_on_cpu(dtype):
+        warnings.warn(
+            f"precision={precision!r}: this CPU has no {precision} matmul instructions "
+            f"(AVX-512 BF16/FP16 or AMX), so its {precision} matmuls are emulated and usually "
+            f"slower than float32; precision='fp32' is likely faster here",
+            stacklevel=2,
+        )
     if compile:
         compile_towers(model)
     return model

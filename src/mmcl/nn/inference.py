@@ -75,6 +75,29 @@ def onednn_bf16() -> bool:
         return False
 
 
+@functools.cache
+def native_on_cpu(dtype: torch.dtype) -> bool:
+    """Whether this CPU has matmul instructions for `dtype`: bf16 needs AVX-512 BF16 or AMX,
+    fp16 AVX-512 FP16 or AMX-FP16 (as oneDNN reports it); float32 always. Without them 16-bit
+    matmuls are emulated and run slower than float32. (oneDNN's bf16 check alone says yes on
+    any AVX-512 CPU, where it emulates bf16.)"""
+    if dtype == torch.bfloat16:
+        cpu = torch.cpu
+        native = cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported()
+        return native and _onednn_supports("_is_mkldnn_bf16_supported")
+    if dtype == torch.float16:
+        return _onednn_supports("_is_mkldnn_fp16_supported")
+    return True
+
+
+def _onednn_supports(check_name: str) -> bool:
+    check = getattr(torch.ops.mkldnn, check_name, None)
+    try:
+        return bool(torch.backends.mkldnn.is_available() and check is not None and check())
+    except RuntimeError:  # an op this build registers but cannot run
+        return False
+
+
 def _fused_ops_agree(ops) -> bool:
     x = torch.linspace(-2, 2, 24).view(2, 3, 4).to(torch.bfloat16)
     weight = torch.linspace(-1, 1, 20).view(5, 4).to(torch.bfloat16)
@@ -284,10 +307,11 @@ def mlp(
         and not _has_hooks(activation)
         and _plain_linear(fc)
         and _plain_linear(proj)
-        and not fc.weight.is_inference()  # no cache for these: rescaling per call costs more
-        and not proj.weight.is_inference()
         and fast_path(x, fc.weight, fc.bias, proj.weight, proj.bias, residual)
         and _onednn(x, fc.weight, fc.bias, proj.weight, proj.bias, residual)
+        # Checked last, as Dynamo cannot trace it (fast_path is False while compiling).
+        # Inference tensors get no cache: rescaling them per call would cost more.
+        and not (fc.weight.is_inference() or proj.weight.is_inference())
     ):
         slope = QUICK_GELU_SLOPE
         bias = None if fc.bias is None else fc.bias * slope
