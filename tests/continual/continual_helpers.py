@@ -1,15 +1,41 @@
 """Small shared pieces of the continual-learning tests: a tiny model, stream and settings."""
 
 import torch
+from torch.utils.data import TensorDataset
 
 import mmcl
 from mmcl.continual.experiments import build_scenario
+from mmcl.continual.scenarios import class_incremental
 from mmcl.train import TrainConfig
 
 
 def small_scenario(train_size: int = 32, test_size: int = 16):
     """Class-incremental built-in scenes, 4 tasks x 2 shapes, a few items each."""
     return build_scenario("scenes-cil", train_size=train_size, test_size=test_size)
+
+
+def synthetic_class_stream(
+    draw, name: str, classes: int = 4, per_class: int = 24, tasks: int = 2, seed: int = 0
+):
+    """Class-incremental stream of generated images: ``draw(labels, generator)`` makes the
+    images of the given labels. The test split holds half as many images per class."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def split(count):
+        labels = torch.arange(classes).repeat_interleave(count)
+        return TensorDataset(draw(labels, generator), labels), labels.tolist()
+
+    (train, train_targets), (test, test_targets) = split(per_class), split(per_class // 2)
+    return class_incremental(
+        train,
+        test,
+        [f"class {k}" for k in range(classes)],
+        n_tasks=tasks,
+        seed=seed,
+        train_targets=train_targets,
+        test_targets=test_targets,
+        name=name,
+    )
 
 
 def small_config(tmp_path, lr: float = 1e-4, **overrides) -> TrainConfig:

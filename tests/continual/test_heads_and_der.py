@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torchvision
-from continual_helpers import small_config
+from continual_helpers import small_config, synthetic_class_stream
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import TensorDataset
@@ -21,31 +21,18 @@ from mmcl.continual.heads import (
 )
 from mmcl.continual.methods import build_method
 from mmcl.continual.runner import ContinualRun, run_continual
-from mmcl.continual.scenarios import class_incremental
 from mmcl.train import TrainConfig
 
 
 def separable_stream(classes: int = 4, per_class: int = 24, tasks: int = 2, seed: int = 0):
     """Class-incremental stream of 3x8x8 images whose class is a bright pixel's position."""
-    generator = torch.Generator().manual_seed(seed)
 
-    def split(count):
-        labels = torch.arange(classes).repeat_interleave(count)
+    def draw(labels, generator):
         images = 0.1 * torch.randn(len(labels), 3, 8, 8, generator=generator)
         images[torch.arange(len(labels)), 0, labels, labels] += 3.0
-        return TensorDataset(images, labels), labels.tolist()
+        return images
 
-    (train, train_targets), (test, test_targets) = split(per_class), split(per_class // 2)
-    return class_incremental(
-        train,
-        test,
-        [f"class {k}" for k in range(classes)],
-        n_tasks=tasks,
-        seed=seed,
-        train_targets=train_targets,
-        test_targets=test_targets,
-        name="separable",
-    )
+    return synthetic_class_stream(draw, "separable", classes, per_class, tasks, seed)
 
 
 def linear_classifier(classes: int = 4) -> ImageClassifier:

@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+from continual_helpers import synthetic_class_stream
 from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
@@ -15,7 +16,6 @@ from mmcl.continual.heads import HeadObjective, ImageClassifier, cifar_resnet18
 from mmcl.continual.methods import build_method
 from mmcl.continual.methods.ewc import EWC, OnlineEWC, minibatch_importance
 from mmcl.continual.runner import run_continual
-from mmcl.continual.scenarios import class_incremental
 from mmcl.io.checkpoints import save_safetensors
 from mmcl.train import TrainConfig, Trainer
 
@@ -33,26 +33,14 @@ def resnets(width: int = 16):
 
 def image_stream(per_class: int = 16, classes: int = 4, tasks: int = 2):
     """Class-incremental 3x32x32 images (class = a bright patch's place), for a ResNet."""
-    generator = torch.Generator().manual_seed(0)
 
-    def split(count):
-        labels = torch.arange(classes).repeat_interleave(count)
+    def draw(labels, generator):
         images = 0.2 * torch.randn(len(labels), 3, 32, 32, generator=generator)
         for k in range(classes):
             images[labels == k, :, 8 * k : 8 * k + 8, 8 * k : 8 * k + 8] += 2.0
-        return TensorDataset(images, labels), labels.tolist()
+        return images
 
-    (train, train_targets), (test, test_targets) = split(per_class), split(per_class // 2)
-    return class_incremental(
-        train,
-        test,
-        [f"class {k}" for k in range(classes)],
-        n_tasks=tasks,
-        seed=0,
-        train_targets=train_targets,
-        test_targets=test_targets,
-        name="patches",
-    )
+    return synthetic_class_stream(draw, "patches", classes, per_class, tasks)
 
 
 def settings(folder, **overrides) -> TrainConfig:
