@@ -63,6 +63,10 @@ class MultiheadSelfAttention(nn.Module):
             causal = False
         else:
             qkv = inference.linear(x, self.in_proj_weight, self.in_proj_bias)
+            # heads side by side (batch, tokens, width), or None off the CPU bf16 fast path
+            out = inference.self_attention(qkv, self.heads, causal)
+            if out is not None:
+                return inference.apply_linear(self.out_proj, out, residual=residual)
             qkv = qkv.view(batch, tokens, 3, self.heads, head_dim)
             query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (batch, heads, tokens, d)
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=causal)

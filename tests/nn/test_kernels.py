@@ -1,0 +1,166 @@
+"""mmcl's native short-sequence attention (`mmcl.nn.kernels`) against PyTorch's attention in
+float64, and its fallbacks: where the kernel cannot be built or disagrees, models compute the
+plain way after one warning.
+
+The kernel itself needs a CPU with AMX; on such a CPU it must build (a failed build fails
+these tests rather than silently falling back), elsewhere those tests are skipped."""
+
+import warnings
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+import mmcl
+from mmcl.nn import inference, kernels
+
+needs_amx = pytest.mark.skipif(
+    not kernels.amx_available(), reason="the kernel runs on CPUs with AMX only"
+)
+
+
+def random_qkv(batch, tokens, heads, dim, scale=1.0, seed=0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    qkv = scale * torch.randn(batch, tokens, 3 * heads * dim, generator=generator)
+    return qkv.to(torch.bfloat16)
+
+
+def sdpa(qkv: torch.Tensor, heads: int, causal: bool) -> torch.Tensor:
+    """PyTorch's attention on the split heads, heads side by side again."""
+    batch, tokens, _ = qkv.shape
+    query, key, value = qkv.view(batch, tokens, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    out = F.scaled_dot_product_attention(query, key, value, is_causal=causal)
+    return out.transpose(1, 2).reshape(batch, tokens, -1)
+
+
+@pytest.fixture
+def fresh_kernels(monkeypatch):
+    """A process that has not tried to build the kernel yet."""
+    monkeypatch.setattr(kernels, "_ops", {})
+    monkeypatch.delenv("MMCL_NATIVE_KERNELS", raising=False)
+
+
+@needs_amx
+def test_the_kernel_builds_on_a_cpu_with_amx():
+    assert kernels.short_attention_op() is not None
+
+
+@needs_amx
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(
+    "batch, tokens, heads, dim",
+    [
+        (3, 50, 12, 64),  # ViT-B/32
+        (4, 77, 8, 64),  # full-length captions
+        (2, 197, 4, 64),  # ViT-B/16
+        (2, 1, 2, 64),
+        (2, 17, 2, 80),  # ViT-H's head dim: padded to whole tiles
+        (1, 33, 1, 96),
+        (2, 5, 3, 128),  # more output tiles than one pass holds
+        (1, 320, 1, 16),  # the longest sequence it takes
+    ],
+)
+def test_kernel_matches_float64_attention_as_closely_as_pytorchs_bf16_attention(
+    batch, tokens, heads, dim, causal
+):
+    qkv = random_qkv(batch, tokens, heads, dim)
+    exact = sdpa(qkv.double(), heads, causal)
+    ours = kernels.short_attention(qkv, heads, causal)
+    assert ours is not None and ours.dtype == torch.bfloat16
+    assert ours.shape == (batch, tokens, heads * dim)
+    pytorch_error = (sdpa(qkv, heads, causal).double() - exact).abs().max()
+    our_error = (ours.double() - exact).abs().max()
+    assert our_error <= 1.5 * pytorch_error + 1e-3, (our_error, pytorch_error)
+
+
+@needs_amx
+def test_kernel_is_stable_for_large_scores_and_independent_of_thread_count():
+    # Scores in the hundreds: exp must not overflow, and near-one-hot rows stay exact.
+    qkv = random_qkv(2, 50, 4, 64, scale=8.0, seed=1)
+    exact = sdpa(qkv.double(), 4, causal=False)
+    ours = kernels.short_attention(qkv, 4, False)
+    assert torch.isfinite(ours).all()
+    assert (ours.double() - exact).abs().max() <= 0.02 * exact.abs().max()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = kernels.short_attention(qkv, 4, False)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(single, ours)  # each (item, head) is computed alone, whatever the split
+
+
+@needs_amx
+def test_empty_batch_gives_an_empty_result():
+    out = kernels.short_attention(random_qkv(0, 50, 2, 64), 2, False)
+    assert out.shape == (0, 50, 128)
+
+
+@needs_amx
+@pytest.mark.parametrize("tower", ["image", "text"])
+def test_bf16_towers_use_the_kernel_and_agree_with_the_reference_path(tower, monkeypatch):
+    model = mmcl.create_model("tiny-vit", precision="bf16").eval()
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    texts = mmcl.tokenize(["a photo of a cat", "", "two blue squares above a red circle"])
+
+    def encode():
+        if tower == "image":
+            return model.encode_image(images, normalize=True).float()
+        return model.encode_text(texts, normalize=True).float()
+
+    calls = []
+    op = kernels.short_attention_op()
+    monkeypatch.setitem(kernels._ops, "short_attention", lambda *a: calls.append(a) or op(*a))
+    with torch.no_grad():
+        fast = encode()
+        assert len(calls) == 1  # two blocks: the last computes only the read token (SDPA)
+        with inference.reference_mode():
+            plain = encode()
+        assert len(calls) == 1
+    assert F.cosine_similarity(fast, plain).min() > 0.9999
+    encode().sum()  # with gradients recorded: autograd's path, not the kernel
+    assert len(calls) == 1
+
+
+def test_inputs_the_kernel_does_not_take_are_left_to_the_caller(fresh_kernels, monkeypatch):
+    monkeypatch.setattr(kernels, "_compiled", lambda *a: pytest.fail("must not build"))
+    qkv = random_qkv(2, 10, 2, 64)
+    assert kernels.short_attention(qkv.float(), 2) is None  # float32
+    assert kernels.short_attention(qkv.transpose(0, 1), 2) is None  # not contiguous
+    assert kernels.short_attention(random_qkv(1, 321, 1, 64), 1) is None  # too long
+    assert kernels.short_attention(random_qkv(1, 10, 2, 8), 2) is None  # head dim 8
+    assert kernels.short_attention(qkv, 5) is None  # 5 heads do not divide the width
+
+
+def test_a_failed_build_warns_once_and_models_compute_the_plain_way(fresh_kernels, monkeypatch):
+    def no_compiler(name, source):
+        raise RuntimeError("error: no compiler found\n(the build's last line)")
+
+    monkeypatch.setattr(kernels, "amx_available", lambda: True)
+    monkeypatch.setattr(kernels, "_compiled", no_compiler)
+    qkv = random_qkv(2, 10, 2, 64)
+    with pytest.warns(RuntimeWarning, match=r"short_attention_amx\.cpp.*the build's last line"):
+        assert kernels.short_attention(qkv, 2) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the failure is remembered: no second attempt or warning
+        assert kernels.short_attention(qkv, 2) is None
+        model = mmcl.create_model("tiny-vit", precision="bf16").eval()
+        with torch.no_grad():
+            fast = model.encode_image(torch.randn(2, 3, 32, 32)).float()
+    assert torch.isfinite(fast).all()
+
+
+def test_a_kernel_that_disagrees_with_pytorch_is_not_used(fresh_kernels, monkeypatch):
+    monkeypatch.setattr(kernels, "amx_available", lambda: True)
+    wrong = lambda qkv, heads, causal: torch.zeros_like(qkv[..., : qkv.shape[-1] // 3])  # noqa: E731
+    monkeypatch.setattr(kernels, "_compiled", lambda name, source: wrong)
+    with pytest.warns(RuntimeWarning, match="disagrees with scaled_dot_product_attention"):
+        assert kernels.short_attention_op() is None
+
+
+def test_switched_off_by_the_environment_without_a_warning(fresh_kernels, monkeypatch):
+    monkeypatch.setenv("MMCL_NATIVE_KERNELS", "0")
+    monkeypatch.setattr(kernels, "_compiled", lambda *a: pytest.fail("must not build"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert kernels.short_attention(random_qkv(2, 10, 2, 64), 2) is None
