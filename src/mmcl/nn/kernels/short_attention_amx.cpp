@@ -147,7 +147,7 @@ inline __mmask32 mask32(int64_t n) {
 }
 
 struct Shape {
-  int64_t tokens, dim, heads, width;
+  int64_t tokens, dim, width;
   int64_t qk_dim;   // head dim padded to whole k-steps (32)
   int64_t keys;     // tokens padded to whole k-steps (32)
   int64_t out_dim;  // head dim padded to an even number of column blocks (32)
@@ -252,7 +252,6 @@ at::Tensor short_attention(const at::Tensor& qkv, int64_t heads, bool causal) {
   sh.tokens = qkv.size(1);
   sh.dim = width / heads;
   TORCH_CHECK(sh.dim % 16 == 0, "short_attention: head dim must be a multiple of 16");
-  sh.heads = heads;
   sh.width = width;
   sh.qk_dim = round_up(sh.dim, 32);
   sh.keys = round_up(sh.tokens, 32);
