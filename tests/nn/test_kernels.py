@@ -97,6 +97,18 @@ def test_empty_batch_gives_an_empty_result():
 
 
 @needs_amx
+def test_the_op_called_directly_names_what_is_wrong_with_its_input():
+    op = kernels.short_attention_op()
+    qkv = random_qkv(2, 10, 2, 64)
+    with pytest.raises(RuntimeError, match="contiguous CPU bf16"):
+        op(qkv.float(), 2, False)
+    with pytest.raises(RuntimeError, match="3 \\* heads must divide"):
+        op(qkv, 5, False)
+    with pytest.raises(RuntimeError, match="head dim must be a multiple of 16"):
+        op(random_qkv(2, 10, 2, 8), 2, False)
+
+
+@needs_amx
 @pytest.mark.parametrize("tower", ["image", "text"])
 def test_bf16_towers_use_the_kernel_and_agree_with_the_reference_path(tower, monkeypatch):
     model = mmcl.create_model("tiny-vit", precision="bf16").eval()

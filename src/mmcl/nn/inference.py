@@ -331,9 +331,8 @@ def self_attention(qkv: torch.Tensor, heads: int, causal: bool = False) -> torch
     bf16 fast path, with mmcl's AMX kernel for short sequences (`mmcl.nn.kernels`):
     ``(batch, tokens, width)``, heads side by side. None elsewhere (no AMX, long sequences,
     gradients, `torch.compile`), where the caller runs `scaled_dot_product_attention`."""
-    if qkv.device.type != "cpu" or qkv.dtype != torch.bfloat16 or not fast_path(qkv):
-        return None
-    return kernels.short_attention(qkv, heads, causal)
+    # short_attention checks the device, dtype and shape itself
+    return kernels.short_attention(qkv, heads, causal) if fast_path(qkv) else None
 
 
 def layer_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:

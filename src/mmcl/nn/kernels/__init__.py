@@ -33,7 +33,7 @@ __all__ = ["MAX_SHORT_TOKENS", "amx_available", "short_attention", "short_attent
 MAX_SHORT_TOKENS = 320
 _SOURCE = Path(__file__).with_name("short_attention_amx.cpp")
 _FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mamx-tile"]
-_FLAGS += ["-mamx-bf16", "-fopenmp"]  # OpenMP: at::parallel_for shares PyTorch's threads
+_FLAGS += ["-mamx-bf16", "-fopenmp"]  # the kernel splits heads over PyTorch's OpenMP threads
 _lock = threading.Lock()
 _ops: dict[str, Callable | None] = {}
 
