@@ -55,3 +55,23 @@ def captions() -> list[str]:
         "",
         "emoji 😀 and 中文 and accents: café naïve",
     ]
+
+
+@pytest.fixture
+def amx():
+    """Skips where mmcl's native kernels cannot run (no AMX); on a CPU with AMX they must
+    build, so a failed build fails the test rather than falling back silently."""
+    from mmcl.nn import kernels
+
+    if not kernels.amx_available():
+        pytest.skip("mmcl's native kernels run on CPUs with AMX only")
+
+
+@pytest.fixture
+def fresh_kernels(monkeypatch):
+    """A process that has not tried to build mmcl's native kernels yet."""
+    from mmcl.nn import kernels
+
+    monkeypatch.setattr(kernels, "_ops", {})
+    monkeypatch.setattr(kernels, "_build_failed", [])
+    monkeypatch.delenv("MMCL_NATIVE_KERNELS", raising=False)

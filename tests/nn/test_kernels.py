@@ -1,6 +1,6 @@
 """mmcl's native short-sequence attention (`mmcl.nn.kernels`) against PyTorch's attention in
-float64, and its fallbacks: where the kernel cannot be built or disagrees, models compute the
-plain way after one warning.
+float64, and the kernels' fallbacks: where the library cannot be built or a kernel disagrees,
+models compute the plain way after one warning. (The linear kernel: test_linear_kernel.py.)
 
 The kernel itself needs a CPU with AMX; on such a CPU it must build (a failed build fails
 these tests rather than silently falling back), elsewhere those tests are skipped."""
@@ -14,9 +14,7 @@ from torch.nn import functional as F
 import mmcl
 from mmcl.nn import inference, kernels
 
-needs_amx = pytest.mark.skipif(
-    not kernels.amx_available(), reason="the kernel runs on CPUs with AMX only"
-)
+needs_amx = pytest.mark.usefixtures("amx")
 
 
 def random_qkv(batch, tokens, heads, dim, scale=1.0, seed=0) -> torch.Tensor:
@@ -31,13 +29,6 @@ def sdpa(qkv: torch.Tensor, heads: int, causal: bool) -> torch.Tensor:
     query, key, value = qkv.view(batch, tokens, 3, heads, -1).permute(2, 0, 3, 1, 4)
     out = F.scaled_dot_product_attention(query, key, value, is_causal=causal)
     return out.transpose(1, 2).reshape(batch, tokens, -1)
-
-
-@pytest.fixture
-def fresh_kernels(monkeypatch):
-    """A process that has not tried to build the kernel yet."""
-    monkeypatch.setattr(kernels, "_ops", {})
-    monkeypatch.delenv("MMCL_NATIVE_KERNELS", raising=False)
 
 
 @needs_amx
@@ -145,27 +136,33 @@ def test_inputs_the_kernel_does_not_take_are_left_to_the_caller(fresh_kernels, m
 
 
 def test_a_failed_build_warns_once_and_models_compute_the_plain_way(fresh_kernels, monkeypatch):
-    def no_compiler(name, source):
+    def no_compiler(name):
         raise RuntimeError("error: no compiler found\n(the build's last line)")
 
     monkeypatch.setattr(kernels, "amx_available", lambda: True)
     monkeypatch.setattr(kernels, "_compiled", no_compiler)
     qkv = random_qkv(2, 10, 2, 64)
-    with pytest.warns(RuntimeWarning, match=r"short_attention_amx\.cpp.*the build's last line"):
+    with pytest.warns(
+        RuntimeWarning, match=r"short_attention_amx\.cpp, linear_amx\.cpp.*last line"
+    ):
         assert kernels.short_attention(qkv, 2) is None
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the failure is remembered: no second attempt or warning
+        # the failure is remembered: no second attempt or warning, for any kernel
+        warnings.simplefilter("error")
         assert kernels.short_attention(qkv, 2) is None
+        assert kernels.linear_op() is None
         model = mmcl.create_model("tiny-vit", precision="bf16").eval()
         with torch.no_grad():
             fast = model.encode_image(torch.randn(2, 3, 32, 32)).float()
-    assert torch.isfinite(fast).all()
+            with inference.reference_mode():
+                plain = model.encode_image(torch.randn(2, 3, 32, 32)).float()
+    assert torch.isfinite(fast).all() and fast.shape == plain.shape
 
 
 def test_a_kernel_that_disagrees_with_pytorch_is_not_used(fresh_kernels, monkeypatch):
     monkeypatch.setattr(kernels, "amx_available", lambda: True)
     wrong = lambda qkv, heads, causal: torch.zeros_like(qkv[..., : qkv.shape[-1] // 3])  # noqa: E731
-    monkeypatch.setattr(kernels, "_compiled", lambda name, source: wrong)
+    monkeypatch.setattr(kernels, "_compiled", lambda name: wrong)
     with pytest.warns(RuntimeWarning, match="disagrees with scaled_dot_product_attention"):
         assert kernels.short_attention_op() is None
 

@@ -12,9 +12,7 @@
 #include <ATen/ATen.h>
 #include <immintrin.h>
 #include <omp.h>
-#include <sys/syscall.h>
 #include <torch/library.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -22,23 +20,11 @@
 #include <cstring>
 #include <vector>
 
+#include "amx_common.h"
+
 namespace {
 
-typedef float vf __attribute__((vector_size(64)));    // 16 floats
-typedef int32_t vi __attribute__((vector_size(64)));  // 16 int32
-constexpr int W = 16;
-
-inline vf splat(float x) { return vf{} + x; }
-inline vf loadf(const float* p) {
-  vf v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-inline void store_bf16(uint16_t* p, vf f) {  // round to nearest even (AVX-512 BF16)
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
-                      reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(reinterpret_cast<__m512>(f))));
-}
+using namespace mmcl::amx;
 
 // 16 rows of 16 32-bit elements, transposed in registers (32-, 64-bit interleaves, then
 // 128-bit lane shuffles); rows[n] becomes column n.
@@ -66,33 +52,6 @@ inline void transpose16(__m512i rows[16]) {
     rows[12 + c] = _mm512_shuffle_i32x4(e1, f1, 0xDD);
   }
 }
-
-// exp(x) for x <= 0: 2^n p(r) with |r| <= ln2/2 and a degree-6 Taylor polynomial (relative
-// error ~2e-7); 0 below -87, where float32 denormals begin.
-inline vf exp_nonpositive(vf x) {
-  const vf low = splat(-87.0f);
-  vf clamped = x < low ? low : x;
-  const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
-  vf n = (clamped * splat(1.44269504088896341f) + magic) - magic;
-  vf r = clamped - n * splat(0.693359375f) - n * splat(-2.12194440e-4f);
-  vf p = splat(1.0f / 720);
-  p = p * r + splat(1.0f / 120);
-  p = p * r + splat(1.0f / 24);
-  p = p * r + splat(1.0f / 6);
-  p = p * r + splat(0.5f);
-  p = p * r + splat(1.0f);
-  p = p * r + splat(1.0f);
-  vi e = (__builtin_convertvector(n, vi) + 127) << 23;
-  vf scale;
-  std::memcpy(&scale, &e, sizeof scale);
-  return x < low ? splat(0.0f) : p * scale;
-}
-
-struct alignas(64) TileConfig {
-  uint8_t palette = 1, start_row = 0, reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
 
 // C (16 x 16*N float32, ldc floats) = A (16 rows of 32*ksteps bf16, lda bytes apart) times B,
 // whose tile (k-step s, column block t) starts at b + s*b_step + t*64 bytes, rows ldb apart
@@ -135,15 +94,6 @@ inline void gemm_rows(const char* a, int64_t lda, const char* b, int64_t ldb, in
   for (; t + 4 <= blocks; t += 4)
     strip<4>(a, lda, b + t * 64, ldb, b_step, ksteps, c + t * 16, ldc);
   if (t < blocks) strip<2>(a, lda, b + t * 64, ldb, b_step, ksteps, c + t * 16, ldc);
-}
-
-inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-// masks of the first n lanes (all for n >= width, none for n <= 0)
-inline __mmask16 mask16(int64_t n) {
-  return n >= 16 ? 0xffff : n <= 0 ? 0 : __mmask16((1u << n) - 1);
-}
-inline __mmask32 mask32(int64_t n) {
-  return n >= 32 ? 0xffffffffu : n <= 0 ? 0 : __mmask32((1u << n) - 1);
 }
 
 struct Shape {
@@ -234,12 +184,6 @@ void attend_head(const uint16_t* q, const uint16_t* k, const uint16_t* v, int64_
   }
 }
 
-bool request_amx() {
-  // Linux hands out the AMX register state on request (ARCH_REQ_XCOMP_PERM, XTILEDATA).
-  static const bool granted = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
-  return granted;
-}
-
 at::Tensor short_attention(const at::Tensor& qkv, int64_t heads, bool causal) {
   TORCH_CHECK(qkv.dim() == 3 && qkv.scalar_type() == at::kBFloat16 && qkv.is_contiguous() &&
                   qkv.device().is_cpu(),
@@ -285,12 +229,7 @@ at::Tensor short_attention(const at::Tensor& qkv, int64_t heads, bool causal) {
     float* scores = aligned + n_q + n_kt + n_v;
     auto* probs = reinterpret_cast<uint16_t*>(scores + n_s);
     float* obuf = scores + n_s + n_p;
-    TileConfig config;
-    for (int t = 0; t < 8; ++t) {
-      config.rows[t] = 16;
-      config.colsb[t] = 64;
-    }
-    _tile_loadconfig(&config);
+    configure_tiles();
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t b = item / heads, h = item % heads;
@@ -306,7 +245,7 @@ at::Tensor short_attention(const at::Tensor& qkv, int64_t heads, bool causal) {
 
 }  // namespace
 
-TORCH_LIBRARY(mmcl_kernels, m) {
+TORCH_LIBRARY_FRAGMENT(mmcl_kernels, m) {
   m.def("short_attention(Tensor qkv, int heads, bool causal) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(mmcl_kernels, CPU, m) { m.impl("short_attention", &short_attention); }
