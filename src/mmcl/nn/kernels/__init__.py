@@ -2,7 +2,7 @@
 
 PyTorch covers almost everything mmcl computes. Where one of its kernels is far from what the
 hardware can do at CLIP's shapes, mmcl carries a small kernel of its own, built with
-`torch.utils.cpp_extension` the first time it is needed: about 10 s, once per machine and
+`torch.utils.cpp_extension` the first time it is needed: about 15 s, once per machine and
 PyTorch version, cached in PyTorch's extension folder (``TORCH_EXTENSIONS_DIR``, by default
 ``~/.cache/torch_extensions``). Every kernel is optional. Where one cannot be built (no C++
 compiler, another CPU) the same computation runs through PyTorch, after one warning that says
@@ -60,7 +60,7 @@ _build_failed: list[str] = []  # set once a build failed (and was reported)
 
 
 def amx_available() -> bool:
-    """Whether this is a Linux x86-64 CPU with AMX (bf16 tiles), which the kernel needs."""
+    """Whether this is a Linux x86-64 CPU with AMX (bf16 tiles), which the kernels need."""
     return (
         sys.platform == "linux"
         and platform.machine() in ("x86_64", "AMD64")
@@ -248,7 +248,7 @@ def _compiled(op_name: str) -> Callable:
             # itself and rebuilds when they change, and the header's hash is one of the flags.
             version = torch.__version__.split("+")[0].replace(".", "_")
             headers = hashlib.sha256(b"".join(h.read_bytes() for h in _HEADERS)).hexdigest()
-            logging.getLogger("mmcl").info("building mmcl's kernels (once, about 20 s)")
+            logging.getLogger("mmcl").info("building mmcl's kernels (once, about 15 s)")
             cpp_extension.load(
                 name=f"mmcl_kernels_torch{version}",
                 sources=[str(source) for source in _SOURCES],
