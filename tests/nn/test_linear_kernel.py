@@ -204,3 +204,12 @@ def test_a_layer_updated_in_place_is_repacked():
         expected = F.linear(x, layer.weight, layer.bias)
     assert not torch.equal(before, after)
     assert (after.float() - expected.float()).abs().max() <= 0.05 * expected.abs().max()
+
+
+@pytest.mark.usefixtures("amx")
+def test_an_input_of_the_wrong_width_gets_pytorchs_own_error():
+    layer = nn.Linear(64, 32).to(torch.bfloat16)
+    with torch.no_grad():
+        inference.apply_linear(layer, bf16(5, 64))  # packed for the kernel
+        with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+            inference.apply_linear(layer, bf16(5, 48))
