@@ -111,7 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("input", type=Path, help="checkpoint file or Hugging Face folder")
     convert.add_argument("output", type=Path, help="file (mmcl, open_clip) or folder (hf)")
     convert.add_argument("--to", choices=sorted(EXPORT_FORMATS), required=True)
-    convert.add_argument("--model", help="model name, when the input does not record it")
+    convert.add_argument(
+        "--model",
+        help="model name, when the input does not record it (an open_clip state dict does not "
+        "record its activation: e.g. ViT-B-32 is GELU, ViT-B-32-quickgelu QuickGELU)",
+    )
+    convert.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output file; with --to hf, write into a non-empty folder, "
+        "replacing only its config.json and model.safetensors (other files stay)",
+    )
     convert.set_defaults(handler=run_convert)
 
     train = commands.add_parser("train", help="train or fine-tune from a recipe (YAML)")
@@ -160,9 +170,50 @@ def load_model(args: argparse.Namespace):
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
     if args.streams < 1:
         raise ValueError(f"--streams must be positive, got {args.streams}")
-    return create_model(
-        args.model, pretrained=args.pretrained, precision=args.precision, device=args.device
+    model = create_model_for_command(
+        args, args.model, args.pretrained, precision=args.precision, device=args.device
     )
+    if args.pretrained is None:
+        # Here, unlike in create_model (where training from scratch starts), random weights
+        # are a mistake: the results would look like results and mean nothing.
+        print(
+            f"mmcl {args.command}: warning: no --pretrained checkpoint: {args.model} has random "
+            f"weights, so these results mean nothing",
+            file=sys.stderr,
+        )
+    return model
+
+
+def create_model_for_command(args: argparse.Namespace, name, pretrained, **options):
+    """`create_model`, with what it says in Python's terms said in the command line's."""
+    import warnings
+
+    from mmcl.models.factory import ActivationAssumedWarning, ArchitectureNotRecordedError
+
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            model = create_model(name, pretrained=pretrained, **options)
+        except ArchitectureNotRecordedError as error:
+            raise ValueError(
+                f"{error.path}: the file does not record its architecture; name it with "
+                f"--model (e.g. --model ViT-B-32; `mmcl models` lists the names)"
+            ) from None
+    for warning in caught:
+        if not isinstance(warning.message, ActivationAssumedWarning):
+            warnings.showwarning(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+            continue
+        gelu = [n for n in warning.message.names if not n.endswith("-quickgelu")]
+        choices = [f"--model {n} for GELU" for n in gelu[:1]]
+        choices += [f"--model {n} for QuickGELU" for n in warning.message.names if n not in gelu]
+        print(
+            f"mmcl {args.command}: warning: {warning.message.path} does not record its "
+            f"activation; assumed QuickGELU (as in OpenAI's models), but open_clip's own models "
+            f"use GELU: pass {' or '.join(choices[:2]) or '--model NAME'}",
+            file=sys.stderr,
+        )
+    return model
 
 
 def embed_image_files(args: argparse.Namespace, model, dataset: ImageFiles):
@@ -441,8 +492,16 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    model = create_model(args.model, pretrained=args.input)
-    EXPORT_FORMATS[args.to](model, args.output)
+    from mmcl.io.checkpoints import check_export_target
+
+    try:  # the output is checked before the (long) conversion
+        check_export_target(
+            args.output, folder=args.to == "hf", overwrite=args.overwrite, remedy="--overwrite"
+        )
+        model = create_model_for_command(args, args.model, args.input)
+        EXPORT_FORMATS[args.to](model, args.output, overwrite=args.overwrite)
+    except (FileExistsError, IsADirectoryError, NotADirectoryError) as error:
+        raise ValueError(str(error)) from None
     print(f"wrote {args.output} ({args.to} format)")
     return 0
 

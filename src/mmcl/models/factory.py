@@ -12,10 +12,40 @@ from mmcl.io.checkpoints import CheckpointError, describe_mismatch, load_checkpo
 from mmcl.io.transforms import get_preprocess
 from mmcl.models.clip import CLIP
 from mmcl.models.config import CLIPConfig
-from mmcl.models.registry import get_model_config, resolve_name
+from mmcl.models.registry import available_models, get_model_config, resolve_name
 from mmcl.nn import inference
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class ArchitectureNotRecordedError(CheckpointError):
+    """A checkpoint without its architecture, loaded without a model name."""
+
+    def __init__(self, path: os.PathLike):
+        self.path = Path(path)
+        super().__init__(
+            f"{path}: the file does not record its architecture; pass a model name: "
+            f"create_model(name, pretrained=path) or mmcl.load(path, model_name=name), with a "
+            f"name such as 'ViT-B-32' (mmcl.available_models() lists them)"
+        )
+
+
+class ActivationAssumedWarning(UserWarning):
+    """An open_clip / OpenAI state dict, which does not record its activation, was loaded
+    without a model name: QuickGELU was assumed. `names` are the configs of that shape
+    (GELU first, then QuickGELU), to choose from."""
+
+    def __init__(self, path: os.PathLike, names: list[str]):
+        self.path = Path(path)
+        self.names = names
+        choose = " or ".join(repr(n) for n in names) or "e.g. 'ViT-B-32' or 'ViT-B-32-quickgelu'"
+        super().__init__(
+            f"{path}: the state dict does not record its activation; assumed QuickGELU, as "
+            f"OpenAI's models and clip.load use, but open_clip's own models (names without "
+            f"'-quickgelu') use GELU and give other outputs. Name the model to choose: "
+            f"mmcl.load(path, model_name=...) or create_model(name, pretrained=path) with "
+            f"name {choose}"
+        )
 
 
 def create_model(
@@ -61,10 +91,7 @@ def create_model(
             _merged(checkpoint.config, config_overrides), source=str(checkpoint.path)
         )
     else:
-        raise CheckpointError(
-            f"{checkpoint.path}: the file does not record its architecture; "
-            f"pass a model name, e.g. create_model('ViT-B-32', pretrained=...)"
-        )
+        raise ArchitectureNotRecordedError(checkpoint.path)
     if checkpoint is None:
         model = CLIP(config, output_dict=output_dict)
     else:
@@ -72,6 +99,8 @@ def create_model(
             config, checkpoint.state_dict, str(checkpoint.path), dtype, output_dict
         )
     model = model.to(device=device, dtype=dtype).eval()
+    if name is None and checkpoint.format == "open_clip" and "quick_gelu" not in config_overrides:
+        warnings.warn(ActivationAssumedWarning(checkpoint.path, _same_shapes(config)), stacklevel=2)
     if torch.device(device).type == "cpu" and not inference.native_on_cpu(dtype):
         warnings.warn(
             f"precision={precision!r}: this CPU has no {precision} matmul instructions "
@@ -101,13 +130,16 @@ def load(
     name_or_path: str | os.PathLike,
     device: str | torch.device = "cpu",
     precision: str = "fp32",
+    model_name: str | None = None,
 ):
     """Load a checkpoint and return `(model, preprocess)`, like `clip.load`.
 
-    mmcl never downloads weights: pass a local checkpoint file or folder. A plain state dict
-    in OpenAI/open_clip layout gets its architecture from the weights, as `clip.load` does
-    (QuickGELU, 64-wide heads); for open_clip's GELU models use
-    `create_model(name, pretrained=path)`.
+    mmcl never downloads weights: pass a local checkpoint file or folder. `model_name` gives
+    the architecture where the file does not record it. A plain state dict in OpenAI/open_clip
+    layout does not record its activation: with `model_name` (e.g. "ViT-B-32" for open_clip's
+    GELU models, "ViT-B-32-quickgelu" for QuickGELU) that is settled; without it, the
+    architecture comes from the weights, as `clip.load` does (QuickGELU, 64-wide heads), and
+    an `ActivationAssumedWarning` says so.
     """
     path = Path(name_or_path)
     if not path.exists():
@@ -122,7 +154,7 @@ def load(
             f"path of a local checkpoint, or call mmcl.create_model({str(name_or_path)!r}) for a "
             f"randomly initialised model"
         )
-    model = create_model(None, pretrained=path, precision=precision, device=device)
+    model = create_model(model_name, pretrained=path, precision=precision, device=device)
     return model, get_preprocess(model)
 
 
@@ -218,3 +250,17 @@ def _dtype(precision: str) -> torch.dtype:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     return PRECISIONS[precision]
+
+
+def _same_shapes(config: CLIPConfig) -> list[str]:
+    """The shipped configs with `config`'s architecture, whatever their activation."""
+
+    def shape(c: CLIPConfig) -> tuple:
+        return c.embed_dim, c.vision_cfg, c.text_cfg
+
+    matches = [
+        name
+        for name in available_models()
+        if shape(CLIPConfig.from_dict(get_model_config(name), source=name)) == shape(config)
+    ]
+    return sorted(matches, key=lambda name: (name.endswith("-quickgelu"), name))

@@ -21,7 +21,9 @@ import torch
 from mmcl.io.checkpoints import huggingface, openai
 from mmcl.io.checkpoints.errors import CheckpointError, describe_mismatch
 from mmcl.io.checkpoints.export import (
+    HF_EXPORT_FILES,
     MMCL_CONFIG_KEY,
+    check_export_target,
     save_huggingface,
     save_open_clip,
     save_safetensors,
@@ -29,8 +31,10 @@ from mmcl.io.checkpoints.export import (
 from mmcl.io.checkpoints.files import read_checkpoint
 
 __all__ = [
+    "HF_EXPORT_FILES",
     "CheckpointError",
     "LoadedCheckpoint",
+    "check_export_target",
     "describe_mismatch",
     "load_checkpoint",
     "save_huggingface",

@@ -1,25 +1,65 @@
 """Writing a model in mmcl's own safetensors layout, open_clip's layout, or Hugging Face's.
 
 Each writer takes any object with `state_dict()` and `config.to_dict()` (an `mmcl` CLIP) and
-writes atomically: a crash never leaves a half-written checkpoint behind.
+writes atomically: a crash never leaves a half-written checkpoint behind. Nothing that mmcl
+did not write is ever deleted: a Hugging Face export replaces only its own two files in a
+folder, and only when asked to.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from mmcl.io.atomic import atomic_path
+from mmcl.io.atomic import atomic_folder, atomic_path
 from mmcl.io.checkpoints import huggingface, openai
 
 # Metadata key under which an mmcl safetensors file carries its architecture.
 MMCL_CONFIG_KEY = "mmcl_config"
+# The files a Hugging Face export writes; any other file in its folder is left alone.
+HF_EXPORT_FILES = ("config.json", "model.safetensors")
+
+
+def check_export_target(
+    path: str | os.PathLike, folder: bool, overwrite: bool, remedy: str = "overwrite=True"
+) -> None:
+    """Refuse, before any work is done, a target an export must not write to.
+
+    `folder`: the export is a folder (Hugging Face), else one file. Without `overwrite`, an
+    existing file or a non-empty folder is refused; `remedy` names the way to allow it in the
+    caller's terms (the command line says `--overwrite`).
+    """
+    target = Path(path)
+    if folder:
+        if target.exists() and not target.is_dir():
+            raise NotADirectoryError(
+                f"{target}: is a file; a Hugging Face export is a folder "
+                f"({' + '.join(HF_EXPORT_FILES)}): give a folder path"
+            )
+        if not target.is_dir():
+            return
+        if not overwrite and any(target.iterdir()):
+            raise FileExistsError(
+                f"{target}: the folder is not empty; {remedy} writes "
+                f"{' and '.join(HF_EXPORT_FILES)} into it (replacing those two, if there) and "
+                f"keeps every other file"
+            )
+        for name in HF_EXPORT_FILES:
+            if (target / name).exists() and not (target / name).is_file():
+                raise IsADirectoryError(f"{target / name}: is not a file; it cannot be replaced")
+    else:
+        if target.is_dir():
+            raise IsADirectoryError(
+                f"{target}: is a folder; this format is one file: give a file path "
+                f"(e.g. {target / 'model.safetensors'})"
+            )
+        if target.exists() and not overwrite:
+            raise FileExistsError(f"{target}: the file exists; {remedy} replaces it")
 
 
 def _plain_tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -27,9 +67,12 @@ def _plain_tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return {key: value.detach().cpu().contiguous().clone() for key, value in state_dict.items()}
 
 
-def save_safetensors(model, path: str | os.PathLike) -> Path:
+def save_safetensors(model, path: str | os.PathLike, overwrite: bool = True) -> Path:
     """mmcl layout with the architecture in the file's metadata, so `mmcl.load(path)` works.
-    A model without an mmcl config (e.g. a plain classifier) is saved as bare tensors."""
+    A model without an mmcl config (e.g. a plain classifier) is saved as bare tensors.
+
+    Like `torch.save`, it replaces a file that is there, unless `overwrite=False`."""
+    check_export_target(path, folder=False, overwrite=overwrite)
     metadata = {"format": "pt"}
     if getattr(model, "config", None) is not None:
         metadata[MMCL_CONFIG_KEY] = json.dumps(model.config.to_dict())
@@ -38,8 +81,11 @@ def save_safetensors(model, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def save_open_clip(model, path: str | os.PathLike) -> Path:
-    """open_clip / OpenAI state-dict layout; `.safetensors` or a pickled `.pt`/`.bin`."""
+def save_open_clip(model, path: str | os.PathLike, overwrite: bool = True) -> Path:
+    """open_clip / OpenAI state-dict layout; `.safetensors` or a pickled `.pt`/`.bin`.
+
+    Like `torch.save`, it replaces a file that is there, unless `overwrite=False`."""
+    check_export_target(path, folder=False, overwrite=overwrite)
     tensors = _plain_tensors(openai.to_openai_layout(model.state_dict()))
     with atomic_path(path) as tmp:
         if str(path).endswith(".safetensors"):
@@ -49,19 +95,26 @@ def save_open_clip(model, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def save_huggingface(model, directory: str | os.PathLike) -> Path:
-    """A `CLIPModel` folder (config.json + model.safetensors) for `transformers`."""
+def save_huggingface(model, directory: str | os.PathLike, overwrite: bool = False) -> Path:
+    """A `CLIPModel` folder (config.json + model.safetensors) for `transformers`.
+
+    A new folder appears whole or not at all. An existing non-empty folder is refused unless
+    `overwrite=True`, and then only config.json and model.safetensors are replaced: other
+    files in it stay. (A folder path, unlike a file path, does not name the files that would be
+    replaced, hence the refusal by default.)
+    """
     config = huggingface.config_to_huggingface(model.config.to_dict())
     tensors = _plain_tensors(huggingface.to_huggingface(model.state_dict()))
     target = Path(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
-        (staging / "config.json").write_text(json.dumps(config, indent=2))
-        if target.exists():  # replace a previous export only once the new one is complete
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    check_export_target(target, folder=True, overwrite=overwrite)
+    # An existing folder gets the two files in place; a new one is staged and renamed whole.
+    # Either way both files are complete before either is renamed into place.
+    folder = contextlib.nullcontext(target) if target.is_dir() else atomic_folder(target)
+    with (
+        folder as written_folder,
+        atomic_path(written_folder / "config.json") as config_tmp,
+        atomic_path(written_folder / "model.safetensors") as weights_tmp,
+    ):
+        save_file(tensors, str(weights_tmp), metadata={"format": "pt"})
+        config_tmp.write_text(json.dumps(config, indent=2))
     return target

@@ -8,6 +8,8 @@ folder holding `config.json` and `model.safetensors` or `pytorch_model.bin`.
 from __future__ import annotations
 
 import json
+import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,14 +87,42 @@ def _read_torchscript(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
+    if not _starts_like_torch_save(path):
+        raise CheckpointError(
+            f"{path}: not a checkpoint (neither safetensors, a PyTorch archive nor a pickle); "
+            f"is it the right file?"
+        )
     try:
         loaded = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for bad pickles; all mean the same here
-        raise CheckpointError(
-            f"{path}: could not be read as a PyTorch checkpoint (truncated, corrupt, or "
-            f"holding objects other than tensors): {type(error).__name__}: {error}"
-        ) from error
+        raise CheckpointError(f"{path}: {_pickle_problem(error)}") from None
     return _unwrap_state_dict(loaded, path)
+
+
+def _starts_like_torch_save(path: Path) -> bool:
+    # torch.save writes a zip archive (local file header "PK\x03\x04" first, so a truncated
+    # one still shows it) or, in its legacy format, a pickle of protocol 2 or later (PROTO
+    # opcode 0x80 and the protocol number).
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    return head == b"PK\x03\x04" or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
+def _pickle_problem(error: Exception) -> str:
+    """What went wrong, in mmcl's words. torch's own message is not passed on: it advises
+    retrying with `weights_only=False`, which would run whatever code the file holds."""
+    message = str(error)
+    refused_global = re.search(r"GLOBAL (\S+)", message)
+    if refused_global:
+        return (
+            f"holds Python objects other than tensors ({refused_global.group(1)}); mmcl loads "
+            f"only tensors and never runs code from a checkpoint"
+        )
+    if isinstance(error, pickle.UnpicklingError) or "Unsupported operand" in message:
+        return "not a checkpoint: not a valid pickle (truncated, corrupt, or another kind of file)"
+    first_sentence = message.split(". ")[0].strip() or type(error).__name__
+    detail = "" if "weights_only" in message else f": {first_sentence}"
+    return f"could not be read as a PyTorch checkpoint (truncated or corrupt?){detail}"
 
 
 def _unwrap_state_dict(loaded: Any, path: Path) -> dict[str, torch.Tensor]:
