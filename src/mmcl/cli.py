@@ -200,7 +200,7 @@ def create_model_for_command(args: argparse.Namespace, name, pretrained, **optio
             ) from None
     for warning in caught:
         if not isinstance(warning.message, ActivationAssumedWarning):
-            warnings.showwarning(
+            warnings.warn_explicit(
                 warning.message, warning.category, warning.filename, warning.lineno
             )
             continue
