@@ -1,7 +1,9 @@
 """Checkpoint formats: mmcl matches open_clip / transformers on the same random weights."""
 
 import json
+import os
 import shutil
+import stat
 
 import open_clip
 import pytest
@@ -18,6 +20,7 @@ from mmcl.io.checkpoints import (
     save_open_clip,
     save_safetensors,
 )
+from mmcl.models.factory import ActivationAssumedWarning
 
 OPENAI_MODELS = [
     "RN50",
@@ -203,6 +206,65 @@ def test_round_trip_through_mmcl_safetensors_is_exact(tmp_path):
     back, preprocess = mmcl.load(tmp_path / "model.safetensors")
     assert back.config == model.config
     assert_same_state(model, back)
+
+
+@pytest.mark.slow
+def test_open_clip_vit_b32_state_dict_loads_with_the_activation_named(tmp_path):
+    # open_clip's own ViT-B-32 uses GELU, but its state dict does not say so: mmcl used to
+    # assume QuickGELU without a word. Named, the output is open_clip's; unnamed, mmcl warns
+    # and the output is that of the QuickGELU model it says it assumed.
+    torch.manual_seed(0)
+    reference = open_clip.create_model("ViT-B-32").eval()
+    path = tmp_path / "open_clip_vit_b32.pt"
+    torch.save(reference.state_dict(), path)
+    named, _ = mmcl.load(path, model_name="ViT-B-32")
+    assert not named.config.quick_gelu
+    assert_same_encoders(named, reference, 224, batch=2)
+
+    with pytest.warns(
+        ActivationAssumedWarning, match="QuickGELU.*'ViT-B-32' or 'ViT-B-32-quickgelu'"
+    ):
+        unnamed, _ = mmcl.load(path)
+    quick_reference = open_clip.create_model("ViT-B-32-quickgelu").eval()
+    quick_reference.load_state_dict(reference.state_dict())
+    assert_same_encoders(unnamed, quick_reference, 224, batch=2)
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():  # the activation matters: the test above could tell them apart
+        assert max_abs_diff(unnamed.encode_image(images), reference.encode_image(images)) > 1e-4
+
+
+def test_exports_honour_the_umask(tmp_path):
+    # mkstemp/mkdtemp made every file 0600 and every Hugging Face folder 0700.
+    model = mmcl.create_model("tiny-vit")
+    for umask in (0o022, 0o077):
+        folder = tmp_path / f"umask-{umask:o}"
+        previous = os.umask(umask)
+        try:
+            written = [
+                save_safetensors(model, folder / "model.safetensors"),
+                save_open_clip(model, folder / "open_clip.pt"),
+                save_open_clip(model, folder / "open_clip.safetensors"),
+                save_huggingface(model, folder / "hf"),
+            ]
+        finally:
+            os.umask(previous)
+        written += [folder / "hf" / "config.json", folder / "hf" / "model.safetensors"]
+        for path in written:
+            expected = (0o777 if path.is_dir() else 0o666) & ~umask
+            assert stat.S_IMODE(path.stat().st_mode) == expected, path
+        assert sorted(p.name for p in folder.iterdir()) == [  # no temporary files left
+            "hf",
+            "model.safetensors",
+            "open_clip.pt",
+            "open_clip.safetensors",
+        ]
+
+
+def test_a_replaced_file_keeps_its_mode(tmp_path):
+    path = save_safetensors(mmcl.create_model("tiny-vit"), tmp_path / "model.safetensors")
+    path.chmod(0o640)
+    save_safetensors(mmcl.create_model("tiny-vit"), path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
 
 
 def test_resnet_cannot_be_exported_to_huggingface(tmp_path):
