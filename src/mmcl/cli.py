@@ -184,7 +184,9 @@ def load_model(args: argparse.Namespace):
     return model
 
 
-def create_model_for_command(args: argparse.Namespace, name, pretrained, **options):
+def create_model_for_command(
+    args: argparse.Namespace, name: str | None, pretrained: Path | None, **options
+):
     """`create_model`, with what it says in Python's terms said in the command line's."""
     import warnings
 

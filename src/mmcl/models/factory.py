@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -35,9 +36,9 @@ class ActivationAssumedWarning(UserWarning):
     without a model name: QuickGELU was assumed. `names` are the configs of that shape
     (GELU first, then QuickGELU), to choose from."""
 
-    def __init__(self, path: os.PathLike, names: list[str]):
+    def __init__(self, path: os.PathLike, names: Sequence[str] = ()):
         self.path = Path(path)
-        self.names = names
+        self.names = list(names)
         choose = " or ".join(repr(n) for n in names) or "e.g. 'ViT-B-32' or 'ViT-B-32-quickgelu'"
         super().__init__(
             f"{path}: the state dict does not record its activation; assumed QuickGELU, as "
@@ -61,7 +62,9 @@ def create_model(
 
     `pretrained` may be an OpenAI TorchScript archive or state dict, an open_clip state dict
     (`.pt`, `.bin`, `.safetensors`), a Hugging Face `CLIPModel` folder, or an mmcl safetensors
-    file. With `name=None` the architecture comes from the checkpoint itself. Keyword
+    file. With `name=None` the architecture comes from the checkpoint itself (an open_clip /
+    OpenAI state dict does not record its activation: QuickGELU is assumed, and an
+    `ActivationAssumedWarning` names the models to choose between). Keyword
     arguments override config fields, e.g. `init_logit_bias=-10` for SigLIP training or
     `vision_cfg={"patch_size": 4}` (nested dicts are merged into the named config).
 
