@@ -14,6 +14,7 @@ from PIL import Image
 from torchvision.transforms import ToTensor
 
 from mmcl.data import shards as shards_module
+from mmcl.data import shards_decode, shards_resume, shards_write
 from mmcl.data.shards import (
     ShardStream,
     count_shard_samples,
@@ -234,5 +235,7 @@ def test_too_few_shards_or_mismatched_workers_are_errors(shard_folder: Path) -> 
         mismatched.loader(drop_last=True)
 
 
-def test_docstring_examples() -> None:
-    assert doctest.testmod(shards_module).failed == 0
+@pytest.mark.parametrize("module", [shards_module, shards_decode, shards_resume, shards_write])
+def test_docstring_examples(module) -> None:
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0

@@ -2,8 +2,9 @@
 
 A shard is a tar file of samples: files sharing a key (``000017.jpg`` + ``000017.txt``) form one
 sample, with an image (``.jpg``, ``.jpeg``, ``.png`` or ``.webp``) and either a caption
-(``.txt``) or a class index (``.cls``). Tars are read with webdataset's tar iterators;
-`write_shards` writes them.
+(``.txt``) or a class index (``.cls``). Tars are read with webdataset's tar iterators
+and decoded by `mmcl.data.shards_decode`; `write_shards` (`mmcl.data.shards_write`)
+writes them. The names of those modules can be imported from here.
 
 Which reader gets which shard. Each epoch the shard list is put in a fixed order (shuffled by
 ``(seed, epoch)`` when ``shuffle_shards``); shard ``i`` of that order goes to rank
@@ -13,19 +14,11 @@ There must be at least ``world_size * num_workers`` shards (a worker without sha
 error, not a silent no-op). Ranks get whole shards, so their sample counts differ unless the
 shards are the same size: a DDP loop should stop every rank after the same number of steps.
 
-Exact resume. The position in an epoch is how many samples (or batches) this rank's training
-loop has taken from the DataLoader; the loop counts them, since workers run in other processes.
-For an IterableDataset, DataLoader takes batches from its workers in turn, 0, 1, ..., k-1, 0,
-1, ... (skipping workers that have run out), and each worker batches its own samples, so all
-batches are full except each worker's last. `worker_progress` replays that schedule to find
-how many samples each worker had handed over and which worker was due next. A new DataLoader
-asks worker 0 first, so on resume worker i takes over the shards of the worker that was due
-i-th, skips (reads but does not decode) the samples that worker had handed over, and the
-batches continue exactly where they stopped. This holds for the DataLoader that
-`ShardStream.loader` builds: ``drop_last=False``, ``in_order=True``, no persistent workers,
-and the same ``batch_size`` and ``num_workers`` before and after the resume. With
-``num_workers > 1`` the replay needs each worker's sample count: when resuming mid-epoch it is
-counted from the tar headers of this rank's local shards (no image data is read).
+Exact resume. The training loop counts the samples (or batches) it has taken (`advance`);
+from that count the stream works out where each DataLoader worker had got and continues
+right after, with nothing repeated or skipped (`mmcl.data.shards_resume` explains how).
+This holds for the DataLoader that `ShardStream.loader` builds, with the same ``batch_size``
+and ``num_workers`` before and after the resume.
 
 A training loop::
 
@@ -48,26 +41,21 @@ number of batches is the same on every rank while the number of samples may not 
 
 from __future__ import annotations
 
-import io
 import itertools
 import os
 import random
-import re
-import tarfile
-import warnings
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 import webdataset as wds
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mmcl.data.captions import class_caption, collate_pairs
-from mmcl.data.images import ImageReadError
-from mmcl.io.atomic import atomic_path
+from mmcl.data.captions import collate_pairs
+from mmcl.data.shards_decode import SHARD_IMAGE_EXTENSIONS, SampleDecoder
+from mmcl.data.shards_resume import count_shard_samples, worker_progress
+from mmcl.data.shards_write import image_caption_samples, write_shards
 
 __all__ = [
     "SHARD_IMAGE_EXTENSIONS",
@@ -78,11 +66,6 @@ __all__ = [
     "worker_progress",
     "write_shards",
 ]
-
-SHARD_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-
-# Keys webdataset's tar iterator skips (its default `skip_meta`); counting must skip them too.
-_WDS_SKIP_META = re.compile(r"__[^/]*__($|/)")
 
 # DataLoader options that would change which worker a batch comes from, or keep stale copies
 # of the stream in workers across epochs; either would break the resume arithmetic.
@@ -373,47 +356,10 @@ class ShardStream(IterableDataset):
                 f"mmcl-samples:{self.seed}:{epoch}:{self.rank}:{worker}:{num_workers}"
             )
             samples = _buffer_shuffle(samples, self.shuffle_buffer, rng)
+        decode = SampleDecoder(self.transform, self.tokenizer, self.classnames, self.templates)
         # Skipped samples are still read (a tar stream has no index) but not decoded.
         for sample in itertools.islice(samples, skip, None):
-            yield self._decode(sample)
-
-    def _decode(self, sample: dict[str, Any]) -> tuple[Any, Any] | None:
-        where = f"{sample.get('__url__')}, key {sample['__key__']!r}"
-        image_ext = next((ext for ext in SHARD_IMAGE_EXTENSIONS if ext in sample), None)
-        if image_ext is None:
-            return _skip(f"{where}: no image ({', '.join(SHARD_IMAGE_EXTENSIONS)})")
-        target = self._target(sample, where)  # before the image: it is cheap to check
-        if target is None:
-            return None
-        try:
-            image = _open_image(sample[image_ext], f"{where}, .{image_ext}")
-        except ImageReadError as error:
-            return _skip(str(error))
-        return self.transform(image), target
-
-    def _target(self, sample: dict[str, Any], where: str) -> Any:
-        if "txt" in sample:
-            try:
-                caption = sample["txt"].decode("utf-8")
-            except UnicodeDecodeError:
-                return _skip(f"{where}: the .txt caption is not UTF-8")
-        elif "cls" in sample:
-            try:
-                label = int(sample["cls"].decode("ascii").strip())
-            except (UnicodeDecodeError, ValueError):
-                return _skip(f"{where}: the .cls class index is not an integer")
-            if self.classnames is None:
-                return label
-            if not 0 <= label < len(self.classnames):
-                return _skip(
-                    f"{where}: class {label} is not in the {len(self.classnames)} classnames"
-                )
-            caption = class_caption(
-                self.classnames[label], self.templates, zlib.crc32(sample["__key__"].encode())
-            )
-        else:
-            return _skip(f"{where}: no caption (.txt) or class index (.cls)")
-        return self.tokenizer([caption])[0] if self.tokenizer is not None else caption
+            yield decode(sample)
 
 
 def _too_few_shards(num_shards: int, world_size: int, num_workers: int) -> str:
@@ -421,21 +367,6 @@ def _too_few_shards(num_shards: int, world_size: int, num_workers: int) -> str:
         f"{num_shards} shards cannot feed {world_size} rank(s) x {num_workers} DataLoader "
         "worker(s): each needs at least one shard; use fewer workers or more, smaller shards"
     )
-
-
-def _skip(reason: str) -> None:
-    warnings.warn(f"skipping bad sample {reason}", stacklevel=3)
-    return None
-
-
-def _open_image(data: bytes, name: str) -> Image.Image:
-    """Decode image bytes fully, so truncated files fail here; errors name the sample."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            return image.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ImageReadError(name, str(error) or type(error).__name__) from error
 
 
 def _buffer_shuffle(
@@ -452,188 +383,3 @@ def _buffer_shuffle(
         buffer[slot] = item
     rng.shuffle(buffer)
     yield from buffer
-
-
-def worker_progress(
-    worker_sizes: Sequence[int],
-    batch_size: int,
-    *,
-    samples: int | None = None,
-    batches: int | None = None,
-) -> tuple[list[int], int]:
-    """How far each DataLoader worker had got once the loop took `samples` samples (or
-    `batches` batches) of the epoch: the samples each had handed over, and the worker that
-    DataLoader would have asked for the next batch.
-
-    Replays DataLoader's order for an IterableDataset: one batch from each worker in turn,
-    skipping workers that have run out; each worker's batches are full but its last.
-
-    >>> worker_progress([5, 2], batch_size=2, batches=3)  # w0: 2, w1: 2, w0: 2; next w1
-    ([4, 2], 1)
-    >>> worker_progress([5, 2], batch_size=2, samples=7)  # ... then w0: 1 (its last)
-    ([5, 2], 1)
-    """
-    if (samples is None) == (batches is None):
-        raise TypeError("give exactly one of samples and batches")
-    num_workers = len(worker_sizes)
-    delivered = [0] * num_workers
-    taken_samples = taken_batches = next_worker = 0
-
-    def reached() -> bool:
-        return taken_samples == samples if samples is not None else taken_batches == batches
-
-    while not reached():
-        progressed = False
-        for worker, size in enumerate(worker_sizes):
-            batch = min(batch_size, size - delivered[worker])
-            if batch <= 0:
-                continue
-            if samples is not None and taken_samples + batch > samples:
-                raise ValueError(
-                    f"{samples} samples consumed is not at a batch boundary (batch_size="
-                    f"{batch_size}, workers' samples {list(worker_sizes)}): resume with the "
-                    "same batch_size and num_workers as before"
-                )
-            delivered[worker] += batch
-            taken_samples += batch
-            taken_batches += 1
-            next_worker = (worker + 1) % num_workers
-            progressed = True
-            if reached():
-                break
-        if not progressed:
-            raise ValueError(
-                f"resume position {samples if samples is not None else batches} "
-                f"{'samples' if samples is not None else 'batches'} is past the end of the "
-                f"epoch ({taken_samples} samples in {taken_batches} batches on this rank)"
-            )
-    return delivered, next_worker
-
-
-def count_shard_samples(url: str) -> int:
-    """Samples in a local tar shard, counted as webdataset groups them, from headers only."""
-    path = Path(url.removeprefix("file:"))
-    if not path.is_file():
-        raise ValueError(
-            f"{url}: resuming mid-epoch with several workers counts the samples of each shard, "
-            "which needs local shard files"
-        )
-    stat = path.stat()
-    return _count_samples(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-# Shards do not change during a run; the size and mtime in the key catch rewritten ones.
-_sample_counts: dict[tuple[str, int, int], int] = {}
-
-
-def _count_samples(path: str, size: int, mtime_ns: int) -> int:
-    key = (path, size, mtime_ns)
-    if key not in _sample_counts:
-        # Random-access mode reads each header and seeks over the file's data.
-        with tarfile.open(path, mode="r:") as tar:
-            names = [member.name for member in tar if member.isreg()]
-        _sample_counts[key] = _count_keys(names)
-    return _sample_counts[key]
-
-
-def _count_keys(names: Iterable[str]) -> int:
-    """Samples webdataset's `group_by_keys` makes of these tar member names, in order."""
-    tariterators = wds.tariterators
-    count, current = 0, None
-    for name in names:
-        is_meta = "/" not in name and name.startswith(tariterators.meta_prefix)
-        if is_meta and name.endswith(tariterators.meta_suffix) or _WDS_SKIP_META.match(name):
-            continue
-        key, _ = tariterators.base_plus_ext(name)
-        if key is None:
-            continue
-        if key != current:
-            count, current = count + 1, key
-    return count
-
-
-# -- writing ------------------------------------------------------------------------------
-
-
-def write_shards(
-    samples: Iterable[Mapping[str, Any]],
-    folder: str | Path,
-    samples_per_shard: int,
-    prefix: str = "shard",
-) -> list[Path]:
-    """Write samples into ``folder/{prefix}-000000.tar``, ... and return the shard paths.
-
-    A sample maps file extensions to contents: bytes as they are, a str as UTF-8, an int as
-    decimal text (for ``cls``), a `Path` as that file's bytes; ``"__key__"`` names the sample
-    (default: its running number). Each shard is written to a temporary file and renamed, so
-    an interrupted conversion never leaves a truncated shard behind.
-
-    >>> import tempfile
-    >>> paths = write_shards([{"txt": "a cat", "cls": 3}], tempfile.mkdtemp(), 100)
-    >>> [path.name for path in paths]
-    ['shard-000000.tar']
-    """
-    if samples_per_shard < 1:
-        raise ValueError(f"samples_per_shard must be positive, got {samples_per_shard}")
-    folder = Path(folder)
-    numbered = enumerate(samples)
-    paths = []
-    for shard_index in itertools.count():
-        chunk = list(itertools.islice(numbered, samples_per_shard))
-        if not chunk:
-            return paths
-        path = folder / f"{prefix}-{shard_index:06d}.tar"
-        with atomic_path(path) as tmp, tarfile.open(tmp, mode="w") as tar:
-            for number, sample in chunk:
-                _add_sample(tar, sample, number)
-        paths.append(path)
-    return paths
-
-
-def _add_sample(tar: tarfile.TarFile, sample: Mapping[str, Any], number: int) -> None:
-    key = str(sample.get("__key__", f"{number:09d}"))
-    if "." in key.rsplit("/", 1)[-1]:
-        # webdataset splits a file name at the first dot of its base name: key.extension.
-        raise ValueError(f"sample key {key!r} must not contain a dot")
-    for extension, value in sample.items():
-        if extension.startswith("__"):
-            continue
-        data = _encode(value)
-        info = tarfile.TarInfo(f"{key}.{extension}")
-        info.size = len(data)
-        info.mode = 0o444  # fixed metadata (mtime 0, no owner): the same samples, the same bytes
-        tar.addfile(info, io.BytesIO(data))
-
-
-def _encode(value: Any) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value).encode("ascii")
-    if isinstance(value, Path):
-        return value.read_bytes()
-    raise TypeError(
-        f"cannot store a {type(value).__name__} in a shard: use bytes, str, int or Path"
-    )
-
-
-def image_caption_samples(
-    paths: Sequence[str | Path], captions: Sequence[str]
-) -> Iterator[dict[str, Any]]:
-    """Samples for `write_shards` from image files and their captions, e.g. of a caption table.
-
-    >>> from mmcl.data.captions import CaptionedImages
-    >>> data = CaptionedImages("train.csv", transform=None)  # doctest: +SKIP
-    >>> write_shards(image_caption_samples(data.paths, data.captions), "shards", 10_000)
-    ... # doctest: +SKIP
-    """
-    if len(paths) != len(captions):
-        raise ValueError(f"{len(paths)} image paths but {len(captions)} captions")
-    for path, caption in zip(paths, captions, strict=True):
-        path = Path(path)
-        extension = path.suffix.lower().lstrip(".")
-        if extension not in SHARD_IMAGE_EXTENSIONS:
-            raise ValueError(f"{path}: shards hold {', '.join(SHARD_IMAGE_EXTENSIONS)} images only")
-        yield {extension: path, "txt": caption}
