@@ -3,6 +3,7 @@ labels checked against the rendered pixels."""
 
 from __future__ import annotations
 
+import doctest
 import random
 import re
 from collections import Counter
@@ -12,6 +13,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from mmcl.data import scenes as scenes_module
+from mmcl.data import scenes_identity, scenes_render, scenes_text
 from mmcl.data.scenes import (
     BACKGROUNDS,
     COLOUR_WORDS,
@@ -311,3 +314,9 @@ def test_default_transform_matches_torchvision():
 def test_save_preview(tmp_path):
     path = save_preview(tmp_path / "preview.png", n=4)
     assert path.stat().st_size > 0
+
+
+@pytest.mark.parametrize("module", [scenes_module, scenes_identity, scenes_render, scenes_text])
+def test_docstring_examples(module) -> None:
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0

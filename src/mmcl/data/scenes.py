@@ -1,5 +1,7 @@
 """A built-in procedural data set of captioned scenes, for training and testing CLIP models
-without any files.
+without any files. This module holds the data sets and re-exports the names of its parts:
+what a scene is (:mod:`~mmcl.data.scenes_identity`), its captions and class names
+(:mod:`~mmcl.data.scenes_text`) and its drawing (:mod:`~mmcl.data.scenes_render`).
 
 A scene is ``count`` identical objects (same shape, colour and size) on a plain or faintly
 textured background. Its discrete attributes plus an integer ``layout_seed`` (jitter of
@@ -27,11 +29,9 @@ Every item is a pure function of ``(split, seed, index)`` and is generated on th
 
 from __future__ import annotations
 
-import hashlib
 import random
 import textwrap
-from collections.abc import Callable, Sequence
-from dataclasses import astuple, dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +39,32 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
-from mmcl.data.scenes_render import BACKGROUND_RGB, COLOUR_RGB, POSITION_CENTRES, SHAPE_POLYGONS
-from mmcl.data.scenes_render import render as render
+from mmcl.data.scenes_identity import (
+    BACKGROUNDS,
+    COLOURS,
+    COUNTS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    SPLITS,
+    Scene,
+    _check_choice,
+    sample_scene,
+    split_of,
+)
+from mmcl.data.scenes_render import render
+from mmcl.data.scenes_text import (
+    COLOUR_WORDS,
+    COUNT_WORDS,
+    POSITION_PHRASES,
+    SHAPE_WORDS,
+    SIZE_WORDS,
+    VIEWS,
+    _check_view,
+    caption,
+    view_classnames,
+    view_templates,
+)
 from mmcl.io.transforms import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 __all__ = [
@@ -69,283 +93,6 @@ __all__ = [
     "view_classnames",
     "view_templates",
 ]
-
-SHAPES: tuple[str, ...] = tuple(SHAPE_POLYGONS)
-COLOURS: tuple[str, ...] = tuple(COLOUR_RGB)
-SIZES: tuple[str, ...] = ("small", "large")
-COUNTS: tuple[int, ...] = (1, 2, 3, 4)
-POSITIONS: tuple[str, ...] = tuple(POSITION_CENTRES)
-BACKGROUNDS: tuple[str, ...] = tuple(BACKGROUND_RGB)
-
-# Fractions of all scenes in each split, by identity hash.
-SPLIT_FRACTIONS: dict[str, float] = {"train": 0.8, "val": 0.1, "test": 0.1}
-SPLITS: tuple[str, ...] = tuple(SPLIT_FRACTIONS)
-_LAYOUT_SEED_BITS = 32
-_ATTRIBUTES = ("shape", "colour", "size", "count", "position", "background")
-
-
-@dataclass(frozen=True)
-class Scene:
-    """One scene's identity: its attributes and the seed of its layout jitter.
-
-    >>> scene = Scene("heart", "pink", "small", 1, "left", "black", layout_seed=3)
-    >>> render(scene, 32).size, split_of(scene) in SPLITS
-    ((32, 32), True)
-    """
-
-    shape: str
-    colour: str
-    size: str
-    count: int
-    position: str | None  # only for count == 1; None otherwise
-    background: str
-    layout_seed: int
-
-    def __post_init__(self) -> None:
-        for name, valid in (
-            ("shape", SHAPES),
-            ("colour", COLOURS),
-            ("size", SIZES),
-            ("count", COUNTS),
-            ("background", BACKGROUNDS),
-        ):
-            if getattr(self, name) not in valid:
-                raise ValueError(
-                    f"{name} must be one of {list(valid)}, got {getattr(self, name)!r}"
-                )
-        if self.count == 1 and self.position not in POSITIONS:
-            raise ValueError(
-                f"a single object needs a position in {list(POSITIONS)}, got {self.position!r}"
-            )
-        if self.count > 1 and self.position is not None:
-            raise ValueError(f"position is only defined for count 1, got count {self.count}")
-
-    @property
-    def split(self) -> str:
-        return split_of(self)
-
-
-def _split_of_identity(identity: tuple) -> str:
-    # blake2b rather than hash(): stable across processes and Python versions.
-    digest = hashlib.blake2b(repr(identity).encode(), digest_size=8).digest()
-    u = int.from_bytes(digest, "big") / 2**64
-    for split, fraction in SPLIT_FRACTIONS.items():
-        if u < fraction:
-            return split
-        u -= fraction
-    return SPLITS[-1]
-
-
-def split_of(scene: Scene) -> str:
-    """The split ("train", "val" or "test") that ``scene`` belongs to, from its identity."""
-    return _split_of_identity(astuple(scene))
-
-
-def _check_choice(kind: str, value: object, valid: Sequence[object]) -> None:
-    if value not in valid:
-        raise ValueError(f"unknown {kind} {value!r}; valid: {list(valid)}")
-
-
-def sample_scene(rng: random.Random, split: str, **fixed: Any) -> Scene:
-    """Draw a scene of ``split``, attributes uniform unless given in ``fixed``.
-
-    ``fixed`` may set any attribute except ``layout_seed``; fixing ``position`` implies
-    count 1. The layout seed is redrawn until the scene hashes into ``split`` (about 1.25
-    tries for train, 10 for val/test), which is what keeps the splits disjoint.
-    """
-    _check_choice("split", split, SPLITS)
-    unknown = set(fixed) - set(_ATTRIBUTES)
-    if unknown:
-        raise ValueError(f"cannot fix {sorted(unknown)}; attributes: {list(_ATTRIBUTES)}")
-
-    def pick(name: str, choices: Sequence[Any]) -> Any:
-        return fixed[name] if name in fixed else rng.choice(choices)
-
-    shape = pick("shape", SHAPES)
-    colour = pick("colour", COLOURS)
-    size = pick("size", SIZES)
-    count = fixed.get("count", 1) if "position" in fixed else pick("count", COUNTS)
-    position = pick("position", POSITIONS) if count == 1 else fixed.get("position")
-    background = pick("background", BACKGROUNDS)
-    # Validate once (Scene raises on bad values) before looking for a layout seed.
-    scene = Scene(shape, colour, size, count, position, background, layout_seed=0)
-    attributes = astuple(scene)[:-1]
-    while True:
-        layout_seed = rng.getrandbits(_LAYOUT_SEED_BITS)
-        if _split_of_identity((*attributes, layout_seed)) == split:
-            return Scene(*attributes, layout_seed)
-
-
-# ----------------------------------------------------------------------------- captions
-# Words a caption may use for each attribute value (first = canonical). The tests parse
-# captions with these same tables to check that every mentioned attribute is true.
-SHAPE_WORDS: dict[str, tuple[tuple[str, str], ...]] = {  # (singular, plural)
-    "circle": (("circle", "circles"), ("disc", "discs")),
-    "square": (("square", "squares"),),
-    "triangle": (("triangle", "triangles"),),
-    "star": (("star", "stars"),),
-    "ring": (("ring", "rings"), ("hoop", "hoops")),
-    "cross": (("cross", "crosses"), ("plus sign", "plus signs")),
-    "diamond": (("diamond", "diamonds"), ("rhombus", "rhombuses")),
-    "heart": (("heart", "hearts"),),
-}
-GENERIC_NOUNS: tuple[tuple[str, str], ...] = (("object", "objects"), ("shape", "shapes"))
-COLOUR_WORDS: dict[str, tuple[str, ...]] = {c: (c,) for c in COLOURS} | {
-    "purple": ("purple", "violet"),
-    "cyan": ("cyan", "turquoise"),
-}
-SIZE_WORDS: dict[str, tuple[str, ...]] = {"small": ("small", "little"), "large": ("large", "big")}
-COUNT_WORDS: dict[int, tuple[str, ...]] = {
-    1: ("one", "a single"),
-    2: ("two", "2"),
-    3: ("three", "3"),
-    4: ("four", "4"),
-}
-POSITION_PHRASES: dict[str, tuple[str, ...]] = {
-    "left": ("on the left", "on the left side", "on the left of the image", "at the left"),
-    "right": ("on the right", "on the right side", "on the right of the image", "at the right"),
-    "top": ("at the top", "at the top of the image", "near the top", "on the top"),
-    "bottom": ("at the bottom", "at the bottom of the image", "near the bottom", "on the bottom"),
-    "center": ("in the center", "in the middle", "in the centre", "at the center of the image"),
-}
-# Sentence frames around the counted noun phrase; the bare phrase is listed twice to make it
-# the most common. "{be}" is "is" or "are".
-_FRAMES = (
-    "{}",
-    "{}",
-    "a photo of {}",
-    "a picture of {}",
-    "an image of {}",
-    "a drawing of {}",
-    "there {be} {}",
-)
-
-
-def _article(phrase: str) -> str:
-    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
-
-
-def caption(scene: Scene, rng: random.Random) -> str:
-    """A varied, truthful description of ``scene``, e.g. "two small red stars on a white
-    background" or "a picture of a pink heart on the left".
-
-    Colour and count are almost always mentioned, the shape in ~90% of captions (else a
-    generic noun like "objects"), size, position and background about half of the time.
-    """
-    plural = scene.count > 1
-    if rng.random() < 0.9:
-        nouns = SHAPE_WORDS[scene.shape]
-        noun = nouns[0] if rng.random() < 0.85 else rng.choice(nouns)
-    else:
-        noun = rng.choice(GENERIC_NOUNS)
-    noun_text = noun[plural]
-    colour = rng.choice(COLOUR_WORDS[scene.colour]) if rng.random() < 0.92 else ""
-    size = rng.choice(SIZE_WORDS[scene.size]) if rng.random() < 0.5 else ""
-    position = rng.choice(POSITION_PHRASES[scene.position]) if scene.position else ""
-    position = position if rng.random() < 0.6 else ""
-    background = scene.background if rng.random() < 0.45 else ""
-
-    adjectives = " ".join(word for word in (size, colour) if word)
-    style = rng.random()
-    if plural and colour and style < 0.15:
-        # "red stars, two of them" / "blue circles, 3 of them, all big".
-        number = rng.choice(COUNT_WORDS[scene.count])
-        text = f"{colour} {noun_text}, {number} of them"
-        if size:
-            text += f", all {size}"
-    elif colour and style < 0.25:
-        # Colour after the noun: "two stars in red", "a heart coloured pink".
-        counted = _count_phrase(scene.count, f"{size} {noun_text}".strip(), rng)
-        text = f"{counted} {rng.choice(('in', 'coloured', 'colored'))} {colour}"
-    else:
-        counted = _count_phrase(scene.count, f"{adjectives} {noun_text}".strip(), rng)
-        text = rng.choice(_FRAMES).format(counted, be="are" if plural else "is")
-    if position:
-        text += f"{rng.choice((' ', ', '))}{position}"
-    if background:
-        text += rng.choice(
-            (
-                f" on a {background} background",
-                f", {background} background",
-                f" against {background}",
-            )
-        )
-    return text
-
-
-def _count_phrase(count: int, noun_phrase: str, rng: random.Random) -> str:
-    if count == 1:
-        roll = rng.random()
-        if roll < 0.7:
-            return _article(noun_phrase)
-        return f"{'one' if roll < 0.85 else 'a single'} {noun_phrase}"
-    if rng.random() < 0.05:
-        return f"some {noun_phrase}"
-    return f"{rng.choice(COUNT_WORDS[count])} {noun_phrase}"
-
-
-# ------------------------------------------------------------------------------ views
-VIEWS: dict[str, tuple[Any, ...]] = {
-    "shape": SHAPES,
-    "colour": COLOURS,
-    "count": COUNTS,
-    "position": POSITIONS,
-}
-_COUNT_NAMES = {1: "one", 2: "two", 3: "three", 4: "four"}
-_VIEW_TEMPLATES: dict[str, tuple[str, ...]] = {
-    "shape": (
-        "a photo of a {}.",
-        "a drawing of a {}.",
-        "a {} shape.",
-        "a picture of a {}.",
-        "an image of a {}.",
-        "a {}.",
-    ),
-    "colour": (
-        "a photo of {} objects.",
-        "a picture of something {}.",
-        "{} shapes.",
-        "a drawing of {} shapes.",
-        "an image of {} objects.",
-        "the colour {}.",
-    ),
-    "count": (
-        "a photo of {} objects.",
-        "{} shapes.",
-        "a picture of {} shapes.",
-        "an image of {} objects.",
-        "there are {} objects.",
-    ),
-    "position": (
-        "an object on the {} of the image.",
-        "a shape at the {}.",
-        "a photo of an object at the {}.",
-        "a picture of a shape on the {}.",
-        "something at the {} of the image.",
-    ),
-}
-
-
-def _check_view(view: str) -> None:
-    _check_choice("view", view, list(VIEWS))
-
-
-def view_classnames(view: str) -> list[str]:
-    """Class names of a classification view, in label order.
-
-    >>> view_classnames("count")
-    ['one', 'two', 'three', 'four']
-    """
-    _check_view(view)
-    if view == "count":
-        return [_COUNT_NAMES[c] for c in COUNTS]
-    return list(VIEWS[view])
-
-
-def view_templates(view: str) -> list[str]:
-    """Zero-shot prompt templates of a view, with ``{}`` for the class name."""
-    _check_view(view)
-    return list(_VIEW_TEMPLATES[view])
 
 
 # ---------------------------------------------------------------------------- datasets

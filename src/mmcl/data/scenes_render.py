@@ -4,7 +4,7 @@ background looks like, where objects go, and ``render(scene, image_size) -> PIL.
 Everything here is a pure function of the scene (its attributes and ``layout_seed``) and the
 image size, so a scene is reproducible from its identity alone. Objects are drawn with
 ``PIL.ImageDraw`` on a canvas ``SUPERSAMPLE`` times larger and box-filtered down
-(``Image.reduce``), which antialiases the edges; a 32x32 image takes about 0.1 ms.
+(``Image.reduce``), which antialiases the edges at little cost.
 
 Geometry is in image-relative units (1.0 = image side), so a scene looks the same at 32x32 and
 at 224x224, only sharper.
@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 if TYPE_CHECKING:
-    from mmcl.data.scenes import Scene
+    from mmcl.data.scenes_identity import Scene
 
 __all__ = [
     "BACKGROUND_RGB",
