@@ -1,4 +1,5 @@
-"""mmcl.io.tokenizer against open_clip 3.3.0's tokenizer, the independent reference."""
+"""mmcl.io.tokenizer (and its vocabulary, mmcl.io.tokenizer_vocab) against open_clip 3.3.0's
+tokenizer, the independent reference."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import gzip
 import html
 import pickle
 import random
-import sys
+import re
 from pathlib import Path
 
 import ftfy
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 from mmcl.io import tokenizer as tokenizer_module
+from mmcl.io import tokenizer_vocab
 from mmcl.io.tokenizer import Tokenizer, get_tokenizer, normalize_text, tokenize
 
 open_clip = pytest.importorskip("open_clip")
@@ -200,21 +202,18 @@ def describe_mismatches(texts, ours: torch.Tensor, theirs: torch.Tensor) -> str:
 
 @functools.cache
 def clip_merges() -> tuple[tuple[str, str], ...]:
-    return tuple(tokenizer_module._read_merges(None))
+    return tuple(tokenizer_vocab.read_merges(None))
 
 
 @functools.cache
-def vocabulary(engine: str) -> tokenizer_module._Vocabulary:
-    """A vocabulary of its own (own caches) that merges with the given engine."""
-    vocab = tokenizer_module._Vocabulary(list(clip_merges()), use_tokenizers=engine == "rust")
-    if engine == "rust" and vocab.rust_merge is None:
-        pytest.skip("the tokenizers library is not installed")
-    return vocab
+def own_vocabulary() -> tokenizer_vocab.Vocabulary:
+    """A vocabulary of its own, with caches that no other test fills."""
+    return tokenizer_vocab.Vocabulary(list(clip_merges()))
 
 
-def cold_tokenizer(engine: str) -> Tokenizer:
+def cold_tokenizer() -> Tokenizer:
     tok = Tokenizer()
-    tok._vocab = vocabulary(engine)
+    tok._vocab = own_vocabulary()
     tok._vocab.clear_caches()
     return tok
 
@@ -246,7 +245,7 @@ def test_vocabulary_constants():
     assert tok.vocab_size == reference().vocab_size == 49408
     assert (tok.sot_token_id, tok.eot_token_id) == (SOT, EOT)
     assert tok.context_length == 77
-    assert tokenizer_module.NUM_MERGES == len(reference().bpe_ranks) == 48894
+    assert tokenizer_vocab.NUM_MERGES == len(reference().bpe_ranks) == 48894
 
 
 def test_same_ids_as_open_clip_on_corpus():
@@ -288,7 +287,7 @@ def test_words_and_chunks_are_cached_and_results_stay_the_same():
 
 
 def test_bounded_caches_still_give_the_same_ids(monkeypatch):
-    monkeypatch.setattr(tokenizer_module, "_CACHE_SIZE", 8)
+    monkeypatch.setattr(tokenizer_vocab, "_CACHE_SIZE", 8)
     tok = Tokenizer(Path(open_clip_tokenizer.default_bpe()))  # own caches
     texts = list(corpus()[:200])
     assert torch.equal(tok(texts), open_clip.tokenize(texts))
@@ -298,22 +297,18 @@ def test_bounded_caches_still_give_the_same_ids(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
-# Every path of the fast implementation, with cold and warm caches and both merge engines:
-# a batch cleaned and split as one string (all plain ASCII, or mixed), a batch taken text by
-# text (one text holds "\x00", the row marker) and a lone text.
+# Every path of the fast implementation, with cold and warm caches: a batch cleaned and split
+# as one string (all plain ASCII, or mixed), a batch taken text by text (one text holds
+# "\x00", the row marker) and a lone text.
 
 
-ENGINES = ["rust", "python"]
-
-
-@pytest.mark.parametrize("engine", ENGINES)
-def test_all_paths_match_open_clip_with_cold_and_warm_caches(engine):
+def test_all_paths_match_open_clip_with_cold_and_warm_caches():
     texts_with_nul = corpus()[:500]  # the hand-picked texts, then random ones (ftfy is slow)
     texts_without_nul = tuple(t for t in texts_with_nul if "\x00" not in t)
     assert len(texts_without_nul) < len(texts_with_nul)
     for texts in (captions(), texts_without_nul, texts_with_nul):
         expected = open_clip_rows(texts)
-        tok = cold_tokenizer(engine)
+        tok = cold_tokenizer()
         for cache in ("cold", "warm"):
             ours = tok(list(texts))
             assert torch.equal(ours, expected), cache + describe_mismatches(texts, ours, expected)
@@ -323,10 +318,9 @@ def test_all_paths_match_open_clip_with_cold_and_warm_caches(engine):
             assert torch.equal(ours, expected), cache + describe_mismatches(texts, ours, expected)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_random_context_lengths_match_open_clip(engine):
-    rng = random.Random(engine)
-    tok = cold_tokenizer(engine)
+def test_random_context_lengths_match_open_clip():
+    rng = random.Random(5)
+    tok = cold_tokenizer()
     texts = list(corpus() + captions())
     for _ in range(8):
         context_length = rng.choice([1, 2, 3, 4, 5, rng.randint(6, 90)])
@@ -358,30 +352,33 @@ def test_batches_are_split_as_one_string_unless_a_text_holds_nul(monkeypatch):
     assert texts_one_by_one == batch
 
 
-def test_rust_and_python_merges_agree_on_every_vocabulary_symbol():
-    rust, python = vocabulary("rust"), vocabulary("python")
-    bodies = [s.removesuffix("</w>") for s in python.token_id if not s.startswith("<")]
+def test_word_merges_match_open_clip_on_every_vocabulary_symbol():
+    # open_clip's `bpe` is CLIP's own merging of every lowest-ranked pair at once, in Python.
+    vocab, merged_by_clip = own_vocabulary(), open_clip_tokenizer.SimpleTokenizer().bpe
+    bodies = [s.removesuffix("</w>") for s in vocab.token_id if not s.startswith("<")]
     rng = random.Random(3)
     words = bodies + [rng.choice(bodies) + rng.choice(bodies) for _ in range(5000)]
-    words += ["".join(rng.choices(python.byte_char, k=rng.randint(1, 24))) for _ in range(5000)]
+    words += ["".join(rng.choices(vocab.byte_char, k=rng.randint(1, 24))) for _ in range(5000)]
     for word in words:
-        expected = [python.token_id[s] for s in python._bpe(word)]
-        assert rust.rust_merge(word) == expected, repr(word)
+        expected = [reference().encoder[s] for s in merged_by_clip(word).split(" ")]
+        assert list(vocab.merge(word)) == expected, repr(word)
 
 
 def test_merge_order_check():
-    check = tokenizer_module._merges_apply_in_rank_order
+    check = tokenizer_vocab._merges_apply_in_rank_order
     initial = {"a", "b", "a</w>", "b</w>"}
     assert check([("a", "b"), ("ab", "a</w>"), ("b", "ab")], initial)
     assert not check([("ab", "a</w>"), ("a", "b")], initial)  # "ab" used before it is made
     assert not check([("a", "b"), ("x", "a")], initial)  # "x" never made
     assert not check([("a", "b"), ("a", "b")], initial)  # "ab" made twice
     assert not check([("a", "b</w>")], {"a", "b</w>", "ab</w>"})  # makes an initial symbol
-    byte_chars = vocabulary("python").byte_char
+    byte_chars = own_vocabulary().byte_char
     assert check(list(clip_merges()), {*byte_chars, *(c + "</w>" for c in byte_chars)})
 
 
-def test_merges_out_of_rank_order_use_python_and_still_match_open_clip(tmp_path):
+def test_merges_out_of_rank_order_are_refused_naming_the_file(tmp_path):
+    # Merging pair by pair (the tokenizers library) equals CLIP's merging only for merges in
+    # the order they were learnt; other files would give other ids, so they are refused.
     merges = [" ".join(m) for m in clip_merges()]
     # Move first a merge whose first part (several characters, no "</w>") is made by a merge.
     late = next(i for i, (first, _) in enumerate(clip_merges()) if len(first) > 1 and i > 5000)
@@ -389,21 +386,8 @@ def test_merges_out_of_rank_order_use_python_and_still_match_open_clip(tmp_path)
     merges.insert(0, merges.pop(late))
     path = tmp_path / "reordered.txt.gz"
     path.write_bytes(gzip.compress(("#version: 0.2\n" + "\n".join(merges) + "\n").encode()))
-    tok = Tokenizer(path)
-    assert tok._vocab.rust_merge is None
-    texts = list(corpus()[:300] + captions()[:100])
-    expected = open_clip_tokenizer.SimpleTokenizer(str(path))(texts)
-    assert torch.equal(tok(texts), expected), describe_mismatches(texts, tok(texts), expected)
-
-
-def test_falls_back_to_python_merges_without_tokenizers(monkeypatch):
-    monkeypatch.setitem(sys.modules, "tokenizers.models", None)  # makes the import fail
-    vocab = tokenizer_module._Vocabulary(list(clip_merges()))
-    assert vocab.rust_merge is None
-    tok = Tokenizer()
-    tok._vocab = vocab
-    texts = list(captions()[:100] + corpus()[:100])
-    assert torch.equal(tok(texts), open_clip.tokenize(texts))
+    with pytest.raises(ValueError, match=re.escape(f"{path}: the merges are not in the order")):
+        Tokenizer(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -572,6 +556,7 @@ def test_pickles_small_and_round_trips():
     assert torch.equal(clone("a photo of a cat"), tok("a photo of a cat"))
 
 
-def test_docstring_examples():
-    result = doctest.testmod(tokenizer_module, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 5 and result.failed == 0
+@pytest.mark.parametrize("module", [tokenizer_module, tokenizer_vocab])
+def test_docstring_examples(module):
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
