@@ -292,10 +292,11 @@ def run_embed(args: argparse.Namespace) -> int:
     if args.output.suffix not in (".npy", ".safetensors"):
         raise ValueError(f"--output must end in .npy or .safetensors, got {args.output}")
     check_output_file(args.output, "--output")
+    reading = image_reading(args)
     if args.part_size < 1:
         raise ValueError(f"--part-size must be positive, got {args.part_size}")
     if args.images is not None:
-        with image_reading(args):
+        with reading:
             paths = list_images(args.images)
             if not paths:
                 raise ValueError(f"{args.images}: no image files found")
@@ -353,8 +354,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     from mmcl.data.zeroshot import load_zero_shot_metadata
     from mmcl.eval.zero_shot import accuracy, build_zero_shot_classifier
 
-    with image_reading(args):  # the listing too: it is where a folder's entries are found
-        paths, labels, folders = class_folders(args.data)
+    paths, labels, folders = class_folders(args.data)
     classnames = [folder.replace("_", " ") for folder in folders]
     templates = ["a photo of a {}."]
     if args.dataset:
@@ -371,6 +371,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     if args.templates:
         templates = read_templates(args.templates)
     check_output_file(args.report, "--report")
+    reading = image_reading(args)
     model = load_model(args)
     classifier = build_zero_shot_classifier(
         model,
@@ -380,7 +381,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.quiet,
     )
-    with image_reading(args):
+    with reading:
         result = embed_image_files(args, model, paths, labels)
     targets = torch.tensor(labels)[result.indices]
     logits = result.features @ classifier.float().cpu()
@@ -434,8 +435,9 @@ def run_retrieval(args: argparse.Namespace) -> int:
     image_index: dict[Path, int] = {}
     caption_image = [image_index.setdefault(path, len(image_index)) for path in caption_paths]
     check_output_file(args.report, "--report")
+    reading = image_reading(args)
     model = load_model(args)
-    with image_reading(args):
+    with reading:
         images = embed_image_files(args, model, list(image_index))
     texts = embed_texts(
         model,
