@@ -7,7 +7,8 @@ Promises checked here, one a line:
   any unreadable image: an error naming them, or skipped and counted with --skip-bad.
 - Only regular files are opened: a FIFO named as an image cannot hang a job.
 - A decompression bomb (a tiny PNG claiming 100000 x 100000 pixels) is an unreadable image,
-  named, and skipped and counted with --skip-bad; --max-image-pixels sets the limit.
+  named, and skipped and counted with --skip-bad; --max-image-pixels sets the limit, which
+  also holds in DataLoader worker processes.
 - An --output or --report that is a folder is refused before any work, in one line.
 - A caption row without a caption field, or with more fields than the header, is an error
   naming the file and line.
@@ -306,6 +307,22 @@ def test_max_image_pixels_sets_the_limit(checkpoint, tmp_path, capsys):
         with pytest.raises(ImageReadError, match="1,440 pixels, over the limit of 1,400"):
             load_image(folder / "good0.png")
     assert Image.MAX_IMAGE_PIXELS == before
+
+
+def test_the_pixel_limit_holds_in_dataloader_workers(tmp_path, monkeypatch):
+    # A worker started by spawn or forkserver has Pillow's default limit, not the caller's:
+    # ImageFiles carries the limit in force when it was made into its workers.
+    from mmcl.data import images as images_module
+
+    (path,) = write_images(tmp_path, 1)  # 40 x 36 = 1440 pixels
+    with pixel_limit(1000):
+        dataset = images_module.ImageFiles([path], mmcl.get_preprocess(32), skip_bad=True)
+    before = Image.MAX_IMAGE_PIXELS
+    assert dataset[0] is not None  # the main process keeps its own setting
+    monkeypatch.setattr(images_module, "get_worker_info", lambda: object())  # as in a worker
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", before)  # restored after the test
+    with pytest.warns(UserWarning, match="1,440 pixels, over the limit of 1,000"):
+        assert dataset[0] is None
 
 
 # --- one-line errors and messages that name the file (items 7 and 8) ----------------------------
