@@ -262,7 +262,7 @@ def test_retrieval_csv_without_caption_column(checkpoint, tmp_path, capsys):
     assert (
         main(["retrieval", "--pretrained", str(path), "--captions", str(tmp_path / "bad.csv")]) == 2
     )
-    assert "missing column 'caption'" in capsys.readouterr().err
+    assert "missing column(s) ['caption']" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("target", ["hf", "open_clip", "mmcl"])

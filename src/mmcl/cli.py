@@ -12,16 +12,25 @@ mmcl continual --scenario mini-mtil --method zscl
 from __future__ import annotations
 
 import argparse
-import csv
+import contextlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from mmcl import cli_continual
-from mmcl.data.images import ImageFiles, class_folders, list_images
+from mmcl.data.captions import read_caption_table
+from mmcl.data.images import (
+    HIGH_BIT_DEPTH_CHOICES,
+    ImageFiles,
+    class_folders,
+    list_images,
+    pixel_limit,
+)
 from mmcl.io.atomic import atomic_path
 from mmcl.io.checkpoints import (
     CheckpointError,
@@ -29,6 +38,7 @@ from mmcl.io.checkpoints import (
     save_open_clip,
     save_safetensors,
 )
+from mmcl.io.text_files import read_text
 from mmcl.io.tokenizer import get_tokenizer
 from mmcl.io.transforms import get_preprocess
 from mmcl.models import available_models, create_model, get_model_config
@@ -57,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     embed = commands.add_parser("embed", help="images or texts -> .npy / .safetensors")
     add_model_arguments(embed)
+    add_input_arguments(embed)
     source = embed.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", type=Path, help="folder of images (searched recursively)")
     source.add_argument("--texts", type=Path, help="text file, one text per line")
@@ -80,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     zeroshot = commands.add_parser("zeroshot", help="class-folder images -> accuracy table")
     add_model_arguments(zeroshot)
+    add_input_arguments(zeroshot)
     zeroshot.add_argument("--data", type=Path, required=True, help="folder of class subfolders")
     zeroshot.add_argument(
         "--dataset",
@@ -96,12 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     retrieval = commands.add_parser("retrieval", help="images + captions CSV -> recall@k")
     add_model_arguments(retrieval)
+    add_input_arguments(retrieval)
     retrieval.add_argument(
         "--captions",
         type=Path,
         required=True,
-        help="CSV with columns image,caption (one row per caption; paths relative to --images "
-        "or to the CSV's folder)",
+        help="CSV (or .tsv) with columns image,caption, UTF-8 (one row per caption; paths "
+        "relative to --images or to the table's folder)",
     )
     retrieval.add_argument("--images", type=Path, help="folder the image paths are relative to")
     retrieval.add_argument("--report", type=Path, help="also write the results as JSON here")
@@ -163,6 +176,48 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the user's image files are read (embed, zeroshot, retrieval)."""
+    parser.add_argument(
+        "--max-image-pixels",
+        type=int,
+        metavar="N",
+        help="images of more pixels are unreadable, like a corrupt file: a small file can "
+        f"claim 100000 x 100000 pixels (default: Pillow's limit, {Image.MAX_IMAGE_PIXELS}; "
+        "0: no limit)",
+    )
+    parser.add_argument(
+        "--high-bit-depth",
+        choices=HIGH_BIT_DEPTH_CHOICES,
+        default="scale",
+        help="images of more than 8 bits a sample (16-bit PNGs): scale them to 8 bits "
+        "(default), or refuse them as unreadable",
+    )
+
+
+def image_reading(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """The pixel limit of --max-image-pixels, in force while the command reads images."""
+    limit = args.max_image_pixels
+    if limit is None:
+        return contextlib.nullcontext()
+    if limit < 0:
+        raise ValueError(f"--max-image-pixels must be 0 (no limit) or positive, got {limit}")
+    return pixel_limit(limit or None)
+
+
+def check_output_file(path: Path | None, flag: str) -> None:
+    """Refuse an output path that cannot be written before any work is done."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder; give a file path")
+    folder = next((p for p in path.parents if p.exists()), Path("."))
+    if not folder.is_dir():
+        raise ValueError(f"{flag} {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: cannot write in {folder}")
+
+
 def load_model(args: argparse.Namespace):
     if args.model is None and args.pretrained is None:
         raise ValueError("give --model NAME, --pretrained PATH, or both")
@@ -218,10 +273,20 @@ def create_model_for_command(
     return model
 
 
-def embed_image_files(args: argparse.Namespace, model, dataset: ImageFiles):
-    """`embed_images` with the command's batch, workers, device, streams and progress."""
+def embed_image_files(
+    args: argparse.Namespace, model, paths: list[Path], labels: list[int] | None = None
+):
+    """`embed_images` of the files with the command's batch, workers, device, streams,
+    progress and way of reading images."""
     from mmcl.eval.embed import embed_images
 
+    dataset = ImageFiles(
+        paths,
+        get_preprocess(model),
+        labels,
+        skip_bad=args.skip_bad,
+        high_bit_depth=args.high_bit_depth,
+    )
     return embed_images(
         model,
         dataset,
@@ -275,55 +340,66 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def run_embed(args: argparse.Namespace) -> int:
-    from mmcl.eval.embed import embed_image_folder, embed_texts, save_features
+    from mmcl.eval.embed import embed_texts, save_features
 
     if args.output.suffix not in (".npy", ".safetensors"):
         raise ValueError(f"--output must end in .npy or .safetensors, got {args.output}")
+    check_output_file(args.output, "--output")
+    reading = image_reading(args)
     if args.part_size < 1:
         raise ValueError(f"--part-size must be positive, got {args.part_size}")
-    model = load_model(args)
     if args.images is not None:
-        paths = list_images(args.images)
-        if not paths:
-            raise ValueError(f"{args.images}: no image files found")
-        result = embed_image_folder(
-            model,
-            paths,
-            args.output,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            device=args.device,
-            part_size=args.part_size,
-            skip_bad=args.skip_bad,
-            keep_parts=args.keep_parts,
-            settings={"precision": args.precision},
-            source={"model": args.model, "pretrained": args.pretrained},
-            progress=not args.quiet,
-            streams=args.streams,
-        )
-        rows, dim, index = result.rows, result.dim, result.index
-        if result.parts_reused:
-            print(f"reused {result.parts_reused} finished part(s) of an earlier run")
-        if result.skipped:
-            shown = ", ".join(str(path) for path in result.skipped[:10])
-            more = f" and {len(result.skipped) - 10} more" if len(result.skipped) > 10 else ""
-            print(
-                f"skipped {len(result.skipped)} unreadable image(s): {shown}{more}",
-                file=sys.stderr,
-            )
-    else:
-        texts = args.texts.read_text(encoding="utf-8").splitlines()
-        features = embed_texts(
-            model,
-            texts,
-            get_tokenizer(model.context_length),
-            args.batch_size,
-            args.device,
-            progress=not args.quiet,
-        )
-        index = save_features(args.output, features, texts)
-        rows, dim = features.shape
+        with reading:
+            paths = list_images(args.images)
+            if not paths:
+                raise ValueError(f"{args.images}: no image files found")
+            return embed_folder(args, load_model(args), paths)
+    model = load_model(args)
+    texts = read_text(args.texts, "texts file").splitlines()
+    features = embed_texts(
+        model,
+        texts,
+        get_tokenizer(model.context_length),
+        args.batch_size,
+        args.device,
+        progress=not args.quiet,
+    )
+    index = save_features(args.output, features, texts)
+    rows, dim = features.shape
     print(f"wrote {rows} x {dim} features to {args.output} (row names in {index})")
+    return 0
+
+
+def embed_folder(args: argparse.Namespace, model, paths: list[Path]) -> int:
+    """`mmcl embed --images`: the image files into --output, part by part."""
+    from mmcl.eval.embed import embed_image_folder
+
+    result = embed_image_folder(
+        model,
+        paths,
+        args.output,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        part_size=args.part_size,
+        skip_bad=args.skip_bad,
+        keep_parts=args.keep_parts,
+        settings={"precision": args.precision},
+        source={"model": args.model, "pretrained": args.pretrained},
+        progress=not args.quiet,
+        streams=args.streams,
+        high_bit_depth=args.high_bit_depth,
+    )
+    if result.parts_reused:
+        print(f"reused {result.parts_reused} finished part(s) of an earlier run")
+    if result.skipped:
+        shown = ", ".join(str(path) for path in result.skipped[:10])
+        more = f" and {len(result.skipped) - 10} more" if len(result.skipped) > 10 else ""
+        print(f"skipped {len(result.skipped)} unreadable image(s): {shown}{more}", file=sys.stderr)
+    print(
+        f"wrote {result.rows} x {result.dim} features to {args.output} "
+        f"(row names in {result.index})"
+    )
     return 0
 
 
@@ -347,6 +423,8 @@ def run_zeroshot(args: argparse.Namespace) -> int:
         templates = list(metadata.templates)
     if args.templates:
         templates = read_templates(args.templates)
+    check_output_file(args.report, "--report")
+    reading = image_reading(args)
     model = load_model(args)
     classifier = build_zero_shot_classifier(
         model,
@@ -356,8 +434,8 @@ def run_zeroshot(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.quiet,
     )
-    dataset = ImageFiles(paths, get_preprocess(model), labels, skip_bad=args.skip_bad)
-    result = embed_image_files(args, model, dataset)
+    with reading:
+        result = embed_image_files(args, model, paths, labels)
     targets = torch.tensor(labels)[result.indices]
     logits = result.features @ classifier.float().cpu()
     overall = accuracy(logits, targets, topk=(1, 5))
@@ -394,46 +472,26 @@ def read_templates(spec: str) -> list[str]:
 
     path = Path(spec)
     if path.is_file():
-        templates = [line for line in path.read_text(encoding="utf-8").splitlines() if line]
+        templates = [line for line in read_text(path, "templates file").splitlines() if line]
         if not templates:
             raise ValueError(f"{path}: no templates in the file")
         return templates
     return list(load_zero_shot_metadata(spec).templates)
 
 
-def read_captions(
-    csv_path: Path, image_root: Path | None
-) -> tuple[list[Path], list[str], list[int]]:
-    """Rows of (image, caption) → unique image paths, captions, and each caption's image index."""
-    if not csv_path.is_file():
-        raise FileNotFoundError(f"captions file not found: {csv_path}")
-    root = image_root or csv_path.parent
-    with open(csv_path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        for needed in ("image", "caption"):
-            if needed not in columns:
-                raise ValueError(f"{csv_path}: missing column {needed!r} (found {columns})")
-        rows = list(reader)
-    if not rows:
-        raise ValueError(f"{csv_path}: no captions")
-    image_index: dict[str, int] = {}
-    captions, caption_image = [], []
-    for row in rows:
-        image_index.setdefault(row["image"], len(image_index))
-        captions.append(row["caption"])
-        caption_image.append(image_index[row["image"]])
-    return [root / name for name in image_index], captions, caption_image
-
-
 def run_retrieval(args: argparse.Namespace) -> int:
     from mmcl.eval.embed import embed_texts
     from mmcl.eval.retrieval import retrieval_recall
 
-    paths, captions, caption_image = read_captions(args.captions, args.images)
+    caption_paths, captions = read_caption_table(args.captions, image_root=args.images)
+    # One row per caption: each distinct image is embedded once, its captions point to it.
+    image_index: dict[Path, int] = {}
+    caption_image = [image_index.setdefault(path, len(image_index)) for path in caption_paths]
+    check_output_file(args.report, "--report")
+    reading = image_reading(args)
     model = load_model(args)
-    dataset = ImageFiles(paths, get_preprocess(model), skip_bad=args.skip_bad)
-    images = embed_image_files(args, model, dataset)
+    with reading:
+        images = embed_image_files(args, model, list(image_index))
     texts = embed_texts(
         model,
         captions,

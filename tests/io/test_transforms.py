@@ -65,10 +65,11 @@ def make_image(mode: str, width: int, height: int, seed: int = 0) -> Image.Image
         return Image.frombytes("CMYK", (width, height), u8(4).tobytes())
     if mode == "1":
         return Image.fromarray(u8() > 127)
-    if mode == "I;16":  # about half the pixels above 255, which Pillow clips
-        return Image.fromarray(rng.integers(0, 512, (height, width), dtype=np.uint16))
-    if mode == "I":
-        return Image.fromarray(rng.integers(-64, 320, (height, width), dtype=np.int32))
+    if mode in ("I;16", "I;16B"):  # the full 16-bit range, in either byte order
+        order = "<" if mode == "I;16" else ">"
+        return Image.fromarray(rng.integers(0, 65536, (height, width)).astype(f"{order}u2"))
+    if mode == "I":  # 16-bit values, and some outside 0..65535 that are clipped
+        return Image.fromarray(rng.integers(-3000, 70000, (height, width), dtype=np.int32))
     if mode == "F":
         return Image.fromarray(rng.uniform(-10, 300, (height, width)).astype(np.float32))
     raise ValueError(mode)
@@ -98,18 +99,40 @@ MODES = [
     "CMYK",
     "1",
     "I;16",
+    "I;16B",
     "I",
     "F",
 ]
+# Modes of more than 8 bits a sample that mmcl scales to 8 bits and open_clip clips.
+HIGH_BIT_DEPTH = ["I;16", "I;16B", "I"]
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", [mode for mode in MODES if mode not in HIGH_BIT_DEPTH])
 @pytest.mark.parametrize("wh", [(10, 7), (301, 199), (224, 224), (3, 250)], ids=str)
 def test_modes_match_open_clip(mode: str, wh: tuple[int, int]) -> None:
     img = make_image(mode, *wh, seed=1000 * MODES.index(mode) + wh[0] + wh[1])
     assert img.mode == mode.split("_")[0]
     out = assert_matches_open_clip(img, 224)
     assert out.shape == (3, 224, 224)
+
+
+@pytest.mark.parametrize("mode", HIGH_BIT_DEPTH)
+@pytest.mark.parametrize("wh", [(10, 7), (301, 199), (224, 224)], ids=str)
+@pytest.mark.parametrize("is_train", [False, True])
+def test_16_bit_greyscale_equals_its_high_bytes(mode: str, wh, is_train: bool) -> None:
+    # Reference: open_clip on the 8-bit image made independently with numpy (each value's
+    # high byte, as Pillow reads 16-bit RGB PNGs). open_clip on the 16-bit image clips instead.
+    img = make_image(mode, *wh, seed=wh[0] + wh[1])
+    assert img.mode == mode
+    eight_bit = Image.fromarray((np.clip(np.asarray(img), 0, 65535) >> 8).astype(np.uint8))
+    torch.manual_seed(0)
+    got = ours(224, is_train)(img)
+    torch.manual_seed(0)
+    expected = reference(224, is_train)(eight_bit)
+    assert (got - expected).abs().max().item() <= ATOL
+    torch.manual_seed(0)
+    clipped = reference(224, is_train)(img)
+    assert (clipped - expected).abs().max().item() > 0.5  # what mmcl no longer does
 
 
 @pytest.mark.parametrize("size", [224, 288, 336])

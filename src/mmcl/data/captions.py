@@ -13,6 +13,7 @@ empty, truncated, not an image) makes its item ``None`` with a warning naming th
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from torch.utils.data import Dataset
 
 from mmcl.data.images import class_folders, collate_skipping_none, load_image_or_skip
 from mmcl.data.zeroshot import format_prompts
+from mmcl.io.text_files import read_text
 
 __all__ = [
     "CaptionedImages",
@@ -37,7 +39,7 @@ Tokenizer = Callable[[list[str]], torch.Tensor]
 
 # Delimiters the sniffer may pick for tables whose extension says nothing.
 _SNIFFED_DELIMITERS = ",\t;|"
-_SNIFF_BYTES = 64 * 1024
+_SNIFF_CHARACTERS = 64 * 1024
 
 
 def collate_pairs(batch: list) -> tuple[torch.Tensor, Any, int]:
@@ -113,40 +115,46 @@ def read_caption_table(
     """Read (image path, caption) rows of a CSV/TSV file with a header row; no image is opened.
 
     The delimiter is `delimiter` if given, else a tab for ``.tsv``, a comma for ``.csv``, and
-    sniffed otherwise. Relative image paths are resolved against `image_root`, or the table's
-    folder when it is None. Raises ValueError naming the file for a missing column, an empty
-    file, or a row without an image path.
+    sniffed otherwise. The file is UTF-8, with or without a byte-order mark. Relative image
+    paths are resolved against `image_root`, or the table's folder when it is None. Raises
+    FileNotFoundError for a missing table, and ValueError naming the file (and the line) for
+    text that is not UTF-8, a missing column, an empty file, a row without an image path or
+    without a caption field, or a row with more fields than the header (an unquoted delimiter
+    inside a caption would otherwise cut the caption short without a word).
     """
     table = Path(table)
     root = Path(image_root) if image_root is not None else table.parent
-    # utf-8-sig: spreadsheet exports often start with a byte-order mark, which would otherwise
-    # become part of the first column's name and make it "missing".
-    with open(table, newline="", encoding="utf-8-sig") as handle:
-        head = handle.read(_SNIFF_BYTES)
-        if not head.strip():
-            raise ValueError(f"{table}: the caption table is empty (expected a header row)")
-        handle.seek(0)
-        reader = csv.DictReader(handle, dialect=_dialect(table, head, delimiter))
-        columns = reader.fieldnames or []
-        missing = [name for name in (image_column, caption_column) if name not in columns]
-        if missing:
+    text = read_text(table, "caption table")
+    if not text.strip():
+        raise ValueError(f"{table}: the caption table is empty (expected a header row)")
+    reader = csv.DictReader(io.StringIO(text, newline=""), dialect=_dialect(table, text, delimiter))
+    columns = reader.fieldnames or []
+    missing = [name for name in (image_column, caption_column) if name not in columns]
+    if missing:
+        raise ValueError(
+            f"{table}: missing column(s) {missing}; the header has columns {columns} "
+            f"(choose them with image_column= and caption_column=)"
+        )
+    paths, captions = [], []
+    for row in reader:
+        if None in row:  # DictReader's key for the fields beyond the header's
             raise ValueError(
-                f"{table}: missing column(s) {missing}; the header has columns {columns} "
-                f"(choose them with image_column= and caption_column=)"
+                f"{table}, line {reader.line_num}: {len(row[None])} more field(s) than the "
+                f"header's {len(columns)}; quote fields that contain the delimiter"
             )
-        paths, captions = [], []
-        for row in reader:
-            image = (row[image_column] or "").strip()
-            if not image:
-                raise ValueError(f"{table}, line {reader.line_num}: no image path")
-            paths.append(root / image)  # an absolute `image` replaces the root
-            captions.append(row[caption_column] or "")
+        image = (row[image_column] or "").strip()
+        if not image:
+            raise ValueError(f"{table}, line {reader.line_num}: no image path")
+        if row[caption_column] is None:  # DictReader's value for a field the row lacks
+            raise ValueError(f"{table}, line {reader.line_num}: no caption field")
+        paths.append(root / image)  # an absolute `image` replaces the root
+        captions.append(row[caption_column])
     if not paths:
         raise ValueError(f"{table}: the caption table has a header but no rows")
     return paths, captions
 
 
-def _dialect(table: Path, head: str, delimiter: str | None) -> type[csv.Dialect] | csv.Dialect:
+def _dialect(table: Path, text: str, delimiter: str | None) -> type[csv.Dialect] | csv.Dialect:
     if delimiter is not None:
         return type("ExplicitDelimiter", (csv.excel,), {"delimiter": delimiter})
     suffix = table.suffix.lower()
@@ -155,7 +163,7 @@ def _dialect(table: Path, head: str, delimiter: str | None) -> type[csv.Dialect]
     if suffix == ".csv":
         return csv.excel
     try:
-        return csv.Sniffer().sniff(head, delimiters=_SNIFFED_DELIMITERS)
+        return csv.Sniffer().sniff(text[:_SNIFF_CHARACTERS], delimiters=_SNIFFED_DELIMITERS)
     except csv.Error:
         raise ValueError(
             f"{table}: cannot tell the delimiter; name the file .csv or .tsv or pass delimiter="

@@ -23,10 +23,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from mmcl.data.images import ImageFiles, collate_skipping_bad
 from mmcl.io.atomic import atomic_path
+from mmcl.io.progress import progress as progress_bar
 from mmcl.io.transforms import get_preprocess, streamlined
 from mmcl.nn.streams import in_streams
 
@@ -70,7 +70,7 @@ def embed_images(
     encode = functools.partial(model.encode_image, normalize=True)
     loader = _image_loader(dataset, device, workers, batch_size=batch_size)
     features, indices, skipped = [], [], 0
-    for images, _, batch_indices, dropped in tqdm(
+    for images, _, batch_indices, dropped in progress_bar(
         loader, desc="embedding images", unit="batch", disable=not progress
     ):
         skipped += dropped
@@ -112,7 +112,7 @@ def embed_texts(
     lengths = ((tokens != 0) * positions).amax(dim=1)
     order = torch.sort(lengths, descending=True, stable=True).indices  # longest first: OOM early
     features = None
-    for start in tqdm(
+    for start in progress_bar(
         range(0, len(order), batch_size),
         desc="embedding texts",
         unit="batch",
@@ -176,6 +176,7 @@ def embed_image_folder(
     source: Mapping[str, Any] | None = None,
     progress: bool = True,
     streams: int = 1,
+    high_bit_depth: str = "scale",
 ) -> FolderEmbedding:
     """Embed image files into `output` (.npy or .safetensors) with a row-name index beside it.
 
@@ -189,7 +190,10 @@ def embed_image_folder(
     folder is removed (kept with `keep_parts=True`).
 
     Batches never straddle two parts; DataLoader `workers` decode and preprocess ahead of
-    the model. Unreadable files stop the job, or with `skip_bad=True` are dropped and listed.
+    the model. Unreadable files stop the job, or with `skip_bad=True` are dropped and listed;
+    `high_bit_depth="refuse"` makes 16-bit images unreadable (see `mmcl.data.images`), and
+    so does Pillow's pixel limit in force (`mmcl.data.images.pixel_limit`); both are recorded
+    in the manifest.
     `streams` > 1 encodes each batch as that many parts side by side on the CPU (see
     `mmcl.nn.streams`; like the batch size, it changes low-precision results only by rounding).
 
@@ -214,9 +218,14 @@ def embed_image_folder(
     if not paths:
         raise ValueError("no images to embed")
     transform = transform if transform is not None else get_preprocess(model)
+    # The workers run the transform's streamlined form (same tensors); the manifest records it.
+    dataset = ImageFiles(
+        paths, streamlined(transform), skip_bad=skip_bad, high_bit_depth=high_bit_depth
+    )
+    reading = {"high_bit_depth": high_bit_depth, "max_image_pixels": dataset.max_image_pixels}
     folder = parts_folder(output)
     _open_parts_folder(
-        folder, _manifest(model, paths, part_size, transform, settings), dict(source or {})
+        folder, _manifest(model, paths, part_size, transform, settings, reading), dict(source or {})
     )
 
     spans = [
@@ -230,13 +239,11 @@ def embed_image_folder(
         for first in range(start, stop, batch_size):
             batches.append(range(first, min(first + batch_size, stop)))
             plan.append((part, first + batch_size >= stop))
-    # The manifest records `transform`; the workers run its streamlined form (same tensors).
-    dataset = ImageFiles(paths, streamlined(transform), skip_bad=skip_bad)
     loader = _image_loader(dataset, device, workers if batches else 0, batch_sampler=batches)
     done = len(paths) - sum(len(batch) for batch in batches)
     features, rows = [], []
     encode = functools.partial(model.encode_image, normalize=True)
-    with tqdm(
+    with progress_bar(
         total=len(paths), initial=done, desc="embedding images", unit="image", disable=not progress
     ) as bar:
         for (part, last), batch, (images, _, indices, _) in zip(plan, batches, loader, strict=True):
@@ -279,7 +286,7 @@ def weights_fingerprint(model: torch.nn.Module, samples: int = 4096) -> str:
     return digest.hexdigest()
 
 
-def _manifest(model, paths: list[Path], part_size: int, transform, settings) -> dict:
+def _manifest(model, paths: list[Path], part_size: int, transform, settings, reading: dict) -> dict:
     listing = "\n".join(os.path.abspath(p) for p in paths)
     config = getattr(model, "config", None)
     return {
@@ -289,6 +296,7 @@ def _manifest(model, paths: list[Path], part_size: int, transform, settings) -> 
         "model_config": config.to_dict() if hasattr(config, "to_dict") else None,
         "weights_sha256": weights_fingerprint(model),
         "preprocess": repr(transform),
+        "image_reading": reading,  # which images count as unreadable
         "settings": dict(settings or {}),
     }
 

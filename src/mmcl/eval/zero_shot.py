@@ -26,9 +26,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from mmcl.data.zeroshot import format_prompts
+from mmcl.io.progress import progress as progress_bar
 
 __all__ = ["accuracy", "build_zero_shot_classifier", "evaluate_zero_shot"]
 
@@ -80,7 +80,7 @@ def build_zero_shot_classifier(
 
     columns = []
     with _eval_mode(model), torch.no_grad():
-        bar = tqdm(
+        bar = progress_bar(
             total=len(classes), unit="class", desc="zero-shot classifier", disable=not progress
         )
         with bar:
@@ -144,7 +144,7 @@ def evaluate_zero_shot(
     hits = dict.fromkeys(ks, 0)
     count = 0
     with _eval_mode(model), torch.no_grad():
-        for images, targets in tqdm(
+        for images, targets in progress_bar(
             _image_batches(dataloader), desc="zero-shot eval", unit="batch", disable=not progress
         ):
             features = model.encode_image(images.to(device), normalize=True).float()

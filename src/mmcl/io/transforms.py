@@ -14,13 +14,24 @@ changes the pixels:
   transparent pixels come out black, except when no resize is needed (the image
   already has the target shorter side), where their raw colour is kept;
 * alpha and palette transparency are then dropped, never composited;
-* ``I;16``, ``I`` and ``F`` values are clipped to [0, 255] by Pillow, not
-  rescaled, so a 16-bit image with values above 255 mostly saturates to white.
+* ``F`` (32-bit float) values are clipped to [0, 255] by Pillow, not rescaled.
 
 These are open_clip's results, kept for parity with published checkpoints'
-evaluation. The one mode open_clip cannot handle is premultiplied ``La`` (Pillow
-has no ``La -> RGB`` conversion); we route it through ``LA`` (un-premultiply,
-the same thing Pillow does for ``RGBa -> RGB``).
+evaluation. We part from open_clip in two places:
+
+* 16-bit greyscale (``I;16``, ``I;16B``, ...) and 32-bit integer ``I`` images are
+  scaled to 8 bits first (`To8Bit`). Pillow, and so open_clip, clips their values
+  to [0, 255], which turns most of a 16-bit image white. We keep each value's high
+  byte (``value >> 8``, the full 0..65535 range onto 0..255), which is what Pillow
+  itself does when it opens a 16-bit RGB, RGBA or grey+alpha PNG, so a 16-bit
+  picture gives the same pixels whether it is stored as grey or as RGB. ``I``
+  images are read as 16-bit values too (Pillow opens 16-bit PGM files as ``I``):
+  values below 0 or above 65535 are clipped. Data that uses fewer bits (a 12-bit
+  sensor's 0..4095 stored in a 16-bit file) comes out dark, not white: stretch it
+  yourself before preprocessing if that matters.
+* premultiplied ``La``, which open_clip cannot handle (Pillow has no ``La -> RGB``
+  conversion), is routed through ``LA`` (un-premultiply, the same thing Pillow
+  does for ``RGBa -> RGB``).
 
 ``streamlined(transform)`` gives the same tensors sooner, for long jobs (``mmcl embed``): the
 final ``ToTensor(), Normalize(...)`` become one `ToNormalizedTensor` (the same float32
@@ -52,7 +63,9 @@ __all__ = [
     "CenterCropIfNeeded",
     "ConvertToRGB",
     "EnsurePILImage",
+    "HIGH_BIT_DEPTH_MODES",
     "ResizeToCover",
+    "To8Bit",
     "ToNormalizedTensor",
     "get_preprocess",
     "image_transform",
@@ -68,6 +81,9 @@ ImageSize = int | tuple[int, int]
 
 # Modes Pillow cannot convert to RGB directly, mapped to a mode it can convert from.
 _RGB_VIA = {"La": "LA"}
+
+# Greyscale modes with more than 8 bits a sample, which `To8Bit` scales (Pillow would clip).
+HIGH_BIT_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 
 
 class EnsurePILImage:
@@ -99,6 +115,31 @@ class EnsurePILImage:
         )
         hint = " (to load a file, use PIL.Image.open(path))" if isinstance(img, str) else ""
         raise TypeError(f"preprocess expects a PIL.Image.Image, got {name}{hint}.")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class To8Bit:
+    """16-bit greyscale (``I;16*``) and ``I`` images to ``L`` by each value's high byte.
+
+    ``value >> 8`` maps the format's full range 0..65535 onto 0..255, as Pillow does for the
+    16-bit RGB PNGs it opens; ``I`` values outside 0..65535 are clipped first. Other modes are
+    returned as they are, so 8-bit images are untouched.
+
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> ramp = Image.fromarray(np.array([[0, 255, 256, 4095, 65535]], dtype=np.uint16))
+    >>> np.asarray(To8Bit()(ramp)).tolist()
+    [[0, 0, 1, 15, 255]]
+    """
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if img.mode not in HIGH_BIT_DEPTH_MODES:
+            return img
+        values = np.asarray(img)  # uint16 of either byte order, or int32 for "I"
+        high_bytes = np.clip(values, 0, 65535).astype(np.uint32) >> 8
+        return Image.fromarray(high_bytes.astype(np.uint8))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -245,7 +286,9 @@ def image_transform(
     """Build CLIP's image preprocessing as a torchvision ``Compose``.
 
     Eval: shorter side -> ``image_size`` (bicubic), centre crop, RGB, ``ToTensor``,
-    ``Normalize``; equal to open_clip's ``image_transform(image_size, is_train=False)``.
+    ``Normalize``; equal to open_clip's ``image_transform(image_size, is_train=False)``
+    except for 16-bit greyscale images, which are first scaled to 8 bits (`To8Bit`) where
+    open_clip clips them.
     Train: ``RandomResizedCrop(scale=(0.9, 1.0))`` (bicubic), RGB, ``ToTensor``,
     ``Normalize``; open_clip's default train transform. Its randomness comes from
     torch's global RNG, so ``torch.manual_seed`` makes it reproducible. With
@@ -257,9 +300,10 @@ def image_transform(
     """
     hw = _to_hw(image_size)
     normalize = Normalize(mean=tuple(mean), std=tuple(std))
+    # 16-bit -> 8-bit before anything else, so the result equals that of the 8-bit image.
+    steps: list[Callable] = [EnsurePILImage(), To8Bit()]
     if is_train:
-        steps: list[Callable] = [
-            EnsurePILImage(),
+        steps += [
             RandomResizedCrop(hw, scale=(0.9, 1.0), interpolation=InterpolationMode.BICUBIC),
         ]
     else:
@@ -271,7 +315,7 @@ def image_transform(
         else:
             resize = ResizeToCover(hw)
         # The resized image always covers the crop; CenterCrop would zero-pad otherwise.
-        steps = [EnsurePILImage(), resize, CenterCrop(hw)]
+        steps += [resize, CenterCrop(hw)]
     # RGB conversion after the spatial ops, matching open_clip (see module docstring).
     steps += [ConvertToRGB(), ToTensor(), normalize]
     return Compose(steps)
