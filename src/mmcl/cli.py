@@ -33,6 +33,7 @@ from mmcl.io.tokenizer import get_tokenizer
 from mmcl.io.transforms import get_preprocess
 from mmcl.models import available_models, create_model, get_model_config
 from mmcl.models.registry import OPENAI_ALIASES
+from mmcl.nn import accelerate
 
 EXPORT_FORMATS = {"mmcl": save_safetensors, "open_clip": save_open_clip, "hf": save_huggingface}
 
@@ -160,9 +161,12 @@ def load_model(args: argparse.Namespace):
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
     if args.streams < 1:
         raise ValueError(f"--streams must be positive, got {args.streams}")
-    return create_model(
+    model = create_model(
         args.model, pretrained=args.pretrained, precision=args.precision, device=args.device
     )
+    if args.precision != "fp32":  # inference only: swap in the fast modules (mmcl.nn.accelerate)
+        model = accelerate(model.requires_grad_(False))
+    return model
 
 
 def embed_image_files(args: argparse.Namespace, model, dataset: ImageFiles):

@@ -14,21 +14,29 @@ from torch import nn
 
 from mmcl.models.config import VisionConfig
 from mmcl.nn import AttentionPool2d
-from mmcl.nn.inference import conv_bn
 
 
 class Bottleneck(nn.Module):
     expansion = 4
+    # Convolution, BatchNorm (and ReLU) run back to back: `mmcl.nn.accelerate` folds them.
+    conv_bn_relu_chains = (
+        ("conv1", "bn1", "act1"),
+        ("conv2", "bn2", "act2"),
+        ("conv3", "bn3", None),
+    )
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1):
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
+        self.act1 = nn.ReLU()
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
+        self.act2 = nn.ReLU()
         self.avgpool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
         self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.act3 = nn.ReLU()
         self.downsample = None
         if stride > 1 or inplanes != planes * self.expansion:
             # Key names "-1", "0", "1" match the OpenAI checkpoints.
@@ -43,28 +51,33 @@ class Bottleneck(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # conv_bn(x, conv, norm, relu, residual) = relu(norm(conv(x)) + residual), fused at
-        # inference (see mmcl.nn.inference).
-        identity = x
-        if self.downsample is not None:
-            pool, conv, norm = self.downsample
-            identity = conv_bn(pool(x), conv, norm)
-        out = conv_bn(x, self.conv1, self.bn1, relu=True)
-        out = conv_bn(out, self.conv2, self.bn2, relu=True)
-        return conv_bn(self.avgpool(out), self.conv3, self.bn3, relu=True, residual=identity)
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.act2(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(self.avgpool(out)))
+        return self.act3(out + identity)
 
 
 class ModifiedResNet(nn.Module):
+    conv_bn_relu_chains = (
+        ("conv1", "bn1", "act1"),
+        ("conv2", "bn2", "act2"),
+        ("conv3", "bn3", "act3"),
+    )
+
     def __init__(self, config: VisionConfig, output_dim: int):
         super().__init__()
         width = config.width
         self.image_size = config.image_size
         self.conv1 = nn.Conv2d(3, width // 2, 3, stride=2, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width // 2)
+        self.act1 = nn.ReLU()
         self.conv2 = nn.Conv2d(width // 2, width // 2, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(width // 2)
+        self.act2 = nn.ReLU()
         self.conv3 = nn.Conv2d(width // 2, width, 3, padding=1, bias=False)
         self.bn3 = nn.BatchNorm2d(width)
+        self.act3 = nn.ReLU()
         self.avgpool = nn.AvgPool2d(2)
 
         self._inplanes = width
@@ -89,8 +102,8 @@ class ModifiedResNet(nn.Module):
         # Channels-last (NHWC) is the layout oneDNN and cuDNN convolutions run fastest in
         # (2x for bf16 on CPU); the layers keep it, and the attention pool reads it as tokens.
         x = images.to(self.conv1.weight.dtype, memory_format=torch.channels_last)
-        x = conv_bn(x, self.conv1, self.bn1, relu=True)
-        x = conv_bn(x, self.conv2, self.bn2, relu=True)
-        x = self.avgpool(conv_bn(x, self.conv3, self.bn3, relu=True))
+        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.act2(self.bn2(self.conv2(x)))
+        x = self.avgpool(self.act3(self.bn3(self.conv3(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.attnpool(x)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from mmcl.models.config import VisionConfig
-from mmcl.nn import LayerNorm, Transformer, inference
+from mmcl.nn import LayerNorm, Transformer
 
 
 class VisionTransformer(nn.Module):
@@ -48,22 +48,9 @@ class VisionTransformer(nn.Module):
         return self.ln_post(x) @ self.proj
 
     def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
-        """``conv1`` as the matmul it is: (batch, 3, H, W) -> (batch, grid*grid, width).
-
-        A stride-`patch` convolution is one matrix product of the flattened patches with the
-        flattened kernel; computed that way it shares the transformer's fast matmul path, and
-        the copy that gathers the patches also casts float32 images to the model's dtype.
-        """
-        batch, channels, height, width = images.shape
-        patch = self.conv1.kernel_size[0]
-        rows, cols = height // patch, width // patch
-        # Like the convolution, ignore the pixels beyond the last whole patch.
-        images = images[:, :, : rows * patch, : cols * patch]
-        patches = images.reshape(batch, channels, rows, patch, cols, patch)
-        patches = patches.permute(0, 2, 4, 1, 3, 5)
-        patches = patches.to(self.conv1.weight.dtype, memory_format=torch.contiguous_format)
-        patches = patches.reshape(batch, rows * cols, -1)  # one copy: gathered and cast at once
-        return inference.linear(patches, self.conv1.weight)
+        """(batch, 3, H, W) -> patch embeddings (batch, grid*grid, width), by `conv1`."""
+        x = self.conv1(images.to(self.class_embedding.dtype))  # (batch, width, grid, grid)
+        return x.flatten(2).transpose(1, 2)
 
     @staticmethod
     def _check_prompts(x: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
