@@ -45,6 +45,11 @@ class DerivedTensor:
         self.key = None
         self.value = None
 
+    def __reduce__(self):
+        # Copies and pickles start empty and rebuild on first use: oneDNN's packed weights
+        # cannot be pickled, and a copy's parameters are other tensors anyway.
+        return (DerivedTensor, ())
+
     def get(self, sources: tuple, make):
         key = tuple(_fingerprint(t) for t in sources)
         if key != self.key:
