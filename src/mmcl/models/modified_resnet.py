@@ -8,12 +8,14 @@ head in place of global average pooling.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from mmcl.models.config import VisionConfig
 from mmcl.nn import AttentionPool2d
+from mmcl.nn.transformer import take_indices
 
 
 class Bottleneck(nn.Module):
@@ -101,9 +103,43 @@ class ModifiedResNet(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # Channels-last (NHWC) is the layout oneDNN and cuDNN convolutions run fastest in
         # (2x for bf16 on CPU); the layers keep it, and the attention pool reads it as tokens.
+        x = self.stem(images)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.attnpool(x)
+
+    def stem(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.conv1.weight.dtype, memory_format=torch.channels_last)
         x = self.act1(self.bn1(self.conv1(x)))
         x = self.act2(self.bn2(self.conv2(x)))
-        x = self.avgpool(self.act3(self.bn3(self.conv3(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.attnpool(x)
+        return self.avgpool(self.act3(self.bn3(self.conv3(x))))
+
+    def forward_intermediates(
+        self,
+        images: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        stop_early: bool = False,
+        normalize_intermediates: bool = False,
+        intermediates_only: bool = False,
+        output_fmt: str = "NCHW",
+        output_extra_tokens: bool = False,
+    ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """The outputs of the five stages (stem, layer1..layer4) `indices` chooses, as
+        open_clip returns them: ``image_intermediates`` ``(batch, channels, h, w)`` and, unless
+        `intermediates_only`, ``image_features`` (which needs every stage: `stop_early` is
+        ignored then). `normalize_intermediates` and `output_extra_tokens` do not apply (no
+        final norm, no extra tokens), as in open_clip."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW' for a ResNet, got {output_fmt!r}")
+        taken = take_indices(5, indices)
+        stages = [self.stem, self.layer1, self.layer2, self.layer3, self.layer4]
+        if stop_early and intermediates_only:
+            stages = stages[: max(taken) + 1]
+        x, intermediates = images, []
+        for index, stage in enumerate(stages):
+            x = stage(x)
+            if index in taken:
+                intermediates.append(x)
+        output = {"image_intermediates": intermediates}
+        if not intermediates_only:
+            output["image_features"] = self.attnpool(x)
+        return output

@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from mmcl.nn.attention import MultiheadSelfAttention
 from mmcl.nn.layers import LayerNorm, activation_layer
+
+
+def take_indices(count: int, indices: int | Sequence[int] | None) -> list[int]:
+    """The blocks (or stages) whose outputs to return, as open_clip and timm read `indices`:
+    None for all of ``count``, an int n for the last n, or a sequence of indices (negative
+    ones from the end)."""
+    if indices is None:
+        return list(range(count))
+    if isinstance(indices, int):
+        if not 0 < indices <= count:
+            raise ValueError(f"indices: the last {indices} of {count} is out of range")
+        return list(range(count - indices, count))
+    taken = [count + i if i < 0 else i for i in indices]
+    wrong = [i for i, t in zip(indices, taken, strict=True) if not 0 <= t < count]
+    if wrong or not taken:
+        raise ValueError(f"indices {list(indices)}: each must be in [-{count}, {count - 1}]")
+    return taken
 
 
 class Mlp(nn.Module):
@@ -84,3 +103,26 @@ class Transformer(nn.Module):
         if pooled_last and len(self.resblocks) > 0:
             return x.squeeze(1)
         return x[torch.arange(x.shape[0], device=x.device), output_positions]
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        causal: bool = False,
+        indices: int | Sequence[int] | None = None,
+        stop_early: bool = False,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Every token through every block: the final states and the outputs of the blocks
+        `indices` chooses (see `take_indices`), each ``(batch, tokens, width)``. With
+        `stop_early` the blocks after the last one chosen are not run (the final states are
+        then that block's)."""
+        taken = take_indices(len(self.resblocks), indices)
+        blocks = self.resblocks[: max(taken) + 1] if stop_early else self.resblocks
+        intermediates = []
+        for index, block in enumerate(blocks):
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, causal, None, use_reentrant=False)
+            else:
+                x = block(x, causal=causal)
+            if index in taken:
+                intermediates.append(x)
+        return x, intermediates
