@@ -345,3 +345,23 @@ def test_low_precision_on_a_cpu_without_its_instructions_warns_that_fp32_is_fast
     assert not check(torch.bfloat16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     assert check(torch.bfloat16) == onednn
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_cli_accelerates_bf16_models_for_its_inference_commands(precision):
+    import argparse
+
+    from mmcl import cli
+    from mmcl.nn import is_accelerated
+
+    args = argparse.Namespace(
+        model="tiny-vit",
+        pretrained=None,
+        precision=precision,
+        device="cpu",
+        batch_size=4,
+        streams=1,
+    )
+    model = cli.load_model(args)
+    assert is_accelerated(model) == (precision == "bf16")
+    assert not any(p.requires_grad for p in model.parameters()) or precision == "fp32"

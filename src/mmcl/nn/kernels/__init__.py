@@ -12,8 +12,8 @@ why; ``MMCL_NATIVE_KERNELS=0`` skips the kernels silently. The compilers are nee
 ``pip install mmcl[kernels]`` brings ninja and setuptools.
 
 - `short_attention`: bf16 self-attention over short sequences on CPUs with AMX. PyTorch's CPU
-  flash attention targets long sequences; this kernel does the same work in under half its
-  time at ViT-B/32's 50 tokens.
+  flash attention targets long sequences, and spends far longer than the FLOPs need on
+  ViT-B/32's 50 tokens (the README's table has the figures).
 - `linear`: bf16 linear layers on CPUs with AMX, ``residual + activation(x W^T + b)`` in one
   pass, with the weight packed once (`pack_linear_weight`). oneDNN applies such epilogues after
   each output block while the tile unit idles; this kernel computes one block's epilogue while
