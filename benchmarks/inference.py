@@ -62,7 +62,7 @@ from mmcl.data.images import list_images
 from mmcl.data.zeroshot import load_zero_shot_metadata
 from mmcl.eval.embed import embed_texts
 from mmcl.io.checkpoints import save_huggingface, save_open_clip, save_safetensors
-from mmcl.nn.inference import reference_mode
+from mmcl.nn import accelerate
 from mmcl.nn.streams import in_streams
 
 CIFAR10_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "test"
@@ -205,17 +205,31 @@ def build_models(name: str, settings: Settings, folder: Path) -> dict[tuple[str,
         models[("hf", "fp32")] = hf.to(device)
         models[("hf", low)] = copy.deepcopy(hf).to(DTYPES[low])
     for precision in ("fp32", low):
-        models[("mmcl", precision)] = mmcl.create_model(
-            name, pretrained=checkpoint, precision=precision, device=device
-        )
+        model = mmcl.create_model(name, pretrained=checkpoint, precision=precision, device=device)
+        models[("mmcl", precision)] = accelerate(model.requires_grad_(False))
     return models
 
 
+@contextlib.contextmanager
+def every_token(model):
+    """Every token through the towers' last blocks too (`pooled_last_block`): the FLOPs of
+    the full computation, as open_clip does it."""
+    towers = [t.transformer for t in (model.visual, model.text) if hasattr(t, "transformer")]
+    for transformer in towers:
+        transformer.pooled_last_block = False
+    try:
+        yield
+    finally:
+        for transformer in towers:
+            transformer.pooled_last_block = True
+
+
 def image_gflop(model, device: str) -> float:
-    """FLOPs of one image through mmcl's float32 tower, the plain way. (Not open_clip's:
-    `FlopCounterMode` has no formula for the fused attention its inference path calls.)"""
+    """FLOPs of one image through mmcl's float32 tower, every token through every block. (Not
+    open_clip's: `FlopCounterMode` has no formula for the fused attention its inference path
+    calls.)"""
     size = model.image_size
-    with reference_mode():
+    with every_token(model):
         return gflop(lambda: model.encode_image(torch.randn(1, 3, size, size, device=device)))
 
 
@@ -375,7 +389,7 @@ def text_rows(
 
     # 77-token texts: all libraries do the same work.
     tokens = full_length_tokens(full_batch).to(device)
-    with reference_mode():
+    with every_token(reference_model):
         flops = gflop(lambda: reference_model.encode_text(tokens[:1]))
     calls = {
         key: lambda lib=key[0], m=model: encode_tokens(lib, m, tokens)
@@ -389,7 +403,7 @@ def text_rows(
     # to 77, transformers to the longest text of a batch, mmcl sorts by length (embed_texts).
     ids = mmcl.tokenize(captions)
     lengths = (ids != 0).sum(dim=1).tolist()
-    with reference_mode():  # useful work: each caption at its own length
+    with every_token(reference_model):  # useful work: each caption at its own length
         per_length = {
             n: gflop(lambda n=n: reference_model.encode_text(ids[:1, :n].to(device)))
             for n in set(lengths)

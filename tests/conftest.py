@@ -65,6 +65,9 @@ def amx():
 
     if not kernels.amx_available():
         pytest.skip("mmcl's native kernels run on CPUs with AMX only")
+    if os.environ.get("MMCL_NATIVE_KERNELS") == "0":
+        pytest.skip("MMCL_NATIVE_KERNELS=0 switches mmcl's native kernels off")
+    assert kernels.build(), "the native kernels did not build on this CPU with AMX"
 
 
 @pytest.fixture

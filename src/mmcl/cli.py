@@ -43,6 +43,7 @@ from mmcl.io.tokenizer import get_tokenizer
 from mmcl.io.transforms import get_preprocess
 from mmcl.models import available_models, create_model, get_model_config
 from mmcl.models.registry import OPENAI_ALIASES
+from mmcl.nn import accelerate
 
 EXPORT_FORMATS = {"mmcl": save_safetensors, "open_clip": save_open_clip, "hf": save_huggingface}
 
@@ -236,6 +237,8 @@ def load_model(args: argparse.Namespace):
             f"weights, so these results mean nothing",
             file=sys.stderr,
         )
+    if args.precision != "fp32":  # inference only: swap in the fast modules (mmcl.nn.accelerate)
+        model = accelerate(model.requires_grad_(False))
     return model
 
 

@@ -1,10 +1,16 @@
 """mmcl's native short-sequence attention (`mmcl.nn.kernels`) against PyTorch's attention in
-float64, and the kernels' fallbacks: where the library cannot be built or a kernel disagrees,
-models compute the plain way after one warning. (The linear kernel: test_linear_kernel.py.)
+float64, and the kernels' build: only when `build()` is called (by `mmcl.nn.accelerate`), and
+where the library cannot be built in time, is blocked by a lock left by a killed build, or a
+kernel disagrees, models compute the plain way after one warning and nothing hangs. (The
+linear kernel: test_linear_kernel.py.)
 
 The kernel itself needs a CPU with AMX; on such a CPU it must build (a failed build fails
 these tests rather than silently falling back), elsewhere those tests are skipped."""
 
+import os
+import subprocess
+import sys
+import time
 import warnings
 
 import pytest
@@ -12,7 +18,8 @@ import torch
 from torch.nn import functional as F
 
 import mmcl
-from mmcl.nn import inference, kernels
+from mmcl.nn import accelerate, kernels
+from mmcl.nn.kernels import library as builder
 
 needs_amx = pytest.mark.usefixtures("amx")
 
@@ -101,12 +108,16 @@ def test_the_op_called_directly_names_what_is_wrong_with_its_input():
 
 @needs_amx
 @pytest.mark.parametrize("tower", ["image", "text"])
-def test_bf16_towers_use_the_kernel_and_agree_with_the_reference_path(tower, monkeypatch):
-    model = mmcl.create_model("tiny-vit", precision="bf16").eval()
+def test_accelerated_towers_use_the_kernel_and_compute_the_plain_models_function(
+    tower, monkeypatch
+):
+    plain = mmcl.create_model("tiny-vit", precision="bf16").requires_grad_(False)
+    model = accelerate(mmcl.create_model("tiny-vit", precision="bf16").requires_grad_(False))
+    model.load_state_dict(plain.state_dict())
     images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     texts = mmcl.tokenize(["a photo of a cat", "", "two blue squares above a red circle"])
 
-    def encode():
+    def encode(model):
         if tower == "image":
             return model.encode_image(images, normalize=True).float()
         return model.encode_text(texts, normalize=True).float()
@@ -115,13 +126,13 @@ def test_bf16_towers_use_the_kernel_and_agree_with_the_reference_path(tower, mon
     op = kernels.short_attention_op()
     monkeypatch.setitem(kernels._ops, "short_attention", lambda *a: calls.append(a) or op(*a))
     with torch.no_grad():
-        fast = encode()
+        fast = encode(model)
         assert len(calls) == 1  # two blocks: the last computes only the read token (SDPA)
-        with inference.reference_mode():
-            plain = encode()
+        reference = encode(plain)
         assert len(calls) == 1
-    assert F.cosine_similarity(fast, plain).min() > 0.9999
-    encode().sum()  # with gradients recorded: autograd's path, not the kernel
+    assert F.cosine_similarity(fast, reference).min() > 0.999
+    model.requires_grad_(True)
+    encode(model).sum()  # with gradients recorded: autograd's path, not the kernel
     assert len(calls) == 1
 
 
@@ -135,36 +146,55 @@ def test_inputs_the_kernel_does_not_take_are_left_to_the_caller(fresh_kernels, m
     assert kernels.short_attention(qkv, 5) is None  # 5 heads do not divide the width
 
 
+def test_nothing_is_built_inside_a_forward_pass(fresh_kernels, monkeypatch):
+    # Only build() compiles: a model that was not accelerated, or a kernel call before any
+    # build, computes the plain way and never starts the compiler.
+    monkeypatch.setattr(kernels, "amx_available", lambda: True)
+    monkeypatch.setattr(kernels, "_compiled", lambda *a: pytest.fail("must not build"))
+    assert kernels.short_attention(random_qkv(2, 10, 2, 64), 2) is None
+    assert kernels.linear_op() is None
+    model = mmcl.create_model("tiny-vit", precision="bf16").requires_grad_(False)
+    with torch.no_grad():
+        model.encode_image(torch.randn(2, 3, 32, 32))
+
+
 def test_a_failed_build_warns_once_and_models_compute_the_plain_way(fresh_kernels, monkeypatch):
-    def no_compiler(name):
+    def no_compiler(timeout):
         raise RuntimeError("error: no compiler found\n(the build's last line)")
 
     monkeypatch.setattr(kernels, "amx_available", lambda: True)
     monkeypatch.setattr(kernels, "_compiled", no_compiler)
-    qkv = random_qkv(2, 10, 2, 64)
+    plain = mmcl.create_model("tiny-vit", precision="bf16").requires_grad_(False)
+    model = mmcl.create_model("tiny-vit", precision="bf16").requires_grad_(False)
+    model.load_state_dict(plain.state_dict())
     with pytest.warns(
         RuntimeWarning, match=r"short_attention_amx\.cpp, linear_amx\.cpp.*last line"
-    ):
-        assert kernels.short_attention(qkv, 2) is None
+    ) as caught:
+        accelerate(model)
+    assert len(caught) == 1
     with warnings.catch_warnings():
         # the failure is remembered: no second attempt or warning, for any kernel
         warnings.simplefilter("error")
-        assert kernels.short_attention(qkv, 2) is None
+        assert not kernels.build()
+        assert kernels.short_attention(random_qkv(2, 10, 2, 64), 2) is None
         assert kernels.linear_op() is None
-        model = mmcl.create_model("tiny-vit", precision="bf16").eval()
+        accelerate(mmcl.create_model("tiny-rn", precision="bf16").requires_grad_(False))
+        images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
         with torch.no_grad():
-            fast = model.encode_image(torch.randn(2, 3, 32, 32)).float()
-            with inference.reference_mode():
-                plain = model.encode_image(torch.randn(2, 3, 32, 32)).float()
-    assert torch.isfinite(fast).all() and fast.shape == plain.shape
+            fast = model.encode_image(images).float()
+            reference = plain.encode_image(images).float()
+    assert F.cosine_similarity(fast, reference).min() > 0.999
 
 
 def test_a_kernel_that_disagrees_with_pytorch_is_not_used(fresh_kernels, monkeypatch):
     monkeypatch.setattr(kernels, "amx_available", lambda: True)
     wrong = lambda qkv, heads, causal: torch.zeros_like(qkv[..., : qkv.shape[-1] // 3])  # noqa: E731
-    monkeypatch.setattr(kernels, "_compiled", lambda name: wrong)
+    ops = {"short_attention": wrong, "linear": object()}
+    monkeypatch.setattr(kernels, "_agrees_with_linear", lambda op: True)
+    monkeypatch.setattr(kernels, "_compiled", lambda timeout: ops)
     with pytest.warns(RuntimeWarning, match="disagrees with scaled_dot_product_attention"):
-        assert kernels.short_attention_op() is None
+        kernels.build()
+    assert kernels.short_attention_op() is None
 
 
 def test_switched_off_by_the_environment_without_a_warning(fresh_kernels, monkeypatch):
@@ -172,4 +202,64 @@ def test_switched_off_by_the_environment_without_a_warning(fresh_kernels, monkey
     monkeypatch.setattr(kernels, "_compiled", lambda *a: pytest.fail("must not build"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        assert not kernels.build()
         assert kernels.short_attention(random_qkv(2, 10, 2, 64), 2) is None
+
+
+@pytest.fixture
+def extensions_dir(tmp_path, monkeypatch):
+    """An empty extension folder of PyTorch's: the kernels' library has not been built there."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    folder = builder.build_directory(builder.library_name())
+    assert not any(folder.iterdir())
+    return folder
+
+
+def test_a_build_blocked_by_a_held_lock_times_out_with_one_warning(
+    fresh_kernels, extensions_dir, monkeypatch
+):
+    # A lock that never goes away: the file a killed build leaves (PyTorch before 2.9 waits for
+    # as long as it exists), held by another process (newer PyTorch holds an OS lock).
+    lock = extensions_dir / "lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(lock)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(kernels, "amx_available", lambda: True)
+        monkeypatch.setattr(kernels, "_library_loaded", lambda: False)
+        start = time.monotonic()
+        with pytest.warns(RuntimeWarning, match=r"more than 3 s.*lock file.*delete it") as caught:
+            assert not kernels.build(timeout=3)
+        assert time.monotonic() - start < 30  # killed, not waited for
+        assert len(caught) == 1, [str(w.message) for w in caught]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert not kernels.build(timeout=3)  # remembered: no second wait or warning
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+HOLD_LOCK = """
+import fcntl, sys, time
+handle = open(sys.argv[1], "a")
+fcntl.flock(handle, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_stale_lock_file_is_named_without_waiting(fresh_kernels, extensions_dir, monkeypatch):
+    # On a PyTorch whose builder waits for as long as the lock file exists, a lock file older
+    # than any build is stale: reported at once, without starting the compiler.
+    lock = extensions_dir / "lock"
+    lock.touch()
+    an_hour_ago = time.time() - 3600
+    os.utime(lock, (an_hour_ago, an_hour_ago))
+    monkeypatch.setattr(builder, "lock_blocks_while_it_exists", lambda: True)
+    monkeypatch.setattr(builder, "_build", lambda *a: pytest.fail("must not build"))
+    monkeypatch.setattr(kernels, "amx_available", lambda: True)
+    monkeypatch.setattr(kernels, "_library_loaded", lambda: False)
+    with pytest.warns(RuntimeWarning, match=rf"stale lock file.*delete {lock}"):
+        assert not kernels.build(timeout=600)

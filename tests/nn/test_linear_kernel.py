@@ -1,7 +1,8 @@
 """mmcl's native bf16 linear kernel (`mmcl.nn.kernels.linear`) against float64 linear algebra
-and PyTorch's activations, and its place in the models' fast path. Tests that run the kernel
+and PyTorch's activations, and its place in accelerated models (`mmcl.nn.accelerate`). Tests that run the kernel
 need a CPU with AMX (the `amx` fixture); the rest run everywhere."""
 
+import copy
 import math
 
 import pytest
@@ -10,7 +11,8 @@ from torch import nn
 from torch.nn import functional as F
 
 import mmcl
-from mmcl.nn import inference, kernels
+from mmcl.nn import accelerate, kernels
+from mmcl.nn.fast_linear import PackedLinear
 
 ACTIVATIONS = {"none": lambda z: z, "gelu": F.gelu, "swish": F.silu}
 
@@ -157,24 +159,29 @@ def test_inputs_the_kernel_does_not_take_are_left_to_the_caller(fresh_kernels, m
 def test_a_disagreeing_linear_kernel_is_not_used_and_models_still_run(fresh_kernels, monkeypatch):
     monkeypatch.setattr(kernels, "amx_available", lambda: True)
     zeros = lambda x, tiles, *rest: x.new_zeros(*x.shape[:-1], 32 * len(tiles))  # noqa: E731
-    op_for = {"short_attention": None, "linear": zeros}
-    monkeypatch.setattr(kernels, "short_attention_op", lambda: None)
-    monkeypatch.setattr(kernels, "_compiled", lambda name: op_for[name])
+    monkeypatch.setattr(kernels, "_agrees_with_sdpa", lambda op: True)
+    monkeypatch.setattr(
+        kernels, "_compiled", lambda timeout: {"short_attention": None, "linear": zeros}
+    )
+    plain = mmcl.create_model("tiny-vit", precision="bf16").requires_grad_(False)
+    model = mmcl.create_model("tiny-vit", precision="bf16").requires_grad_(False)
+    model.load_state_dict(plain.state_dict())
     with pytest.warns(RuntimeWarning, match="linear is unavailable.*disagrees"):
-        assert kernels.linear_op() is None
-    model = mmcl.create_model("tiny-vit", precision="bf16").eval()
+        accelerate(model)
+    assert kernels.linear_op() is None
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         fast = model.encode_image(images, normalize=True).float()  # oneDNN's linear
-        with inference.reference_mode():
-            plain = model.encode_image(images, normalize=True).float()
-    assert F.cosine_similarity(fast, plain).min() > 0.999
+        reference = plain.encode_image(images, normalize=True).float()
+    assert F.cosine_similarity(fast, reference).min() > 0.999
 
 
 @pytest.mark.usefixtures("amx")
 @pytest.mark.parametrize("quick_gelu", [False, True])
-def test_bf16_towers_run_their_linear_layers_on_the_kernel(quick_gelu, monkeypatch):
-    model = mmcl.create_model("tiny-vit", precision="bf16", quick_gelu=quick_gelu).eval()
+def test_accelerated_towers_run_their_linear_layers_on_the_kernel(quick_gelu, monkeypatch):
+    plain = mmcl.create_model("tiny-vit", precision="bf16", quick_gelu=quick_gelu)
+    plain.requires_grad_(False)
+    model = accelerate(copy.deepcopy(plain))
     images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     texts = mmcl.tokenize(["a photo of a cat", "", "two blue squares above a red circle"])
     calls = []
@@ -182,25 +189,30 @@ def test_bf16_towers_run_their_linear_layers_on_the_kernel(quick_gelu, monkeypat
     monkeypatch.setitem(kernels._ops, "linear", lambda *a: calls.append(a[-1]) or op(*a))
     with torch.no_grad():
         fast = [model.encode_image(images).float(), model.encode_text(texts).float()]
-        with inference.reference_mode():
-            plain = [model.encode_image(images).float(), model.encode_text(texts).float()]
+        reference = [plain.encode_image(images).float(), plain.encode_text(texts).float()]
     # Per tower: the first block's QKV, output projection and two MLP layers; the last
     # block's query (for the token read) and keys and values apart, then the same three; and
     # the image tower's patch embedding.
     assert len(calls) == 2 * (4 + 5) + 1
     assert calls.count("swish" if quick_gelu else "gelu") == 4
-    for ours, reference in zip(fast, plain, strict=True):
-        assert F.cosine_similarity(ours, reference).min() > 0.999
+    for ours, theirs in zip(fast, reference, strict=True):
+        assert F.cosine_similarity(ours, theirs).min() > 0.999
+
+
+def packed_layer(in_features: int, out_features: int) -> PackedLinear:
+    layer = nn.Linear(in_features, out_features).to(torch.bfloat16).requires_grad_(False)
+    return accelerate(nn.Sequential(layer).eval())[0]
 
 
 @pytest.mark.usefixtures("amx")
 def test_a_layer_updated_in_place_is_repacked():
-    layer = nn.Linear(64, 32).to(torch.bfloat16)
+    layer = packed_layer(64, 32)
     x = bf16(5, 64)
     with torch.no_grad():
-        before = inference.apply_linear(layer, x)
+        before = layer(x)
+        assert isinstance(layer.packed(), kernels.PackedLinearWeight)  # the kernel's layout
         layer.weight.mul_(2)
-        after = inference.apply_linear(layer, x)
+        after = layer(x)
         expected = F.linear(x, layer.weight, layer.bias)
     assert not torch.equal(before, after)
     assert (after.float() - expected.float()).abs().max() <= 0.05 * expected.abs().max()
@@ -208,8 +220,8 @@ def test_a_layer_updated_in_place_is_repacked():
 
 @pytest.mark.usefixtures("amx")
 def test_an_input_of_the_wrong_width_gets_pytorchs_own_error():
-    layer = nn.Linear(64, 32).to(torch.bfloat16)
+    layer = packed_layer(64, 32)
     with torch.no_grad():
-        inference.apply_linear(layer, bf16(5, 64))  # packed for the kernel
+        layer(bf16(5, 64))  # packed for the kernel
         with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
-            inference.apply_linear(layer, bf16(5, 48))
+            layer(bf16(5, 48))

@@ -1,6 +1,7 @@
 """`in_streams`: a batch's parts run side by side, each on its own thread with its share of the
 intra-op threads, and the result is what encoding the parts one after the other gives."""
 
+import copy
 import threading
 import time
 
@@ -8,6 +9,8 @@ import pytest
 import torch
 
 import mmcl
+from bf16_error import assert_as_close_as_pytorch_bf16
+from mmcl.nn import accelerate
 from mmcl.nn.streams import in_streams, threads_per_stream
 
 
@@ -20,12 +23,17 @@ def two_threads():
 
 
 @pytest.mark.parametrize("name", ["tiny-vit", "tiny-rn"])
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "bf16 accelerated"])
 def test_equals_the_parts_encoded_in_turn_at_each_streams_thread_count(
     name, precision, two_threads
 ):
     torch.manual_seed(0)
-    model = mmcl.create_model(name, precision=precision)
+    exact_model = mmcl.create_model(name).requires_grad_(False)
+    model = plain = exact_model
+    if precision != "fp32":
+        model = plain = copy.deepcopy(exact_model).to(torch.bfloat16)
+    if precision.endswith("accelerated"):
+        model = accelerate(copy.deepcopy(plain))
     images = torch.randn(7, 3, model.image_size, model.image_size)
     with torch.inference_mode():
         streamed = in_streams(model.encode_image, images, streams=2)
@@ -34,9 +42,13 @@ def test_equals_the_parts_encoded_in_turn_at_each_streams_thread_count(
     assert torch.equal(streamed, expected)
     # And the same function as the one-call encoding (to the precision's rounding).
     with torch.inference_mode():
-        whole = model.encode_image(images)
-    tolerance = 1e-5 if precision == "fp32" else 2e-2
-    torch.testing.assert_close(streamed.float(), whole.float(), rtol=tolerance, atol=tolerance)
+        whole, exact = model.encode_image(images), exact_model.encode_image(images)
+        pytorch_bf16 = plain.encode_image(images)
+    if precision == "fp32":
+        torch.testing.assert_close(streamed, whole, rtol=1e-5, atol=1e-5)
+    else:
+        assert_as_close_as_pytorch_bf16(streamed, exact, pytorch_bf16)
+        assert_as_close_as_pytorch_bf16(whole, exact, pytorch_bf16)
 
 
 def test_parts_run_on_their_own_threads_with_their_share_of_threads(two_threads):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -90,6 +91,79 @@ class CLIP(nn.Module):
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         features = self.text(tokens)
         return F.normalize(features.float(), dim=-1).to(features.dtype) if normalize else features
+
+    def forward_intermediates(
+        self,
+        image: torch.Tensor | None = None,
+        text: torch.Tensor | None = None,
+        image_indices: int | Sequence[int] | None = None,
+        text_indices: int | Sequence[int] | None = None,
+        stop_early: bool = False,
+        normalize: bool = True,
+        normalize_intermediates: bool = False,
+        intermediates_only: bool = False,
+        image_output_fmt: str = "NCHW",
+        image_output_extra_tokens: bool = False,
+        text_output_fmt: str = "NLC",
+        text_output_extra_tokens: bool = False,
+        output_logits: bool = False,
+        output_logit_scale_bias: bool = False,
+    ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """Intermediate features of both towers, with open_clip's arguments and keys
+        (``image_intermediates``, ``image_features``, ``text_intermediates``,
+        ``text_features``, and with `output_logits` ``image_logits``/``text_logits``, with
+        `output_logit_scale_bias` ``logit_scale``/``logit_bias``); see each tower's
+        `forward_intermediates`. `intermediates_only` turns `normalize` and `output_logits` off.
+
+        >>> import mmcl, torch
+        >>> model = mmcl.create_model("tiny-vit")
+        >>> out = model.forward_intermediates(torch.randn(2, 3, 32, 32), image_indices=[-2])
+        >>> out["image_intermediates"][0].shape, out["image_features"].shape
+        (torch.Size([2, 128, 4, 4]), torch.Size([2, 64]))
+        """
+        if intermediates_only:
+            normalize = output_logits = False
+        if output_logits and (image is None or text is None):
+            raise ValueError("forward_intermediates: output_logits needs both image and text")
+        output = {}
+        if image is not None:
+            output.update(
+                self.visual.forward_intermediates(
+                    image,
+                    image_indices,
+                    stop_early,
+                    normalize_intermediates,
+                    intermediates_only,
+                    image_output_fmt,
+                    image_output_extra_tokens,
+                )
+            )
+        if text is not None:
+            output.update(
+                self.text.forward_intermediates(
+                    text,
+                    text_indices,
+                    stop_early,
+                    normalize_intermediates,
+                    intermediates_only,
+                    text_output_fmt,
+                    text_output_extra_tokens,
+                )
+            )
+        for key in ("image_features", "text_features"):
+            if normalize and key in output:
+                output[key] = F.normalize(output[key], dim=-1)
+        logit_scale = self.logit_scale.exp().clamp(max=LOGIT_SCALE_MAX)
+        if output_logits:
+            image_logits = logit_scale * output["image_features"] @ output["text_features"].T
+            if self.logit_bias is not None:
+                image_logits = image_logits + self.logit_bias
+            output["image_logits"], output["text_logits"] = image_logits, image_logits.T
+        if output_logit_scale_bias:
+            output["logit_scale"] = logit_scale
+            if self.logit_bias is not None:
+                output["logit_bias"] = self.logit_bias
+        return output
 
     def forward(
         self,

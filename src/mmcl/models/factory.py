@@ -14,7 +14,7 @@ from mmcl.io.transforms import get_preprocess
 from mmcl.models.clip import CLIP
 from mmcl.models.config import CLIPConfig
 from mmcl.models.registry import available_models, get_model_config, resolve_name
-from mmcl.nn import inference
+from mmcl.nn.cpu_support import native_on_cpu
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -69,12 +69,12 @@ def create_model(
     `vision_cfg={"patch_size": 4}` (nested dicts are merged into the named config).
 
     `precision="bf16"` (or "fp16", for GPUs) casts the whole model; it still takes the float32
-    images preprocessing yields, and without gradients it runs the fast inference path of
-    `mmcl.nn.inference` (LayerNorm statistics stay float32). On a CPU without bf16 (or
-    fp16) matmul instructions it warns, as float32 is then likely faster. `compile=True` puts
-    the towers through `torch.compile` (Inductor; the first calls take a minute). It is never
-    needed: on CPUs mmcl's own bf16 path was as fast as Inductor's code or faster, for
-    ViT-B/32 by 3% (`benchmarks/inference.py` measures it).
+    images preprocessing yields (LayerNorm statistics stay float32). The model is plain, as
+    every model `create_model` returns: for fast inference pass it to `mmcl.nn.accelerate`
+    after ``model.requires_grad_(False)`` (the CLI does so for ``--precision bf16``/``fp16``).
+    On a CPU without bf16 (or fp16) matmul instructions it warns, as float32 is then likely
+    faster. `compile=True` puts the towers through `torch.compile` (Inductor; the first calls
+    take a minute); on CPUs `accelerate` was as fast or faster (`benchmarks/inference.py`).
 
     >>> import mmcl
     >>> model = mmcl.create_model("tiny-vit")
@@ -104,7 +104,7 @@ def create_model(
     model = model.to(device=device, dtype=dtype).eval()
     if name is None and checkpoint.format == "open_clip" and "quick_gelu" not in config_overrides:
         warnings.warn(ActivationAssumedWarning(checkpoint.path, _same_shapes(config)), stacklevel=2)
-    if torch.device(device).type == "cpu" and not inference.native_on_cpu(dtype):
+    if torch.device(device).type == "cpu" and not native_on_cpu(dtype):
         warnings.warn(
             f"precision={precision!r}: this CPU has no {precision} matmul instructions "
             f"(AVX-512 BF16/FP16 or AMX), so its {precision} matmuls are emulated and usually "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -50,6 +52,33 @@ class TextTransformer(nn.Module):
         # LayerNorm acts per token, so normalising only the pooled one is the same.
         pooled = self.transformer(x, causal=True, output_positions=eot)
         return self.ln_final(pooled) @ self.text_projection
+
+    def forward_intermediates(
+        self,
+        tokens: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        stop_early: bool = False,
+        normalize_intermediates: bool = False,
+        intermediates_only: bool = False,
+        output_fmt: str = "NLC",
+        output_extra_tokens: bool = False,
+    ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """The outputs of the blocks `indices` chooses, every position of the context as
+        open_clip computes them: ``text_intermediates`` ``(batch, context, width)`` (through
+        `ln_final` if `normalize_intermediates`) and, unless `intermediates_only`,
+        ``text_features``. `output_extra_tokens` does not apply (no class token)."""
+        if output_fmt != "NLC":
+            raise ValueError(f"output_fmt must be 'NLC' for text, got {output_fmt!r}")
+        x = self.token_embedding(tokens)
+        x = x + self.positional_embedding[: x.shape[1]].to(self.token_embedding.weight.dtype)
+        x, intermediates = self.transformer.forward_intermediates(x, True, indices, stop_early)
+        if normalize_intermediates:
+            intermediates = [self.ln_final(y) for y in intermediates]
+        output = {"text_intermediates": intermediates}
+        if not intermediates_only:
+            eot = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+            output["text_features"] = self.ln_final(eot) @ self.text_projection
+        return output
 
     def _insert_prefix(self, x: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
         batch, _, width = x.shape

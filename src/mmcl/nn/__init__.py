@@ -1,5 +1,7 @@
-"""Building blocks shared by every tower: norms, activations, attention, transformer stacks."""
+"""Building blocks shared by every tower: norms, activations, attention, transformer stacks;
+and `accelerate`, which swaps a finished model's modules for fast ones for inference."""
 
+from mmcl.nn.acceleration import accelerate, is_accelerated
 from mmcl.nn.attention import AttentionPool2d, MultiheadSelfAttention
 from mmcl.nn.layers import LayerNorm, QuickGELU, activation_layer
 from mmcl.nn.transformer import ResidualAttentionBlock, Transformer
@@ -11,5 +13,7 @@ __all__ = [
     "QuickGELU",
     "ResidualAttentionBlock",
     "Transformer",
+    "accelerate",
     "activation_layer",
+    "is_accelerated",
 ]

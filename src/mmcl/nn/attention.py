@@ -11,8 +11,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mmcl.nn import inference
-
 
 class MultiheadSelfAttention(nn.Module):
     def __init__(self, width: int, heads: int):
@@ -26,34 +24,28 @@ class MultiheadSelfAttention(nn.Module):
         nn.init.xavier_uniform_(self.in_proj_weight)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        causal: bool = False,
-        query_positions: torch.Tensor | None = None,
-        residual: torch.Tensor | None = None,
+        self, x: torch.Tensor, causal: bool = False, query_positions: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Self-attention over ``x`` ``(batch, tokens, width)``.
 
         With ``query_positions`` ``(batch,)`` only one token per row asks (row ``b``'s token
         ``query_positions[b]``), still attending over every token (the ones before it when
-        `causal`), and the output is ``(batch, 1, width)``. A `residual` is added to the
-        output (inside the output projection's matmul on the CPU inference path).
+        `causal`), and the output is ``(batch, 1, width)``.
         """
         batch, tokens, width = x.shape
         head_dim = width // self.heads
+        weight, bias = self.in_proj_weight, self.in_proj_bias
         mask = None
-        if query_positions is not None:
-            # Only the asking tokens need a query: project them alone, and every token to keys
-            # and values (row blocks of the fused projection).
-            rows = torch.arange(batch, device=x.device)
-            asking = x[rows, query_positions].unsqueeze(1)  # (batch, 1, width)
-            query = inference.linear(
-                asking, self.in_proj_weight, self.in_proj_bias, rows=(0, width)
-            )
+        if query_positions is None:
+            qkv = F.linear(x, weight, bias).view(batch, tokens, 3, self.heads, head_dim)
+            query, key, value = qkv.permute(2, 0, 3, 1, 4)  # each (batch, heads, tokens, dim)
+        else:
+            # Only the asking tokens need a query: project them alone (the query rows of the
+            # fused projection), and every token to keys and values.
+            asking = x[torch.arange(batch, device=x.device), query_positions].unsqueeze(1)
+            query = F.linear(asking, weight[:width], bias[:width])
             query = query.view(batch, 1, self.heads, head_dim).transpose(1, 2)
-            key_value = inference.linear(
-                x, self.in_proj_weight, self.in_proj_bias, rows=(width, 3 * width)
-            )
+            key_value = F.linear(x, weight[width:], bias[width:])
             key, value = key_value.view(batch, tokens, 2, self.heads, head_dim).permute(
                 2, 0, 3, 1, 4
             )
@@ -61,17 +53,9 @@ class MultiheadSelfAttention(nn.Module):
                 keys = torch.arange(tokens, device=x.device)
                 mask = (keys <= query_positions.unsqueeze(1)).view(batch, 1, 1, tokens)
             causal = False
-        else:
-            qkv = inference.linear(x, self.in_proj_weight, self.in_proj_bias)
-            # heads side by side (batch, tokens, width), or None off the CPU bf16 fast path
-            out = inference.self_attention(qkv, self.heads, causal)
-            if out is not None:
-                return inference.apply_linear(self.out_proj, out, residual=residual)
-            qkv = qkv.view(batch, tokens, 3, self.heads, head_dim)
-            query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (batch, heads, tokens, d)
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=causal)
         out = out.transpose(1, 2).reshape(batch, query.shape[2], width)
-        return inference.apply_linear(self.out_proj, out, residual=residual)
+        return self.out_proj(out)
 
 
 class AttentionPool2d(nn.Module):
@@ -99,8 +83,9 @@ class AttentionPool2d(nn.Module):
         def split_heads(t: torch.Tensor) -> torch.Tensor:
             return t.view(batch, -1, self.heads, head_dim).transpose(1, 2)
 
-        query = split_heads(inference.apply_linear(self.q_proj, tokens[:, :1]))
-        key = split_heads(inference.apply_linear(self.k_proj, tokens))
-        value = split_heads(inference.apply_linear(self.v_proj, tokens))
+        # Only the mean token asks: the pooled feature is its output.
+        query = split_heads(self.q_proj(tokens[:, :1]))
+        key = split_heads(self.k_proj(tokens))
+        value = split_heads(self.v_proj(tokens))
         pooled = F.scaled_dot_product_attention(query, key, value)  # (batch, heads, 1, head_dim)
-        return inference.apply_linear(self.c_proj, pooled.transpose(1, 2).reshape(batch, channels))
+        return self.c_proj(pooled.transpose(1, 2).reshape(batch, channels))

@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from mmcl.nn import inference
 from mmcl.nn.attention import MultiheadSelfAttention
 from mmcl.nn.layers import LayerNorm, activation_layer
+
+
+def take_indices(count: int, indices: int | Sequence[int] | None) -> list[int]:
+    """The blocks (or stages) whose outputs to return, as open_clip and timm read `indices`:
+    None for all of ``count``, an int n for the last n, or a sequence of indices (negative
+    ones from the end)."""
+    if indices is None:
+        return list(range(count))
+    if isinstance(indices, int):
+        if not 0 < indices <= count:
+            raise ValueError(f"indices: the last {indices} of {count} is out of range")
+        return list(range(count - indices, count))
+    taken = [count + i if i < 0 else i for i in indices]
+    wrong = [i for i, t in zip(indices, taken, strict=True) if not 0 <= t < count]
+    if wrong or not taken:
+        raise ValueError(f"indices {list(indices)}: each must be in [-{count}, {count - 1}]")
+    return taken
 
 
 class Mlp(nn.Module):
@@ -20,10 +38,8 @@ class Mlp(nn.Module):
         self.gelu = activation_layer(quick_gelu)
         self.c_proj = nn.Linear(mlp_width, width)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        # On the CPU inference path the GELU (or QuickGELU) runs inside the first matmul and
-        # the residual (if given) inside the second (`inference.mlp`).
-        return inference.mlp(x, self.c_fc, self.gelu, self.c_proj, residual)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(self.gelu(self.c_fc(x)))
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -42,18 +58,20 @@ class ResidualAttentionBlock(nn.Module):
         kept = x
         if positions is not None:
             kept = x[torch.arange(len(x), device=x.device), positions].unsqueeze(1)
-        if _has_hooks(self.attn) or _has_hooks(self.mlp):
-            # Hooks (adapters) see the sublayers' own outputs, so add the residuals here.
-            x = kept + self.attn(self.ln_1(x), causal=causal, query_positions=positions)
-            return x + self.mlp(self.ln_2(x))
-        # The residual additions ride along in the output projections' matmuls.
-        normed = inference.layer_norm(self.ln_1, x)
-        x = self.attn(normed, causal=causal, query_positions=positions, residual=kept)
-        return self.mlp(inference.layer_norm(self.ln_2, x), residual=x)
+        x = kept + self.attn(self.ln_1(x), causal=causal, query_positions=positions)
+        return x + self.mlp(self.ln_2(x))
 
 
 class Transformer(nn.Module):
-    """A stack of residual attention blocks on (batch, tokens, width) inputs."""
+    """A stack of residual attention blocks on (batch, tokens, width) inputs.
+
+    `pooled_last_block` (default True): when the caller reads one token per row
+    (``output_positions``), the last block computes that token alone: its attention query,
+    projection and MLP, as the other tokens' final states would be thrown away. The same
+    function and gradients, to rounding, for ~6% less work in a 12-layer tower, in every
+    precision and grad mode. Hooks on the last block then see ``(batch, 1, width)``; set it to
+    False to run every token through it (e.g. for an adapter there that reads other tokens).
+    """
 
     def __init__(
         self, width: int, layers: int, heads: int, mlp_width: int, quick_gelu: bool = False
@@ -62,6 +80,7 @@ class Transformer(nn.Module):
         self.width = width
         self.layers = layers
         self.grad_checkpointing = False
+        self.pooled_last_block = True
         self.resblocks = nn.ModuleList(
             ResidualAttentionBlock(width, heads, mlp_width, quick_gelu) for _ in range(layers)
         )
@@ -70,21 +89,8 @@ class Transformer(nn.Module):
         self, x: torch.Tensor, causal: bool = False, output_positions: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``(batch, tokens, width)`` -> the same, or, with ``output_positions`` ``(batch,)``,
-        only the final state of row ``b``'s token ``output_positions[b]``: ``(batch, width)``.
-
-        A CLIP tower reads one token (the class token, the end-of-text token), so the last
-        block runs its attention query, projection and MLP for that token alone, as the other
-        tokens' final states would be thrown away: the same function and the same gradients,
-        to rounding, for ~6% less work in a 12-layer tower, in every precision and grad mode
-        (so a float32 model's bits do not depend on the grad mode). A last block that carries
-        hooks (adapters) always sees every token, and so does `inference.reference_mode()`.
-        """
-        pooled_last = (
-            output_positions is not None
-            and inference.enabled()
-            and len(self.resblocks) > 0
-            and not _has_hooks(self.resblocks[-1])
-        )
+        only the final state of row ``b``'s token ``output_positions[b]``: ``(batch, width)``."""
+        pooled_last = output_positions is not None and self.pooled_last_block
         last = len(self.resblocks) - 1
         for index, block in enumerate(self.resblocks):
             positions = output_positions if pooled_last and index == last else None
@@ -94,10 +100,29 @@ class Transformer(nn.Module):
                 x = block(x, causal=causal, positions=positions)
         if output_positions is None:
             return x
-        if pooled_last:
+        if pooled_last and len(self.resblocks) > 0:
             return x.squeeze(1)
         return x[torch.arange(x.shape[0], device=x.device), output_positions]
 
-
-def _has_hooks(block: nn.Module) -> bool:
-    return any(m._forward_hooks or m._forward_pre_hooks for m in block.modules())
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        causal: bool = False,
+        indices: int | Sequence[int] | None = None,
+        stop_early: bool = False,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Every token through every block: the final states and the outputs of the blocks
+        `indices` chooses (see `take_indices`), each ``(batch, tokens, width)``. With
+        `stop_early` the blocks after the last one chosen are not run (the final states are
+        then that block's)."""
+        taken = take_indices(len(self.resblocks), indices)
+        blocks = self.resblocks[: max(taken) + 1] if stop_early else self.resblocks
+        intermediates = []
+        for index, block in enumerate(blocks):
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, causal, None, use_reentrant=False)
+            else:
+                x = block(x, causal=causal)
+            if index in taken:
+                intermediates.append(x)
+        return x, intermediates

@@ -154,6 +154,8 @@ class MoEAdapters(Method):
                     f"moe_adapters: layers={count} but the {tower_name} tower has "
                     f"{len(blocks)} blocks"
                 )
+            # The routers read token 0 of every block, the last one too: run all its tokens.
+            getattr(model, tower_name).transformer.pooled_last_block = False
             for index in range(len(blocks) - count, len(blocks)):
                 block = blocks[index]
                 mixture = MixtureOfAdapters(

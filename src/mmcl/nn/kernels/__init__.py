@@ -1,26 +1,27 @@
-"""mmcl's own CPU kernels, compiled from C++ on first use.
+"""mmcl's own CPU kernels, compiled from C++ when `mmcl.nn.accelerate` asks for them.
 
 PyTorch covers almost everything mmcl computes. Where one of its kernels is far from what the
 hardware can do at CLIP's shapes, mmcl carries a small kernel of its own, built with
-`torch.utils.cpp_extension` the first time it is needed: about 15 s, once per machine and
-PyTorch version, cached in PyTorch's extension folder (``TORCH_EXTENSIONS_DIR``, by default
-``~/.cache/torch_extensions``). Every kernel is optional. Where one cannot be built (no C++
-compiler, another CPU) the same computation runs through PyTorch, after one warning that says
-why; ``MMCL_NATIVE_KERNELS=0`` skips the kernels silently.
+`torch.utils.cpp_extension` by `build()`: once per machine and PyTorch version, cached in
+PyTorch's extension folder (``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``).
+`build()` runs only when called (`mmcl.nn.accelerate` calls it), never inside a forward pass.
+Every kernel is optional: where the library cannot be built (no C++ compiler, another CPU, a
+build that fails, takes longer than ``MMCL_KERNEL_BUILD_TIMEOUT`` seconds, or waits on a lock
+left by a killed build) the same computation runs through PyTorch, after one warning that says
+why; ``MMCL_NATIVE_KERNELS=0`` skips the kernels silently. The compilers are needed only here:
+``pip install mmcl[kernels]`` brings ninja and setuptools.
 
 - `short_attention`: bf16 self-attention over short sequences on CPUs with AMX. PyTorch's CPU
-  flash attention targets long sequences; on ViT-B/32's 50 tokens it took ~15% of a bf16
-  forward for 1% of the FLOPs, and this kernel does the same work in under half the time.
+  flash attention targets long sequences, and spends far longer than the FLOPs need on
+  ViT-B/32's 50 tokens (the README's table has the figures).
 - `linear`: bf16 linear layers on CPUs with AMX, ``residual + activation(x W^T + b)`` in one
   pass, with the weight packed once (`pack_linear_weight`). oneDNN applies such epilogues after
-  each output block while the tile unit idles (on ViT-B/32's MLP the exact GELU cost a fifth
-  of the matmul); this kernel computes one block's epilogue while the next block multiplies.
+  each output block while the tile unit idles; this kernel computes one block's epilogue while
+  the next block multiplies.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import os
 import platform
 import sys
@@ -28,15 +29,17 @@ import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch.nn import functional as F
+
+from mmcl.nn.kernels import library as _builder
 
 __all__ = [
     "MAX_SHORT_TOKENS",
     "PackedLinearWeight",
     "amx_available",
+    "build",
     "linear",
     "linear_fits",
     "linear_op",
@@ -48,14 +51,8 @@ __all__ = [
 
 # Beyond this PyTorch's flash attention (blocked over keys) is the better fit.
 MAX_SHORT_TOKENS = 320
-_HERE = Path(__file__).parent
-# One library holds every kernel: one build, one warning if it fails.
-_SOURCES = (_HERE / "short_attention_amx.cpp", _HERE / "linear_amx.cpp")
-_HEADERS = (_HERE / "amx_common.h",)
-_FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16"]
-_FLAGS += ["-mamx-tile", "-mamx-bf16", "-fopenmp"]  # kernels split work over OpenMP threads
 _lock = threading.Lock()
-_ops: dict[str, Callable | None] = {}
+_ops: dict[str, Callable | None] = {}  # filled by build(): the ops that passed their check
 _build_failed: list[str] = []  # set once a build failed (and was reported)
 
 
@@ -178,50 +175,59 @@ def linear(
 
 
 def linear_op() -> Callable | None:
-    """The compiled linear kernel (``torch.ops.mmcl_kernels.linear``); None as for
-    `short_attention_op`."""
-    return _op("linear", _agrees_with_linear, "linear (oneDNN)")
+    """The linear kernel (``torch.ops.mmcl_kernels.linear``) if `build()` loaded it, else None."""
+    return _ops.get("linear")
 
 
 def short_attention_op() -> Callable | None:
-    """The compiled kernel (``torch.ops.mmcl_kernels.short_attention``), built on the first
-    call; None without AMX, with ``MMCL_NATIVE_KERNELS=0``, or where building or the start-up
-    check against PyTorch's attention failed (with a warning saying why)."""
-    return _op("short_attention", _agrees_with_sdpa, "scaled_dot_product_attention")
+    """The attention kernel (``torch.ops.mmcl_kernels.short_attention``) if `build()` loaded
+    it, else None. Neither getter ever builds anything."""
+    return _ops.get("short_attention")
 
 
-def _op(name: str, agrees: Callable[[Callable], bool], reference: str) -> Callable | None:
-    if name not in _ops:
-        with _lock:  # streams call from several threads; build once
-            if name not in _ops:
-                _ops[name] = _load(name, agrees, reference)
-    return _ops[name]
+def build(timeout: float | None = None) -> bool:
+    """Build (once) and load the kernels; whether any kernel is ready to use.
 
-
-def _load(name: str, agrees: Callable[[Callable], bool], reference: str) -> Callable | None:
+    False without AMX, with ``MMCL_NATIVE_KERNELS=0`` (both silently), or, after one
+    `RuntimeWarning` saying why, where the build failed, ran longer than `timeout` seconds
+    (default ``MMCL_KERNEL_BUILD_TIMEOUT``, else 600), or a kernel disagreed with PyTorch on
+    its start-up check. A failure is remembered for the process: no second attempt or warning.
+    """
     if os.environ.get("MMCL_NATIVE_KERNELS", "1") == "0" or not amx_available():
-        return None
-    if _build_failed:  # reported once, by the first kernel that needed the library
-        return None
+        return False
+    with _lock:  # streams and threads may accelerate at once; build once
+        if not _ops and not _build_failed:
+            _load(_builder.timeout_from_environment() if timeout is None else timeout)
+        return any(op is not None for op in _ops.values())
+
+
+def _load(timeout: float) -> None:
     try:
-        op = _compiled(name)
-    except Exception as error:  # any failure: the plain path still computes the same thing
-        _build_failed.append(name)
+        compiled = _compiled(timeout)
+    except Exception as error:  # any failure: PyTorch's operations compute the same thing
+        _build_failed.append(_last_line(error))
         _warn(
-            f"mmcl: the native kernels ({', '.join(s.name for s in _SOURCES)}) could not "
-            f"be built ({_last_line(error)}); using PyTorch's operations instead."
+            f"mmcl: the native kernels ({', '.join(s.name for s in _builder.SOURCES)}) could "
+            f"not be built ({_last_line(error)}); using PyTorch's operations instead (the "
+            f"build needs a C++ compiler and `pip install 'mmcl[kernels]'`)."
         )
-        return None
-    try:
-        if not agrees(op):
-            raise RuntimeError(f"its output disagrees with {reference}")
-    except Exception as error:
-        _warn(
-            f"mmcl: the native kernel {name} is unavailable ({_last_line(error)}); using "
-            f"PyTorch's {reference} instead."
-        )
-        return None
-    return op
+        return
+    checks = {
+        "short_attention": (_agrees_with_sdpa, "scaled_dot_product_attention"),
+        "linear": (_agrees_with_linear, "linear (oneDNN)"),
+    }
+    for name, (agrees, reference) in checks.items():
+        op = compiled[name]
+        try:
+            if not agrees(op):
+                raise RuntimeError(f"its output disagrees with {reference}")
+        except Exception as error:
+            _warn(
+                f"mmcl: the native kernel {name} is unavailable ({_last_line(error)}); using "
+                f"PyTorch's {reference} instead."
+            )
+            op = None
+        _ops[name] = op
 
 
 def _last_line(error: Exception) -> str:
@@ -231,35 +237,19 @@ def _last_line(error: Exception) -> str:
 
 def _warn(message: str) -> None:
     warnings.warn(
-        f"{message} MMCL_NATIVE_KERNELS=0 skips the attempt.", RuntimeWarning, stacklevel=5
+        f"{message} MMCL_NATIVE_KERNELS=0 skips the attempt.", RuntimeWarning, stacklevel=4
     )
 
 
-def _compiled(op_name: str) -> Callable:
+def _compiled(timeout: float) -> dict[str, Callable]:
+    if not _library_loaded():
+        _builder.load_library(timeout)
     namespace = torch.ops.mmcl_kernels
-    if not hasattr(namespace, op_name):  # not loaded in this process yet
-        quiet = logging.getLogger("torch.utils.cpp_extension")
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)  # its "no CUDA runtime found" is irrelevant to a CPU kernel
-        try:
-            from torch.utils import cpp_extension
+    return {name: getattr(namespace, name) for name in ("short_attention", "linear")}
 
-            # One build per PyTorch version (the C++ ABI); PyTorch hashes the sources and flags
-            # itself and rebuilds when they change, and the header's hash is one of the flags.
-            version = torch.__version__.split("+")[0].replace(".", "_")
-            headers = hashlib.sha256(b"".join(h.read_bytes() for h in _HEADERS)).hexdigest()
-            logging.getLogger("mmcl").info("building mmcl's kernels (once, about 15 s)")
-            cpp_extension.load(
-                name=f"mmcl_kernels_torch{version}",
-                sources=[str(source) for source in _SOURCES],
-                extra_cflags=[*_FLAGS, f"-DMMCL_HEADERS_SHA256={headers[:16]}"],
-                extra_ldflags=["-fopenmp"],
-                is_python_module=False,
-                verbose=False,
-            )
-        finally:
-            quiet.setLevel(level)
-    return getattr(namespace, op_name)
+
+def _library_loaded() -> bool:
+    return hasattr(torch.ops.mmcl_kernels, "linear")
 
 
 def _agrees_with_sdpa(op: Callable) -> bool:
