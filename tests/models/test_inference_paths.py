@@ -355,6 +355,7 @@ def test_the_cli_accelerates_bf16_models_for_its_inference_commands(precision):
     from mmcl.nn import is_accelerated
 
     args = argparse.Namespace(
+        command="embed",
         model="tiny-vit",
         pretrained=None,
         precision=precision,
