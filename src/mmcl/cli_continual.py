@@ -81,9 +81,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--train-size",
         type=int,
-        help="training items: per task for mini-mtil; for the class-incremental scenarios "
-        "(scenes-cil, cifar10-cil, seq-cifar10) of the whole stream, each task getting the "
-        "items of its classes (scenes-cil: 4 tasks, about a quarter each)",
+        help="training items: per task for mini-mtil (default 2000); for the class-incremental "
+        "scenarios, of the whole stream, each task keeping the items of its classes: "
+        "scenes-cil a quarter each (default 2000), cifar10-cil and seq-cifar10 a fifth "
+        "(class-balanced; defaults 2000 and every image)",
     )
     parser.add_argument("--test-size", type=int, help="test items, counted like --train-size")
     parser.add_argument("--steps", type=int, help="optimizer steps per task (default 100)")

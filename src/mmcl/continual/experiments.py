@@ -105,6 +105,9 @@ DEFAULT_TRAINING = {
     "grad_clip_norm": 1.0,
     "tensorboard": False,
     "log_every": 10,
+    # One in-task checkpoint is enough (each is written atomically before the last is
+    # removed), and each holds the model, the optimiser and the method's state.
+    "keep_checkpoints": 1,
 }
 
 

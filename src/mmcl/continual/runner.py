@@ -5,7 +5,10 @@ including j > i (zero-shot on tasks not trained yet), with the initial model's a
 row before training. After every task the run writes its progress atomically; `resume=True`
 continues at the task where it stopped, and inside that task at the engine's last checkpoint
 (`checkpoint_every` in the training settings), which holds the model, optimiser, RNG, sampler
-position and the method's own state (buffers, Fisher, teachers).
+position and the method's own state (buffers, Fisher). Teachers are never saved: the initial
+weights are written once (`initial_model.pt`), and a teacher taken from the model at a task's
+start is taken again when that task resumes. A resume must ask for the settings the run
+recorded when it started (`mmcl.continual.settings`).
 
 Under `torchrun` every rank runs this same function: the engine trains with DDP, every rank
 evaluates the same test sets, the method's state is broadcast from rank 0 after each task, and

@@ -10,7 +10,6 @@ WiseFT(alpha=0.3)
 from __future__ import annotations
 
 import difflib
-import inspect
 from typing import Any
 
 from mmcl.continual.methods.arguments import (
@@ -115,11 +114,12 @@ def method_arguments(method: Method) -> dict[str, dict[str, Any]]:
     result = {}
     for part in getattr(method, "parts", [method]):
         recorded = getattr(part, "arguments", None)
-        if recorded is None:
+        if recorded is None:  # only plain values: an attribute may hold something else
+            plain = (type(None), bool, int, float, str, list, tuple)
             recorded = {
-                p.name: getattr(part, p.name, p.default)
+                p.name: value
                 for p in parameters(type(part))
-                if hasattr(part, p.name) or p.default is not inspect.Parameter.empty
+                if isinstance(value := getattr(part, p.name, p.default), plain)
             }
         result[part.name] = dict(recorded)
     return result
