@@ -189,9 +189,9 @@ def run_describe(args: argparse.Namespace) -> int:
     from mmcl.continual.methods import METHODS, build_method
     from mmcl.continual.methods.arguments import describe_method
 
-    if args.name not in METHODS:
-        build_method(args.name)  # the error that suggests a close name and lists the methods
-    print(describe_method(args.name, METHODS[args.name]))
+    names = [part.strip() for part in args.name.split("+") if part.strip()]
+    build_method(args.name)  # an unknown name: the error that suggests a close one
+    print("\n\n".join(describe_method(name, METHODS[name]) for name in names))
     return 0
 
 
