@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from _common import machine_line, print_table
 
-from mmcl.continual.experiments import compare
+from mmcl.continual.comparison import compare
 from mmcl.continual.methods import available_methods
 
 # Per-method arguments where the defaults suit a full-size model more than a tiny one.

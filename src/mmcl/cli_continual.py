@@ -1,9 +1,11 @@
 """`mmcl continual`: run a continual-learning method on a task stream, or compare several.
 
 mmcl continual --scenario mini-mtil --method zscl --output-dir runs/zscl
-mmcl continual --scenario scenes-cil --method er+lwf --method-args buffer_size=200,lambda_=1
+mmcl continual --scenario scenes-cil --method er+lwf --method-args er.buffer_size=200,lwf.lambda_=1
 mmcl continual compare --scenario mini-mtil --methods frozen,finetune,lwf,zscl,moe_adapters
+mmcl continual compare --scenario scenes-cil --methods ewc,lwf+ewc --method-args ewc.lambda_=100
 mmcl continual list
+mmcl continual describe ewc
 """
 
 from __future__ import annotations
@@ -37,7 +39,12 @@ def add_parser(commands) -> None:
     )
     add_run_arguments(continual)
     continual.add_argument("--method", help="method name; a+b composes (see `mmcl continual list`)")
-    continual.add_argument("--method-args", help="KEY=VALUE,... for the method, e.g. lambda_=100")
+    continual.add_argument(
+        "--method-args",
+        metavar="METHOD.KEY=VALUE,...",
+        help="the method's arguments, e.g. ewc.lambda_=100 (a bare KEY goes to the first part "
+        "that takes it; see `mmcl continual describe METHOD`)",
+    )
     continual.set_defaults(handler=run_one, command="continual")
     actions = continual.add_subparsers(dest="action")
     compare = actions.add_parser("compare", help="several methods on one stream, one table")
@@ -47,13 +54,18 @@ def add_parser(commands) -> None:
         "--method-args",
         action="append",
         default=[],
-        metavar="METHOD:KEY=VALUE,...",
-        help="arguments of one method, e.g. ewc:lambda_=100 (repeatable)",
+        metavar="METHOD.KEY=VALUE,...",
+        help="e.g. ewc.lambda_=100: for every compared method with an ewc part (repeatable)",
     )
     compare.set_defaults(handler=run_compare, command="continual compare")
     listing = actions.add_parser("list", help="list scenarios and methods")
     listing.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     listing.set_defaults(handler=run_list, command="continual list")
+    describing = actions.add_parser(
+        "describe", help="a method's arguments (types, defaults), summary and paper"
+    )
+    describing.add_argument("name", metavar="METHOD", help="a method name (see `list`)")
+    describing.set_defaults(handler=run_describe, command="continual describe")
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,8 +78,15 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--output-dir", type=Path, help="where reports and checkpoints go")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    parser.add_argument("--train-size", type=int, help="training items per task")
-    parser.add_argument("--test-size", type=int, help="test items per task")
+    parser.add_argument(
+        "--train-size",
+        type=int,
+        help="training items: per task for mini-mtil (default 2000); for the class-incremental "
+        "scenarios, of the whole stream, each task keeping the items of its classes: "
+        "scenes-cil a quarter each (default 2000), cifar10-cil and seq-cifar10 a fifth "
+        "(class-balanced; defaults 2000 and every image)",
+    )
+    parser.add_argument("--test-size", type=int, help="test items, counted like --train-size")
     parser.add_argument("--steps", type=int, help="optimizer steps per task (default 100)")
     parser.add_argument("--epochs", type=int, help="epochs per task (instead of --steps)")
     parser.add_argument("--batch-size", type=int, help="per process (default 64)")
@@ -123,24 +142,33 @@ def run_one(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from mmcl.continual.experiments import compare, parse_method_args
+    from mmcl.continual.comparison import COMPARISON_CSV, COMPARISON_MD, compare
+    from mmcl.continual.experiments import parse_method_args
     from mmcl.continual.report import compare_table
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
         raise ValueError("--methods is empty")
-    method_args = {}
-    for spec in args.method_args:
-        name, sep, values = spec.partition(":")
-        if not sep or name not in methods:
+    method_args: dict[str, dict] = {}
+    for key, value in parse_method_args(",".join(args.method_args)).items():
+        part, dot, _ = key.partition(".")
+        if not dot:
             raise ValueError(
-                f"--method-args {spec!r}: expected METHOD:KEY=VALUE with METHOD in "
-                f"--methods ({', '.join(methods)})"
+                f"--method-args {key}={value}: name the method it is for, as "
+                f"METHOD.KEY=VALUE (e.g. ewc.{key}={value})"
             )
-        method_args[name] = parse_method_args(values)
+        owners = [m for m in methods if part in m.split("+")]
+        if not owners:
+            raise ValueError(
+                f"--method-args {key}={value}: no method in --methods ({', '.join(methods)}) "
+                f"has a part {part!r}"
+            )
+        for owner in owners:
+            method_args.setdefault(owner, {})[key] = value
     output = args.output_dir or Path("runs") / "continual" / f"{args.scenario}-compare"
     reports = compare(args.scenario, methods, output, method_args, **_options(args))
     print(compare_table(reports))
+    print(f"saved as {output / COMPARISON_MD} and {output / COMPARISON_CSV}")
     return 0
 
 
@@ -154,6 +182,16 @@ def run_list(args: argparse.Namespace) -> int:
     print("methods (compose with +):")
     for name, method in sorted(METHODS.items()):
         print(f"  {name:14s} {_first_line(sys.modules[method.__module__].__doc__)}")
+    return 0
+
+
+def run_describe(args: argparse.Namespace) -> int:
+    from mmcl.continual.methods import METHODS, build_method
+    from mmcl.continual.methods.arguments import describe_method
+
+    names = [part.strip() for part in args.name.split("+") if part.strip()]
+    build_method(args.name)  # an unknown name: the error that suggests a close one
+    print("\n\n".join(describe_method(name, METHODS[name]) for name in names))
     return 0
 
 

@@ -42,7 +42,7 @@ def test_one_method_writes_its_report(tmp_path, capsys):
     )
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["method"] == "wise_ft" and len(report["accuracy_matrix"]) == 4
-    assert report["extra"]["method_args"] == {"alpha": 0.25}
+    assert report["extra"]["method_args"] == {"wise_ft": {"alpha": 0.25}}
     assert "| Transfer |" in capsys.readouterr().out or (tmp_path / "run" / "report.md").exists()
 
 

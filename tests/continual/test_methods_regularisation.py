@@ -172,7 +172,17 @@ def test_online_ewc_keeps_one_decayed_fisher_and_the_latest_anchor(monkeypatch):
     assert len(online.fishers) == len(online.anchors) == 1
     assert torch.allclose(online.fishers[0]["weight"], torch.full((2, 3), 0.5 * 2.0 + 5.0))
     assert torch.allclose(online.anchors[0]["weight"], torch.full((2, 3), 3.0))
-    assert len(plain.fishers) == 2 and torch.allclose(plain.anchors[0]["weight"], torch.ones(2, 3))
+    # EWC keeps one merged pair: S = 2 + 5, m = (2 * 1 + 5 * 3) / 7, and the constant
+    # sum_k F_k (a_k - m)^2 = 2 (10/7)^2 + 5 (4/7)^2 = 40/7 per weight (bias: anchors equal).
+    assert len(plain.fishers) == len(plain.anchors) == 1
+    assert torch.allclose(plain.fishers[0]["weight"], torch.full((2, 3), 7.0))
+    assert torch.allclose(plain.anchors[0]["weight"], torch.full((2, 3), 17 / 7))
+    assert plain.constant == pytest.approx(6 * 40 / 7)
+    with torch.no_grad():
+        model.weight.fill_(4.0)
+        model.bias.copy_(plain.anchors[0]["bias"])
+    # At w = 4: lambda / 2 * sum_k F_k (4 - a_k)^2 = 1/2 * 6 * (2 * 3^2 + 5 * 1^2) = 69.
+    assert plain.extra_losses(model, None, {})["ewc"].item() == pytest.approx(69.0)
     with torch.no_grad():
         model.weight.fill_(4.0)
         model.bias.copy_(online.anchors[0]["bias"])
@@ -372,7 +382,7 @@ def test_each_method_runs_a_stream_and_adds_its_term(tmp_path, method, term):
         average = averages[1]
         assert "text.token_embedding.weight" not in average and key in average
     if isinstance(method, EWC):
-        assert len(method.fishers) == (1 if method.online else 2)
+        assert len(method.fishers) == 1  # EWC merges its tasks' pairs into one
         assert "text.token_embedding.weight" not in method.fishers[-1]
         assert "text.transformer.resblocks.0.attn.in_proj_weight" in method.fishers[-1]
         for name, value in fresh.fishers[-1].items():

@@ -151,7 +151,7 @@ def test_a_stop_between_saving_weights_and_the_row_does_not_repeat_the_task(tmp_
             build_method("wise_ft", alpha=0.5),
             config(tmp_path),
             folder,
-            resume=True,
+            resume=(folder / "progress.json").exists(),
             progress=False,
         )
         return result, network.state_dict()

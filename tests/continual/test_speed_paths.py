@@ -326,7 +326,7 @@ def test_the_estimator_is_an_argument_that_is_checked(tmp_path, monkeypatch):
             copy.deepcopy(model), image_stream(), method, settings(tmp_path, steps=1),
             tmp_path / f"run_{expected}", progress=False,
         )  # fmt: skip
-        assert calls[-2:] == [expected, expected] and len(method.fishers) == 2
+        assert calls[-2:] == [expected, expected] and len(method.fishers) == 1
 
 
 def test_a_checkpoint_remembers_its_estimator_and_refuses_the_other():

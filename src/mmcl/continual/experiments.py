@@ -12,6 +12,7 @@ seq-cifar10  the DER protocol's sequential CIFAR-10 (natural class order, CIFAR 
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -104,11 +105,16 @@ DEFAULT_TRAINING = {
     "grad_clip_norm": 1.0,
     "tensorboard": False,
     "log_every": 10,
+    # One in-task checkpoint is enough (each is written atomically before the last is
+    # removed), and each holds the model, the optimiser and the method's state.
+    "keep_checkpoints": 1,
 }
 
 
 def parse_method_args(text: str | None) -> dict[str, Any]:
-    """`"lambda_=100,online=true"` -> `{"lambda_": 100, "online": True}` (values read as YAML).
+    """`"ewc.lambda_=100,online=true"` -> `{"ewc.lambda_": 100, "online": True}` (values read
+    as YAML; `build_method` checks them against the method's arguments). A key may name the
+    method it is for (`METHOD.KEY`); the old `METHOD:KEY` form is refused with the new one.
 
     >>> parse_method_args("alpha=0.5, online=true, name=x")
     {'alpha': 0.5, 'online': True, 'name': 'x'}
@@ -118,8 +124,16 @@ def parse_method_args(text: str | None) -> dict[str, Any]:
         if not item.strip():
             continue
         key, sep, value = item.partition("=")
+        if ":" in key:  # the form `compare` once took
+            method, _, field = key.strip().partition(":")
+            raise ValueError(
+                f"method argument {item.strip()!r}: write it as {method}.{field}={value.strip()} "
+                f"(METHOD.KEY=VALUE)"
+            )
         if not sep or not key.strip():
-            raise ValueError(f"method argument {item.strip()!r} is not KEY=VALUE")
+            raise ValueError(
+                f"method argument {item.strip()!r} is not KEY=VALUE or METHOD.KEY=VALUE"
+            )
         parsed = yaml.safe_load(value.strip())
         if isinstance(parsed, str):  # YAML 1.1 reads "1e-3" as text
             try:
@@ -157,6 +171,51 @@ def starting_model(spec: str = SCENES_PRETRAINED, progress: bool = True) -> torc
     return create_model(spec)
 
 
+def plan_run(
+    scenario: str,
+    method: str,
+    output_dir: str | Path,
+    method_args: dict[str, Any] | None = None,
+    model: str = SCENES_PRETRAINED,
+    training: dict[str, Any] | None = None,
+    scenario_args: dict[str, Any] | None = None,
+    progress: bool = True,
+):
+    """The method, training settings and recorded extras of a run, built and checked without
+    loading a model or data: `(method, config, extra)`. `run_settings(method, config, extra)`
+    (`mmcl.continual.settings`) is what the run will record."""
+    from mmcl.continual.methods import build_method
+    from mmcl.train import TrainConfig
+
+    built_method = build_method(method, **(method_args or {}))
+    settings = {**DEFAULT_TRAINING, **(training or {}), "output_dir": str(output_dir)}
+    if settings.get("steps"):
+        settings.setdefault("warmup_steps", settings["steps"] // 10)
+    settings.setdefault("progress", progress)
+    config = TrainConfig.from_dict(settings, "continual training settings")
+    extra = {
+        "scenario": scenario,
+        "scenario_args": scenario_arguments(scenario, scenario_args or {}),
+        "model": model,
+    }
+    return built_method, config, extra
+
+
+def scenario_arguments(name: str, given: dict[str, Any]) -> dict[str, Any]:
+    """Every argument the scenario will be built with, defaults included, except `image_size`
+    (the model's, so it follows from the recorded model)."""
+    if name not in SCENARIOS:
+        build_scenario(name)  # the error that lists the valid names
+    signature = inspect.signature(SCENARIOS[name])
+    try:
+        bound = signature.bind(**given)
+    except TypeError as error:
+        valid = ", ".join(p for p in signature.parameters if p != "image_size")
+        raise ValueError(f"scenario {name!r}: {error}; its arguments: {valid}") from None
+    bound.apply_defaults()
+    return {k: v for k, v in bound.arguments.items() if k != "image_size"}
+
+
 def run_experiment(
     scenario: str,
     method: str,
@@ -170,29 +229,15 @@ def run_experiment(
 ):
     """Build the scenario, method and model by name and run them; returns a `ContinualResult`
     (its report is also in `output_dir`). Bad names and arguments fail before any training."""
-    from mmcl.continual.methods import build_method
     from mmcl.continual.runner import run_continual
-    from mmcl.train import TrainConfig
 
-    built_method = build_method(method, **(method_args or {}))
-    settings = {**DEFAULT_TRAINING, **(training or {}), "output_dir": str(output_dir)}
-    if settings.get("steps"):
-        settings.setdefault("warmup_steps", settings["steps"] // 10)
-    settings.setdefault("progress", progress)
-    config = TrainConfig.from_dict(settings, "continual training settings")
+    built_method, config, extra = plan_run(
+        scenario, method, output_dir, method_args, model, training, scenario_args, progress
+    )
     network = starting_model(model, progress=progress)
-    options = dict(scenario_args or {})
-    options.setdefault("image_size", network.image_size)
-    stream = build_scenario(scenario, **options)
+    stream = build_scenario(scenario, **extra["scenario_args"], image_size=network.image_size)
     if progress:
         print(describe(stream))
-    extra = {
-        "scenario": scenario,
-        "scenario_args": options,
-        "model": model,
-        "method_args": method_args or {},
-        "training": settings,
-    }
     return run_continual(
         network,
         stream,
@@ -203,32 +248,3 @@ def run_experiment(
         progress=progress,
         extra=extra,
     )
-
-
-def compare(
-    scenario: str,
-    methods: list[str],
-    output_dir: str | Path,
-    method_args: dict[str, dict[str, Any]] | None = None,
-    **options,
-) -> dict[str, Any]:
-    """Run several methods on one stream (each in `output_dir/<method>`); returns their
-    reports by method name. A finished method is read back, not run again."""
-    from mmcl.continual.methods import build_method
-    from mmcl.continual.report import read_report
-
-    method_args = method_args or {}
-    for name in methods:  # every name and argument checked before hours of training
-        build_method(name, **method_args.get(name, {}))
-    reports = {}
-    for name in methods:
-        folder = Path(output_dir) / name.replace("+", "_")
-        if (folder / "report.json").exists():
-            reports[name] = read_report(folder)
-            continue
-        resume = (folder / "progress.json").exists()
-        result = run_experiment(
-            scenario, name, folder, method_args.get(name), resume=resume, **options
-        )
-        reports[name] = result.report
-    return reports

@@ -5,7 +5,10 @@ including j > i (zero-shot on tasks not trained yet), with the initial model's a
 row before training. After every task the run writes its progress atomically; `resume=True`
 continues at the task where it stopped, and inside that task at the engine's last checkpoint
 (`checkpoint_every` in the training settings), which holds the model, optimiser, RNG, sampler
-position and the method's own state (buffers, Fisher, teachers).
+position and the method's own state (buffers, Fisher). Teachers are never saved: the initial
+weights are written once (`initial_model.pt`), and a teacher taken from the model at a task's
+start is taken again when that task resumes. A resume must ask for the settings the run
+recorded when it started (`mmcl.continual.settings`).
 
 Under `torchrun` every rank runs this same function: the engine trains with DDP, every rank
 evaluates the same test sets, the method's state is broadcast from rank 0 after each task, and
@@ -30,6 +33,7 @@ from mmcl.continual import classes
 from mmcl.continual.evaluation import task_accuracy
 from mmcl.continual.heads import classification_objective, is_classifier
 from mmcl.continual.report import write_report
+from mmcl.continual.settings import differences, run_settings
 from mmcl.io.atomic import atomic_path
 from mmcl.train import TrainConfig, Trainer, distributed
 
@@ -111,6 +115,12 @@ def run_continual(
             f"{output_dir} already holds a continual run: resume it (resume=True / --resume) "
             f"or choose a new output folder"
         )
+    if resume and not (output_dir / PROGRESS_FILE).exists():
+        raise FileNotFoundError(
+            f"{output_dir}: nothing to resume (no {PROGRESS_FILE} there); start the run "
+            f"without --resume, or give the folder of the run to continue"
+        )
+    settings = run_settings(method, config, extra)
     per_step = config.batch_size * config.accumulation_steps * info.world_size
     small = [f"{t.name} ({len(t.train)})" for t in tasks if len(t.train) < per_step]
     if method.trains and small:
@@ -120,7 +130,7 @@ def run_continual(
             f"{', '.join(small)}; lower the batch size or give the tasks more data"
         )
     _check_model_fits(model, method, scenario)
-    saved = _load_progress(output_dir, names, method.name) if resume else None
+    saved = _load_progress(output_dir, names, method.name, settings) if resume else None
     output_dir.mkdir(parents=True, exist_ok=True)
     _barrier()
 
@@ -133,6 +143,7 @@ def run_continual(
                 torch.save(run.initial_state, tmp)
         saved = {
             "method": method.name,
+            "settings": settings,
             "tasks": names,
             "completed": 0,
             "matrix": [],
@@ -213,7 +224,7 @@ def run_continual(
             saved["matrix"],
             names,
             method.name,
-            extra=extra or {},
+            extra=saved["settings"],  # the same for every task: resume refuses a change
             times=saved["seconds"],
             peak_memory=saved["peak_memory_mib"],
             initial=saved["initial"],
@@ -291,14 +302,23 @@ def _save_progress(output_dir: Path, saved: dict, is_main: bool) -> None:
     _barrier()
 
 
-def _load_progress(output_dir: Path, names: list[str], method_name: str) -> dict | None:
+def _load_progress(output_dir: Path, names: list[str], method_name: str, settings: dict) -> dict:
     path = output_dir / PROGRESS_FILE
-    if not path.exists():
-        return None
     saved = json.loads(path.read_text())
     if saved["tasks"] != names or saved["method"] != method_name:
         raise ValueError(
             f"{path}: it belongs to another run (method {saved['method']!r}, tasks "
             f"{saved['tasks']}); use a fresh output folder"
+        )
+    if "settings" not in saved:
+        raise ValueError(
+            f"{path}: the run records no settings (an older mmcl wrote it), so a resume "
+            f"cannot be checked against them; start again in a new --output-dir"
+        )
+    changed = differences(saved["settings"], settings)
+    if changed:
+        raise ValueError(
+            f"{output_dir}: the run was started with other settings ({'; '.join(changed)}); "
+            f"resume with the same settings, or start a new run in a new --output-dir"
         )
     return saved

@@ -10,9 +10,13 @@ WiseFT(alpha=0.3)
 from __future__ import annotations
 
 import difflib
-import inspect
 from typing import Any
 
+from mmcl.continual.methods.arguments import (
+    effective_arguments,
+    parameters,
+    unknown_argument_message,
+)
 from mmcl.continual.methods.base import Method
 from mmcl.continual.methods.composite import Composite
 from mmcl.continual.methods.coop import CoOp
@@ -61,20 +65,13 @@ def build_method(spec: str, **arguments: Any) -> Method:
     """A method by name; `a+b` composes methods.
 
     An argument goes to the first part that accepts it; `part.key` sends it to that part only
-    (`build_method("lwf+ewc", **{"ewc.lambda_": 100, "lwf.lambda_": 1})`).
+    (`build_method("lwf+ewc", **{"ewc.lambda_": 100, "lwf.lambda_": 1})`). Values are checked
+    against the constructor's types (an int is accepted for a float), and every part records
+    its effective arguments, defaults included, in `part.arguments` (see `method_arguments`).
     """
     names = [part.strip() for part in spec.split("+") if part.strip()]
     if not names:
         raise ValueError("no method named")
-    unused = {k: v for k, v in arguments.items() if "." not in k}
-    targeted: dict[str, dict[str, Any]] = {}
-    for key, value in arguments.items():
-        if "." in key:
-            part, _, field = key.partition(".")
-            if part not in names:
-                raise ValueError(f"argument {key!r}: {part!r} is not a part of {spec!r}")
-            targeted.setdefault(part, {})[field] = value
-    parts = []
     for name in names:
         if name not in METHODS:
             close = difflib.get_close_matches(name, METHODS, n=3, cutoff=0.5)
@@ -82,16 +79,50 @@ def build_method(spec: str, **arguments: Any) -> Method:
             raise ValueError(
                 f"unknown method {name!r}.{hint} Valid methods: {', '.join(available_methods())}"
             )
-        accepted = set(inspect.signature(METHODS[name]).parameters)
-        mine = {k: unused.pop(k) for k in list(unused) if k in accepted}
-        for key in targeted.get(name, {}):
-            if key not in accepted:
-                raise ValueError(f"method {name!r} takes no argument {key!r}")
-        mine.update(targeted.get(name, {}))
-        parts.append(METHODS[name](**mine))
-    if unused:
-        raise ValueError(f"method {spec!r} takes no argument(s) {sorted(unused)}")
+    accepted = {name: [p.name for p in parameters(METHODS[name])] for name in names}
+    given: dict[str, dict[str, Any]] = {name: {} for name in names}
+    for key, value in arguments.items():
+        part, dot, field = key.partition(".")
+        if dot:
+            if part not in names:
+                raise ValueError(
+                    f"argument {key!r}: {part!r} is not a part of {spec!r} (parts: "
+                    f"{', '.join(names)})"
+                )
+            given[part][field] = value
+            continue
+        owner = next((name for name in names if key in accepted[name]), None)
+        if owner is None:
+            valid = [f"{n}.{a}" if len(names) > 1 else a for n in names for a in accepted[n]]
+            raise ValueError(unknown_argument_message(spec, key, valid))
+        given[owner][key] = value
+    parts = []
+    for name in names:
+        effective = effective_arguments(METHODS[name], given[name], name)
+        part = METHODS[name](**{k: v for k, v in effective.items() if k in given[name]})
+        part.arguments = effective
+        parts.append(part)
     return parts[0] if len(parts) == 1 else Composite(parts)
 
 
-__all__ = ["METHODS", "Method", "available_methods", "build_method"]
+def method_arguments(method: Method) -> dict[str, dict[str, Any]]:
+    """Every part's effective arguments, defaults included: `{"ewc": {"lambda_": 1000.0, ...}}`.
+
+    A method built by `build_method` recorded them; one built directly is read back from the
+    attributes named like its constructor's arguments (defaults where there is none).
+    """
+    result = {}
+    for part in getattr(method, "parts", [method]):
+        recorded = getattr(part, "arguments", None)
+        if recorded is None:  # only plain values: an attribute may hold something else
+            plain = (type(None), bool, int, float, str, list, tuple)
+            recorded = {
+                p.name: value
+                for p in parameters(type(part))
+                if isinstance(value := getattr(part, p.name, p.default), plain)
+            }
+        result[part.name] = dict(recorded)
+    return result
+
+
+__all__ = ["METHODS", "Method", "available_methods", "build_method", "method_arguments"]

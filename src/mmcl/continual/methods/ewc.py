@@ -7,9 +7,11 @@ adds
 
     ewc = lambda / 2 * sum_k sum_i F_k,i * (theta_i - theta*_k,i) ** 2
 
-EWC keeps one (F_k, theta*_k) pair per past task, so its memory grows by two copies of the
-trainable weights per task. Online EWC keeps a single running pair: F <- gamma * F + F_k and
-theta* <- theta*_k (gamma = 1 sums the Fisher of every task; gamma < 1 forgets old ones).
+EWC does not keep one (F_k, theta*_k) pair per past task: after each task it merges them into
+one quadratic per weight (see `merge_pairs`), the same penalty and gradient, so its memory and
+its saved state stay at two copies of the trainable weights however many tasks have passed.
+Online EWC keeps a single running pair: F <- gamma * F + F_k and theta* <- theta*_k (gamma = 1
+sums the Fisher of every task; gamma < 1 forgets old ones).
 
 Two estimators of F (`fisher`), both over `fisher_samples` training images (a seeded random
 sample of the task's data, with stream labels), in eval mode, with p the distribution the task
@@ -31,8 +33,8 @@ templates cycling, the head's columns for a plain classifier).
   per-sample empirical Fisher, plus the squared mean gradient, which is large while the task's
   loss is still high), so the two estimators call for different `lambda_`.
 
-While a task trains, the past tasks' quadratics are merged into one per weight (see
-`EWC._merged`): the same penalty and gradient at a cost that does not grow with the tasks.
+Pairs set by hand (`method.fishers`, `method.anchors`, several of them) are merged the same
+way when the penalty is first computed (`EWC._merged`).
 
 Only trainable parameters get an importance: a frozen one has no entry (its importance is zero)
 and costs no memory.
@@ -65,9 +67,11 @@ class EWC(Method):
         self.fisher_samples = fisher_samples
         self.fisher = fisher
         self.fisher_batch_size = fisher_batch_size
-        # One (Fisher, anchor) pair per past task, or a single running pair for online EWC.
+        # The past tasks' penalty: one (importance, anchor) pair after `after_task` merged
+        # them, plus the constant the merge leaves (it moves the value, not the gradient).
         self.fishers: list[dict[str, torch.Tensor]] = []
         self.anchors: list[dict[str, torch.Tensor]] = []
+        self.constant = 0.0
         self._merged_key, self._merged_terms, self._merged_constant = None, {}, 0.0
 
     def after_task(self, task, model, run) -> None:
@@ -95,6 +99,14 @@ class EWC(Method):
         parameters = dict(model.named_parameters())
         self.fishers.append(fisher)
         self.anchors.append({name: parameters[name].detach().float().clone() for name in fisher})
+        self._merge_stored()
+
+    def _merge_stored(self) -> None:
+        """Replace the stored pairs by one: what keeps the state from growing with the tasks."""
+        if len(self.fishers) > 1:
+            fisher, anchor, constant = merge_pairs(self.fishers, self.anchors)
+            self.fishers, self.anchors = [fisher], [anchor]
+            self.constant += constant
 
     def extra_losses(self, model, batch, outputs) -> dict[str, torch.Tensor]:
         if not self.fishers:
@@ -106,16 +118,11 @@ class EWC(Method):
             total = term if total is None else total + term
         if total is None:  # nothing was trainable when the Fisher was taken
             return {}
-        return {self.name: self.lambda_ / 2 * (total + self._merged_constant)}
+        return {self.name: self.lambda_ / 2 * (total + self._merged_constant + self.constant)}
 
     def _merged(self, parameters) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """The past tasks' penalties as one quadratic per weight, built when the pairs change.
-
-        sum_k F_k (w - a_k)^2 = S (w - m)^2 + c with S = sum_k F_k, m = sum_k F_k a_k / S and
-        the constant c = sum_k F_k (a_k - m)^2: the same value and gradient, but one term per
-        weight a step instead of one per weight and past task (with 4 past tasks a quarter of
-        the work). One pair is used as it is; several cost two more copies of the weights.
-        """
+        """The pairs as one quadratic per weight (`merge_pairs`) on each weight's device,
+        built again only when the pairs change: one term per weight a step, however many."""
         names = dict.fromkeys(name for fisher in self.fishers for name in fisher)
         # Each weight's device (a model may span several), then the pairs themselves (not
         # their ids, which a freed dict's successor may reuse).
@@ -124,28 +131,25 @@ class EWC(Method):
         cached = self._merged_key
         if cached is not None and len(cached) == len(key) and all(map(_same, cached, key)):
             return self._merged_terms
-        terms, constant = {}, 0.0
-        for name, device in zip(names, devices, strict=True):
-            pairs = [
-                (f[name].to(device), a[name].to(device))
-                for f, a in zip(self.fishers, self.anchors, strict=True)
-                if name in f
-            ]
-            if len(pairs) == 1:
-                terms[name] = pairs[0]
-                continue
-            weight = sum(f for f, _ in pairs)
-            centre = sum(f * a for f, a in pairs) / weight
-            centre = torch.where(weight > 0, centre, pairs[-1][1])  # no Fisher: any centre
-            constant += sum(
-                float((f.double() * (a - centre).double() ** 2).sum()) for f, a in pairs
-            )
-            terms[name] = (weight, centre)
+        placed = list(zip(names, devices, strict=True))
+
+        def moved(pairs: dict) -> dict:
+            return {name: pairs[name].to(device) for name, device in placed if name in pairs}
+
+        on_device = [moved(f) for f in self.fishers]
+        anchors = [moved(a) for a in self.anchors]
+        weights, centres, constant = merge_pairs(on_device, anchors)
+        terms = {name: (weights[name], centres[name]) for name in names}
         self._merged_key, self._merged_terms, self._merged_constant = key, terms, constant
         return terms
 
     def state_dict(self):
-        return {"fishers": self.fishers, "anchors": self.anchors, "fisher": self.fisher}
+        return {
+            "fishers": self.fishers,
+            "anchors": self.anchors,
+            "constant": self.constant,
+            "fisher": self.fisher,
+        }
 
     def load_state_dict(self, state) -> None:
         saved = state.get("fisher", "sample")  # checkpoints from before the choice: "sample"
@@ -157,6 +161,8 @@ class EWC(Method):
             )
         self.fishers = [dict(f) for f in state.get("fishers", [])]
         self.anchors = [dict(a) for a in state.get("anchors", [])]
+        self.constant = float(state.get("constant", 0.0))
+        self._merge_stored()  # a state saved by an older mmcl holds one pair per task
 
     def __repr__(self) -> str:
         return (
@@ -192,6 +198,28 @@ class OnlineEWC(EWC):
 
 
 FISHER_ESTIMATORS = ("sample", "minibatch")
+
+
+def merge_pairs(fishers, anchors) -> tuple[dict, dict, float]:
+    """Several tasks' (importance, anchor) pairs as one quadratic per weight, and a constant.
+
+    sum_k F_k (w - a_k)^2 = S (w - m)^2 + c with S = sum_k F_k, m = sum_k F_k a_k / S and
+    c = sum_k F_k (a_k - m)^2: the same value and gradient for every w. Where S is zero any
+    centre will do; the latest anchor is kept. A weight missing from a pair (frozen then) has
+    no importance there. One pair comes back as it is.
+    """
+    if len(fishers) == 1:
+        return fishers[0], anchors[0], 0.0
+    names = dict.fromkeys(name for fisher in fishers for name in fisher)
+    merged_fisher, merged_anchor, constant = {}, {}, 0.0
+    for name in names:
+        pairs = [(f[name], a[name]) for f, a in zip(fishers, anchors, strict=True) if name in f]
+        weight = sum(f for f, _ in pairs)
+        centre = sum(f * a for f, a in pairs) / weight
+        centre = torch.where(weight > 0, centre, pairs[-1][1])
+        constant += sum(float((f.double() * (a - centre).double() ** 2).sum()) for f, a in pairs)
+        merged_fisher[name], merged_anchor[name] = weight, centre
+    return merged_fisher, merged_anchor, constant
 
 
 def _same(cached, current) -> bool:
