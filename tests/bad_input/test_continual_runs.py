@@ -154,6 +154,13 @@ def test_a_method_argument_of_the_wrong_type_is_refused(tmp_path, capsys):
     assert "ewc.fisher_samples: expected int, got 2.5" in capsys.readouterr().err
 
 
+def test_a_bare_argument_that_several_parts_take_is_refused_not_guessed(tmp_path, capsys):
+    arguments = ["--method", "lwf+ewc", "--method-args", "lambda_=5"]
+    assert continual(*SMALL, *arguments, "--output-dir", tmp_path / "x") == 2
+    assert "write lwf.lambda_ or ewc.lambda_" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.parametrize("command", [["compare", "--methods", "ewc"], ["--method", "ewc"]])
 def test_the_old_colon_syntax_is_refused_with_the_new_form(tmp_path, capsys, command):
     arguments = [*command, "--method-args", "ewc:lambda_=100", "--output-dir", tmp_path / "x"]

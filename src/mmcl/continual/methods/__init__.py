@@ -64,8 +64,9 @@ def available_methods() -> list[str]:
 def build_method(spec: str, **arguments: Any) -> Method:
     """A method by name; `a+b` composes methods.
 
-    An argument goes to the first part that accepts it; `part.key` sends it to that part only
-    (`build_method("lwf+ewc", **{"ewc.lambda_": 100, "lwf.lambda_": 1})`). Values are checked
+    `part.key` sends an argument to that part (`build_method("lwf+ewc", **{"ewc.lambda_": 100,
+    "lwf.lambda_": 1})`); a bare key goes to the one part that takes it, and one that several
+    parts take is refused rather than guessed. Values are checked
     against the constructor's types (an int is accepted for a float), and every part records
     its effective arguments, defaults included, in `part.arguments` (see `method_arguments`).
     """
@@ -91,11 +92,16 @@ def build_method(spec: str, **arguments: Any) -> Method:
                 )
             given[part][field] = value
             continue
-        owner = next((name for name in names if key in accepted[name]), None)
-        if owner is None:
+        owners = [name for name in names if key in accepted[name]]
+        if not owners:
             valid = [f"{n}.{a}" if len(names) > 1 else a for n in names for a in accepted[n]]
             raise ValueError(unknown_argument_message(spec, key, valid))
-        given[owner][key] = value
+        if len(owners) > 1:  # never guess which part a shared name meant
+            raise ValueError(
+                f"argument {key!r} is taken by several parts of {spec!r}: write "
+                f"{' or '.join(f'{name}.{key}' for name in owners)}"
+            )
+        given[owners[0]][key] = value
     parts = []
     for name in names:
         effective = effective_arguments(METHODS[name], given[name], name)
