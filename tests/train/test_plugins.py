@@ -1,11 +1,13 @@
 """Plugins: every hook declared with a no-op default, called always; states saved by name."""
 
+import doctest
+
 import pytest
 import torch
 from test_engine import RandomPairs, losses, settings, tiny_model
 
 from mmcl.continual.methods import build_method
-from mmcl.train import ResumeError, Trainer, TrainingPlugin
+from mmcl.train import ResumeError, Trainer, TrainingPlugin, plugins
 
 
 class Counter(TrainingPlugin):
@@ -97,3 +99,8 @@ def test_continual_methods_are_plugins_keyed_by_their_names():
     method = build_method("er+lwf")
     assert isinstance(method, TrainingPlugin) and method.name == "er+lwf"
     assert build_method("finetune").extra_losses(None, None, None) == {}
+
+
+def test_doctests():
+    result = doctest.testmod(plugins)
+    assert result.attempted > 0 and result.failed == 0

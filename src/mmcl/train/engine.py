@@ -29,25 +29,13 @@ from mmcl.train.config import TrainConfig
 from mmcl.train.freezing import freeze
 from mmcl.train.grad_cache import grad_cache_step
 from mmcl.train.objectives import ContrastiveObjective
-from mmcl.train.optim import build_optimizer, cosine_with_warmup, step_decay
-from mmcl.train.plugins import (
-    TrainingPlugin,
-    adds_losses,
-    check_plugins,
-    load_plugin_states,
-    plugin_states,
-)
+from mmcl.train.optim import build_optimizer, build_schedule
+from mmcl.train.plugins import TrainingPlugin, adds_losses, check_plugins
 from mmcl.train.run_folder import MODEL_FILE, checkpoint_path, prune_checkpoints, resume_checkpoint
 from mmcl.train.run_log import RunLog
 from mmcl.train.sampler import EpochSampler, IndexedItems
-from mmcl.train.state import (
-    ResumeError,
-    capture_rng_state,
-    check_schedule,
-    load_training_state,
-    restore_rng_state,
-    save_training_state,
-)
+from mmcl.train.state import save_training_state
+from mmcl.train.trainer_state import capture_trainer_state, restore_trainer_state
 
 LOGIT_SCALE_MAX = math.log(100)
 
@@ -179,24 +167,9 @@ class Trainer:
                 stacklevel=2,
             )
         self.optimizer = build_optimizer(
-            model,
-            config.lr,
-            config.weight_decay,
-            kind=config.optimizer,
-            momentum=config.momentum,
+            model, config.lr, config.weight_decay, kind=config.optimizer, momentum=config.momentum
         )
-        if config.schedule == "step":
-            self.scheduler = step_decay(
-                self.optimizer,
-                self.total_steps,
-                config.lr_decay_at,
-                config.lr_decay,
-                self.warmup_steps,
-            )
-        else:
-            self.scheduler = cosine_with_warmup(
-                self.optimizer, self.warmup_steps, self.total_steps, config.min_lr_ratio
-            )
+        self.scheduler = build_schedule(self.optimizer, config, self.total_steps, self.warmup_steps)
         # fp16's narrow range needs loss scaling; bf16 and fp32 do not. (fp16 autocast also runs
         # on CPU, where it is slow unless the CPU has AMX-FP16: prefer bf16 there.)
         self.scaler = torch.amp.GradScaler(
@@ -218,7 +191,7 @@ class Trainer:
                 len(self.train_data), config.seed, True, self.info.rank, self.info.world_size
             )
         if self.resume_path is not None:
-            self._load(self.resume_path)
+            restore_trainer_state(self, self.resume_path)
         self.log = (
             RunLog(config.output_dir, self.step if self.resume_path else None, config.tensorboard)
             if self.info.is_main
@@ -228,27 +201,7 @@ class Trainer:
     # --- checkpoints ---------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": capture_rng_state(),
-            "step": self.step,
-            "data": {
-                "epoch": self.epoch,
-                "items_consumed": self.items_consumed,
-                # Batch counts, unlike sample counts, are the same on every rank.
-                "stream_batches": self.train_data.batches_consumed if self.streaming else None,
-            },
-            "skipped": self.skipped,
-            "schedule": self.schedule(),
-            "config": self.config.to_dict(),
-            "plugins": plugin_states(self.plugins),
-            "objective": self.objective.state_dict()
-            if hasattr(self.objective, "state_dict")
-            else None,
-        }
+        return capture_trainer_state(self)
 
     def save_checkpoint(self) -> Path | None:
         path = None
@@ -259,40 +212,6 @@ class Trainer:
         if distributed.is_distributed():
             torch.distributed.barrier()
         return path
-
-    def _load(self, path: Path) -> None:
-        state = load_training_state(path)
-        if not self.config.allow_schedule_change:
-            check_schedule(state["schedule"], self.schedule(), str(path))
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as error:
-            raise ResumeError(f"{path}: the checkpoint's model does not fit: {error}") from error
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.config.allow_schedule_change:
-            self._rebase_schedule(state)
-        self.scaler.load_state_dict(state["scaler"])
-        restore_rng_state(state["rng"])
-        self.step = state["step"]
-        self.epoch = state["data"]["epoch"]
-        self.items_consumed = state["data"]["items_consumed"]
-        if self.streaming:
-            self.train_data.resume_from(
-                self.epoch, batches_consumed=state["data"]["stream_batches"]
-            )
-        self.skipped = state.get("skipped", 0)
-        if state.get("objective") is not None and hasattr(self.objective, "load_state_dict"):
-            self.objective.load_state_dict(state["objective"])
-        load_plugin_states(self.plugins, state.get("plugins", {}), str(path))
-
-    def _rebase_schedule(self, state: dict[str, Any]) -> None:
-        # An explicit schedule change: continue the *new* schedule from the saved step.
-        for group in self.optimizer.param_groups:
-            group["initial_lr"] = self.config.lr
-        self.scheduler.base_lrs = [self.config.lr] * len(self.optimizer.param_groups)
-        self.scheduler.last_epoch = state["step"] - 1
-        self.scheduler.step()
 
     # --- the loop ------------------------------------------------------------------------------
 
