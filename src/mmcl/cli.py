@@ -535,9 +535,9 @@ def run_train(args: argparse.Namespace) -> int:
         print(recipe_text(args.config)[0])
         return 0
     overrides = list(args.set)
-    for flag, key in (("resume", "resume"), ("output_dir", "output_dir"), ("steps", "steps")):
-        if getattr(args, flag) is not None:
-            overrides.append(f"train.{key}={getattr(args, flag)}")
+    for key in ("resume", "output_dir", "steps"):
+        if getattr(args, key) is not None:  # JSON: a folder named `2024` stays a string
+            overrides.append(f"train.{key}={json.dumps(getattr(args, key))}")
     if args.allow_schedule_change:
         overrides.append("train.allow_schedule_change=true")
     if args.quiet:

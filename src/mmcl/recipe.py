@@ -23,6 +23,7 @@ from mmcl.io.tokenizer import tokenize
 from mmcl.io.transforms import image_transform
 from mmcl.models import create_model
 from mmcl.train import FitResult, TrainConfig, Trainer
+from mmcl.train.run_folder import resume_checkpoint
 
 SECTIONS = ("model", "data", "eval", "train")
 
@@ -175,6 +176,8 @@ def build_evaluation(recipe: Recipe, image_size: int):
 def run_recipe(recipe: Recipe) -> FitResult:
     import torch
 
+    # A run into another run's folder, or `latest` with nothing to resume: say so before work.
+    resume_checkpoint(recipe.train.resume, recipe.train.output_dir)
     torch.manual_seed(recipe.train.seed)  # the same initial weights on every rank and rerun
     model = build_model(recipe)
     train_data, collate = build_train_data(recipe, model.image_size)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import mmcl
-from mmcl.train import ResumeError, TrainConfig, Trainer
+from mmcl.train import ResumeError, TrainConfig, Trainer, TrainingPlugin
 from mmcl.train.optim import build_optimizer, cosine_with_warmup, step_decay
 
 WORDS = "red green blue cat dog tree house car boat sun moon star fish bird apple chair".split()
@@ -82,15 +82,20 @@ def test_resume_continues_exactly(tmp_path):
     class Stop(Exception):
         pass
 
-    class StopAfter:
+    class StopAfter(TrainingPlugin):
+        name = "stop"
+
+        def __init__(self, step=None):
+            self.stop_step = step
+
         def after_optimizer_step(self, trainer):
-            if trainer.step == 5:
+            if trainer.step == self.stop_step:
                 raise Stop
 
     with pytest.raises(Stop):
-        Trainer(tiny_model(), data, config, plugins=[StopAfter()]).fit()
+        Trainer(tiny_model(), data, config, plugins=[StopAfter(5)]).fit()
     config.resume = "latest"
-    Trainer(tiny_model(seed=123), data, config).fit()
+    Trainer(tiny_model(seed=123), data, config, plugins=[StopAfter()]).fit()
     assert losses(tmp_path, "cut") == uninterrupted
 
 
@@ -147,8 +152,8 @@ def test_sgd_and_step_schedule_settings_reach_the_trainer(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"optimizer": "lamb"}, "optimizer must be one of"),
-        ({"schedule": "linear"}, "schedule must be one of"),
+        ({"optimizer": "lamb"}, "optimizer=.lamb. is not one of .adamw., .sgd."),
+        ({"schedule": "linear"}, "schedule=.linear. is not one of .cosine., .step."),
         ({"momentum": 1.0}, "momentum must be in"),
         ({"schedule": "step", "lr_decay_at": [0.9, 0.5]}, "increasing fractions"),
         ({"lr_decay_at": [0.5]}, "needs schedule 'step'"),
@@ -239,7 +244,7 @@ def test_gradient_caching_gives_the_same_curve(tmp_path):
 def test_gradient_clipping_bounds_the_norm(tmp_path):
     norms = []
 
-    class RecordNorm:
+    class RecordNorm(TrainingPlugin):
         def after_optimizer_step(self, trainer):
             grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
             norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
@@ -265,7 +270,8 @@ def test_siglip_loss_trains_the_bias(tmp_path):
     Trainer(model, RandomPairs(), settings(tmp_path, loss="siglip", steps=4)).fit()
     assert model.logit_bias.item() != -10.0
     with pytest.raises(ValueError, match="needs a model with a logit bias"):
-        Trainer(tiny_model(), RandomPairs(), settings(tmp_path, loss="siglip")).fit()
+        no_bias = settings(tmp_path, loss="siglip", output_dir=str(tmp_path / "no_bias"))
+        Trainer(tiny_model(), RandomPairs(), no_bias).fit()
 
 
 def test_evaluation_runs_every_n_steps_and_at_the_end(tmp_path):
@@ -287,9 +293,9 @@ def test_evaluation_runs_every_n_steps_and_at_the_end(tmp_path):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"precision": "int8"}, "precision must be one of"),
+        ({"precision": "int8"}, "precision=.int8. is not one of .fp32., .bf16., .fp16."),
         ({"batch_size": 0}, "batch_size must be at least 1"),
-        ({"loss": "triplet"}, "loss must be one of"),
+        ({"loss": "triplet"}, "loss=.triplet. is not one of .clip., .siglip."),
         ({"lr": -1.0}, "lr must be positive"),
     ],
 )
@@ -326,7 +332,7 @@ def test_too_few_items_for_one_batch_is_a_clear_error(tmp_path):
         Trainer(mmcl.create_model("tiny-vit"), pairs, config)
 
 
-class IndexRecorder:
+class IndexRecorder(TrainingPlugin):
     """A plugin that keeps the batches the loop hands it."""
 
     def __init__(self):

@@ -13,7 +13,7 @@ from mmcl.cli import main
 from mmcl.data.shards import ShardStream, write_shards
 from mmcl.io.transforms import get_preprocess
 from mmcl.recipe import load_recipe, shipped_recipes
-from mmcl.train import TrainConfig, Trainer
+from mmcl.train import TrainConfig, Trainer, TrainingPlugin
 
 TINY_TRAIN = (
     "  steps: 3\n  batch_size: 4\n  progress: false\n  tensorboard: false\n  log_every: 1\n"
@@ -43,7 +43,7 @@ def test_overrides_and_bad_recipes(tmp_path):
         load_recipe(write(tmp_path / "b.yaml", "model: {name: tiny-vit}\n"))
     with pytest.raises(ValueError, match="invalid YAML"):
         load_recipe(write(tmp_path / "c.yaml", "model: [unclosed\n"))
-    with pytest.raises(ValueError, match=r"train: unknown setting\(s\) \['learning_rate'\]"):
+    with pytest.raises(ValueError, match=r"train: unknown setting\(s\) \['learning_rate'\]; valid"):
         load_recipe("demo", ["train.learning_rate=1"])
     with pytest.raises(FileNotFoundError, match="not a shipped recipe"):
         load_recipe("no-such-recipe")
@@ -179,16 +179,21 @@ def test_stream_training_resumes_at_the_exact_sample(tmp_path):
     class Stop(Exception):
         pass
 
-    class StopAt:
+    class StopAt(TrainingPlugin):
+        def __init__(self, step=None):
+            self.stop_step = step
+
         def after_optimizer_step(self, trainer):
-            if trainer.step == 6:
+            if trainer.step == self.stop_step:
                 raise Stop
 
     trainer = stream_run(tmp_path, shards, "cut", checkpoint_every=5)
-    trainer.plugins.append(StopAt())
+    trainer.plugins.append(StopAt(6))
     with pytest.raises(Stop):
         trainer.fit()
-    stream_run(tmp_path, shards, "cut", checkpoint_every=5, resume="latest").fit()
+    resumed = stream_run(tmp_path, shards, "cut", checkpoint_every=5, resume="latest")
+    resumed.plugins.append(StopAt())  # the same plugins as the run it continues
+    resumed.fit()
     assert curve(tmp_path / "cut") == curve(tmp_path / "whole")
 
 

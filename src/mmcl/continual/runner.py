@@ -180,7 +180,7 @@ def run_continual(
             task_config = dataclasses.replace(
                 copy.deepcopy(config),
                 output_dir=str(output_dir / f"task_{index:02d}_{task.name}"),
-                resume="latest" if resume else None,
+                resume="latest-if-any" if resume else None,  # a task may have no checkpoint yet
                 progress=progress and config.progress,
             )
             space = run.training_space(index)

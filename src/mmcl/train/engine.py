@@ -1,14 +1,9 @@
 """The one training loop: data, optimiser, precision, accumulation, checkpoints, logging, DDP.
 
-Continual-learning methods and other extensions plug in as *plugins*: small objects with any of
-the hooks below, called by the loop. A plugin never needs its own loop.
-
-    extra_losses(model, batch, outputs) -> dict[str, Tensor]   # added to the objective
-        batch: (images, targets, indices): `indices` are the items' positions in the training
-        data set (a LongTensor on the CPU), None for a webdataset stream
-    after_optimizer_step(trainer)                               # e.g. weight averaging
-    state_dict() / load_state_dict(state)                       # saved in every checkpoint
-    ddp_find_unused_parameters = True     # some trainable parameters sit out some steps
+Continual-learning methods and other extensions plug in as *plugins* (`TrainingPlugin` in
+`mmcl.train.plugins`): the loop calls each of their hooks at fixed points, and a plugin never
+needs its own loop. The output folder (which checkpoints are the run's, which one to resume) is
+`mmcl.train.run_folder`'s job.
 """
 
 from __future__ import annotations
@@ -26,25 +21,21 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
-from tqdm.auto import tqdm
 
 from mmcl.io.checkpoints import save_safetensors
+from mmcl.io.progress import progress
 from mmcl.train import distributed
 from mmcl.train.config import TrainConfig
 from mmcl.train.freezing import freeze
 from mmcl.train.grad_cache import grad_cache_step
 from mmcl.train.objectives import ContrastiveObjective
-from mmcl.train.optim import build_optimizer, cosine_with_warmup, step_decay
+from mmcl.train.optim import build_optimizer, build_schedule
+from mmcl.train.plugins import TrainingPlugin, adds_losses, check_plugins
+from mmcl.train.run_folder import MODEL_FILE, checkpoint_path, prune_checkpoints, resume_checkpoint
 from mmcl.train.run_log import RunLog
 from mmcl.train.sampler import EpochSampler, IndexedItems
-from mmcl.train.state import (
-    ResumeError,
-    capture_rng_state,
-    check_schedule,
-    load_training_state,
-    restore_rng_state,
-    save_training_state,
-)
+from mmcl.train.state import save_training_state
+from mmcl.train.trainer_state import capture_trainer_state, restore_trainer_state
 
 LOGIT_SCALE_MAX = math.log(100)
 
@@ -79,7 +70,7 @@ class Trainer:
         config: TrainConfig,
         collate_fn: Callable | None = None,
         evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
-        plugins: Sequence[Any] = (),
+        plugins: Sequence[TrainingPlugin] = (),
         objective: Callable | None = None,
     ):
         self.streaming = isinstance(train_data, IterableDataset)
@@ -97,7 +88,8 @@ class Trainer:
         self.objective = objective or ContrastiveObjective(config.loss)
         if config.grad_cache_chunk and not isinstance(self.objective, ContrastiveObjective):
             raise ValueError("gradient caching applies to the contrastive objective only")
-        if config.grad_cache_chunk and any(hasattr(p, "extra_losses") for p in plugins):
+        plugins = check_plugins(plugins)
+        if config.grad_cache_chunk and any(adds_losses(p) for p in plugins):
             raise ValueError("gradient caching cannot be combined with plugins that add losses")
         if config.grad_cache_chunk and config.accumulation_steps > 1:
             raise ValueError(
@@ -109,8 +101,10 @@ class Trainer:
         self.train_data = train_data
         self.collate_fn = collate_fn or default_collate
         self.evaluate = evaluate
-        self.plugins = list(plugins)
+        self.plugins = plugins
         self.info = distributed.init_from_env()
+        # Before any work: a fresh run never mixes with another run in its folder.
+        self.resume_path = resume_checkpoint(config.resume, config.output_dir)
         self.step = 0
         self.epoch = 0
         self.items_consumed = 0  # of this rank's share of the current epoch
@@ -173,24 +167,9 @@ class Trainer:
                 stacklevel=2,
             )
         self.optimizer = build_optimizer(
-            model,
-            config.lr,
-            config.weight_decay,
-            kind=config.optimizer,
-            momentum=config.momentum,
+            model, config.lr, config.weight_decay, kind=config.optimizer, momentum=config.momentum
         )
-        if config.schedule == "step":
-            self.scheduler = step_decay(
-                self.optimizer,
-                self.total_steps,
-                config.lr_decay_at,
-                config.lr_decay,
-                self.warmup_steps,
-            )
-        else:
-            self.scheduler = cosine_with_warmup(
-                self.optimizer, self.warmup_steps, self.total_steps, config.min_lr_ratio
-            )
+        self.scheduler = build_schedule(self.optimizer, config, self.total_steps, self.warmup_steps)
         # fp16's narrow range needs loss scaling; bf16 and fp32 do not. (fp16 autocast also runs
         # on CPU, where it is slow unless the CPU has AMX-FP16: prefer bf16 there.)
         self.scaler = torch.amp.GradScaler(
@@ -203,7 +182,7 @@ class Trainer:
         if self.info.world_size > 1 and not config.grad_cache_chunk:
             device_ids = [self.info.device] if self.info.device.type == "cuda" else None
             # Plugins whose parameters sit out some steps (e.g. top-k routed experts) say so.
-            unused = any(getattr(p, "ddp_find_unused_parameters", False) for p in self.plugins)
+            unused = any(p.ddp_find_unused_parameters for p in self.plugins)
             self.ddp_model = DistributedDataParallel(
                 model, device_ids=device_ids, find_unused_parameters=unused
             )
@@ -211,95 +190,28 @@ class Trainer:
             self.sampler = EpochSampler(
                 len(self.train_data), config.seed, True, self.info.rank, self.info.world_size
             )
-        resume_path = self._resume_path()
-        if resume_path is not None:
-            self._load(resume_path)
+        if self.resume_path is not None:
+            restore_trainer_state(self, self.resume_path)
         self.log = (
-            RunLog(config.output_dir, self.step if resume_path else None, config.tensorboard)
+            RunLog(config.output_dir, self.step if self.resume_path else None, config.tensorboard)
             if self.info.is_main
             else None
         )
 
-    def _resume_path(self) -> Path | None:
-        resume = self.config.resume
-        if not resume:
-            return None
-        if resume != "latest":
-            return Path(resume)
-        found = sorted(self.config.checkpoint_dir.glob("step_*.pt"))
-        return found[-1] if found else None  # "latest" with nothing saved yet: a fresh start
-
     # --- checkpoints ---------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": capture_rng_state(),
-            "step": self.step,
-            "data": {
-                "epoch": self.epoch,
-                "items_consumed": self.items_consumed,
-                # Batch counts, unlike sample counts, are the same on every rank.
-                "stream_batches": self.train_data.batches_consumed if self.streaming else None,
-            },
-            "skipped": self.skipped,
-            "schedule": self.schedule(),
-            "config": self.config.to_dict(),
-            "plugins": [p.state_dict() for p in self.plugins if hasattr(p, "state_dict")],
-            "objective": self.objective.state_dict()
-            if hasattr(self.objective, "state_dict")
-            else None,
-        }
+        return capture_trainer_state(self)
 
     def save_checkpoint(self) -> Path | None:
         path = None
         if self.info.is_main:
             folder = self.config.checkpoint_dir
-            path = save_training_state(folder / f"step_{self.step:08d}.pt", self.state_dict())
-            for old in sorted(folder.glob("step_*.pt"))[: -self.config.keep_checkpoints]:
-                old.unlink()
+            path = save_training_state(checkpoint_path(folder, self.step), self.state_dict())
+            prune_checkpoints(folder, self.config.keep_checkpoints)
         if distributed.is_distributed():
             torch.distributed.barrier()
         return path
-
-    def _load(self, path: Path) -> None:
-        state = load_training_state(path)
-        if not self.config.allow_schedule_change:
-            check_schedule(state["schedule"], self.schedule(), str(path))
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as error:
-            raise ResumeError(f"{path}: the checkpoint's model does not fit: {error}") from error
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.config.allow_schedule_change:
-            self._rebase_schedule(state)
-        self.scaler.load_state_dict(state["scaler"])
-        restore_rng_state(state["rng"])
-        self.step = state["step"]
-        self.epoch = state["data"]["epoch"]
-        self.items_consumed = state["data"]["items_consumed"]
-        if self.streaming:
-            self.train_data.resume_from(
-                self.epoch, batches_consumed=state["data"]["stream_batches"]
-            )
-        self.skipped = state.get("skipped", 0)
-        if state.get("objective") is not None and hasattr(self.objective, "load_state_dict"):
-            self.objective.load_state_dict(state["objective"])
-        stateful = [p for p in self.plugins if hasattr(p, "load_state_dict")]
-        for plugin, plugin_state in zip(stateful, state.get("plugins", []), strict=False):
-            plugin.load_state_dict(plugin_state)
-
-    def _rebase_schedule(self, state: dict[str, Any]) -> None:
-        # An explicit schedule change: continue the *new* schedule from the saved step.
-        for group in self.optimizer.param_groups:
-            group["initial_lr"] = self.config.lr
-        self.scheduler.base_lrs = [self.config.lr] * len(self.optimizer.param_groups)
-        self.scheduler.last_epoch = state["step"] - 1
-        self.scheduler.step()
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -307,7 +219,7 @@ class Trainer:
         self._setup()
         config = self.config
         start_time, last_loss, checkpoint = time.perf_counter(), float("nan"), None
-        bar = tqdm(
+        bar = progress(
             total=self.total_steps,
             initial=self.step,
             desc="training",
@@ -357,7 +269,7 @@ class Trainer:
             if not config.checkpoint_every or self.step % config.checkpoint_every:
                 checkpoint = self.save_checkpoint()
             if self.info.is_main:
-                save_safetensors(self.model, Path(config.output_dir) / "model.safetensors")
+                save_safetensors(self.model, Path(config.output_dir) / MODEL_FILE)
         finally:
             bar.close()
             if self.log:
@@ -471,8 +383,7 @@ class Trainer:
             with torch.no_grad():
                 self.model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
         for plugin in self.plugins:
-            if hasattr(plugin, "after_optimizer_step"):
-                plugin.after_optimizer_step(self)
+            plugin.after_optimizer_step(self)
         return total, (term_sums if len(term_sums) > 1 else {}), samples
 
     def _logit_scale(self) -> dict[str, float]:
@@ -488,8 +399,7 @@ class Trainer:
             return {"empty batch": zero}
         terms, outputs = self.objective(self.ddp_model, images, targets)
         for plugin in self.plugins:
-            if hasattr(plugin, "extra_losses"):
-                terms.update(plugin.extra_losses(self.model, batch, outputs))
+            terms.update(plugin.extra_losses(self.model, batch, outputs))
         return terms
 
     def _evaluate(self) -> dict[str, float]:

@@ -94,3 +94,10 @@ def step_decay(
         return decay ** sum(step >= milestone for milestone in milestones)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, config, total_steps: int, warmup_steps: int):
+    """The run's learning-rate schedule (`config.schedule`: "cosine" or "step") over its steps."""
+    if config.schedule == "step":
+        return step_decay(optimizer, total_steps, config.lr_decay_at, config.lr_decay, warmup_steps)
+    return cosine_with_warmup(optimizer, warmup_steps, total_steps, config.min_lr_ratio)

@@ -25,12 +25,12 @@ Fisher estimates are identical on every rank of a `torchrun` job.
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch.utils.data import Dataset
 
+from mmcl.train.plugins import TrainingPlugin
 
-class Method:
+
+class Method(TrainingPlugin):
     name = "finetune"
     trains = True  # False: the model is never updated (e.g. the frozen zero-shot baseline)
     mixes_past_data = False
@@ -50,12 +50,6 @@ class Method:
 
     def predict(self, model, images, space, run):
         return None  # the zero-shot classifier built from the space's prompts
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
