@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mmcl.continual.classes import ClassSpace
 from mmcl.models.image_classifier import ImageClassifier
 from mmcl.train.objectives import ClassificationObjective, class_targets, label_positions
 
@@ -65,12 +66,26 @@ class HeadObjective:
         pass
 
 
-def classification_objective(model: nn.Module, space):
+def classification_objective(model: nn.Module, space, method=None):
     """What a task over `space` (a `ClassSpace`) trains: the head's columns for a plain
-    classifier, prompts through the text tower for a CLIP model."""
+    classifier; for a CLIP model, image features against class features, each computed by
+    `method`'s `image_features` / `class_features` hooks where it gives them, else by the
+    towers (class features from the prompts)."""
     if is_classifier(model):
         return HeadObjective(space.labels)
-    return ClassificationObjective(space.names, space.templates, space.labels)
+    if method is None:
+        return ClassificationObjective(space.names, space.templates, space.labels)
+
+    def class_features(model, templates):
+        return method.class_features(model, ClassSpace(space.names, space.labels, templates))
+
+    return ClassificationObjective(
+        space.names,
+        space.templates,
+        space.labels,
+        image_features=method.image_features,
+        class_features=class_features,
+    )
 
 
 def head_logits(model: nn.Module, images: torch.Tensor, labels: Sequence[int]) -> torch.Tensor:
