@@ -103,11 +103,12 @@ from mmcl.continual.builtin import (
     data_folder,
     shared_data_root,
 )
-from mmcl.continual.heads import CIFAR10_MEAN, CIFAR10_STD, cifar_resnet18
 from mmcl.continual.methods import build_method
 from mmcl.continual.runner import run_continual
 from mmcl.continual.scenarios import class_incremental
+from mmcl.data.cifar import CIFAR10_MEAN, CIFAR10_STD
 from mmcl.data.zeroshot import load_zero_shot_metadata
+from mmcl.models.cifar_resnet import cifar_resnet18
 from mmcl.train import TrainConfig
 
 METHODS = ("finetune", "ewc", "lwf", "er")

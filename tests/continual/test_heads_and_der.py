@@ -12,15 +12,11 @@ from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
 from mmcl.continual.classes import task_classes
-from mmcl.continual.heads import (
-    HeadObjective,
-    ImageClassifier,
-    cifar_resnet18,
-    classification_objective,
-    is_classifier,
-)
+from mmcl.continual.heads import HeadObjective, classification_objective, is_classifier
 from mmcl.continual.methods import build_method
 from mmcl.continual.runner import ContinualRun, run_continual
+from mmcl.models.cifar_resnet import cifar_resnet18
+from mmcl.models.image_classifier import ImageClassifier
 from mmcl.train import TrainConfig
 
 
@@ -287,8 +283,8 @@ def test_der_protocol_table_and_settings_match():
 
 def test_seq_cifar10_is_five_pairs_in_natural_order_with_cifar_preprocessing():
     from mmcl.continual.builtin import MissingDataError
-    from mmcl.continual.heads import CIFAR10_MEAN, CIFAR10_STD
     from mmcl.continual.protocols import seq_cifar10
+    from mmcl.data.cifar import CIFAR10_MEAN, CIFAR10_STD
 
     try:
         scenario = seq_cifar10(train_per_class=3, test_per_class=2)

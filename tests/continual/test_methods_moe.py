@@ -9,6 +9,7 @@ from torch.nn import functional as F
 import mmcl
 from mmcl.continual.evaluation import task_accuracy
 from mmcl.continual.experiments import build_scenario
+from mmcl.continual.heads import classification_objective
 from mmcl.continual.methods.base import Method
 from mmcl.continual.methods.moe_adapters import AutoSelector, MoEAdapters
 from mmcl.continual.runner import STATE_FILE, ContinualRun, run_continual
@@ -19,6 +20,7 @@ from mmcl.nn.adapters import (
     attach_parallel,
     cv_squared,
     load_balancing_loss,
+    routings,
 )
 
 SCENARIO = build_scenario("scenes-cil", train_size=32, test_size=16)
@@ -83,6 +85,49 @@ def test_zero_initialised_adapters_leave_the_model_exactly_unchanged(tmp_path):
         assert not torch.equal(network.encode_image(images), reference.encode_image(images))
 
 
+def by_hand(network, images, labels, space, step):
+    """Training step `step`'s loss parts, computed without the method: cross-entropy of the
+    towers' features (every class prompted with its template `step`) and the balance loss, the
+    mean over all adapted layers of each router's returned routing."""
+    mixtures = [m for m in network.modules() if isinstance(m, MixtureOfAdapters)]
+    prompts = [t[step].format(name) for name, t in zip(space.names, space.templates, strict=True)]
+    tokens = mmcl.tokenize(prompts)
+    torch.manual_seed(step)  # the same router noise as the objective's call
+    with routings(mixtures) as seen:
+        image = network.encode_image(images, normalize=True)
+        text = network.encode_text(tokens, normalize=True)
+    logits = network.logit_scale.exp() * image @ text.T
+    classification = F.cross_entropy(logits, space.positions(labels))
+    balance = torch.stack([load_balancing_loss(r.gates, r.load) for r in seen]).mean()
+    return classification, balance
+
+
+def test_the_loss_is_the_hand_sum_of_its_parts_and_nothing_leaks_between_steps(tmp_path):
+    network, method, run = adapted(tmp_path, MoEAdapters(balance_weight=0.5))
+    method.before_task(SCENARIO.tasks[0], network, run)
+    for mixture in method.mixtures.values():  # routing that differs per sample
+        torch.nn.init.normal_(mixture.routers[0].gate)
+    network.train()
+    attributes = {name: set(vars(m)) for name, m in method.mixtures.items()}
+    space = run.training_space(0)
+    objective = classification_objective(network, space, method)
+    images, _ = inputs()
+    for step, labels in enumerate(([0, 1, 1, 0], [1, 1, 0, 1])):  # two steps, other labels
+        labels = torch.tensor([space.labels[k] for k in labels])
+        torch.manual_seed(step)
+        terms, _ = objective(network, images, labels)
+        network.eval()  # an evaluation pass between steps changes nothing either
+        with torch.no_grad():
+            network.encode_image(images)
+        network.train()
+        classification, balance = by_hand(network, images, labels, space, step)
+        assert set(terms) == {"classification", "moe_balance", "moe_balance_text"}
+        torch.testing.assert_close(terms["classification"], classification)
+        torch.testing.assert_close(terms["moe_balance"] + terms["moe_balance_text"], 0.5 * balance)
+        torch.testing.assert_close(sum(terms.values()), classification + 0.5 * balance)
+        assert all(set(vars(m)) == attributes[n] for n, m in method.mixtures.items())
+
+
 def test_the_original_state_dict_keys_are_kept_and_only_adapter_keys_added(tmp_path):
     network, method, _ = adapted(tmp_path)
     reference = model().state_dict()
@@ -144,14 +189,22 @@ def test_the_load_balancing_loss_is_zero_when_balanced_and_grows_when_collapsed(
     single = torch.tensor([[1.0, 0.0, 0.0, 0.0]] * 3)
     assert load_balancing_loss(single, (single > 0).sum(0).float()).item() == pytest.approx(8)
     assert cv_squared(torch.tensor([5.0])) == 0
-    # A mixture leaves its loss behind in training only, with a gradient into the router.
-    mixture = MixtureOfAdapters(16, num_experts=4, top_k=2, bottleneck=4)
+
+
+def test_a_mixture_returns_its_routing_and_keeps_no_loss_between_calls():
+    mixture = MixtureOfAdapters(16, num_experts=4, top_k=2, bottleneck=4).train()
     x = torch.randn(8, 3, 16)
-    mixture.eval()(x)
-    assert mixture.balance_loss is None
-    mixture.train()(x)
-    assert mixture.balance_loss.ndim == 0 and mixture.balance_loss.requires_grad
-    assert mixture.counts[0].sum() == 8 * 2
+    attributes = set(vars(mixture))
+    with routings([mixture]) as seen:
+        mixture(x)
+        mixture(x[:5])
+    assert [len(r.gates) for r in seen] == [8, 5]  # one routing per forward, in call order
+    gates, load = seen[0].gates, seen[0].load
+    assert gates.requires_grad and load.requires_grad  # the loss trains the router
+    assert ((gates > 0).sum(1) == 2).all() and torch.allclose(gates.sum(1), torch.ones(8))
+    mixture(x)  # outside the block: nothing is collected, and nothing is kept on the module
+    assert len(seen) == 2 and set(vars(mixture)) == attributes
+    assert mixture.counts[0].sum() == (8 + 5 + 8) * 2
 
 
 def test_every_trainable_expert_gets_a_gradient_and_frozen_ones_none():
@@ -160,8 +213,9 @@ def test_every_trainable_expert_gets_a_gradient_and_frozen_ones_none():
     mixture.train_only(1)
     with torch.no_grad():  # router 1 sends every sample to expert 0
         mixture.routers[1].gate[:, 0] = 100.0
-    output = mixture(torch.ones(5, 2, 8))
-    (output.sum() + mixture.balance_loss).backward()
+    with routings([mixture]) as seen:
+        output = mixture(torch.ones(5, 2, 8))
+    (output.sum() + load_balancing_loss(seen[0].gates, seen[0].load)).backward()
     assert mixture.counts[1].tolist() == [5, 0, 0, 0] and mixture.counts[0].sum() == 0
     for index in (0, 1, 2):  # unchosen but trainable: a (zero) gradient, as DDP needs
         assert all(p.grad is not None for p in mixture.experts[index].parameters())

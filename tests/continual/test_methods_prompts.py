@@ -7,9 +7,12 @@ import pytest
 import torch
 from continual_helpers import small_config, small_scenario
 from safetensors.torch import load_file
-from torch.utils.data import TensorDataset
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
 import mmcl
+from mmcl.continual.heads import classification_objective
+from mmcl.continual.methods import build_method
 from mmcl.continual.methods.coop import CoOp, class_tokens
 from mmcl.continual.methods.l2p import L2P
 from mmcl.continual.runner import ContinualRun, run_continual
@@ -153,7 +156,21 @@ def test_matching_loss_by_hand_trains_only_the_keys():
 # --- CoOp ---------------------------------------------------------------------------------------
 
 
-def test_coop_hook_answers_class_prompts_with_the_learned_context(tmp_path):
+def hand_coop_text(net, context: torch.Tensor, name: str) -> torch.Tensor:
+    """One class's CoOp text feature, assembled by hand: [SOT] ctx_1..ctx_M, then the token
+    embeddings of "name." and [EOT], positions added, every block on the whole sequence, and
+    the final norm and projection at the end token."""
+    ids = mmcl.get_tokenizer().encode(f"{name}.")
+    start, end = mmcl.tokenize([""])[0, :2].tolist()  # [SOT] and [EOT]
+    embed = net.text.token_embedding.weight
+    x = torch.cat([embed[[start]], context, embed[ids + [end]]])
+    x = x + net.text.positional_embedding[: len(x)]
+    for block in net.text.transformer.resblocks:
+        x = block(x[None], causal=True)[0]
+    return net.text.ln_final(x[-1]) @ net.text.text_projection
+
+
+def test_coop_logits_are_its_contexts_and_the_class_tokens_through_the_text_tower(tmp_path):
     net, coop, stream = model(), CoOp(per_task=True), scenario()
     run = run_for(coop, tmp_path, stream)
     coop.setup(net, run)
@@ -161,23 +178,53 @@ def test_coop_hook_answers_class_prompts_with_the_learned_context(tmp_path):
         for context in net.coop_contexts:
             context.embeddings.normal_()
     coop.before_task(stream.tasks[1], net, run)
-    trainable = [n for n, p in net.named_parameters() if p.requires_grad]
-    assert trainable == ["coop_contexts.1.embeddings"]
-    # Task 1's objective prompts task 0's "ring" and task 1's "cross" with any template.
-    prompts = mmcl.tokenize(["a drawing of a ring.", "a cross shape."])
-    labels = [4, 5]  # stream labels of ring (task 0) and cross (task 1)
-    plain = mmcl.tokenize(["a red circle"])
+    assert [n for n, p in net.named_parameters() if p.requires_grad] == [
+        "coop_contexts.1.embeddings"
+    ]
+    # Task 1 trains over the classes seen so far: task 0's (their context: 0) and its own (1).
+    space = run.training_space(1)
+    objective = classification_objective(net, space, coop)
+    images, _ = inputs()
+    labels = torch.tensor(space.labels[:3])
+    terms, outputs = objective(net, images, labels)
     with torch.no_grad():
-        hooked = net.encode_text(prompts, normalize=True)
-        expected = coop.text_features(net, ["ring", "cross"], labels)
-        passed = net.encode_text(plain)
-        with pytest.raises(ValueError, match="mixes"):
-            net.encode_text(torch.cat([prompts, plain]))
-    torch.testing.assert_close(hooked, expected, rtol=0, atol=1e-6)
-    coop.after_task(stream.tasks[1], net, run)
+        text = torch.stack(
+            [
+                hand_coop_text(net, net.coop_contexts[coop.owner[label]].embeddings, name)
+                for name, label in zip(space.names, space.labels, strict=True)
+            ]
+        )
+        text = F.normalize(text, dim=-1)
+        image = net.encode_image(images, normalize=True)
+        logits = net.logit_scale.exp() * image @ text.T
+    torch.testing.assert_close(outputs["logits"], logits, rtol=0, atol=1e-4)
+    assert set(terms) == {"classification"}
+    torch.testing.assert_close(terms["classification"], F.cross_entropy(logits, torch.arange(3)))
+    # The model itself was not hooked: class prompts encode as written while the task trains.
+    prompts = mmcl.tokenize(["a photo of a ring.", "a cross shape."])
     with torch.no_grad():
-        assert torch.equal(passed, net.encode_text(plain))
-        assert not torch.allclose(net.encode_text(prompts, normalize=True), expected)
+        assert torch.equal(net.encode_text(prompts), model().encode_text(prompts))
+
+
+def test_coop_trains_its_context_through_the_objective(tmp_path):
+    net, coop, stream = model(), CoOp(), scenario()
+    run = run_for(coop, tmp_path, stream)
+    coop.setup(net, run)
+    coop.before_task(stream.tasks[0], net, run)
+    space = run.training_space(0)
+    objective = classification_objective(net, space, coop)
+    images, labels = next(iter(DataLoader(run.stream_data(0), batch_size=8)))
+    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=0.01)
+    losses = []
+    for _ in range(5):
+        terms, _ = objective(net, images, labels)
+        optimizer.zero_grad()
+        terms["classification"].backward()
+        optimizer.step()
+        losses.append(terms["classification"].item())
+    assert losses[-1] < losses[0] - 0.01, losses
+    phrase = model().text.token_embedding.weight[coop.phrase_ids]
+    assert not torch.allclose(net.coop_contexts[0].embeddings, phrase)  # the context moved
 
 
 @pytest.mark.parametrize("per_task", [False, True])
@@ -196,16 +243,15 @@ def test_coop_run_trains_only_its_contexts_and_round_trips(tmp_path, per_task):
         first = load_file(tmp_path / "run" / "task_00_task-0" / "model.safetensors")
         assert torch.equal(first["coop_contexts.0.embeddings"], contexts[0].embeddings)
     # Round trip: a new model and method get the learned contexts from the state dicts.
-    images, _ = inputs()
     space = run_for(coop, tmp_path, stream).evaluation_space(0, 3)
     with torch.no_grad():
-        before = coop.predict(net, images, space, None)
+        before, _ = coop.class_features(net, space)
     other, again = model(seed=1), CoOp(per_task=per_task)
     again.setup(other, run_for(again, tmp_path, stream))
     other.load_state_dict(net.state_dict())
     again.load_state_dict(coop.state_dict())
     with torch.no_grad():
-        assert torch.equal(again.predict(other, images, space, None), before)
+        assert torch.equal(again.class_features(other, space)[0], before)
     resumed = run_continual(
         model(seed=2),
         stream,
@@ -221,7 +267,7 @@ def test_coop_run_trains_only_its_contexts_and_round_trips(tmp_path, per_task):
 # --- L2P ----------------------------------------------------------------------------------------
 
 
-def test_l2p_hook_prompts_images_and_reports_the_matching_loss(tmp_path):
+def test_l2p_returns_prompted_features_with_the_matching_loss_and_keeps_nothing(tmp_path):
     net, l2p, stream = model(), small_l2p(), scenario()
     run = run_for(l2p, tmp_path, stream)
     l2p.setup(net, run)
@@ -230,25 +276,31 @@ def test_l2p_hook_prompts_images_and_reports_the_matching_loss(tmp_path):
         "l2p_pool.prompt_embeddings",
         "l2p_pool.keys",
     ]
+    space = run.training_space(0)
+    objective = classification_objective(net, space, l2p)
     images, _ = inputs()
-    hooked = net.encode_image(images)
-    terms = l2p.extra_losses(net, None, None)
-    with torch.no_grad():
-        query = net.visual(images, prompt_embeddings=None)
-        plain = model().encode_image(images)
-        chosen = net.l2p_pool.select(query)
-        prompts = net.l2p_pool.prompts(chosen)
-        expected_loss = 0.1 * net.l2p_pool.matching_loss(query, chosen)
-        assert torch.equal(query, plain)  # the query is the frozen, unprompted feature
-        assert torch.equal(hooked, net.visual(images, prompt_embeddings=prompts))
-        assert torch.equal(hooked, l2p.image_features(net, images))
-        assert not torch.allclose(hooked, plain)
-    assert set(terms) == {"key_matching"} and terms["key_matching"].requires_grad
-    torch.testing.assert_close(terms["key_matching"], expected_loss)
-    assert l2p.extra_losses(net, None, None) == {}  # one loss per prompted batch
-    l2p.after_task(stream.tasks[0], net, run)
-    with torch.no_grad():
-        assert torch.equal(net.encode_image(images), plain)
+    attributes = set(vars(l2p))
+    for step, rows in enumerate(([0, 1, 2], [2, 0])):  # two steps, other images
+        labels = torch.tensor([space.labels[k % len(space)] for k in rows])
+        terms, outputs = objective(net, images[rows], labels)
+        with torch.no_grad():
+            query = model().visual(images[rows])  # the frozen, unprompted feature
+            chosen = net.l2p_pool.select(query)
+            prompts = net.l2p_pool.prompts(chosen)
+            image = F.normalize(net.visual(images[rows], prompt_embeddings=prompts), dim=-1)
+            matching = 0.1 * net.l2p_pool.matching_loss(query, chosen)
+            written = [t[step].format(n) for n, t in zip(space.names, space.templates, strict=True)]
+            text = net.encode_text(mmcl.tokenize(written), normalize=True)
+            logits = net.logit_scale.exp() * image @ text.T
+            classification = F.cross_entropy(logits, space.positions(labels))
+        assert set(terms) == {"classification", "key_matching"}
+        assert terms["key_matching"].requires_grad
+        torch.testing.assert_close(outputs["image_features"], image)
+        torch.testing.assert_close(terms["key_matching"], matching)
+        torch.testing.assert_close(sum(terms.values()), classification + matching)
+        assert set(vars(l2p)) == attributes
+    with torch.no_grad():  # the model itself is not hooked: plain features while training
+        assert torch.equal(net.encode_image(images), model().encode_image(images))
 
 
 def test_l2p_run_trains_only_its_pool_and_round_trips(tmp_path):
@@ -262,14 +314,13 @@ def test_l2p_run_trains_only_its_pool_and_round_trips(tmp_path):
     assert not torch.equal(first["l2p_pool.keys"], net.l2p_pool.keys)  # later tasks trained it
     assert not torch.equal(first["l2p_pool.prompt_embeddings"], net.l2p_pool.prompt_embeddings)
     images, _ = inputs()
-    space = run_for(l2p, tmp_path, stream).evaluation_space(0, 3)
     with torch.no_grad():
-        before = l2p.predict(net, images, space, None)
+        before, _ = l2p.image_features(net, images)
     other, again = model(seed=1), small_l2p()
     again.setup(other, run_for(again, tmp_path, stream))
     other.load_state_dict(net.state_dict())
     with torch.no_grad():
-        assert torch.equal(again.predict(other, images, space, None), before)
+        assert torch.equal(again.image_features(other, images)[0], before)
 
 
 # --- bad arguments ------------------------------------------------------------------------------
@@ -313,3 +364,12 @@ def test_methods_reject_models_and_streams_they_cannot_prompt(tmp_path):
         coop = CoOp()
         coop.setup(model(), run_for(coop, tmp_path))
         coop.text_features(model(), ["ring"], [99])
+
+
+def test_two_methods_that_compute_the_same_features_cannot_be_combined():
+    with pytest.raises(ValueError, match=r"\['coop', 'moe_adapters'\] both compute the class"):
+        build_method("coop+moe_adapters")
+    with pytest.raises(ValueError, match=r"\['l2p', 'moe_adapters'\] both compute the image"):
+        build_method("l2p+moe_adapters")
+    both = build_method("coop+l2p")  # one computes the class features, the other the images
+    assert [type(part) for part in both.parts] == [CoOp, L2P]

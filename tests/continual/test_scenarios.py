@@ -290,6 +290,42 @@ def test_task_incremental_local_labels_map_back_to_source_classes():
     assert scenario.classes_seen_up_to(2) == [4, 1, 5, 0, 3, 2]
 
 
+@pytest.mark.parametrize("seed", [0, 3])
+def test_class_and_task_incremental_cut_the_same_tasks_and_differ_only_in_labels(seed):
+    train, test, names = toy6()
+    cil = class_incremental(train, test, names, n_tasks=3, seed=seed)
+    til = task_incremental(train, test, names, n_tasks=3, seed=seed)
+    assert [t.class_ids for t in cil] == [t.class_ids for t in til]
+    assert [t.classnames for t in cil] == [t.classnames for t in til]
+    for a, b in zip(cil, til, strict=True):
+        for split in ("train", "test"):
+            items_a = [(source_index(x), int(y)) for x, y in getattr(a, split)]
+            items_b = [(source_index(x), int(y)) for x, y in getattr(b, split)]
+            assert [i for i, _ in items_a] == [i for i, _ in items_b]  # the same items
+            # Only the label differs: global id for one, its place in the task for the other.
+            assert [y for _, y in items_a] == [a.class_ids[y] for _, y in items_b]
+
+
+def test_class_and_task_incremental_by_hand_on_explicit_splits():
+    train, test, names = toy6()
+    splits = [[5, 2], [0, 4, 1], [3]]
+    cil = class_incremental(train, test, names, class_splits=splits)
+    til = task_incremental(train, test, names, class_splits=splits)
+    assert (cil.kind, til.kind) == ("class-incremental", "task-incremental")
+    # TEST6 = [0, 5, 2, 2, 1, 5, 3, 0, 2, 4, 5, 5]. Task 0 (classes 5, 2) holds items
+    # 1, 2, 3, 5, 8, 10, 11 with labels 5, 2, 2, 5, 2, 5, 5; locally 5 -> 0 and 2 -> 1.
+    assert [source_index(x) for x, _ in cil[0].test] == [1, 2, 3, 5, 8, 10, 11]
+    assert cil[0].test.targets == [5, 2, 2, 5, 2, 5, 5]
+    assert til[0].test.targets == [0, 1, 1, 0, 1, 0, 0]
+    # Task 1 (classes 0, 4, 1): items 0, 4, 7, 9 with labels 0, 1, 0, 4 -> local 0, 2, 0, 1.
+    assert cil[1].test.targets == [0, 1, 0, 4]
+    assert til[1].test.targets == [0, 2, 0, 1]
+    assert cil[2].test.targets == [3] and til[2].test.targets == [0]
+    # Train: TRAIN6 item i has class i % 6, so task 2 (class 3) holds items 3, 9, ..., 27.
+    assert [source_index(x) for x, _ in til[2].train] == [3, 9, 15, 21, 27]
+    assert cil[2].train.targets == [3] * 5 and til[2].train.targets == [0] * 5
+
+
 # ----------------------------------------------------------------------------- domain-incremental
 def random_images(n: int, size: int = 6, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))

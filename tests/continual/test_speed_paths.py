@@ -12,11 +12,13 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
-from mmcl.continual.heads import HeadObjective, ImageClassifier, cifar_resnet18
+from mmcl.continual.heads import HeadObjective
 from mmcl.continual.methods import build_method
 from mmcl.continual.methods.ewc import EWC, OnlineEWC, minibatch_importance
 from mmcl.continual.runner import run_continual
 from mmcl.io.checkpoints import save_safetensors
+from mmcl.models.cifar_resnet import cifar_resnet18
+from mmcl.models.image_classifier import ImageClassifier
 from mmcl.train import TrainConfig, Trainer
 
 CHANNELS_LAST = torch.channels_last

@@ -31,9 +31,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from mmcl.continual.tasks import dataset_targets
+from mmcl.data.zeroshot import format_prompts
 from mmcl.eval.zero_shot import build_zero_shot_classifier
 from mmcl.io.tokenizer import tokenize
 
@@ -78,6 +80,20 @@ class ClassSpace:
             for column, k in enumerate(members):
                 columns[k] = weights[:, column]
         return torch.stack([columns[k] for k in range(len(self))], dim=1)
+
+
+def prompt_features(model, space: ClassSpace) -> torch.Tensor:
+    """Float32 ``(len(space), embed_dim)``: per class, the normalised mean of its normalised
+    prompt embeddings, as `ClassSpace.classifier` computes them, but in the model's own mode
+    and with gradients where they are recorded (a method's training-time class features)."""
+    prompts = [
+        format_prompts(n, list(t)) for n, t in zip(space.names, space.templates, strict=True)
+    ]
+    device = next(model.parameters()).device
+    tokens = tokenize([prompt for group in prompts for prompt in group]).to(device)
+    embeddings = F.normalize(model.encode_text(tokens, normalize=True).float(), dim=-1)
+    means = torch.stack([part.mean(dim=0) for part in embeddings.split(list(map(len, prompts)))])
+    return F.normalize(means, dim=-1)
 
 
 def stream_offsets(scenario) -> list[int]:

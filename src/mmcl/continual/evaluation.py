@@ -15,7 +15,8 @@ def task_accuracy(
 ) -> float:
     """Top-1 accuracy on task `task_index` after training task `evaluated_after` (-1: before
     any), over the classes `evaluation_space` names; the method's `predict` may replace the
-    zero-shot classifier (or, for a plain classifier, the head's columns)."""
+    zero-shot classifier (or, for a plain classifier, the head's columns), and its
+    `image_features` / `class_features` the towers' features."""
     task = scenario.tasks[task_index]
     device = next(model.parameters()).device
     was_training = model.training
@@ -33,8 +34,12 @@ def task_accuracy(
                 logits = head_logits(model, images, space.labels)
             if logits is None:
                 if classifier is None:
-                    classifier = space.classifier(model).float()
-                logits = model.encode_image(images, normalize=True).float() @ classifier
+                    own = method.class_features(model, space)
+                    classifier = space.classifier(model) if own is None else own[0].T
+                    classifier = classifier.float()
+                own = method.image_features(model, images)
+                features = model.encode_image(images, normalize=True) if own is None else own[0]
+                logits = features.float() @ classifier
             if logits.shape[1] != len(space):
                 raise ValueError(
                     f"{method.name}.predict gave {logits.shape[1]} columns for {len(space)} classes"

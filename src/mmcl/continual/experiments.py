@@ -144,7 +144,7 @@ def parse_method_args(text: str | None) -> dict[str, Any]:
     return arguments
 
 
-# Plain image classifiers (`mmcl.continual.heads`) for the classic protocols, by name.
+# Plain image classifiers (`mmcl.models.cifar_resnet`) for the classic protocols, by name.
 CLASSIFIERS = {"cifar-resnet18": 64, "cifar-resnet18-reduced": 20}  # name -> ResNet-18 width
 
 
@@ -156,7 +156,7 @@ def starting_model(spec: str = SCENES_PRETRAINED, progress: bool = True) -> torc
     from mmcl.models import create_model
 
     if spec in CLASSIFIERS:
-        from mmcl.continual.heads import cifar_resnet18
+        from mmcl.models.cifar_resnet import cifar_resnet18
 
         torch.manual_seed(0)
         return cifar_resnet18(num_classes=10, width=CLASSIFIERS[spec])

@@ -6,7 +6,7 @@ Seq-CIFAR-10), with the per-method hyper-parameters of their Mammoth code base
 (`utils/best_args.py`, seq-cifar10). The protocol:
 
 * CIFAR-10, 5 tasks of 2 classes in the natural class order ({airplane, automobile}, ...).
-* ResNet-18 for 32x32 images (`heads.cifar_resnet18`), one head over all 10 classes.
+* ResNet-18 for 32x32 images (`mmcl.models.cifar_resnet`), one head over all 10 classes.
 * Plain SGD, batch 32, 50 epochs per task, learning rate x0.1 at epochs 35 and 45
   (Mammoth's seq-cifar10 scheduler); random crop (padding 4) and horizontal flip.
 * Class-IL accuracy: after the last task, accuracy over the 10 classes on every task's test
@@ -36,10 +36,11 @@ from mmcl.continual.builtin import (
     data_folder,
     shared_data_root,
 )
-from mmcl.continual.heads import cifar_resnet18, cifar_transforms
 from mmcl.continual.scenarios import class_incremental
 from mmcl.continual.tasks import Scenario
+from mmcl.data.cifar import cifar_transforms
 from mmcl.data.zeroshot import load_zero_shot_metadata
+from mmcl.models.cifar_resnet import cifar_resnet18
 
 # Published Class-IL accuracy (%) on Seq-CIFAR-10, Buzzega et al. 2020, Table 2 (buffer 500).
 DER_PUBLISHED_CLASS_IL = {

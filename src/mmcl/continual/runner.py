@@ -184,7 +184,7 @@ def run_continual(
                 progress=progress and config.progress,
             )
             space = run.training_space(index)
-            objective = classification_objective(model, space)
+            objective = classification_objective(model, space, method)
             Trainer(
                 model,
                 method.train_data(task, run),

@@ -60,6 +60,7 @@ __all__ = [
     "domain_incremental",
     "multi_dataset",
     "rotated_domains",
+    "split_by_class",
     "split_classes",
     "task_incremental",
     "transformed_domains",
@@ -92,19 +93,38 @@ def _checked_targets(dataset: Any, targets: Targets, n_classes: int, what: str) 
     return labels
 
 
-def _split_by_class(
+def split_by_class(
     train: Any,
     test: Any,
-    classnames: Sequence[str] | None,
-    templates: Sequence[str] | None,
-    train_targets: Targets,
-    test_targets: Targets,
-    groups_of: Any,
+    classnames: Sequence[str] | None = None,
+    n_tasks: int | None = None,
+    seed: int = 0,
+    class_order: Sequence[int] | None = None,
+    *,
     local_labels: bool,
-    kind: str,
-    seed: int,
-    name: str,
+    classes_per_task: int | Sequence[int] | None = None,
+    class_splits: Sequence[Sequence[int]] | None = None,
+    templates: Sequence[str] | None = None,
+    train_targets: Targets = None,
+    test_targets: Targets = None,
+    name: str | None = None,
 ) -> Scenario:
+    """The one builder behind :func:`class_incremental` (``local_labels=False``) and
+    :func:`task_incremental` (``local_labels=True``): the classes are cut into groups by
+    :func:`split_classes`, one task per group, and the two differ only in each task's labels
+    (global class ids, or ``0..k-1`` in the group's order).
+
+    >>> import torch
+    >>> from torch.utils.data import TensorDataset
+    >>> data = TensorDataset(torch.zeros(4, 1), torch.tensor([0, 1, 2, 1]))
+    >>> split = dict(class_splits=[[2, 1], [0]])
+    >>> split_by_class(data, data, ["x", "y", "z"], local_labels=False, **split)[0].train.targets
+    [1, 2, 1]
+    >>> split_by_class(data, data, ["x", "y", "z"], local_labels=True, **split)[0].train.targets
+    [1, 0, 1]
+    """
+    kind = "task-incremental" if local_labels else "class-incremental"
+    name = kind if name is None else name
     names = _resolve_names(train, classnames)
     prompts = _resolve_templates(train, templates)
     train_labels = _checked_targets(train, train_targets, len(names), "train")
@@ -112,7 +132,8 @@ def _split_by_class(
     # A class without training items could never be learnt: refuse it before any training.
     untrainable = sorted(set(range(len(names))) - set(train_labels))
     tasks = []
-    for t, group in enumerate(groups_of(len(names))):
+    groups = split_classes(len(names), n_tasks, seed, class_order, classes_per_task, class_splits)
+    for t, group in enumerate(groups):
         missing = [c for c in group if c in untrainable]
         if missing:
             raise ValueError(
@@ -169,17 +190,19 @@ def class_incremental(
     >>> scenario[1].classnames, scenario[1].train.targets
     (['x', 'y'], [0, 1, 0, 1])
     """
-    return _split_by_class(
+    return split_by_class(
         train,
         test,
         classnames,
-        templates,
-        train_targets,
-        test_targets,
-        lambda n: split_classes(n, n_tasks, seed, class_order, classes_per_task, class_splits),
+        n_tasks,
+        seed,
+        class_order,
         local_labels=False,
-        kind="class-incremental",
-        seed=seed,
+        classes_per_task=classes_per_task,
+        class_splits=class_splits,
+        templates=templates,
+        train_targets=train_targets,
+        test_targets=test_targets,
         name=name,
     )
 
@@ -210,17 +233,19 @@ def task_incremental(
     >>> scenario[0].classnames, scenario[0].train.targets
     (['z'], [0, 0])
     """
-    return _split_by_class(
+    return split_by_class(
         train,
         test,
         classnames,
-        templates,
-        train_targets,
-        test_targets,
-        lambda n: split_classes(n, n_tasks, seed, class_order, classes_per_task, class_splits),
+        n_tasks,
+        seed,
+        class_order,
         local_labels=True,
-        kind="task-incremental",
-        seed=seed,
+        classes_per_task=classes_per_task,
+        class_splits=class_splits,
+        templates=templates,
+        train_targets=train_targets,
+        test_targets=test_targets,
         name=name,
     )
 

@@ -74,7 +74,8 @@ def create_model(
     after ``model.requires_grad_(False)`` (the CLI does so for ``--precision bf16``/``fp16``).
     On a CPU without bf16 (or fp16) matmul instructions it warns, as float32 is then likely
     faster. `compile=True` puts the towers through `torch.compile` (Inductor; the first calls
-    take a minute); on CPUs `accelerate` was as fast or faster (`benchmarks/inference.py`).
+    compile, which takes a while); on CPUs compare it with `accelerate` through
+    `benchmarks/inference.py`.
 
     >>> import mmcl
     >>> model = mmcl.create_model("tiny-vit")
@@ -173,7 +174,7 @@ def build_pretrained(
 
     The result equals building the model, `load_state_dict_strict` and `.to(dtype)`, tensor for
     tensor; but CLIP's random initialisation, which that path overwrites at once, took most of
-    the time of loading a checkpoint (ViT-B/32 on two cores: 1.2-1.8 s of 2.5 s), and the
+    the time of loading a checkpoint, and the
     float32 copy it loaded into cost another pass over the weights. Here the modules are built
     on the meta device (shapes, no memory) and the checkpoint's tensors, converted as that path
     converts them, become the parameters. A model that keeps state outside its state dict would

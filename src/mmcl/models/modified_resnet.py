@@ -101,8 +101,8 @@ class ModifiedResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        # Channels-last (NHWC) is the layout oneDNN and cuDNN convolutions run fastest in
-        # (2x for bf16 on CPU); the layers keep it, and the attention pool reads it as tokens.
+        # Channels-last (NHWC) is the layout oneDNN and cuDNN convolutions run fastest in,
+        # bf16 on the CPU above all; the layers keep it, and the attention pool reads it as tokens.
         x = self.stem(images)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.attnpool(x)

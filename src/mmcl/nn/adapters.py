@@ -32,6 +32,8 @@ unadapted model still load (the adapter's weights are extra keys beside them).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 import torch
@@ -149,10 +151,11 @@ class MixtureOfAdapters(nn.Module):
     token and so routes every prompt alike), and the chosen experts process all its tokens, as in
     Yu et al. 2024. Only the chosen experts run, on the samples that chose them.
 
-    While training, each forward leaves behind `balance_loss` (see the module docstring) for the
-    training loss to collect, and adds the number of samples each expert got to
+    While training, each forward adds the number of samples each expert got to
     ``counts[active]``: a plain tensor, not a buffer, so it is not saved with the weights and
-    DDP does not overwrite every rank's counts with rank 0's at each forward.
+    DDP does not overwrite every rank's counts with rank 0's at each forward. The routing of a
+    forward (what the balance loss is computed from) is what its router returns; `routings`
+    collects it for a caller, so no loss is kept on the module between calls.
     """
 
     def __init__(
@@ -177,7 +180,6 @@ class MixtureOfAdapters(nn.Module):
         self.counts = torch.zeros(num_routers, num_experts, dtype=torch.long)
         self.active: int | None = 0
         self.frozen: set[int] = set()
-        self.balance_loss: torch.Tensor | None = None
 
     @property
     def num_experts(self) -> int:
@@ -217,7 +219,6 @@ class MixtureOfAdapters(nn.Module):
             return torch.zeros_like(x)
         routing = self.routers[self.active](x[:, 0])
         if self.training:
-            self.balance_loss = load_balancing_loss(routing.gates, routing.load)
             self.counts = self.counts.to(x.device)  # a plain tensor: `.to` does not move it
             self.counts[self.active] += torch.bincount(
                 routing.chosen.flatten(), minlength=self.num_experts
@@ -241,6 +242,23 @@ class MixtureOfAdapters(nn.Module):
             # trainable weight gets a gradient each step, as DDP requires.
             output = output + sum(p.sum() for p in unused) * 0.0
         return output
+
+
+@contextlib.contextmanager
+def routings(mixtures: Iterable[MixtureOfAdapters]) -> Iterator[list[Routing]]:
+    """Inside the block, the `Routing` each forward of these mixtures' routers returns, in
+    call order (e.g. ``load_balancing_loss(r.gates, r.load)`` for each)."""
+    seen: list[Routing] = []
+    handles = [
+        router.register_forward_hook(lambda module, args, output: seen.append(output))
+        for mixture in mixtures
+        for router in mixture.routers
+    ]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def attach_parallel(

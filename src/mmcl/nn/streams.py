@@ -4,10 +4,9 @@ One forward pass over a batch of 32 spreads each operation over all intra-op thr
 operations that do little work per call (LayerNorm, attention over 50 tokens, the small
 matmuls of the last blocks) then spend much of their time starting and joining threads. Two
 half-batches run at once, each on its own thread with its share of the cores, keep every core
-busy inside large single-threaded kernels instead: on a 2-core machine, ViT-B/32 in bf16 at
-batch 32 encodes about 1.25x more images a second. This is the "throughput mode" of CPU
-inference runtimes (e.g. Intel's multi-stream module); latency of a single small batch is
-better served by the plain call.
+busy inside large single-threaded kernels instead, so a batch of a few dozen images is
+encoded in less time. This is the "throughput mode" of CPU inference runtimes (e.g. Intel's
+multi-stream module); latency of a single small batch is better served by the plain call.
 
 `in_streams(fn, batch, streams)` runs ``fn`` on ``batch.tensor_split(streams)`` concurrently and
 concatenates the results. Each part runs on a worker thread whose intra-op thread count is its

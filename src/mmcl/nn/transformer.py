@@ -68,7 +68,7 @@ class Transformer(nn.Module):
     `pooled_last_block` (default True): when the caller reads one token per row
     (``output_positions``), the last block computes that token alone: its attention query,
     projection and MLP, as the other tokens' final states would be thrown away. The same
-    function and gradients, to rounding, for ~6% less work in a 12-layer tower, in every
+    function and gradients, to rounding, for less work (one block's other tokens), in every
     precision and grad mode. Hooks on the last block then see ``(batch, 1, width)``; set it to
     False to run every token through it (e.g. for an adapter there that reads other tokens).
     """

@@ -8,7 +8,7 @@ that plugins may reuse (e.g. a distillation plugin reads the image features):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.nn import functional as F
@@ -56,6 +56,15 @@ class ClassificationObjective:
     `label_ids[k]` is the dataset label of `classnames[k]` (class-incremental tasks keep
     global labels); labels not among them are an error. `templates` is one list shared by all
     classes, or one list per class (classes from different data sets are prompted their own way).
+
+    A caller may compute either side its own way (a continual method's learned prompts):
+    ``image_features(model, images)`` and ``class_features(model, templates)`` (``templates``:
+    this step's one template per class) return ``(normalised features, {name: loss term})``,
+    or None for the towers' own computation. Their terms join the objective's, so a side
+    computation's auxiliary loss is returned with the features, never kept on a module. They
+    get the unwrapped model; the wrapper's forward still runs once a step (for what no hook
+    gave), as DistributedDataParallel needs: parameters used outside it are reduced through
+    their gradient hooks, which holds with `find_unused_parameters=False`.
     """
 
     def __init__(
@@ -64,6 +73,8 @@ class ClassificationObjective:
         templates: Sequence[str] | Sequence[Sequence[str]],
         label_ids: Sequence[int] | None = None,
         tokenizer=tokenize,
+        image_features: Callable | None = None,
+        class_features: Callable | None = None,
     ):
         if not classnames:
             raise ValueError("a classification objective needs at least one class name")
@@ -77,26 +88,46 @@ class ClassificationObjective:
         if len(templates) != len(classnames) or not all(templates):
             raise ValueError(f"{len(classnames)} class names but {len(templates)} template lists")
         cycle = max(len(t) for t in templates)
+        # Step s prompts every class with its template s (cycling through its own list).
+        self.step_templates = [
+            [[own[step % len(own)]] for own in templates] for step in range(cycle)
+        ]
         self.prompts = [
             tokenizer(
                 [
-                    format_prompts(name, [own[step % len(own)]])[0]
-                    for name, own in zip(classnames, templates, strict=True)
+                    format_prompts(name, own)[0]
+                    for name, own in zip(classnames, self.step_templates[step], strict=True)
                 ]
             )
             for step in range(cycle)
         ]
         self.position = label_positions(label_ids)
+        self.image_features, self.class_features = image_features, class_features
         self.calls = 0
 
     def __call__(self, model, images, labels):
-        tokens = self.prompts[self.calls % len(self.prompts)].to(images.device)
+        step = self.calls % len(self.prompts)
         self.calls += 1
-        outputs = model(images, tokens, output_dict=True)
-        logits = outputs["logit_scale"] * outputs["image_features"] @ outputs["text_features"].T
+        unwrapped = getattr(model, "module", model)  # DistributedDataParallel keeps it there
+        image = self.image_features(unwrapped, images) if self.image_features else None
+        text = (
+            self.class_features(unwrapped, self.step_templates[step])
+            if self.class_features
+            else None
+        )
+        tokens = self.prompts[step].to(images.device) if text is None else None
+        outputs = model(images if image is None else None, tokens, output_dict=True)
+        terms = {}
+        for key, computed in (("image_features", image), ("text_features", text)):
+            if computed is not None:
+                outputs[key], extra = computed
+                terms.update(extra)
+        image_features = outputs["image_features"]
+        text_features = outputs["text_features"].to(image_features.dtype)
+        logits = outputs["logit_scale"] * image_features @ text_features.T
         targets = class_targets(self.position, labels)
         outputs["logits"] = logits
-        return {"classification": F.cross_entropy(logits, targets)}, outputs
+        return {"classification": F.cross_entropy(logits, targets), **terms}, outputs
 
     def state_dict(self) -> dict[str, int]:
         return {"calls": self.calls}  # which template comes next, for an exact resume

@@ -9,6 +9,8 @@ A method subclasses `Method` (one level, no deeper) and overrides only the hooks
     after_optimizer_step(trainer)       e.g. weight averaging every N iterations
     after_task(task, model, run)        Fisher information, weight interpolation, memory update
     predict(model, images, space, run) -> logits or None     where inference changes
+    image_features(model, images) -> (features, terms) or None   images encoded the method's way
+    class_features(model, space) -> (features, terms) or None    classes embedded the method's way
     state_dict() / load_state_dict()    everything needed to resume exactly
 
 `run` is the `ContinualRun` in progress (`mmcl.continual.runner`): the scenario, the task
@@ -50,6 +52,20 @@ class Method(TrainingPlugin):
 
     def predict(self, model, images, space, run):
         return None  # the zero-shot classifier built from the space's prompts
+
+    def image_features(self, model, images):
+        """``(features, terms)``: normalised image features ``(len(images), embed_dim)``
+        computed the method's way (L2P's prompted tower), and the loss terms ``{name: tensor}``
+        that computation gives (L2P's key matching), added to the training loss. None: the
+        image tower as it is. Asked by the classification objective and by evaluation."""
+        return None
+
+    def class_features(self, model, space):
+        """``(features, terms)``: normalised text features ``(len(space), embed_dim)`` of the
+        classes of `space` (a `ClassSpace`; in training, one template per class and step),
+        computed the method's way (CoOp's learned context), with loss terms as in
+        `image_features`. None: the text tower on each class's prompts."""
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -13,6 +13,13 @@ class Composite(Method):
         if len(data_parts) > 1:
             names = [p.name for p in data_parts]
             raise ValueError(f"methods {names} both choose the training data; combine only one")
+        for hook in ("image_features", "class_features"):
+            owners = [p.name for p in parts if getattr(type(p), hook) is not getattr(Method, hook)]
+            if len(owners) > 1:
+                raise ValueError(
+                    f"methods {owners} both compute the {hook.replace('_', ' ')}; "
+                    "combine only one of them"
+                )
         self.parts = parts
         self.name = "+".join(p.name for p in parts)
         self.trains = all(p.trains for p in parts)
@@ -38,14 +45,12 @@ class Composite(Method):
     def extra_losses(self, model, batch, outputs):
         terms = {}
         for part in self.parts:
-            if hasattr(part, "extra_losses"):
-                terms.update(part.extra_losses(model, batch, outputs))
+            terms.update(part.extra_losses(model, batch, outputs))
         return terms
 
     def after_optimizer_step(self, trainer) -> None:
         for part in self.parts:
-            if hasattr(part, "after_optimizer_step"):
-                part.after_optimizer_step(trainer)
+            part.after_optimizer_step(trainer)
 
     def after_task(self, task, model, run) -> None:
         for part in self.parts:
@@ -56,6 +61,20 @@ class Composite(Method):
             logits = part.predict(model, images, space, run)
             if logits is not None:
                 return logits
+        return None
+
+    def image_features(self, model, images):
+        for part in self.parts:  # at most one part computes them (see __init__)
+            computed = part.image_features(model, images)
+            if computed is not None:
+                return computed
+        return None
+
+    def class_features(self, model, space):
+        for part in self.parts:
+            computed = part.class_features(model, space)
+            if computed is not None:
+                return computed
         return None
 
     def state_dict(self):

@@ -13,13 +13,10 @@ How it plugs in, without the model or the engine knowing about it:
 
 - ``setup`` freezes the model and registers the contexts on it (``model.coop_contexts``), so
   they are optimised, checkpointed and resumed with the model's own state.
-- While a task trains, a forward pre-hook on the text tower recognises the prompts the
-  runner's classification objective embeds (every class of the training space under each of
-  its templates) and hands the tower that class's CoOp input instead: the tokens of
-  "classname." with the context as ``prefix_embeddings``. The objective's cross-entropy thus
-  trains the context. The hook is removed after the task, so outside training the model
-  encodes text as usual.
-- ``predict`` scores images against the class embeddings of the learned contexts.
+- ``class_features`` embeds the classes with their learned contexts: the tokens of
+  "classname." after the context, given to the text tower as ``prefix_embeddings``. The
+  classification objective (training, where its cross-entropy trains the context) and
+  evaluation both take the class features from it, so the model itself is never hooked.
 """
 
 from __future__ import annotations
@@ -30,7 +27,6 @@ from torch.nn import functional as F
 
 from mmcl.continual import classes
 from mmcl.continual.methods.base import Method
-from mmcl.data.zeroshot import format_prompts
 from mmcl.io.tokenizer import get_tokenizer, tokenize
 from mmcl.models.text_transformer import TextTransformer
 from mmcl.nn.prompts import TextContext
@@ -70,10 +66,6 @@ class CoOp(Method):
         self.n_ctx = len(self.phrase_ids) if context_init is not None else n_ctx or DEFAULT_LENGTH
         self.per_task = per_task
         self.owner: dict[int, int] = {}  # stream label -> index of the context that prompts it
-        self._prompts: dict[tuple[int, ...], tuple[list[int], int]] = {}
-        self._hook = None
-        self._contexts: nn.ModuleList | None = None
-        self._features: dict = {}  # predict's class embeddings, until the model trains again
 
     # --- hooks ---------------------------------------------------------------------------------
 
@@ -103,36 +95,14 @@ class CoOp(Method):
         count = len(scenario) if self.per_task else 1
         contexts = nn.ModuleList(TextContext(self.n_ctx, width, init) for _ in range(count))
         model.coop_contexts = contexts.to(model.text.token_embedding.weight.device)
-        self._features = {}
 
     def before_task(self, task, model, run) -> None:
-        contexts = model.coop_contexts
         training = task.index if self.per_task else 0
-        for index, context in enumerate(contexts):  # earlier tasks' contexts stay as learned
+        for index, context in enumerate(model.coop_contexts):  # earlier ones stay as learned
             context.requires_grad_(index == training)
-        # Every prompt the objective may embed -> the class's CoOp tokens and context.
-        space = run.training_space(task.index)
-        self._prompts = {}
-        for name, label, templates in zip(space.names, space.labels, space.templates, strict=True):
-            own = list(_through_end(class_tokens([name])[0].tolist()))
-            for prompt in tokenize(format_prompts(name, list(templates))).tolist():
-                self._prompts[_through_end(prompt)] = (own, self.owner[label])
-        self._remove_hook()
-        self._contexts = contexts
-        self._hook = model.text.register_forward_pre_hook(self._substitute, with_kwargs=True)
-        self._features = {}
 
-    def after_task(self, task, model, run) -> None:
-        self._remove_hook()
-        self._features = {}
-
-    def predict(self, model, images, space, run):
-        text = self._features.get((id(model), tuple(space.names), tuple(space.labels)))
-        if text is None:
-            text = self.text_features(model, space.names, space.labels)
-            self._features = {(id(model), tuple(space.names), tuple(space.labels)): text}
-        image = model.encode_image(images, normalize=True)
-        return image.float() @ text.T
+    def class_features(self, model, space):
+        return self.text_features(model, space.names, space.labels), {}
 
     # --- the learned prompts -------------------------------------------------------------------
 
@@ -148,30 +118,6 @@ class CoOp(Method):
         features = model.text(class_tokens(names).to(device), prefix_embeddings=prefix)
         return F.normalize(features.float(), dim=-1)
 
-    def _substitute(self, module, args, kwargs):
-        """Forward pre-hook on the text tower while a task trains: class prompts in, CoOp out."""
-        if "prefix_embeddings" in kwargs or not args:
-            return None  # a caller that chose its own prefix (predict) is left alone
-        tokens = args[0]
-        found = [self._prompts.get(_through_end(row)) for row in tokens.tolist()]
-        if all(item is None for item in found):
-            return None  # not class prompts (e.g. captions of another loss): encode as usual
-        if any(item is None for item in found):
-            raise ValueError(
-                "coop: a text batch mixes the training classes' prompts with other texts; "
-                "encode them in separate calls"
-            )
-        width = max(len(item[0]) for item in found)
-        padded = [item[0] + [0] * (width - len(item[0])) for item in found]
-        new_tokens = torch.tensor(padded, dtype=tokens.dtype).to(tokens.device)
-        prefix = _stacked(self._contexts)[[item[1] for item in found]]
-        return (new_tokens,), {**kwargs, "prefix_embeddings": prefix}
-
-    def _remove_hook(self) -> None:
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
-
     def __repr__(self) -> str:
         init = repr(self.context_init)
         return f"CoOp(context_init={init}, n_ctx={self.n_ctx}, per_task={self.per_task})"
@@ -184,8 +130,3 @@ def class_tokens(names) -> torch.Tensor:
 
 def _stacked(contexts: nn.ModuleList):
     return torch.stack([context() for context in contexts])  # (contexts, length, width)
-
-
-def _through_end(row: list[int]) -> tuple[int, ...]:
-    """A token row up to its end-of-text token (the largest id), without the padding."""
-    return tuple(row[: max(range(len(row)), key=row.__getitem__) + 1])

@@ -94,7 +94,8 @@ class DarkExperienceReplay(Method):
         self.calls = 0
         self._run = run
         self._task = task.index
-        self._objective = classification_objective(model, run.training_space(task.index))
+        space = run.training_space(task.index)
+        self._objective = classification_objective(model, space, run.method)
         self._space_labels = torch.tensor(run.training_space(task.index).labels)
 
     def extra_losses(self, model, batch, outputs) -> dict[str, torch.Tensor]:

@@ -85,9 +85,9 @@ class EWC(Method):
         )
         if self.fisher == "minibatch":
             batch_size = self.fisher_batch_size or run.config.batch_size
-            fisher = minibatch_importance(*arguments, batch_size=batch_size)
+            fisher = minibatch_importance(*arguments, batch_size=batch_size, method=run.method)
         else:
-            fisher = diagonal_fisher(*arguments)
+            fisher = diagonal_fisher(*arguments, method=run.method)
         if self.online and self.fishers:
             for name, old in self.fishers[0].items():  # F <- gamma * F + F_k
                 new = fisher.get(name)
@@ -248,15 +248,18 @@ def _check_arguments(method: str, lambda_, fisher_samples, fisher, fisher_batch_
         )
 
 
-def diagonal_fisher(model, space, data, samples: int, seed: int) -> dict[str, torch.Tensor]:
+def diagonal_fisher(
+    model, space, data, samples: int, seed: int, method=None
+) -> dict[str, torch.Tensor]:
     """Mean squared gradient of log p(y | x), y drawn from the model, over trainable weights.
 
     p is the classification objective over `space` (a `ClassSpace`); `data` yields
     ``(image, stream label)``. `samples` items of `data` (all of them when it has fewer) are
     chosen at random with `seed`, and the labels are drawn with the same generator, so the
-    result is reproducible.
+    result is reproducible. `method`: the run's method, whose feature hooks the objective uses
+    (so `coop+ewc` measures CoOp's classifier).
     """
-    objective = classification_objective(model, space)
+    objective = classification_objective(model, space, method)
     trainable, fisher = _trainable_and_zeros(model)
     if not trainable:
         return fisher
@@ -317,7 +320,7 @@ def _accumulate_batched(model, space, data, picks, generator, fisher, device, ch
 
 
 def minibatch_importance(
-    model, space, data, samples: int, seed: int, batch_size: int
+    model, space, data, samples: int, seed: int, batch_size: int, method=None
 ) -> dict[str, torch.Tensor]:
     """Mean over mini-batches of the squared gradient of the batch's mean loss, true labels.
 
@@ -325,9 +328,9 @@ def minibatch_importance(
     the Fisher): `samples` items of `data` (``(image, stream label)``; all of them when it has
     fewer), chosen at random with `seed`, in batches of `batch_size` in that order (the last
     batch may be smaller and counts as one batch), eval mode, the classification objective
-    over `space`.
+    over `space`, with `method`'s feature hooks as in `diagonal_fisher`.
     """
-    objective = classification_objective(model, space)
+    objective = classification_objective(model, space, method)
     trainable, importance = _trainable_and_zeros(model)
     if not trainable:
         return importance

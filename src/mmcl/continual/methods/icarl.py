@@ -38,7 +38,7 @@ classes are those trained before the task. CLIP logits share a large arbitrary o
 ignores but a sigmoid saturates on, so each row is centred (its mean over the old classes
 subtracted) before the sigmoid.
 
-A plain image classifier (`mmcl.continual.heads`) is iCaRL's own setting: s and t are the head's
+A plain image classifier (`mmcl.models.image_classifier`) is iCaRL's own setting: s and t are the head's
 columns for the old classes (student and teacher forward passes), not centred, and the
 nearest-mean classifier compares the backbone's normalised features. Classes without exemplars
 cannot be scored by prompts, so they get no score (-inf) while any class of the space has

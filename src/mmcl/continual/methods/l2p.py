@@ -15,10 +15,10 @@ stream's prompt templates) where the paper trains a linear head; that keeps the 
 shared by all tasks, like the rest of this package's methods.
 
 How it plugs in: ``setup`` freezes the model and registers the pool on it (``model.l2p_pool``)
-so it is optimised, checkpointed and resumed with the model's state. While a task trains, a
-forward pre-hook on the image tower selects prompts for every batch the objective embeds and
-keeps the batch's matching loss for ``extra_losses``; the hook is removed after the task, and
-``predict`` prompts images itself.
+so it is optimised, checkpointed and resumed with the model's state. ``image_features``
+prompts the images and returns their features with the batch's matching loss; the
+classification objective adds that loss to its own, and evaluation scores the same prompted
+features, so the model itself is never hooked and no loss is kept between calls.
 """
 
 from __future__ import annotations
@@ -59,10 +59,6 @@ class L2P(Method):
         self.prompt_length = prompt_length
         self.top_n = top_n
         self.key_weight = float(key_weight)
-        self._hook = None
-        self._pool: PromptPool | None = None
-        self._matching: torch.Tensor | None = None  # the last prompted batch's matching loss
-        self._classifiers: dict = {}  # predict's zero-shot weights, until the model trains again
 
     # --- hooks ---------------------------------------------------------------------------------
 
@@ -82,53 +78,15 @@ class L2P(Method):
             top_n=self.top_n,
         )
         model.l2p_pool = pool.to(visual.proj.device)
-        self._classifiers = {}
 
     def before_task(self, task, model, run) -> None:
         model.l2p_pool.requires_grad_(True)
-        self._remove_hook()
-        self._pool = model.l2p_pool
-        self._hook = model.visual.register_forward_pre_hook(self._prompt, with_kwargs=True)
-        self._classifiers = {}
 
-    def extra_losses(self, model, batch, outputs) -> dict[str, torch.Tensor]:
-        loss, self._matching = self._matching, None
-        if loss is None:
-            return {}
-        return {"key_matching": self.key_weight * loss}
-
-    def after_task(self, task, model, run) -> None:
-        self._remove_hook()
-        self._matching = None
-        self._classifiers = {}
-
-    def predict(self, model, images, space, run):
-        key = (id(model), tuple(space.names), tuple(space.labels), str(space.templates))
-        classifier = self._classifiers.get(key)
-        if classifier is None:
-            classifier = space.classifier(model).float()
-            self._classifiers = {key: classifier}
-        features = self.image_features(model, images)
-        return F.normalize(features.float(), dim=-1) @ classifier
-
-    # --- prompting -----------------------------------------------------------------------------
-
-    def image_features(self, model, images: torch.Tensor) -> torch.Tensor:
-        """The prompted image features (not normalised) of ``images``."""
-        prompts, _ = _choose(model.l2p_pool, model.visual, images)
-        return model.visual(images, prompt_embeddings=prompts)
-
-    def _prompt(self, module, args, kwargs):
-        """Forward pre-hook on the image tower while a task trains: add the chosen prompts."""
-        if "prompt_embeddings" in kwargs or not args:
-            return None  # the query pass, or a caller that chose its own prompts
-        prompts, self._matching = _choose(self._pool, module, args[0])
-        return args, {**kwargs, "prompt_embeddings": prompts}
-
-    def _remove_hook(self) -> None:
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
+    def image_features(self, model, images):
+        prompts, matching = _choose(model.l2p_pool, model.visual, images)
+        features = model.visual(images, prompt_embeddings=prompts)
+        normalised = F.normalize(features.float(), dim=-1).to(features.dtype)
+        return normalised, {"key_matching": self.key_weight * matching}
 
     def __repr__(self) -> str:
         return (

@@ -15,7 +15,7 @@ teacher's entropy, a constant: the same gradient, and zero while nothing has cha
 embeds one prompt per class, the template cycling with the step as in the training objective.
 The first task has no old classes, so it trains without the term, as in the paper.
 
-A plain image classifier (`mmcl.continual.heads`) has no prompts: z is its head's columns for
+A plain image classifier (`mmcl.models.image_classifier`) has no prompts: z is its head's columns for
 the old classes, from the student's forward pass of this step and from the teacher's.
 
 Resuming: the teacher is not saved. The runner calls `before_task` again when it resumes a task,

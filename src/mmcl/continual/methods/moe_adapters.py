@@ -56,8 +56,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from mmcl.continual import classes
 from mmcl.continual.methods.base import Method
-from mmcl.nn.adapters import MixtureOfAdapters, attach_parallel
+from mmcl.nn.adapters import MixtureOfAdapters, attach_parallel, load_balancing_loss, routings
 from mmcl.train import distributed
 
 TOWERS = ("visual", "text")
@@ -183,15 +184,23 @@ class MoEAdapters(Method):
             mixture.counts[task.index].zero_()
         self._forget_classifiers(keep_zero_shot=True)
 
-    def extra_losses(self, model, batch, outputs) -> dict[str, torch.Tensor]:
-        losses = []
-        for mixture in self.mixtures.values():
-            if mixture.balance_loss is not None:
-                losses.append(mixture.balance_loss)
-                mixture.balance_loss = None  # each forward's loss is added once
-        if not losses or self.balance_weight == 0:
-            return {}
-        return {"moe_balance": self.balance_weight * torch.stack(losses).mean()}
+    # The balance loss is computed from what the routers return during these two calls (the
+    # objective's image and class features), never kept on a module between calls.
+    def image_features(self, model, images):
+        mixtures = self._tower_mixtures("visual")
+        if not mixtures:
+            return None
+        with routings(mixtures) as seen:
+            features = model.encode_image(images, normalize=True)
+        return features, self._balance("moe_balance", mixtures, seen)
+
+    def class_features(self, model, space):
+        mixtures = self._tower_mixtures("text")
+        if not mixtures:
+            return None
+        with routings(mixtures) as seen:
+            features = classes.prompt_features(model, space)
+        return features, self._balance("moe_balance_text", mixtures, seen)
 
     def after_task(self, task, model, run) -> None:
         for mixture in self.mixtures.values():
@@ -203,7 +212,6 @@ class MoEAdapters(Method):
             mixture.freeze_experts(most[: self.frozen_per_task].tolist())
             mixture.requires_grad_(False)
             mixture.use(None)
-            mixture.balance_loss = None  # drop the last step's graph
         seed = 1_000_003 * run.config.seed + task.index
         features = self._task_features(model, run.stream_data(task.index), seed)
         self.selector.fit(task.index, features, seed)
@@ -280,6 +288,18 @@ class MoEAdapters(Method):
                 stacklevel=3,
             )
         return experts
+
+    def _tower_mixtures(self, tower: str) -> list[MixtureOfAdapters]:
+        return [m for name, m in self.mixtures.items() if name.startswith(f"{tower}.")]
+
+    def _balance(self, key: str, mixtures, seen) -> dict[str, torch.Tensor]:
+        """One tower's share of the balance loss: weight x the sum of its layers' losses over
+        the number of adapted layers in both towers, so that the towers' shares add up to
+        weight x the mean over every layer. Nothing outside training or at weight 0."""
+        if not seen or self.balance_weight == 0 or not any(m.training for m in mixtures):
+            return {}
+        losses = torch.stack([load_balancing_loss(r.gates, r.load) for r in seen])
+        return {key: self.balance_weight * losses.sum() / len(self.mixtures)}
 
     @contextlib.contextmanager
     def _routing(self, task: int | None):

@@ -29,7 +29,7 @@ HEADERS = (HERE / "amx_common.h",)
 CFLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16"]
 CFLAGS += ["-mamx-tile", "-mamx-bf16", "-fopenmp"]  # kernels split work over OpenMP threads
 LDFLAGS = ["-fopenmp"]
-DEFAULT_TIMEOUT_S = 600.0  # a first build takes ~15 s on a large machine, minutes on 2 cores
+DEFAULT_TIMEOUT_S = 600.0  # a first build is quick on a large machine, minutes on 2 cores
 
 # Run in the child: PyTorch's own builder (ninja, its lock, its flags), then print the path.
 _CHILD = """

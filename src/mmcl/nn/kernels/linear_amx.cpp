@@ -1,7 +1,7 @@
 // Linear layers in bf16 on CPUs with AMX: out = residual + activation(x W^T + bias), one pass.
 // oneDNN's matmul (what PyTorch runs) applies a fused epilogue after each output block, while
-// the tile unit waits: on ViT-B/32's MLP the exact GELU cost a fifth of the matmul and the
-// residual addition 6-25% of the projections. Here the epilogue of one 32 x 32 output block
+// the tile unit waits: on ViT-B/32's MLP the exact GELU and the residual addition cost a
+// sizeable share of the matmuls. Here the epilogue of one 32 x 32 output block
 // (bias, GELU or SiLU, residual, rounding to bf16) is spread over the k-steps of the next
 // block, so the AVX-512 work runs while the tile unit multiplies.
 //
@@ -32,7 +32,7 @@ enum class Activation { kNone, kGelu, kSwish };
 // erfc(z) = t P(t) exp(-z^2), t = 1 / (1 + 0.3275911 z) (Abramowitz & Stegun 7.1.26, as
 // oneDNN's GELU): the GELU's absolute error stays below 2.2e-7, its relative error below
 // 5e-4 for x >= -4 (beyond, |GELU(x)| < 1.3e-4). The epilogue is the kernel's critical
-// resource: a fit accurate to 1.2e-7 relative in the far tail cost 15% of the MLP matmul.
+// resource: a fit accurate to 1.2e-7 relative in the far tail cost a visible share of the MLP matmul.
 inline vf gelu(vf v) {
   // Counted instructions: in this epilogue they, not the tile unit, set the pace.
   const __m512 x = reinterpret_cast<__m512>(v);

@@ -1,6 +1,7 @@
 // Self-attention over short sequences (ViT-B/32's 50 tokens, captions' <= 77) in bf16 on
 // CPUs with AMX, one fused pass per (item, head). PyTorch's CPU flash attention is built for
-// long sequences: at 50 tokens it spends ~15% of a ViT-B/32 forward on 1% of its FLOPs. Here
+// long sequences: at 50 tokens its share of a ViT-B/32 forward is far above its share of the
+// FLOPs. Here
 // Q, K^T and V are laid out once per head in small per-thread buffers (L1/L2), QK^T and PV run
 // on the AMX tile unit (bf16 products, float32 sums) and the softmax in float32 with AVX-512.
 // As in PyTorch's kernels, the probabilities are rounded to bf16 before PV.
