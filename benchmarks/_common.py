@@ -7,6 +7,8 @@ import time
 
 import torch
 
+from mmcl.io.tables import print_table  # noqa: F401  (the benchmarks' tables)
+
 
 def matmul_peak_gflops(
     dtype: torch.dtype, size: int = 2048, repeats: int = 10, device: str = "cpu"
@@ -38,12 +40,3 @@ def machine_line() -> str:
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}, CPU features: {', '.join(features) or 'none of AMX/AVX-512'}"
     )
-
-
-def print_table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = " | ".join(f"{{:<{w}}}" for w in widths)
-    print(line.format(*header))
-    print("-+-".join("-" * w for w in widths))
-    for row in rows:
-        print(line.format(*[str(c) for c in row]))

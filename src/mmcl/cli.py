@@ -38,10 +38,12 @@ from mmcl.io.checkpoints import (
     save_open_clip,
     save_safetensors,
 )
+from mmcl.io.tables import print_table
 from mmcl.io.text_files import read_text
 from mmcl.io.tokenizer import get_tokenizer
 from mmcl.io.transforms import get_preprocess
 from mmcl.models import available_models, create_model, get_model_config
+from mmcl.models.factory import PRECISIONS
 from mmcl.models.registry import OPENAI_ALIASES
 from mmcl.nn import accelerate
 
@@ -162,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model name (see `mmcl models`)")
     parser.add_argument("--pretrained", type=Path, help="checkpoint file or folder")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=0, help="image decoding processes")
@@ -301,15 +303,6 @@ def embed_image_files(
     )
 
 
-def print_table(rows: list[list[str]], header: list[str]) -> None:
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    line = "  ".join(f"{{:<{w}}}" for w in widths)
-    print(line.format(*header))
-    print(line.format(*("-" * w for w in widths)))
-    for row in rows:
-        print(line.format(*row))
-
-
 def write_json(path: Path, payload: dict) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2))
@@ -338,7 +331,7 @@ def run_models(args: argparse.Namespace) -> int:
                 ", ".join(aliases.get(name, [])),
             ]
         )
-    print_table(rows, ["name", "image tower", "image size", "embed dim", "also known as"])
+    print_table(["name", "image tower", "image size", "embed dim", "also known as"], rows)
     return 0
 
 
@@ -452,7 +445,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
         per_class[name] = {"top1": top1, "count": count}
         rows.append([name, str(count), f"{100 * top1:.2f}"])
     rows.append(["(all)", str(len(targets)), f"{100 * overall['top1']:.2f}"])
-    print_table(rows, ["class", "images", "top-1 %"])
+    print_table(["class", "images", "top-1 %"], rows)
     print(
         f"top-1 {100 * overall['top1']:.2f}%  top-5 {100 * overall['top5']:.2f}%  "
         f"({len(targets)} images, {len(templates)} templates, {result.skipped} skipped)"
@@ -508,7 +501,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
     keep = [t for t, image in enumerate(caption_image) if image in position]
     text_to_image = torch.tensor([position[caption_image[t]] for t in keep])
     recalls = retrieval_recall(images.features, texts[keep], text_to_image)
-    print_table([[k, f"{100 * v:.2f}"] for k, v in recalls.items()], ["metric", "%"])
+    print_table(["metric", "%"], [[k, f"{100 * v:.2f}"] for k, v in recalls.items()])
     print(f"{len(images.indices)} images, {len(keep)} captions, {images.skipped} skipped")
     if args.report:
         write_json(

@@ -14,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from mmcl.models.factory import PRECISIONS
+
 TRAINING_FLAGS = {  # flag -> TrainConfig field
     "steps": "steps",
     "epochs": "epochs",
@@ -94,7 +96,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimizer", choices=["adamw", "sgd"], help="default adamw")
     parser.add_argument("--momentum", type=float, help="SGD momentum (default 0)")
     parser.add_argument("--weight-decay", type=float, help="default 0.1")
-    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--precision", choices=list(PRECISIONS))
     parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     parser.add_argument("--log-every", type=int, help="steps between log lines (default 10)")
     parser.add_argument("--workers", type=int, help="data loading processes")

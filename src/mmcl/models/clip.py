@@ -16,7 +16,7 @@ from mmcl.models.vision_transformer import VisionTransformer
 
 # Radford et al. 2021: the temperature starts at 0.07 and the scale is clipped at 100.
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
-LOGIT_SCALE_MAX = 100.0
+LOGIT_SCALE_MAX = 100.0  # on the scale itself; the parameter stores its log
 
 
 class CLIP(nn.Module):

@@ -6,6 +6,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 
@@ -16,7 +17,11 @@ from mmcl.models.config import CLIPConfig
 from mmcl.models.registry import available_models, get_model_config, resolve_name
 from mmcl.nn.cpu_support import native_on_cpu
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# The one list of precisions: training settings (`mmcl.train.config`) and the CLI use it too.
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS = dict(
+    zip(get_args(Precision), (torch.float32, torch.bfloat16, torch.float16), strict=True)
+)
 
 
 class ArchitectureNotRecordedError(CheckpointError):

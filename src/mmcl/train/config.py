@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-Precision = Literal["fp32", "bf16", "fp16"]
+from mmcl.models.factory import Precision
+
 Loss = Literal["clip", "siglip"]
 Optimizer = Literal["adamw", "sgd"]
 Schedule = Literal["cosine", "step"]

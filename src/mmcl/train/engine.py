@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, default_colla
 
 from mmcl.io.checkpoints import save_safetensors
 from mmcl.io.progress import progress
+from mmcl.models.clip import LOGIT_SCALE_MAX
 from mmcl.train import distributed
 from mmcl.train.config import TrainConfig
 from mmcl.train.freezing import freeze
@@ -36,8 +37,6 @@ from mmcl.train.run_log import RunLog
 from mmcl.train.sampler import EpochSampler, IndexedItems
 from mmcl.train.state import save_training_state
 from mmcl.train.trainer_state import capture_trainer_state, restore_trainer_state
-
-LOGIT_SCALE_MAX = math.log(100)
 
 
 @dataclass
@@ -381,7 +380,7 @@ class Trainer:
         self.scheduler.step()
         if getattr(self.model, "logit_scale", None) is not None:  # plain classifiers have none
             with torch.no_grad():
-                self.model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
+                self.model.logit_scale.clamp_(0, math.log(LOGIT_SCALE_MAX))  # the stored log
         for plugin in self.plugins:
             plugin.after_optimizer_step(self)
         return total, (term_sums if len(term_sums) > 1 else {}), samples
