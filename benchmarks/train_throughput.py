@@ -90,6 +90,8 @@ def mmcl_steps(model, images, tokens, batch_size, steps, precision, lr=1e-4):
             batch_size=batch_size,
             lr=lr,
             weight_decay=0.0,
+            schedule="step",  # no decay points: a constant rate, like the reference loop
+            shuffle=False,  # the reference loop's batches, in its order
             precision=precision,
             progress=False,
             tensorboard=False,
@@ -97,25 +99,10 @@ def mmcl_steps(model, images, tokens, batch_size, steps, precision, lr=1e-4):
             output_dir=folder,
         )
         trainer = Trainer(model, FixedPairs(images, tokens), config)
-        # Same batches as the reference loop: disable shuffling for the comparison.
-        trainer_sampler_shuffle_off(trainer)
         trainer.fit()
         records = [json.loads(line) for line in open(Path(folder) / "metrics.jsonl")]
     train = [r for r in records if r["kind"] == "train"]
     return [r["loss"] for r in train], [batch_size / r["samples_per_s"] for r in train]
-
-
-def trainer_sampler_shuffle_off(trainer):
-    original = trainer._setup
-
-    def setup():
-        original()
-        trainer.sampler.shuffle = False
-        for group in trainer.optimizer.param_groups:  # plain AdamW like the reference loop
-            group["weight_decay"] = 0.0
-        trainer.scheduler.lr_lambdas = [lambda step: 1.0] * len(trainer.optimizer.param_groups)
-
-    trainer._setup = setup
 
 
 def memory_probe(mode: str, name: str, batch_size: int, chunk: int) -> None:

@@ -104,3 +104,29 @@ def test_continual_methods_are_plugins_keyed_by_their_names():
 def test_doctests():
     result = doctest.testmod(plugins)
     assert result.attempted > 0 and result.failed == 0
+
+
+class BatchRecorder(TrainingPlugin):
+    name = "batches"
+
+    def __init__(self, data):
+        self.data, self.seen = data, []
+
+    def extra_losses(self, model, batch, outputs):
+        images = batch[0]
+        # Which items the batch holds, found by matching images against the data set.
+        self.seen.append(
+            [int((self.data.images == image).flatten(1).all(1).nonzero()) for image in images]
+        )
+        return {}
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_shuffle_off_gives_the_items_in_order_every_epoch(tmp_path, shuffle):
+    data = RandomPairs(size=16)
+    recorder = BatchRecorder(data)
+    config = settings(tmp_path, steps=4, batch_size=8, shuffle=shuffle)
+    Trainer(tiny_model(), data, config, plugins=[recorder]).fit()
+    in_order = [list(range(8)), list(range(8, 16))] * 2  # two epochs of two batches
+    assert (recorder.seen == in_order) == (not shuffle)
+    assert sorted(sum(recorder.seen[:2], [])) == list(range(16))  # each epoch sees every item

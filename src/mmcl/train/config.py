@@ -34,6 +34,7 @@ class TrainConfig:
     epochs: int = 1
     steps: int | None = None
     batch_size: int = 64  # per rank and micro-batch; global batch = this x ranks x accumulation
+    shuffle: bool = True  # False: items in order every epoch (to match another loop batch by batch)
     accumulation_steps: int = 1
     # optimisation
     optimizer: Optimizer = "adamw"  # sgd: plain SGD (+ momentum), as the classic CL protocols use

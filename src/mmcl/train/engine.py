@@ -187,7 +187,11 @@ class Trainer:
             )
         if not self.streaming:
             self.sampler = EpochSampler(
-                len(self.train_data), config.seed, True, self.info.rank, self.info.world_size
+                len(self.train_data),
+                config.seed,
+                config.shuffle,
+                self.info.rank,
+                self.info.world_size,
             )
         if self.resume_path is not None:
             restore_trainer_state(self, self.resume_path)
