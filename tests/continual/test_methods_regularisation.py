@@ -150,6 +150,7 @@ def fake_run():
     data = TensorDataset(torch.zeros(2, 3), torch.tensor([0, 1]))
     return SimpleNamespace(
         config=SimpleNamespace(seed=0),
+        method=None,
         training_space=lambda index: space,
         stream_data=lambda index: data,
     )
@@ -158,7 +159,7 @@ def fake_run():
 def test_online_ewc_keeps_one_decayed_fisher_and_the_latest_anchor(monkeypatch):
     model = nn.Linear(3, 2)
     queue = []  # the Fisher of each task, in turn: 2 everywhere, then 5
-    monkeypatch.setattr(ewc_module, "diagonal_fisher", lambda *arguments: queue.pop(0))
+    monkeypatch.setattr(ewc_module, "diagonal_fisher", lambda *arguments, method: queue.pop(0))
     online, plain = OnlineEWC(lambda_=1.0, gamma=0.5), EWC(lambda_=1.0)
     for method in (online, plain):
         queue[:] = [

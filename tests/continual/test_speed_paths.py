@@ -314,12 +314,14 @@ def test_the_estimator_is_an_argument_that_is_checked(tmp_path, monkeypatch):
 
     calls = []
 
-    def recorded(*arguments, batch_size):
+    def recorded(*arguments, batch_size, method):
         calls.append(batch_size)
-        return minibatch_importance(*arguments, batch_size=batch_size)
+        return minibatch_importance(*arguments, batch_size=batch_size, method=method)
 
     monkeypatch.setattr(ewc_module, "minibatch_importance", recorded)
-    monkeypatch.setattr(ewc_module, "diagonal_fisher", lambda *arguments: pytest.fail("sample"))
+    monkeypatch.setattr(
+        ewc_module, "diagonal_fisher", lambda *arguments, method: pytest.fail("sample")
+    )
     torch.manual_seed(0)
     model = ImageClassifier(nn.Flatten(), 3 * 32 * 32, 4, image_size=32)
     methods = [EWC(fisher="minibatch"), EWC(fisher="minibatch", fisher_batch_size=3)]
