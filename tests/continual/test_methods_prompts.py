@@ -373,3 +373,18 @@ def test_two_methods_that_compute_the_same_features_cannot_be_combined():
         build_method("l2p+moe_adapters")
     both = build_method("coop+l2p")  # one computes the class features, the other the images
     assert [type(part) for part in both.parts] == [CoOp, L2P]
+
+
+def test_ewc_importance_in_coop_plus_ewc_measures_coops_classifier(tmp_path):
+    # With CoOp the only trainable weights are its contexts, which the classifier reaches only
+    # through CoOp's class features (without them the loss would not depend on them at all).
+    from mmcl.continual.methods.ewc import diagonal_fisher
+
+    net, coop, stream = model(), CoOp(), scenario()
+    run = run_for(coop, tmp_path, stream)
+    coop.setup(net, run)
+    coop.before_task(stream.tasks[0], net, run)
+    arguments = (net, run.training_space(0), run.stream_data(0), 8, 0)
+    through_coop = diagonal_fisher(*arguments, method=coop)
+    assert list(through_coop) == ["coop_contexts.0.embeddings"]
+    assert through_coop["coop_contexts.0.embeddings"].sum() > 0
