@@ -368,7 +368,7 @@ def run_embed(args: argparse.Namespace) -> int:
 
 def embed_folder(args: argparse.Namespace, model, paths: list[Path]) -> int:
     """`mmcl embed --images`: the image files into --output, part by part."""
-    from mmcl.eval.embed import embed_image_folder
+    from mmcl.eval.embed_folder import embed_image_folder
 
     result = embed_image_folder(
         model,

@@ -10,8 +10,9 @@ import mmcl
 from mmcl.continual.evaluation import task_accuracy
 from mmcl.continual.experiments import build_scenario
 from mmcl.continual.heads import classification_objective
+from mmcl.continual.methods.auto_selector import AutoSelector
 from mmcl.continual.methods.base import Method
-from mmcl.continual.methods.moe_adapters import AutoSelector, MoEAdapters
+from mmcl.continual.methods.moe_adapters import MoEAdapters
 from mmcl.continual.runner import STATE_FILE, ContinualRun, run_continual
 from mmcl.nn.adapters import (
     Adapter,

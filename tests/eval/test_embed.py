@@ -14,7 +14,8 @@ from torch import nn
 import mmcl
 from conftest import max_abs_diff, open_clip_reference
 from mmcl.data.images import ImageFiles, ImageReadError, list_images
-from mmcl.eval.embed import embed_image_folder, embed_images, embed_texts, parts_folder
+from mmcl.eval.embed import embed_images, embed_texts
+from mmcl.eval.embed_folder import embed_image_folder, parts_folder
 from mmcl.io.checkpoints.openai import from_openai_layout
 from mmcl.models import CLIP, CLIPConfig, get_model_config
 

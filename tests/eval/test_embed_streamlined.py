@@ -12,7 +12,8 @@ from PIL import Image
 
 import mmcl
 from mmcl.data.images import ImageFiles, list_images
-from mmcl.eval.embed import embed_image_folder, embed_images, parts_folder
+from mmcl.eval.embed import embed_images
+from mmcl.eval.embed_folder import embed_image_folder, parts_folder
 
 
 @pytest.fixture
