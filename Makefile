@@ -21,7 +21,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
 # The acceleration tests once more on the path of CPUs without AMX (most AMD and older Intel
-# CPUs): mmcl's kernels off and oneDNN capped at AVX-512 BF16. pytest fails the target if a
+# CPUs): mmcl's kernels off and oneDNN capped at AVX-512 BF16. Then `accelerate` on the path of
+# CPUs with no bf16 instructions at all: oneDNN and PyTorch's own kernels capped at AVX2, where
+# bf16 is emulated. pytest fails the target if a
 # test fails, or if none runs (exit code 5).
 ACCELERATION_TESTS := tests/nn/test_accelerate.py tests/nn/test_inference_shortcuts.py \
 	tests/nn/test_kernels.py tests/nn/test_linear_kernel.py tests/nn/test_streams.py \
@@ -31,6 +33,8 @@ test: lint
 	$(PY) -m pytest -q
 	MMCL_NATIVE_KERNELS=0 ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 $(PY) -m pytest -q \
 		-k "not compiled and not benchmark and not RN50" $(ACCELERATION_TESTS)
+	ATEN_CPU_CAPABILITY=avx2 MMCL_NATIVE_KERNELS=0 ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q \
+		-k "not compiled and not benchmark and not RN50" tests/nn/test_accelerate.py
 
 demo: $(STAMP)
 	$(PY) -m mmcl.demo
