@@ -5,12 +5,15 @@ tokenizer: what mmcl promises.
   an empty corpus, a reference (or answer) list that is empty, and a bare string where a list
   of strings belongs, with a ValueError naming the argument (and the index) and the way out.
 - `bleu` refuses an n that is not a positive int.
+- `SceneQuestions` refuses kinds of question it does not know, none, or one twice, listing the
+  kinds it knows.
 """
 
 from __future__ import annotations
 
 import pytest
 
+from mmcl.data.scene_qa import SceneQuestions
 from mmcl.data.scenes import Scene
 from mmcl.eval.captioning import bleu, cider_d
 from mmcl.eval.scene_captions import attribute_accuracy
@@ -70,3 +73,9 @@ def test_attribute_accuracy_refuses_mismatched_lists():
         attribute_accuracy(["two red stars", "a star"], [scene])
     with pytest.raises(ValueError, match=r"scenes\[0\] must be a Scene, got str"):
         attribute_accuracy(["two red stars"], ["star"])
+
+
+@pytest.mark.parametrize("kinds", [(), ("shape", "size"), ("shape", "shape"), "shape"])
+def test_scene_questions_refuse_unknown_missing_or_repeated_kinds(kinds):
+    with pytest.raises(ValueError, match=r"kinds must be .*'shape', 'colour', 'count', 'where'"):
+        SceneQuestions("train", 10, kinds=kinds)
