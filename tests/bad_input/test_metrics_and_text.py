@@ -31,13 +31,18 @@ CAPTION_METRICS = [bleu, cider_d]
 
 @pytest.mark.parametrize("metric", CAPTION_METRICS)
 def test_caption_metrics_refuse_lists_of_different_lengths(metric):
-    with pytest.raises(ValueError, match=r"candidates has 2 captions but references has 1 lists"):
+    with pytest.raises(
+        ValueError,
+        match=r"candidates has 2 entries but references has 1 entry; give one of each per image",
+    ):
         metric(["a cat", "a dog"], [["a cat"]])
 
 
 @pytest.mark.parametrize("metric", CAPTION_METRICS)
 def test_caption_metrics_refuse_an_empty_reference_list_naming_its_index(metric):
-    with pytest.raises(ValueError, match=r"references\[1\] is an empty list"):
+    with pytest.raises(
+        ValueError, match=r"references\[1\] is an empty list; every image needs at least one"
+    ):
         metric(["a cat", "a dog"], [["a cat"], []])
 
 
@@ -45,7 +50,9 @@ def test_caption_metrics_refuse_an_empty_reference_list_naming_its_index(metric)
 def test_caption_metrics_refuse_a_bare_string_reference(metric):
     with pytest.raises(ValueError, match=r"references\[0\] must be a list of str, got str"):
         metric(["a cat"], ["a cat"])
-    with pytest.raises(ValueError, match=r"candidates must be a list of str"):
+    with pytest.raises(
+        ValueError, match=r"candidates must be a list of str \(one per image\), got str"
+    ):
         metric("a cat", [["a cat"]])
     with pytest.raises(ValueError, match=r"references\[0\]\[1\] must be a str, got int"):
         metric(["a cat"], [["a cat", 3]])
@@ -64,7 +71,7 @@ def test_bleu_refuses_an_order_that_is_not_a_positive_int(n):
 
 
 def test_vqa_accuracy_refuses_mismatched_or_empty_answers():
-    with pytest.raises(ValueError, match=r"predictions has 1 answers but answers has 2 lists"):
+    with pytest.raises(ValueError, match=r"predictions has 1 entry but answers has 2 entries"):
         vqa_accuracy(["yes"], [["yes"], ["no"]])
     with pytest.raises(ValueError, match=r"answers\[0\] is an empty list"):
         vqa_accuracy(["yes"], [[]])
@@ -76,7 +83,7 @@ def test_vqa_accuracy_refuses_mismatched_or_empty_answers():
 
 def test_attribute_accuracy_refuses_mismatched_lists():
     scene = Scene("star", "red", "small", 2, None, "white", layout_seed=0)
-    with pytest.raises(ValueError, match="captions has 2 captions but scenes has 1 scenes"):
+    with pytest.raises(ValueError, match="captions has 2 entries but scenes has 1 entry"):
         attribute_accuracy(["two red stars", "a star"], [scene])
     with pytest.raises(ValueError, match=r"scenes\[0\] must be a Scene, got str"):
         attribute_accuracy(["two red stars"], ["star"])

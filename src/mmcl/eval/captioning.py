@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from mmcl.eval.caption_tokens import coco_tokenize
+from mmcl.eval.text_inputs import check_paired, check_string_lists, check_strings
 
 __all__ = ["bleu", "cider_d", "coco_tokenize"]
 
@@ -164,43 +165,11 @@ def _tokenised(
     candidates: Sequence[str], references: Sequence[Sequence[str]], tokenize: bool
 ) -> tuple[list[list[str]], list[list[list[str]]]]:
     """Check the arguments; return each caption as a list of tokens."""
-    if isinstance(candidates, str) or not isinstance(candidates, Sequence):
-        raise ValueError(
-            f"candidates must be a list of str (one caption per image), got "
-            f"{type(candidates).__name__}"
-        )
-    if isinstance(references, str) or not isinstance(references, Sequence):
-        raise ValueError(
-            f"references must be a list of lists of str (the captions of each image), got "
-            f"{type(references).__name__}"
-        )
-    if len(candidates) != len(references):
-        raise ValueError(
-            f"candidates has {len(candidates)} captions but references has "
-            f"{len(references)} lists; give one list of reference captions per candidate"
-        )
-    if not candidates:
-        raise ValueError("candidates and references are empty; need at least one image")
+    check_strings("candidates", candidates, "image")
+    check_string_lists("references", references, "image")
+    check_paired("candidates", candidates, "references", references, "image")
 
-    def split(text: object, where: str) -> list[str]:
-        if not isinstance(text, str):
-            raise ValueError(f"{where} must be a str, got {type(text).__name__}")
+    def words(text: str) -> list[str]:
         return (coco_tokenize(text) if tokenize else text).split()
 
-    candidate_words = [split(text, f"candidates[{i}]") for i, text in enumerate(candidates)]
-    reference_words = []
-    for i, refs in enumerate(references):
-        if isinstance(refs, str) or not isinstance(refs, Sequence):
-            raise ValueError(
-                f"references[{i}] must be a list of str, got {type(refs).__name__} "
-                f"(wrap a single reference caption as [caption])"
-            )
-        if not refs:
-            raise ValueError(
-                f"references[{i}] is an empty list; every candidate needs at least one "
-                f"reference caption"
-            )
-        reference_words.append(
-            [split(text, f"references[{i}][{j}]") for j, text in enumerate(refs)]
-        )
-    return candidate_words, reference_words
+    return [words(text) for text in candidates], [list(map(words, refs)) for refs in references]

@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 from mmcl.data.scenes_identity import Scene
 from mmcl.data.scenes_text import COLOUR_WORDS, COUNT_WORDS, GENERIC_NOUNS, SHAPE_WORDS
+from mmcl.eval.text_inputs import check_paired, check_strings
 
 __all__ = ["ATTRIBUTES", "SceneCaptionAttributes", "attribute_accuracy", "parse_scene_caption"]
 
@@ -109,21 +110,12 @@ def attribute_accuracy(captions: Sequence[str], scenes: Sequence[Scene]) -> dict
     >>> attribute_accuracy(["two red stars", "a blue star"], scenes)
     {'shape': 1.0, 'colour': 0.5, 'count': 0.5}
     """
-    if isinstance(captions, str) or not isinstance(captions, Sequence):
-        raise ValueError(f"captions must be a list of str, got {type(captions).__name__}")
+    check_strings("captions", captions, "scene")
     if isinstance(scenes, Scene) or not isinstance(scenes, Sequence):
         raise ValueError(f"scenes must be a list of Scene, got {type(scenes).__name__}")
-    if len(captions) != len(scenes):
-        raise ValueError(
-            f"captions has {len(captions)} captions but scenes has {len(scenes)} scenes; "
-            f"give one caption per scene"
-        )
-    if not captions:
-        raise ValueError("captions and scenes are empty; need at least one caption")
+    check_paired("captions", captions, "scenes", scenes, "scene")
     right = dict.fromkeys(ATTRIBUTES, 0)
     for i, (caption, scene) in enumerate(zip(captions, scenes, strict=True)):
-        if not isinstance(caption, str):
-            raise ValueError(f"captions[{i}] must be a str, got {type(caption).__name__}")
         if not isinstance(scene, Scene):
             raise ValueError(f"scenes[{i}] must be a Scene, got {type(scene).__name__}")
         said = parse_scene_caption(caption)

@@ -30,6 +30,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from mmcl.eval.text_inputs import check_paired, check_string_lists, check_strings
+
 __all__ = ["normalize_answer", "vqa_accuracy", "vqa_scores"]
 
 HUMANS_FOR_FULL_CREDIT = 3
@@ -131,34 +133,6 @@ def vqa_accuracy(predictions: Sequence[str], answers: Sequence[Sequence[str]]) -
 
 
 def _check(predictions: Sequence[str], answers: Sequence[Sequence[str]]) -> None:
-    if isinstance(predictions, str) or not isinstance(predictions, Sequence):
-        raise ValueError(
-            f"predictions must be a list of str (one answer per question), got "
-            f"{type(predictions).__name__}"
-        )
-    if isinstance(answers, str) or not isinstance(answers, Sequence):
-        raise ValueError(
-            f"answers must be a list of lists of str (the human answers of each question), "
-            f"got {type(answers).__name__}"
-        )
-    if len(predictions) != len(answers):
-        raise ValueError(
-            f"predictions has {len(predictions)} answers but answers has {len(answers)} "
-            f"lists; give one list of human answers per prediction"
-        )
-    if not predictions:
-        raise ValueError("predictions and answers are empty; need at least one question")
-    for i, prediction in enumerate(predictions):
-        if not isinstance(prediction, str):
-            raise ValueError(f"predictions[{i}] must be a str, got {type(prediction).__name__}")
-    for i, humans in enumerate(answers):
-        if isinstance(humans, str) or not isinstance(humans, Sequence):
-            raise ValueError(
-                f"answers[{i}] must be a list of str, got {type(humans).__name__} (wrap a "
-                f"single answer as [answer])"
-            )
-        if not humans:
-            raise ValueError(f"answers[{i}] is an empty list; every question needs answers")
-        for j, human in enumerate(humans):
-            if not isinstance(human, str):
-                raise ValueError(f"answers[{i}][{j}] must be a str, got {type(human).__name__}")
+    check_strings("predictions", predictions, "question")
+    check_string_lists("answers", answers, "question")
+    check_paired("predictions", predictions, "answers", answers, "question")
