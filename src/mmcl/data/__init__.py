@@ -1,8 +1,10 @@
-"""Data: images on disk, captioned tables, webdataset shards, built-in procedural scenes, and
-class names and prompt templates for zero-shot evaluation."""
+"""Data: images on disk, captioned tables, webdataset shards, built-in procedural scenes (with
+captions, and questions and answers), and class names and prompt templates for zero-shot
+evaluation."""
 
 from mmcl.data.captions import CaptionedImages, ClassCaptions, collate_pairs
 from mmcl.data.images import ImageFiles, class_folders, list_images, load_image
+from mmcl.data.scene_qa import QUESTION_KINDS, SceneQuestions, scene_texts
 from mmcl.data.scenes import (
     Scene,
     SceneCaptions,
@@ -25,9 +27,11 @@ __all__ = [
     "CaptionedImages",
     "ClassCaptions",
     "ImageFiles",
+    "QUESTION_KINDS",
     "Scene",
     "SceneCaptions",
     "SceneClassification",
+    "SceneQuestions",
     "ShardStream",
     "ZeroShotMetadata",
     "available_zero_shot_datasets",
@@ -40,6 +44,7 @@ __all__ = [
     "normalize_template",
     "render",
     "save_preview",
+    "scene_texts",
     "view_classnames",
     "view_templates",
     "write_shards",
