@@ -26,8 +26,10 @@ from mmcl.continual.methods.finetune import Finetune
 from mmcl.continual.methods.frozen import Frozen
 from mmcl.continual.methods.icarl import ICaRL
 from mmcl.continual.methods.joint import Joint
+from mmcl.continual.methods.kdr import KDR
 from mmcl.continual.methods.l2p import L2P
 from mmcl.continual.methods.lwf import LwF
+from mmcl.continual.methods.mod_x import ModX
 from mmcl.continual.methods.moe_adapters import MoEAdapters
 from mmcl.continual.methods.replay import ExperienceReplay
 from mmcl.continual.methods.wise_ft import WiseFT
@@ -44,11 +46,13 @@ METHODS: dict[str, type[Method]] = {
     "lwf": LwF,
     "zscl": ZSCL,
     "wise_ft": WiseFT,
+    "mod_x": ModX,
     # replay
     "er": ExperienceReplay,
     "icarl": ICaRL,
     "der": DarkExperienceReplay,
     "derpp": DarkExperienceReplayPlusPlus,
+    "kdr": KDR,
     # architecture
     "moe_adapters": MoEAdapters,
     # prompts
