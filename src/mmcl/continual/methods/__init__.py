@@ -20,6 +20,7 @@ from mmcl.continual.methods.arguments import (
 from mmcl.continual.methods.base import Method
 from mmcl.continual.methods.composite import Composite
 from mmcl.continual.methods.coop import CoOp
+from mmcl.continual.methods.cpe_clip import CPECLIP
 from mmcl.continual.methods.der import DarkExperienceReplay, DarkExperienceReplayPlusPlus
 from mmcl.continual.methods.ewc import EWC, OnlineEWC
 from mmcl.continual.methods.finetune import Finetune
@@ -32,6 +33,7 @@ from mmcl.continual.methods.lwf import LwF
 from mmcl.continual.methods.mod_x import ModX
 from mmcl.continual.methods.moe_adapters import MoEAdapters
 from mmcl.continual.methods.replay import ExperienceReplay
+from mmcl.continual.methods.s_prompts import SPrompts
 from mmcl.continual.methods.wise_ft import WiseFT
 from mmcl.continual.methods.zscl import ZSCL
 
@@ -58,6 +60,8 @@ METHODS: dict[str, type[Method]] = {
     # prompts
     "coop": CoOp,
     "l2p": L2P,
+    "cpe_clip": CPECLIP,
+    "s_prompts": SPrompts,
 }
 
 
