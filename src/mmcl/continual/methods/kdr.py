@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import torch
 
+from mmcl.continual.captioned import is_captioned_stream
 from mmcl.continual.methods.base import Method
 from mmcl.continual.methods.lwf import frozen_copy
 from mmcl.continual.methods.mod_x import _check_weight
@@ -41,6 +42,7 @@ from mmcl.continual.methods.similarity import ClassPrompts, paired_similarities,
 
 class KDR(Method):
     name = "kdr"
+    takes_captions = True
     needs_text_tower = True
     mixes_past_data = True
 
@@ -74,7 +76,8 @@ class KDR(Method):
         self.teacher = None
         if task.index == 0:
             return
-        self.prompts = ClassPrompts(run.training_space(task.index))
+        captioned = is_captioned_stream(run.scenario)  # captions: no class prompts
+        self.prompts = None if captioned else ClassPrompts(run.training_space(task.index))
         self.teacher = frozen_copy(model)
 
     def train_data(self, task, run):

@@ -38,6 +38,7 @@ import math
 
 import torch
 
+from mmcl.continual.captioned import is_captioned_stream
 from mmcl.continual.methods.base import Method
 from mmcl.continual.methods.lwf import frozen_copy
 from mmcl.continual.methods.similarity import ClassPrompts, paired_similarities, row_kl
@@ -45,6 +46,7 @@ from mmcl.continual.methods.similarity import ClassPrompts, paired_similarities,
 
 class ModX(Method):
     name = "mod_x"
+    takes_captions = True
     needs_text_tower = True
 
     def __init__(self, lambda_: float = 1.0, temperature: float = 1.0):
@@ -60,7 +62,8 @@ class ModX(Method):
         self.teacher = None  # free the last task's teacher before copying the model
         if task.index == 0:
             return
-        self.prompts = ClassPrompts(run.training_space(task.index))
+        captioned = is_captioned_stream(run.scenario)  # captions: no class prompts
+        self.prompts = None if captioned else ClassPrompts(run.training_space(task.index))
         self.teacher = frozen_copy(model)
 
     def extra_losses(self, model, batch, outputs) -> dict[str, torch.Tensor]:
