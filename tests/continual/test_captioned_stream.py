@@ -95,7 +95,7 @@ def test_runner_fills_the_matrix_with_retrieval_recall_of_every_task(tmp_path):
     assert result.matrix[-1] == pytest.approx(
         [brute_force_recall(model, task.test) for task in scenes], abs=1e-6
     )
-    assert any(a != b for a, b in zip(result.initial, result.matrix[-1], strict=True))
+    assert not torch.equal(model.visual.proj, start.visual.proj)  # it trained
 
 
 @pytest.mark.parametrize(
