@@ -168,3 +168,16 @@ def test_the_built_in_stream_styles_its_tasks_and_draws_other_scenes():
         task = scenes[0]
         CaptionedStream([task, CaptionedTask(task.name, 1, task.train, task.test)])
     assert mmcl.tokenize(["x"]).shape == (1, 77)
+
+
+def test_the_stream_is_a_named_scenario_of_the_command_line():
+    from mmcl.continual.experiments import build_scenario, scenario_arguments
+
+    built = build_scenario("scene-styles", train_size=4, test_size=4, styles=["rotated-180"])
+    assert built.kind == "captioned" and built.task_names == ["rotated-180"]
+    assert scenario_arguments("scene-styles", {})["styles"] is None  # the three default styles
+    assert build_scenario("scene-styles", train_size=4, test_size=4).task_names == [
+        "upright",
+        "rotated-90",
+        "channels-gbr",
+    ]

@@ -109,6 +109,31 @@ def is_captioned_stream(scenario) -> bool:
     return getattr(scenario, "kind", None) == CAPTIONED
 
 
+def describe_stream(stream: CaptionedStream) -> str:
+    """A plain-text table of the tasks and their sizes.
+
+    >>> print(describe_stream(scene_styles_stream(["upright"], 8, 4)))
+    scene-styles: captioned stream, 1 task, seed 0 (contrastive loss; R@1 after every task)
+    #  task     train  test
+    0  upright      8     4
+    """
+    plural = "" if len(stream) == 1 else "s"
+    lines = [
+        f"{stream.name}: captioned stream, {len(stream)} task{plural}, seed {stream.seed} "
+        f"(contrastive loss; R@1 after every task)"
+    ]
+    rows = [["#", "task", "train", "test"]]
+    rows += [[str(t.index), t.name, str(len(t.train)), str(len(t.test))] for t in stream]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        cells = [
+            c.ljust(w) if i < 2 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
 @torch.no_grad()
 def retrieval_recall_at_1(model, data: Dataset, batch_size: int = 256) -> float:
     """Mean of image -> text and text -> image R@1 over the pairs of `data`.
