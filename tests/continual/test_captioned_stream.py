@@ -96,6 +96,7 @@ def test_runner_fills_the_matrix_with_retrieval_recall_of_every_task(tmp_path):
         [brute_force_recall(model, task.test) for task in scenes], abs=1e-6
     )
     assert not torch.equal(model.visual.proj, start.visual.proj)  # it trained
+    assert "Entries are retrieval R@1" in (tmp_path / "r" / "report.md").read_text()
 
 
 @pytest.mark.parametrize(

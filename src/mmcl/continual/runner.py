@@ -42,6 +42,7 @@ from mmcl.train.objectives import ContrastiveObjective
 PROGRESS_FILE = "progress.json"
 STATE_FILE = "state_after_task.pt"
 INITIAL_FILE = "initial_model.pt"
+RETRIEVAL_MEASURE = "retrieval R@1, the mean of image -> text and text -> image"
 
 
 @dataclass
@@ -133,6 +134,8 @@ def run_continual(
             f"{output_dir}: nothing to resume (no {PROGRESS_FILE} there); start the run "
             f"without --resume, or give the folder of the run to continue"
         )
+    if is_captioned_stream(scenario):  # the report says what its matrix holds
+        extra = {**(extra or {}), "measure": RETRIEVAL_MEASURE}
     settings = run_settings(method, config, extra)
     per_step = config.batch_size * config.accumulation_steps * info.world_size
     small = [f"{t.name} ({len(t.train)})" for t in tasks if len(t.train) < per_step]
