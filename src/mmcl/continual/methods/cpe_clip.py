@@ -20,7 +20,8 @@ How it plugs in: ``setup`` freezes the model and registers the prompts on it
 objective and to evaluation.
 
 Differences from the paper:
-- Prompts enter at the towers' inputs only; the paper also prompts deeper layers.
+- Prompts enter at the towers' inputs only: the towers' entry points take input prompts, not
+  prompts for deeper layers as multimodal prompt learning can use.
 - The paper's prompt regularisation across incremental sessions is not implemented: every task
   trains the shared prompts with the task's loss alone (compose with a regulariser, e.g.
   ``cpe_clip+ewc``, for one).

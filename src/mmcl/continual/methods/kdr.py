@@ -17,8 +17,9 @@ the old model's view of that item is wrong and is not distilled. With no row kep
 direction, that direction adds zero.
 
 Differences from the paper:
-- The paper rectifies the old model's wrong similarities with the current model's and the
-  ground truth, dynamically; here those rows are simply left out (weight zero).
+- The paper rectifies the old model's knowledge where it is wrong before distilling it; here
+  the rule is the simplest form of that: rows the old model gets wrong are left out (weight
+  zero), nothing is corrected.
 - The paper's setting is retrieval with captions; a classification stream's batches pair each
   image with a prompt of its class, so two images of a class share a text (the old model then
   never ranks one of them strictly first: both are kept, ties going to the match).

@@ -22,8 +22,10 @@ Differences from the paper:
   the term is added to whatever the task trains (the contrastive loss on captions, or the
   classification loss, with class prompts standing in for captions, so two images of a class
   share a text and the off-diagonal holds same-class pairs too).
-- The teacher is the model as the task starts, used as it is; the paper's full framework may
-  also adapt the old model to the new data before distilling, which is not done here.
+- Only the off-diagonal distillation is implemented, with the model as the task starts as the
+  old model. Taking the target's diagonal from the new model is this library's reading of
+  "selectively aligning the off-diagonal information distribution"; check it against the
+  authors' code before comparing figures with the paper's.
 - The first task has no old model and trains without the term; lambda and T are free
   arguments (defaults 1), not tuned to the paper's data.
 

@@ -22,11 +22,11 @@ the method's state. Training takes the features from ``image_features`` / ``clas
 (the current domain's prompts); evaluation goes through ``predict``, which routes every image.
 
 Differences from the paper:
-- Prompts enter at the towers' inputs only, and the classifier is the text tower with the
-  domain's context over the evaluated classes (the paper's S-liPrompts learn a context per
-  domain too, but its image prompts feed a transformer pre-trained differently).
-- Keys come from the image tower of the model being prompted, not a separate feature
-  extractor; the number of centres per domain is an argument, not tied to the paper's data.
+- The defaults (10 image prompt tokens, a context started from "a photo of a", 5 centres per
+  domain) are this library's choices, not tuned to the paper's data; k-means is plain Lloyd's
+  (`kmeans` below, 20 iterations at most from seeded starting points).
+- Keys come from the image tower of the model being prompted, before any prompt; the paper
+  keys its domains with a frozen pre-trained image encoder too, which here is the same tower.
 - Any stream is accepted: a class-incremental one makes every task a "domain", and the nearest
   key then guesses the task.
 """
