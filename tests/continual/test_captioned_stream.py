@@ -182,3 +182,31 @@ def test_the_stream_is_a_named_scenario_of_the_command_line():
         "rotated-90",
         "channels-gbr",
     ]
+
+
+@pytest.mark.slow  # two runs of the stream
+def test_a_captioned_run_stopped_after_a_task_resumes_to_the_same_matrix(tmp_path):
+    config = small_config(tmp_path, steps=1)
+
+    def kdr():
+        return build_method("kdr", buffer_size=8)
+
+    whole = run_continual(tiny_clip(), stream(), kdr(), config, tmp_path / "a", progress=False)
+    stopped = kdr()
+    original = stopped.before_task
+
+    def stop_at_the_second_task(task, model, run):
+        if task.index == 1:
+            raise KeyboardInterrupt
+        original(task, model, run)
+
+    stopped.before_task = stop_at_the_second_task
+    with pytest.raises(KeyboardInterrupt):
+        run_continual(tiny_clip(), stream(), stopped, config, tmp_path / "b", progress=False)
+    other = tiny_clip()
+    with torch.no_grad():  # another model: the resumed run must load the saved one
+        other.visual.proj.mul_(-1)
+    again = run_continual(
+        other, stream(), kdr(), config, tmp_path / "b", resume=True, progress=False
+    )
+    assert again.matrix == whole.matrix and again.initial == whole.initial
