@@ -83,7 +83,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--train-size",
         type=int,
-        help="training items: per task for mini-mtil (default 2000); for the class-incremental "
+        help="training items: per task for mini-mtil (default 2000) and scene-styles (default "
+        "1000, test 200); for the class-incremental "
         "scenarios, of the whole stream, each task keeping the items of its classes: "
         "scenes-cil a quarter each (default 2000), cifar10-cil and seq-cifar10 a fifth "
         "(class-balanced; defaults 2000 and every image)",

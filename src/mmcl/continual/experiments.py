@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from mmcl.continual.builtin import MINI_MTIL_TASKS, mini_mtil, shared_data_root
+from mmcl.continual.captioned import describe_stream, is_captioned_stream, scene_styles_stream
 from mmcl.continual.scenarios import class_incremental
 from mmcl.continual.tasks import Scenario, describe
 from mmcl.data.scenes import SceneClassification, view_classnames, view_templates
@@ -71,8 +72,22 @@ def seq_cifar10_scenario(
     return seq_cifar10(*per_class, seed=seed)
 
 
+def scene_styles(
+    image_size: int = 32,
+    seed: int = 0,
+    train_size: int = 1000,
+    test_size: int = 200,
+    styles: list[str] | None = None,
+    cifar10_root: str | None = None,
+):
+    """Captioned scenes in styles (upright, turned, recoloured), contrastive, scored by R@1."""
+    chosen = ["upright", "rotated-90", "channels-gbr"] if styles is None else list(styles)
+    return scene_styles_stream(chosen, train_size, test_size, image_size, seed, cifar10_root)
+
+
 SCENARIOS: dict[str, Callable[..., Scenario]] = {
     "scenes-cil": scenes_cil,
+    "scene-styles": scene_styles,
     "cifar10-cil": cifar10_cil,
     "mini-mtil": mini_mtil,
     "seq-cifar10": seq_cifar10_scenario,
@@ -237,7 +252,7 @@ def run_experiment(
     network = starting_model(model, progress=progress)
     stream = build_scenario(scenario, **extra["scenario_args"], image_size=network.image_size)
     if progress:
-        print(describe(stream))
+        print(describe_stream(stream) if is_captioned_stream(stream) else describe(stream))
     return run_continual(
         network,
         stream,

@@ -4,8 +4,8 @@ Continual-learning benchmarks before CLIP train a network with a linear output l
 class of the stream, not a text tower. The runner and the methods that make sense without text
 (fine-tuning, joint, EWC, LwF, ER, iCaRL, DER, WiSE-FT) accept such a model: wherever a CLIP
 model builds a classifier from prompts, an `ImageClassifier` takes its head's columns for the
-space's stream labels. Methods that need a text tower (ZSCL, CoOp, MoE adapters, L2P) refuse it
-before training starts.
+space's stream labels. Methods that need a text tower (ZSCL, CoOp, MoE adapters, L2P, CPE-CLIP,
+S-Prompts, Mod-X, KDR) refuse it before training starts.
 
 >>> import torch
 >>> from mmcl.models.cifar_resnet import cifar_resnet18

@@ -196,6 +196,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "**Bold**: the task just trained; *italic*: zero-shot (the task is not trained yet).",
         "",
     ]
+    measure = (report.get("extra") or {}).get("measure")
+    if measure:  # e.g. a captioned stream's retrieval R@1 in place of accuracy
+        lines += [f"Entries are {_cell(str(measure))}.", ""]
     lines += _table_header(["", *names])
     if initial is not None:
         lines.append(_row(["before training", *(f"*{number(v)}*" for v in initial)]))

@@ -30,16 +30,19 @@ from typing import Any
 import torch
 
 from mmcl.continual import classes
+from mmcl.continual.captioned import is_captioned_stream, retrieval_recall_at_1
 from mmcl.continual.evaluation import task_accuracy
 from mmcl.continual.heads import classification_objective, is_classifier
 from mmcl.continual.report import write_report
 from mmcl.continual.settings import differences, run_settings
 from mmcl.io.atomic import atomic_path
 from mmcl.train import TrainConfig, Trainer, distributed
+from mmcl.train.objectives import ContrastiveObjective
 
 PROGRESS_FILE = "progress.json"
 STATE_FILE = "state_after_task.pt"
 INITIAL_FILE = "initial_model.pt"
+RETRIEVAL_MEASURE = "retrieval R@1, the mean of image -> text and text -> image"
 
 
 @dataclass
@@ -53,12 +56,23 @@ class ContinualRun:
     initial_state: dict[str, torch.Tensor]
     task_index: int = 0
 
+    @property
+    def captioned(self) -> bool:
+        """Whether the stream is captioned pairs (`mmcl.continual.captioned`), not classes."""
+        return is_captioned_stream(self.scenario)
+
     def stream_data(self, index: int, split: str = "train"):
-        """Task `index`'s data with stream labels (what the engine trains on)."""
+        """Task `index`'s data with stream labels (what the engine trains on); a captioned
+        stream's pairs as they are."""
+        if self.captioned:
+            task = self.scenario.tasks[index]
+            return task.train if split == "train" else task.test
         return classes.stream_data(self.scenario, index, split)
 
     def training_space(self, index: int | None = None) -> classes.ClassSpace:
         """The classes the objective of task `index` (default: the current one) chooses from."""
+        if self.captioned:
+            raise ValueError("a captioned stream has no classes to choose from")
         index = self.task_index if index is None else index
         return classes.training_space(self.scenario, index, self.method.mixes_past_data)
 
@@ -120,6 +134,8 @@ def run_continual(
             f"{output_dir}: nothing to resume (no {PROGRESS_FILE} there); start the run "
             f"without --resume, or give the folder of the run to continue"
         )
+    if is_captioned_stream(scenario):  # the report says what its matrix holds
+        extra = {**(extra or {}), "measure": RETRIEVAL_MEASURE}
     settings = run_settings(method, config, extra)
     per_step = config.batch_size * config.accumulation_steps * info.world_size
     small = [f"{t.name} ({len(t.train)})" for t in tasks if len(t.train) < per_step]
@@ -183,8 +199,10 @@ def run_continual(
                 resume="latest-if-any" if resume else None,  # a task may have no checkpoint yet
                 progress=progress and config.progress,
             )
-            space = run.training_space(index)
-            objective = classification_objective(model, space, method)
+            if run.captioned:
+                objective = ContrastiveObjective(config.loss)
+            else:
+                objective = classification_objective(model, run.training_space(index), method)
             Trainer(
                 model,
                 method.train_data(task, run),
@@ -245,10 +263,25 @@ def run_continual(
 
 
 def _check_model_fits(model, method, scenario) -> None:
-    """A plain classifier needs a head column per stream label and a method without text."""
+    """A plain classifier needs a head column per stream label and a method without text; a
+    captioned stream needs a CLIP model and methods that train on captions."""
+    parts = getattr(method, "parts", [method])
+    if is_captioned_stream(scenario):
+        refused = [part.name for part in parts if not part.takes_captions]
+        if refused:
+            raise ValueError(
+                f"method(s) {refused} need class prompts, which the captioned stream "
+                f"{scenario.name!r} does not have; choose among the methods that train on "
+                f"captions (finetune, frozen, er, lwf, zscl, wise_ft, mod_x, kdr)"
+            )
+        if is_classifier(model):
+            raise ValueError(
+                f"a captioned stream trains image-text pairs: this model is a plain image "
+                f"classifier ({type(model).__name__}); choose a CLIP model"
+            )
+        return
     if not is_classifier(model):
         return
-    parts = getattr(method, "parts", [method])
     textual = [part.name for part in parts if part.needs_text_tower]
     if textual:
         raise ValueError(
@@ -265,6 +298,8 @@ def _check_model_fits(model, method, scenario) -> None:
 
 
 def _evaluate_all(model, method, scenario, after: int, run, batch_size: int) -> list[float]:
+    if run.captioned:  # the matrix holds retrieval R@1
+        return [retrieval_recall_at_1(model, task.test, batch_size) for task in scenario.tasks]
     return [
         task_accuracy(model, method, scenario, j, after, run, batch_size)
         for j in range(len(scenario))

@@ -20,16 +20,20 @@ from mmcl.continual.methods.arguments import (
 from mmcl.continual.methods.base import Method
 from mmcl.continual.methods.composite import Composite
 from mmcl.continual.methods.coop import CoOp
+from mmcl.continual.methods.cpe_clip import CPECLIP
 from mmcl.continual.methods.der import DarkExperienceReplay, DarkExperienceReplayPlusPlus
 from mmcl.continual.methods.ewc import EWC, OnlineEWC
 from mmcl.continual.methods.finetune import Finetune
 from mmcl.continual.methods.frozen import Frozen
 from mmcl.continual.methods.icarl import ICaRL
 from mmcl.continual.methods.joint import Joint
+from mmcl.continual.methods.kdr import KDR
 from mmcl.continual.methods.l2p import L2P
 from mmcl.continual.methods.lwf import LwF
+from mmcl.continual.methods.mod_x import ModX
 from mmcl.continual.methods.moe_adapters import MoEAdapters
 from mmcl.continual.methods.replay import ExperienceReplay
+from mmcl.continual.methods.s_prompts import SPrompts
 from mmcl.continual.methods.wise_ft import WiseFT
 from mmcl.continual.methods.zscl import ZSCL
 
@@ -44,16 +48,20 @@ METHODS: dict[str, type[Method]] = {
     "lwf": LwF,
     "zscl": ZSCL,
     "wise_ft": WiseFT,
+    "mod_x": ModX,
     # replay
     "er": ExperienceReplay,
     "icarl": ICaRL,
     "der": DarkExperienceReplay,
     "derpp": DarkExperienceReplayPlusPlus,
+    "kdr": KDR,
     # architecture
     "moe_adapters": MoEAdapters,
     # prompts
     "coop": CoOp,
     "l2p": L2P,
+    "cpe_clip": CPECLIP,
+    "s_prompts": SPrompts,
 }
 
 

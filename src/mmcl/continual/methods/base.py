@@ -19,6 +19,10 @@ index, the training settings, the initial weights, and the label helpers (`run.s
 `mmcl.continual.classes`); `space` is the `ClassSpace` a prediction chooses from, and logits
 have one column per class of it, in its order.
 
+A captioned stream (`mmcl.continual.captioned`) trains image-caption pairs with the
+contrastive loss; only methods with `takes_captions = True` run on it, and their batches hold
+caption tokens where a classification stream's hold labels.
+
 Methods that train on past tasks' data too (joint training, replay) set
 `mixes_past_data = True`, so task- and multi-dataset streams train over all classes so far.
 The runner broadcasts a method's state from rank 0 after every task, so buffers, exemplars and
@@ -37,6 +41,9 @@ class Method(TrainingPlugin):
     trains = True  # False: the model is never updated (e.g. the frozen zero-shot baseline)
     mixes_past_data = False
     needs_text_tower = False  # True: CLIP only, refused for a plain classifier (heads.py)
+    # True: also trains on a captioned stream (contrastive loss, retrieval R@1; see
+    # mmcl.continual.captioned), where there are no classes and no class prompts.
+    takes_captions = False
 
     def setup(self, model, run) -> None:
         pass

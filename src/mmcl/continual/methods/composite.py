@@ -25,6 +25,10 @@ class Composite(Method):
         self.trains = all(p.trains for p in parts)
 
     @property
+    def takes_captions(self) -> bool:
+        return all(p.takes_captions for p in self.parts)
+
+    @property
     def mixes_past_data(self) -> bool:
         return any(p.mixes_past_data for p in self.parts)
 

@@ -44,26 +44,10 @@ class CoOp(Method):
         n_ctx: int | None = None,
         per_task: bool = False,
     ):
-        if context_init is not None and not isinstance(context_init, str):
-            raise ValueError(f"coop: context_init must be a phrase or None, got {context_init!r}")
-        if n_ctx is not None and (isinstance(n_ctx, bool) or not isinstance(n_ctx, int)):
-            raise ValueError(f"coop: n_ctx must be a positive integer, got {n_ctx!r}")
-        if n_ctx is not None and n_ctx < 1:
-            raise ValueError(f"coop: n_ctx must be a positive integer, got {n_ctx}")
         if not isinstance(per_task, bool):
             raise ValueError(f"coop: per_task must be True or False, got {per_task!r}")
-        self.phrase_ids: list[int] = []
-        if context_init is not None:
-            self.phrase_ids = get_tokenizer().encode(context_init)
-            if not self.phrase_ids:
-                raise ValueError(f"coop: context_init {context_init!r} has no tokens")
-            if n_ctx is not None and n_ctx != len(self.phrase_ids):
-                raise ValueError(
-                    f"coop: context_init {context_init!r} is {len(self.phrase_ids)} tokens, "
-                    f"but n_ctx is {n_ctx}; leave n_ctx out to use the phrase's length"
-                )
+        self.phrase_ids, self.n_ctx = context_phrase("coop", context_init, n_ctx)
         self.context_init = context_init
-        self.n_ctx = len(self.phrase_ids) if context_init is not None else n_ctx or DEFAULT_LENGTH
         self.per_task = per_task
         self.owner: dict[int, int] = {}  # stream label -> index of the context that prompts it
 
@@ -88,12 +72,10 @@ class CoOp(Method):
             for label in classes.task_classes(scenario, index).labels:
                 self.owner.setdefault(label, index if self.per_task else 0)
         model.requires_grad_(False)
-        width = model.text.token_embedding.embedding_dim
-        init = None
-        if self.phrase_ids:
-            init = model.text.token_embedding.weight[self.phrase_ids].detach().float().cpu()
         count = len(scenario) if self.per_task else 1
-        contexts = nn.ModuleList(TextContext(self.n_ctx, width, init) for _ in range(count))
+        contexts = nn.ModuleList(
+            phrase_context(model, self.phrase_ids, self.n_ctx) for _ in range(count)
+        )
         model.coop_contexts = contexts.to(model.text.token_embedding.weight.device)
 
     def before_task(self, task, model, run) -> None:
@@ -121,6 +103,38 @@ class CoOp(Method):
     def __repr__(self) -> str:
         init = repr(self.context_init)
         return f"CoOp(context_init={init}, n_ctx={self.n_ctx}, per_task={self.per_task})"
+
+
+def context_phrase(method: str, context_init: str | None, n_ctx: int | None):
+    """``(phrase token ids, context length)`` from a method's `context_init` / `n_ctx`
+    arguments: the phrase's tokens fix the length; without a phrase, `n_ctx` (default 16)
+    random vectors."""
+    if context_init is not None and not isinstance(context_init, str):
+        raise ValueError(f"{method}: context_init must be a phrase or None, got {context_init!r}")
+    if n_ctx is not None and (isinstance(n_ctx, bool) or not isinstance(n_ctx, int)):
+        raise ValueError(f"{method}: n_ctx must be a positive integer, got {n_ctx!r}")
+    if n_ctx is not None and n_ctx < 1:
+        raise ValueError(f"{method}: n_ctx must be a positive integer, got {n_ctx}")
+    if context_init is None:
+        return [], n_ctx or DEFAULT_LENGTH
+    ids = get_tokenizer().encode(context_init)
+    if not ids:
+        raise ValueError(f"{method}: context_init {context_init!r} has no tokens")
+    if n_ctx is not None and n_ctx != len(ids):
+        raise ValueError(
+            f"{method}: context_init {context_init!r} is {len(ids)} tokens, but n_ctx is "
+            f"{n_ctx}; leave n_ctx out to use the phrase's length"
+        )
+    return ids, len(ids)
+
+
+def phrase_context(model, phrase_ids: list[int], n_ctx: int) -> TextContext:
+    """A learned text context for `model`'s text tower, starting as the phrase (if any)."""
+    width = model.text.token_embedding.embedding_dim
+    init = None
+    if phrase_ids:
+        init = model.text.token_embedding.weight[phrase_ids].detach().float().cpu()
+    return TextContext(n_ctx, width, init)
 
 
 def class_tokens(names) -> torch.Tensor:

@@ -8,3 +8,4 @@ from mmcl.continual.methods.base import Method
 
 class Finetune(Method):
     name = "finetune"
+    takes_captions = True

@@ -10,3 +10,4 @@ from mmcl.continual.methods.base import Method
 class Frozen(Method):
     name = "frozen"
     trains = False
+    takes_captions = True

@@ -15,6 +15,10 @@ teacher's entropy, a constant: the same gradient, and zero while nothing has cha
 embeds one prompt per class, the template cycling with the step as in the training objective.
 The first task has no old classes, so it trains without the term, as in the paper.
 
+On a captioned stream (`mmcl.continual.captioned`) there are no classes: z is the batch's
+image-text similarity matrix (`mmcl.continual.methods.similarity`), and the term is the KL
+above over its rows (image -> text) plus over its columns (text -> image), each averaged.
+
 A plain image classifier (`mmcl.models.image_classifier`) has no prompts: z is its head's columns for
 the old classes, from the student's forward pass of this step and from the teacher's.
 
@@ -31,15 +35,18 @@ import math
 import torch
 from torch.nn import functional as F
 
+from mmcl.continual.captioned import is_captioned_stream
 from mmcl.continual.classes import ClassSpace, task_classes, union
 from mmcl.continual.heads import head_logits, is_classifier
 from mmcl.continual.methods.base import Method
+from mmcl.continual.methods.similarity import is_captioned, paired_similarities, row_kl
 from mmcl.data.zeroshot import format_prompts
 from mmcl.io.tokenizer import tokenize
 
 
 class LwF(Method):
     name = "lwf"
+    takes_captions = True
 
     def __init__(self, lambda_: float = 1.0, temperature: float = 2.0):
         if not (isinstance(lambda_, (int, float)) and math.isfinite(lambda_) and lambda_ >= 0):
@@ -60,7 +67,8 @@ class LwF(Method):
         if task.index == 0:
             self.teacher = self.old_classes = None
             return
-        self.old_classes = union([task_classes(run.scenario, i) for i in range(task.index)])
+        if not is_captioned_stream(run.scenario):  # a captioned stream has no classes
+            self.old_classes = union([task_classes(run.scenario, i) for i in range(task.index)])
         self.teacher = None  # free the last task's teacher before copying the model
         self.teacher = frozen_copy(model)
 
@@ -68,6 +76,11 @@ class LwF(Method):
         if self.teacher is None:
             return {}
         images = batch[0]
+        if is_captioned(batch):
+            student, teacher = paired_similarities(model, self.teacher, batch, outputs, None, 0)
+            t = self.temperature
+            both = row_kl(teacher, student, t).mean() + row_kl(teacher.T, student.T, t).mean()
+            return {"lwf": self.lambda_ * both}
         if next(self.teacher.parameters()).device != images.device:
             self.teacher.to(images.device)  # taken before the engine moved the model
         if is_classifier(model):

@@ -127,6 +127,7 @@ class ReplayItems(Dataset):
 class ExperienceReplay(Method):
     name = "er"
     mixes_past_data = True
+    takes_captions = True
 
     def __init__(self, buffer_size: int = 500):
         if isinstance(buffer_size, bool) or not isinstance(buffer_size, int):

@@ -12,6 +12,7 @@ from mmcl.continual.methods.base import Method
 
 class WiseFT(Method):
     name = "wise_ft"
+    takes_captions = True
 
     def __init__(self, alpha: float = 0.5):
         if not 0.0 <= alpha <= 1.0:

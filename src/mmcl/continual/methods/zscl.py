@@ -50,6 +50,7 @@ REFERENCE_SPLIT = "val"  # neither the tasks' scenes ("train", "test") nor pre-t
 class ZSCL(Method):
     name = "zscl"
     needs_text_tower = True
+    takes_captions = True
 
     def __init__(
         self,
