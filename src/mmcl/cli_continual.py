@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mmcl.models.factory import PRECISIONS
+from mmcl.choices import PRECISION_NAMES
 
 TRAINING_FLAGS = {  # flag -> TrainConfig field
     "steps": "steps",
@@ -96,7 +96,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimizer", choices=["adamw", "sgd"], help="default adamw")
     parser.add_argument("--momentum", type=float, help="SGD momentum (default 0)")
     parser.add_argument("--weight-decay", type=float, help="default 0.1")
-    parser.add_argument("--precision", choices=list(PRECISIONS))
+    parser.add_argument("--precision", choices=PRECISION_NAMES)
     parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     parser.add_argument("--log-every", type=int, help="steps between log lines (default 10)")
     parser.add_argument("--workers", type=int, help="data loading processes")
