@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="replace an existing output file; with --to hf, write into a non-empty folder, "
-        "replacing only its config.json and model.safetensors (other files stay)",
+        "replacing only the files it writes (model, tokenizer and image processor files; "
+        "other files stay)",
     )
     convert.set_defaults(handler=run_convert)
 
