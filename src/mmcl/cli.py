@@ -151,6 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--output-dir", help="where logs, checkpoints and the model go")
     train.add_argument("--steps", type=int, help="total optimizer steps")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--data-root",
+        type=Path,
+        help="folder holding the data sets a recipe names (kind: dataset): CIFAR-10/100 and "
+        "MNIST as image folders or as torchvision leaves them (default: $MMCL_DATA_ROOT)",
+    )
+    train.add_argument(
+        "--download", action="store_true", help="let torchvision download them there if absent"
+    )
     train.set_defaults(handler=run_train)
     cli_continual.add_parser(commands)
     return parser
@@ -584,7 +593,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.quiet:
         overrides.append("train.progress=false")
     recipe = load_recipe(args.config, overrides)
-    result = run_recipe(recipe)
+    result = run_recipe(recipe, data_root=args.data_root, download=args.download)
     print(
         f"trained {result.steps} steps in {result.seconds:.0f}s, final loss "
         f"{result.final_loss:.4f}, {result.skipped_samples} unreadable samples skipped"

@@ -89,6 +89,18 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "(class-balanced; defaults 2000 and every image)",
     )
     parser.add_argument("--test-size", type=int, help="test items, counted like --train-size")
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        help="folder holding CIFAR-10 / MNIST as image folders (cifar10/train/<class>/...) or "
+        "as torchvision leaves them (cifar-10-batches-py/, MNIST/raw/) (default: "
+        "$MMCL_DATA_ROOT)",
+    )
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        help="let torchvision download CIFAR-10 / MNIST into the data root if they are not there",
+    )
     parser.add_argument("--steps", type=int, help="optimizer steps per task (default 100)")
     parser.add_argument("--epochs", type=int, help="epochs per task (instead of --steps)")
     parser.add_argument("--batch-size", type=int, help="per process (default 64)")
@@ -114,9 +126,11 @@ def _options(args: argparse.Namespace) -> dict:
         training["steps"] = None  # epochs decide the length
     scenario_args = {
         key: getattr(args, key)
-        for key in ("train_size", "test_size")
+        for key in ("train_size", "test_size", "data_root")
         if getattr(args, key) is not None
     }
+    if args.download:
+        scenario_args["download"] = True
     return {
         "model": args.model,
         "training": training,
