@@ -92,15 +92,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from _common import machine_line, print_table
-from PIL import Image
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from mmcl.continual.builtin import (
     MissingDataError,
     balanced_subset,
-    checked_class_folders,
-    data_folder,
+    labelled_images,
     shared_data_root,
 )
 from mmcl.continual.methods import build_method
@@ -153,17 +151,14 @@ def load_split(split: str, per_class: int | None, seed: int, root=None):
     """CIFAR-10 `split` as (uint8 images, labels, class names): `per_class` images a class
     (None: all), the seeded class-balanced subset `seq_cifar10` also picks."""
     names = list(load_zero_shot_metadata("cifar10").classnames)
-    paths, labels = checked_class_folders(
-        data_folder(shared_data_root(root), f"cifar10/{split}"), names
-    )
+    found = labelled_images("cifar10", split, shared_data_root(root), False, names)
+    keep = range(len(found.labels))
     if per_class is not None:
         rng = random.Random(f"seq-cifar10/{split}/{seed}")
-        keep = balanced_subset(labels, per_class * len(names), rng)
-        paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
-    images = np.empty((len(paths), 32, 32, 3), dtype=np.uint8)
-    for i, path in enumerate(paths):
-        with Image.open(path) as image:
-            images[i] = np.asarray(image.convert("RGB"))
+        keep = balanced_subset(found.labels, per_class * len(names), rng)
+    chosen = found.subset(keep, lambda image: np.asarray(image.convert("RGB")))
+    images = np.stack([chosen[i][0] for i in range(len(chosen))])
+    labels = [found.labels[i] for i in keep]
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels), names
 
 

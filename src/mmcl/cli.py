@@ -19,35 +19,22 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from PIL import Image
 
+import mmcl
 from mmcl import cli_continual
-from mmcl.data.captions import read_caption_table
-from mmcl.data.images import (
-    HIGH_BIT_DEPTH_CHOICES,
-    ImageFiles,
-    class_folders,
-    list_images,
-    pixel_limit,
-)
+from mmcl.choices import HIGH_BIT_DEPTH_CHOICES, PRECISION_NAMES
 from mmcl.io.atomic import atomic_path
-from mmcl.io.checkpoints import (
-    CheckpointError,
-    save_huggingface,
-    save_open_clip,
-    save_safetensors,
-)
 from mmcl.io.tables import print_table
 from mmcl.io.text_files import read_text
-from mmcl.io.tokenizer import get_tokenizer
-from mmcl.io.transforms import get_preprocess
-from mmcl.models import available_models, create_model, get_model_config
-from mmcl.models.factory import PRECISIONS
-from mmcl.models.registry import OPENAI_ALIASES
-from mmcl.nn import accelerate
 
-EXPORT_FORMATS = {"mmcl": save_safetensors, "open_clip": save_open_clip, "hf": save_huggingface}
+# Building the parser imports nothing heavy: torch and the rest load when a command runs, so
+# `mmcl --help` and argument errors answer at once (tests/test_cli_startup.py holds it to that).
+EXPORT_FORMATS = {
+    "mmcl": "save_safetensors",
+    "open_clip": "save_open_clip",
+    "hf": "save_huggingface",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,17 +42,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError, CheckpointError) as error:
+    except (ValueError, FileNotFoundError) as error:  # CheckpointError is a ValueError
         print(f"mmcl {args.command}: error: {error}", file=sys.stderr)
         return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmcl", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"mmcl {mmcl.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     models = commands.add_parser("models", help="list model names")
     models.add_argument("--filter", default="", help="only names containing this text")
+    models.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="list the pretrained tags (create_model(name, pretrained=tag), --pretrained TAG), "
+        "their Hugging Face repositories and whether the cache holds them",
+    )
     models.set_defaults(handler=run_models)
 
     embed = commands.add_parser("embed", help="images or texts -> .npy / .safetensors")
@@ -136,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="replace an existing output file; with --to hf, write into a non-empty folder, "
-        "replacing only its config.json and model.safetensors (other files stay)",
+        "replacing only the files it writes (model, tokenizer and image processor files; "
+        "other files stay)",
     )
     convert.set_defaults(handler=run_convert)
 
@@ -156,6 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--output-dir", help="where logs, checkpoints and the model go")
     train.add_argument("--steps", type=int, help="total optimizer steps")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--data-root",
+        type=Path,
+        help="folder holding the data sets a recipe names (kind: dataset): CIFAR-10/100 and "
+        "MNIST as image folders or as torchvision leaves them (default: $MMCL_DATA_ROOT)",
+    )
+    train.add_argument(
+        "--download", action="store_true", help="let torchvision download them there if absent"
+    )
     train.set_defaults(handler=run_train)
     cli_continual.add_parser(commands)
     return parser
@@ -163,8 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model name (see `mmcl models`)")
-    parser.add_argument("--pretrained", type=Path, help="checkpoint file or folder")
-    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
+    parser.add_argument(
+        "--pretrained",
+        help="checkpoint file or folder, a pretrained tag of --model (see `mmcl models "
+        "--pretrained`), or hf-hub:ORG/NAME; tags and hf-hub go through the Hugging Face "
+        "cache (HF_HOME, HF_HUB_OFFLINE)",
+    )
+    parser.add_argument("--precision", default="fp32", choices=PRECISION_NAMES)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=0, help="image decoding processes")
@@ -200,6 +209,8 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
 
 def image_reading(args: argparse.Namespace) -> contextlib.AbstractContextManager:
     """The pixel limit of --max-image-pixels, in force while the command reads images."""
+    from mmcl.data.images import pixel_limit
+
     limit = args.max_image_pixels
     if limit is None:
         return contextlib.nullcontext()
@@ -240,17 +251,23 @@ def load_model(args: argparse.Namespace):
             file=sys.stderr,
         )
     if args.precision != "fp32":  # inference only: swap in the fast modules (mmcl.nn.accelerate)
+        from mmcl.nn import accelerate
+
         model = accelerate(model.requires_grad_(False))
     return model
 
 
 def create_model_for_command(
-    args: argparse.Namespace, name: str | None, pretrained: Path | None, **options
+    args: argparse.Namespace, name: str | None, pretrained: str | Path | None, **options
 ):
     """`create_model`, with what it says in Python's terms said in the command line's."""
     import warnings
 
-    from mmcl.models.factory import ActivationAssumedWarning, ArchitectureNotRecordedError
+    from mmcl.models.factory import (
+        ActivationAssumedWarning,
+        ArchitectureNotRecordedError,
+        create_model,
+    )
 
     with warnings.catch_warnings(record=True) as caught:
         try:
@@ -283,7 +300,9 @@ def embed_image_files(
 ):
     """`embed_images` of the files with the command's batch, workers, device, streams,
     progress and way of reading images."""
+    from mmcl.data.images import ImageFiles
     from mmcl.eval.embed import embed_images
+    from mmcl.io.transforms import get_preprocess
 
     dataset = ImageFiles(
         paths,
@@ -312,6 +331,10 @@ def write_json(path: Path, payload: dict) -> None:
 
 
 def run_models(args: argparse.Namespace) -> int:
+    from mmcl.models.registry import OPENAI_ALIASES, available_models, get_model_config
+
+    if args.pretrained:
+        return list_pretrained_tags(args.filter)
     aliases = {}
     for alias, target in OPENAI_ALIASES.items():
         aliases.setdefault(target, []).append(alias)
@@ -335,8 +358,34 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def list_pretrained_tags(name_filter: str) -> int:
+    """`mmcl models --pretrained`: the tags, with their repositories and cache state."""
+    from mmcl.io.hub import cache_folder, cached_file
+    from mmcl.models.pretrained import pretrained_tags
+
+    rows = [
+        [
+            entry.model,
+            entry.tag,
+            entry.activation,
+            f"{entry.repo} {entry.filename}",
+            "yes" if cached_file(entry.repo, entry.filename) else "no",
+        ]
+        for entry in pretrained_tags()
+        if name_filter.lower() in entry.model.lower()
+    ]
+    print_table(["name", "tag", "activation", "Hugging Face file", "cached"], rows)
+    print(
+        f"cache: {cache_folder()} (HF_HOME / HF_HUB_CACHE); "
+        "names ending in -quickgelu take the QuickGELU tags of their base name"
+    )
+    return 0
+
+
 def run_embed(args: argparse.Namespace) -> int:
+    from mmcl.data.images import list_images
     from mmcl.eval.embed import embed_texts, save_features
+    from mmcl.io.tokenizer import get_tokenizer
 
     if args.output.suffix not in (".npy", ".safetensors"):
         raise ValueError(f"--output must end in .npy or .safetensors, got {args.output}")
@@ -400,8 +449,12 @@ def embed_folder(args: argparse.Namespace, model, paths: list[Path]) -> int:
 
 
 def run_zeroshot(args: argparse.Namespace) -> int:
+    import torch
+
+    from mmcl.data.images import class_folders
     from mmcl.data.zeroshot import load_zero_shot_metadata
     from mmcl.eval.zero_shot import accuracy, build_zero_shot_classifier
+    from mmcl.io.tokenizer import get_tokenizer
 
     paths, labels, folders = class_folders(args.data)
     classnames = [folder.replace("_", " ") for folder in folders]
@@ -476,8 +529,12 @@ def read_templates(spec: str) -> list[str]:
 
 
 def run_retrieval(args: argparse.Namespace) -> int:
+    import torch
+
+    from mmcl.data.captions import read_caption_table
     from mmcl.eval.embed import embed_texts
     from mmcl.eval.retrieval import retrieval_recall
+    from mmcl.io.tokenizer import get_tokenizer
 
     caption_paths, captions = read_caption_table(args.captions, image_root=args.images)
     # One row per caption: each distinct image is embedded once, its captions point to it.
@@ -536,7 +593,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.quiet:
         overrides.append("train.progress=false")
     recipe = load_recipe(args.config, overrides)
-    result = run_recipe(recipe)
+    result = run_recipe(recipe, data_root=args.data_root, download=args.download)
     print(
         f"trained {result.steps} steps in {result.seconds:.0f}s, final loss "
         f"{result.final_loss:.4f}, {result.skipped_samples} unreadable samples skipped"
@@ -548,6 +605,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    from mmcl.io import checkpoints
     from mmcl.io.checkpoints import check_export_target
 
     try:  # the output is checked before the (long) conversion
@@ -555,7 +613,8 @@ def run_convert(args: argparse.Namespace) -> int:
             args.output, folder=args.to == "hf", overwrite=args.overwrite, remedy="--overwrite"
         )
         model = create_model_for_command(args, args.model, args.input)
-        EXPORT_FORMATS[args.to](model, args.output, overwrite=args.overwrite)
+        save = getattr(checkpoints, EXPORT_FORMATS[args.to])
+        save(model, args.output, overwrite=args.overwrite)
     except (FileExistsError, IsADirectoryError, NotADirectoryError) as error:
         raise ValueError(str(error)) from None
     print(f"wrote {args.output} ({args.to} format)")

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mmcl.models.factory import PRECISIONS
+from mmcl.choices import PRECISION_NAMES
 
 TRAINING_FLAGS = {  # flag -> TrainConfig field
     "steps": "steps",
@@ -90,6 +90,18 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "(class-balanced; defaults 2000 and every image)",
     )
     parser.add_argument("--test-size", type=int, help="test items, counted like --train-size")
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        help="folder holding CIFAR-10 / MNIST as image folders (cifar10/train/<class>/...) or "
+        "as torchvision leaves them (cifar-10-batches-py/, MNIST/raw/) (default: "
+        "$MMCL_DATA_ROOT)",
+    )
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        help="let torchvision download CIFAR-10 / MNIST into the data root if they are not there",
+    )
     parser.add_argument("--steps", type=int, help="optimizer steps per task (default 100)")
     parser.add_argument("--epochs", type=int, help="epochs per task (instead of --steps)")
     parser.add_argument("--batch-size", type=int, help="per process (default 64)")
@@ -97,7 +109,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimizer", choices=["adamw", "sgd"], help="default adamw")
     parser.add_argument("--momentum", type=float, help="SGD momentum (default 0)")
     parser.add_argument("--weight-decay", type=float, help="default 0.1")
-    parser.add_argument("--precision", choices=list(PRECISIONS))
+    parser.add_argument("--precision", choices=PRECISION_NAMES)
     parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     parser.add_argument("--log-every", type=int, help="steps between log lines (default 10)")
     parser.add_argument("--workers", type=int, help="data loading processes")
@@ -115,9 +127,11 @@ def _options(args: argparse.Namespace) -> dict:
         training["steps"] = None  # epochs decide the length
     scenario_args = {
         key: getattr(args, key)
-        for key in ("train_size", "test_size")
+        for key in ("train_size", "test_size", "data_root")
         if getattr(args, key) is not None
     }
+    if args.download:
+        scenario_args["download"] = True
     return {
         "model": args.model,
         "training": training,

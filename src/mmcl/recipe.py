@@ -1,12 +1,14 @@
 """Training recipes: one YAML file says which model, which data, which evaluation, which settings.
 
     model:  {name: tiny-vit, pretrained: null, <config overrides such as init_logit_bias>}
-    data:   {kind: scenes | csv | folder | shards, ...}
-    eval:   {scene_views: [...], folder: ..., retrieval_csv: ..., ...}
+    data:   {kind: scenes | csv | folder | dataset | shards, ...}
+    eval:   {scene_views: [...], folder: ..., dataset: ..., split: ..., ...}
     train:  TrainConfig fields
 
 `mmcl train --config demo` runs a recipe shipped with mmcl (see `mmcl train --list`); a path
-runs your own. `--set train.lr=0.001` overrides any entry.
+runs your own. `--set train.lr=0.001` overrides any entry. `kind: dataset` (with `name:
+cifar10`, `split: train`) and an eval `dataset` with a `split` and no `folder` read a data set
+by name from the data root (`--data-root`, $MMCL_DATA_ROOT; `mmcl.data.datasets`).
 """
 
 from __future__ import annotations
@@ -100,7 +102,9 @@ def build_model(recipe: Recipe):
     return create_model(name, pretrained=pretrained, **options)
 
 
-def build_train_data(recipe: Recipe, image_size: int):
+def build_train_data(
+    recipe: Recipe, image_size: int, data_root: str | Path | None = None, download: bool = False
+):
     """The training data set and its collate function (None: the default)."""
     data = dict(recipe.data)
     kind = data.pop("kind", None)
@@ -120,6 +124,14 @@ def build_train_data(recipe: Recipe, image_size: int):
         from mmcl.data.captions import ClassCaptions, collate_pairs
 
         return ClassCaptions(transform=transform, tokenizer=tokenize, **data), collate_pairs
+    if kind == "dataset":
+        from mmcl.data.captions import DatasetCaptions, collate_pairs
+        from mmcl.data.datasets import find_dataset
+
+        if "name" not in data:
+            raise ValueError(f"{recipe.source}: data.kind dataset needs data.name (e.g. cifar10)")
+        images = find_dataset(data.pop("name"), data.pop("split", "train"), data_root, download)
+        return DatasetCaptions(images, transform, tokenize, **data), collate_pairs
     if kind == "shards":
         from mmcl.data.shards import ShardStream
         from mmcl.train.distributed import init_from_env
@@ -137,7 +149,8 @@ def build_train_data(recipe: Recipe, image_size: int):
             **data,
         ), None
     raise ValueError(
-        f"{recipe.source}: data.kind must be one of scenes, csv, folder, shards; got {kind!r}"
+        f"{recipe.source}: data.kind must be one of scenes, csv, folder, dataset, shards; got "
+        f"{kind!r}"
     )
 
 
@@ -148,7 +161,9 @@ def _renamed(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def build_evaluation(recipe: Recipe, image_size: int):
+def build_evaluation(
+    recipe: Recipe, image_size: int, data_root: str | Path | None = None, download: bool = False
+):
     from mmcl.eval import suites
     from mmcl.io.transforms import get_preprocess
 
@@ -168,18 +183,33 @@ def build_evaluation(recipe: Recipe, image_size: int):
                 spec.pop("max_images", None),
             )
         )
+    elif "dataset" in spec:  # a data set by name from the data root
+        parts.append(
+            suites.dataset_suite(
+                spec.pop("dataset"),
+                spec.pop("split", "test"),
+                get_preprocess(image_size),
+                spec.pop("max_images", None),
+                data_root,
+                download,
+            )
+        )
     if spec:
         raise ValueError(f"{recipe.source}: unknown eval entries {sorted(spec)}")
     return suites.CombinedSuite(parts) if parts else None
 
 
-def run_recipe(recipe: Recipe) -> FitResult:
+def run_recipe(
+    recipe: Recipe, data_root: str | Path | None = None, download: bool = False
+) -> FitResult:
+    """Train as `recipe` says; data sets by name come from `data_root` (default
+    $MMCL_DATA_ROOT), fetched by torchvision if `download` and not there."""
     import torch
 
     # A run into another run's folder, or `latest` with nothing to resume: say so before work.
     resume_checkpoint(recipe.train.resume, recipe.train.output_dir)
     torch.manual_seed(recipe.train.seed)  # the same initial weights on every rank and rerun
     model = build_model(recipe)
-    train_data, collate = build_train_data(recipe, model.image_size)
-    evaluate = build_evaluation(recipe, model.image_size)
+    train_data, collate = build_train_data(recipe, model.image_size, data_root, download)
+    evaluate = build_evaluation(recipe, model.image_size, data_root, download)
     return Trainer(model, train_data, recipe.train, collate_fn=collate, evaluate=evaluate).fit()

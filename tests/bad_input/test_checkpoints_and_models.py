@@ -2,7 +2,8 @@
 
 - `mmcl convert --to hf` into a non-empty folder is refused, naming the folder and --overwrite;
   nothing in the folder changes (not the input checkpoint, not the working directory).
-- With --overwrite only config.json and model.safetensors are written; every other file stays.
+- With --overwrite only the export's own files are written (config.json, model.safetensors
+  and the tokenizer and image processor files); every other file stays.
 - `mmcl convert` onto an existing file is refused unless --overwrite is given.
 - `convert --to mmcl`/`open_clip` onto a folder, or `--to hf` onto a file, is a one-line error,
   given before the input is read.
@@ -39,6 +40,18 @@ from mmcl.io.checkpoints import (
     save_safetensors,
 )
 from mmcl.models.factory import ActivationAssumedWarning, ArchitectureNotRecordedError
+
+# What a Hugging Face export writes: the model, and what CLIPProcessor reads.
+HF_FILES = [
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "preprocessor_config.json",
+]
 
 
 @pytest.fixture(scope="module")
@@ -90,17 +103,13 @@ def test_hf_into_a_non_empty_folder_is_refused_and_the_folder_kept(checkpoint, t
     assert snapshot(tmp_path) == before
 
 
-def test_hf_overwrite_writes_only_its_own_two_files(tiny_model, checkpoint, tmp_path, capsys):
+def test_hf_overwrite_writes_only_its_own_files(tiny_model, checkpoint, tmp_path, capsys):
     project = tmp_path / "proj"
     project.mkdir()
     (project / "notes.txt").write_text("keep")
     (project / "config.json").write_text("{}")  # an older export's: replaced
     assert run(["convert", checkpoint, project, "--to", "hf", "--overwrite"], capsys)[0] == 0
-    assert sorted(p.name for p in project.iterdir()) == [
-        "config.json",
-        "model.safetensors",
-        "notes.txt",
-    ]
+    assert sorted(p.name for p in project.iterdir()) == sorted([*HF_FILES, "notes.txt"])
     assert (project / "notes.txt").read_text() == "keep"
     assert_same_weights(tiny_model, project)
 
@@ -131,7 +140,7 @@ def test_hf_into_the_working_directory_deletes_nothing(
     )
     after = snapshot(tmp_path)
     assert {k: v for k, v in after.items() if k in before} == before
-    assert sorted(map(str, set(after) - set(before))) == ["config.json", "model.safetensors"]
+    assert sorted(map(str, set(after) - set(before))) == sorted(HF_FILES)
     assert_same_weights(tiny_model, tmp_path)
 
 

@@ -281,8 +281,8 @@ def test_missing_file_is_named(tmp_path):
         mmcl.create_model("tiny-vit", pretrained=tmp_path / "nowhere.pt")
 
 
-def test_model_name_given_to_load_explains_that_nothing_is_downloaded():
-    with pytest.raises(FileNotFoundError, match="does not download"):
+def test_model_name_given_to_load_points_to_its_pretrained_tags():
+    with pytest.raises(FileNotFoundError, match=r"create_model\('ViT-B/32', pretrained='openai'\)"):
         mmcl.load("ViT-B/32")
 
 

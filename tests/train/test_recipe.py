@@ -29,7 +29,7 @@ def write(path, text):
 def test_shipped_recipes_parse(name):
     recipe = load_recipe(name)
     assert recipe.model["name"] in mmcl.available_models()
-    assert recipe.data["kind"] in ("scenes", "csv", "folder", "shards")
+    assert recipe.data["kind"] in ("scenes", "csv", "folder", "dataset", "shards")
 
 
 def test_overrides_and_bad_recipes(tmp_path):
@@ -103,8 +103,6 @@ SHARED_CIFAR10 = Path(__file__).resolve().parents[2].parent / "shared" / "data" 
 )
 def test_shipped_cifar10_recipe_runs_on_the_shared_images(tmp_path, capsys):
     overrides = [
-        f"data.root={SHARED_CIFAR10 / 'train'}",
-        f"eval.folder={SHARED_CIFAR10 / 'test'}",
         "eval.max_images=100",
         "train.steps=3",
         "train.batch_size=16",
@@ -115,6 +113,7 @@ def test_shipped_cifar10_recipe_runs_on_the_shared_images(tmp_path, capsys):
         "train.tensorboard=false",
     ]
     args = ["train", "--config", "cifar10-captions", "--output-dir", str(tmp_path), "--quiet"]
+    args += ["--data-root", str(SHARED_CIFAR10.parent)]
     assert main(args + [a for o in overrides for a in ("--set", o)]) == 0
     assert "zeroshot/cifar10" in capsys.readouterr().out
 

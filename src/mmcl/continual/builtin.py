@@ -7,11 +7,12 @@ with its own class names and prompt templates. The protocol:
 * **Tasks, in this order:** ``scene-shape`` (8 classes), ``scene-colour`` (8), ``scene-count``
   (4), ``scene-position`` (5): the built-in procedural scenes
   (:class:`~mmcl.data.scenes.SceneClassification`, train items from the scenes' "train" split,
-  test items from their "test" split, which never share a scene); ``cifar10`` (10): the shared
-  data's ``cifar10/train`` and ``cifar10/test`` folders; ``mnist`` (10): the shared data's
-  ``mnist/test`` folder (MNIST's test set is all there is), split per class into disjoint
-  80% train / 20% test pools; ``digits`` (10): scikit-learn's ``load_digits()`` 8x8 digits,
-  split the same way.
+  test items from their "test" split, which never share a scene); ``cifar10`` (10): CIFAR-10's
+  train and test sets from the data root; ``mnist`` (10): MNIST's test set from the data root
+  (the only part the shared data holds, so every form of the data gives the same protocol),
+  split per class into disjoint 80% train / 20% test pools; ``digits`` (10): scikit-learn's
+  ``load_digits()`` 8x8 digits, split the same way. The data root holds CIFAR-10 and MNIST as
+  image folders or as torchvision leaves them (:mod:`mmcl.data.datasets`).
 * **Sizes:** each task has ``train_size`` training and ``test_size`` test images (default 2,000
   and 500: about five minutes an epoch over all seven tasks for a small ViT on two CPU cores).
   Scenes are generated to exactly that size; the real data sets draw class-balanced subsets of
@@ -29,9 +30,10 @@ with its own class names and prompt templates. The protocol:
   prompt embeddings as the classifier, labels local to the task). "Zero-shot on future tasks"
   is this same evaluation on tasks the model has not been trained on yet: the part of the
   accuracy matrix above the diagonal measures how well zero-shot transfer survives.
-* **Missing data:** without the shared data folder (``MMCL_SHARED_DATA``, else
-  ``../shared/data`` from the repository root) or scikit-learn, the tasks that need them are
-  left out with a warning naming what is missing; ``require_all=True`` raises instead.
+* **Missing data:** without the data (``data_root``, else ``MMCL_DATA_ROOT``, else
+  ``../shared/data`` from the repository root; ``download=True`` fetches CIFAR-10 and MNIST
+  with torchvision) or scikit-learn, the tasks that need them are left out with a warning
+  naming what is missing; ``require_all=True`` raises instead.
 
 >>> scenario = mini_mtil(train_size=8, test_size=4, tasks=["scene-count", "scene-shape"])
 >>> print(describe(scenario))  # doctest: +NORMALIZE_WHITESPACE
@@ -43,7 +45,6 @@ mini-mtil: multi-dataset scenario, 2 tasks, seed 0
 
 from __future__ import annotations
 
-import os
 import random
 import warnings
 from collections import defaultdict
@@ -57,7 +58,14 @@ from torch.utils.data import Dataset
 
 from mmcl.continual.scenarios import multi_dataset
 from mmcl.continual.tasks import Scenario, describe
-from mmcl.data.images import class_folders, load_image
+from mmcl.data.datasets import (
+    DATA_ROOT_ENV,
+    LabelledImageFiles,
+    LabelledImages,
+    MissingDataError,
+    data_root,
+    find_dataset,
+)
 from mmcl.data.scenes import SceneClassification
 from mmcl.data.zeroshot import load_zero_shot_metadata
 from mmcl.io.transforms import get_preprocess
@@ -75,7 +83,7 @@ __all__ = [
     "split_per_class",
 ]
 
-SHARED_DATA_ENV = "MMCL_SHARED_DATA"
+SHARED_DATA_ENV = DATA_ROOT_ENV  # the older name
 MINI_MTIL_TASKS: tuple[str, ...] = (
     "scene-shape",
     "scene-colour",
@@ -90,36 +98,9 @@ _TRAIN_FRACTION = 0.8  # of MNIST's and digits' images, per class; the rest is t
 Parts = tuple[Dataset, Dataset, list[str], list[str]]
 
 
-class MissingDataError(FileNotFoundError):
-    """What a task is built from (a shared data folder, scikit-learn) is not available."""
-
-
-def shared_data_root(data_root: str | Path | None = None) -> Path:
-    """``data_root``, else ``$MMCL_SHARED_DATA``, else ``../shared/data`` from the repository
-    root of a source checkout (which may not exist)."""
-    if data_root is not None:
-        return Path(data_root)
-    if os.environ.get(SHARED_DATA_ENV):
-        return Path(os.environ[SHARED_DATA_ENV])
-    # src/mmcl/continual/builtin.py -> parents[3] is the repository root.
-    return Path(__file__).resolve().parents[3].parent / "shared" / "data"
-
-
-class LabelledImageFiles(Dataset):
-    """``(transform(image), label)`` for a list of image files; ``targets`` are the labels."""
-
-    def __init__(
-        self, paths: Sequence[Path], labels: Sequence[int], transform: Callable[[Any], Any]
-    ) -> None:
-        if len(paths) != len(labels):
-            raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
-        self.paths, self.targets, self.transform = list(paths), list(labels), transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        return self.transform(load_image(self.paths[index])), self.targets[index]
+def shared_data_root(root: str | Path | None = None) -> Path:
+    """The data root (`mmcl.data.datasets.data_root`); the older name."""
+    return data_root(root)
 
 
 class DigitImages(Dataset):
@@ -189,25 +170,17 @@ def _task_rng(task: str, seed: int, purpose: str) -> random.Random:
     return random.Random(f"mini-mtil/{task}/{purpose}/{seed}")
 
 
-def data_folder(root: Path, relative: str) -> Path:
-    folder = root / relative
-    if not folder.is_dir():
-        raise MissingDataError(
-            f"shared data folder {folder} not found (set {SHARED_DATA_ENV} or pass data_root)"
-        )
-    return folder
-
-
-def checked_class_folders(folder: Path, classnames: Sequence[str]) -> tuple[list, list[int]]:
-    paths, labels, found = class_folders(folder)
-    # Labels are folder positions; they are only right if the folders are the classes in order.
-    if list(found) != list(classnames):
-        raise ValueError(f"{folder}: expected class folders {list(classnames)}, found {found}")
-    return paths, labels
+def labelled_images(
+    name: str, split: str, root: Path, download: bool, classnames: Sequence[str]
+) -> LabelledImages:
+    """`find_dataset`, with its classes checked against `classnames` (labels are positions)."""
+    found = find_dataset(name, split, root, download)
+    found.check_classes(classnames)
+    return found
 
 
 def _scene_view(view: str) -> Callable[..., Parts]:
-    def build(image_size: int, seed: int, train_size: int, test_size: int, root: Path) -> Parts:
+    def build(image_size, seed, train_size, test_size, root, download) -> Parts:
         train = SceneClassification(view, "train", train_size, image_size, seed)
         test = SceneClassification(view, "test", test_size, image_size, seed)
         return train, test, train.classnames, train.templates
@@ -215,38 +188,32 @@ def _scene_view(view: str) -> Callable[..., Parts]:
     return build
 
 
-def _cifar10(image_size: int, seed: int, train_size: int, test_size: int, root: Path) -> Parts:
+def _cifar10(image_size, seed, train_size, test_size, root, download) -> Parts:
     meta = load_zero_shot_metadata("cifar10")
     transform = get_preprocess(image_size)
     parts = []
     for split, size in (("train", train_size), ("test", test_size)):
-        paths, labels = checked_class_folders(
-            data_folder(root, f"cifar10/{split}"), meta.classnames
-        )
-        keep = balanced_subset(labels, size, _task_rng("cifar10", seed, split))
-        parts.append(
-            LabelledImageFiles([paths[i] for i in keep], [labels[i] for i in keep], transform)
-        )
+        found = labelled_images("cifar10", split, root, download, meta.classnames)
+        keep = balanced_subset(found.labels, size, _task_rng("cifar10", seed, split))
+        parts.append(found.subset(keep, transform))
     return parts[0], parts[1], list(meta.classnames), list(meta.templates)
 
 
-def _mnist(image_size: int, seed: int, train_size: int, test_size: int, root: Path) -> Parts:
+def _mnist(image_size, seed, train_size, test_size, root, download) -> Parts:
     meta = load_zero_shot_metadata("mnist")
-    paths, labels = checked_class_folders(data_folder(root, "mnist/test"), meta.classnames)
+    found = labelled_images("mnist", "test", root, download, meta.classnames)
     train_pool, test_pool = split_per_class(
-        labels, _TRAIN_FRACTION, _task_rng("mnist", seed, "pools")
+        found.labels, _TRAIN_FRACTION, _task_rng("mnist", seed, "pools")
     )
     transform = get_preprocess(image_size)
     parts = []
     for split, size, pool in (("train", train_size, train_pool), ("test", test_size, test_pool)):
-        keep = balanced_subset(labels, size, _task_rng("mnist", seed, split), pool)
-        parts.append(
-            LabelledImageFiles([paths[i] for i in keep], [labels[i] for i in keep], transform)
-        )
+        keep = balanced_subset(found.labels, size, _task_rng("mnist", seed, split), pool)
+        parts.append(found.subset(keep, transform))
     return parts[0], parts[1], list(meta.classnames), list(meta.templates)
 
 
-def _digits(image_size: int, seed: int, train_size: int, test_size: int, root: Path) -> Parts:
+def _digits(image_size, seed, train_size, test_size, root, download) -> Parts:
     try:
         from sklearn.datasets import load_digits
     except ImportError:
@@ -284,11 +251,13 @@ def mini_mtil(
     data_root: str | Path | None = None,
     tasks: Sequence[str] | None = None,
     require_all: bool = False,
+    download: bool = False,
 ) -> Scenario:
     """The mini-MTIL sequence (protocol in the module docstring) as a multi-dataset scenario.
 
     ``tasks`` picks a subset of :data:`MINI_MTIL_TASKS` (kept in the canonical order);
-    ``data_root`` is the folder holding ``cifar10/`` and ``mnist/``.
+    ``data_root`` is the folder holding CIFAR-10 and MNIST (:mod:`mmcl.data.datasets`), and
+    ``download`` lets torchvision fetch them there when they are not.
     """
     for what, value in (
         ("image_size", image_size),
@@ -310,7 +279,7 @@ def mini_mtil(
     for name in (n for n in MINI_MTIL_TASKS if n in chosen):
         try:
             train, test, classnames, templates = _BUILDERS[name](
-                image_size, seed, train_size, test_size, root
+                image_size, seed, train_size, test_size, root, download
             )
         except MissingDataError as missing:
             if require_all:

@@ -2,7 +2,7 @@
 
 scenes-cil   class-incremental over the built-in scenes' shape view (4 tasks x 2 shapes);
              needs no files
-cifar10-cil  class-incremental CIFAR-10 (5 tasks x 2 classes) from the shared data folder
+cifar10-cil  class-incremental CIFAR-10 (5 tasks x 2 classes) from the data root
 mini-mtil    the built-in multi-dataset sequence (see `mmcl.continual.builtin`)
 seq-cifar10  the DER protocol's sequential CIFAR-10 (natural class order, CIFAR normalisation,
              crop + flip; `mmcl.continual.protocols`), for plain classifiers such as
@@ -47,13 +47,19 @@ def scenes_cil(
 
 
 def cifar10_cil(
-    image_size: int = 32, seed: int = 0, train_size: int = 2000, test_size: int = 500
+    image_size: int = 32,
+    seed: int = 0,
+    train_size: int = 2000,
+    test_size: int = 500,
+    data_root: str | Path | None = None,
+    download: bool = False,
 ) -> Scenario:
-    """Class-incremental CIFAR-10: 5 tasks x 2 classes (needs the shared data folder)."""
+    """Class-incremental CIFAR-10: 5 tasks x 2 classes (CIFAR-10 from the data root, as
+    image folders or torchvision's files; `download` lets torchvision fetch it)."""
     from mmcl.continual.builtin import _cifar10  # the same class-balanced subsets as mini-MTIL
 
     train, test, classnames, templates = _cifar10(
-        image_size, seed, train_size, test_size, shared_data_root()
+        image_size, seed, train_size, test_size, shared_data_root(data_root), download
     )
     return class_incremental(
         train, test, classnames, n_tasks=5, seed=seed, templates=templates, name="cifar10-cil"
@@ -61,7 +67,12 @@ def cifar10_cil(
 
 
 def seq_cifar10_scenario(
-    image_size: int = 32, seed: int = 0, train_size: int | None = None, test_size: int | None = None
+    image_size: int = 32,
+    seed: int = 0,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    data_root: str | Path | None = None,
+    download: bool = False,
 ) -> Scenario:
     """Sequential CIFAR-10 (DER protocol); sizes count all ten classes (None: every image)."""
     from mmcl.continual.protocols import seq_cifar10
@@ -69,7 +80,7 @@ def seq_cifar10_scenario(
     if image_size != 32:
         raise ValueError(f"seq-cifar10 is a 32x32 protocol; the model expects {image_size}px")
     per_class = [None if size is None else max(1, size // 10) for size in (train_size, test_size)]
-    return seq_cifar10(*per_class, seed=seed)
+    return seq_cifar10(*per_class, seed=seed, data_root=data_root, download=download)
 
 
 def scene_styles(
@@ -216,9 +227,14 @@ def plan_run(
     return built_method, config, extra
 
 
+# Scenario arguments that say where the data are and whether they may be fetched, not what
+# they are: not recorded, so a run resumes (and compares) with its data moved.
+DATA_LOCATION = ("data_root", "download")
+
+
 def scenario_arguments(name: str, given: dict[str, Any]) -> dict[str, Any]:
     """Every argument the scenario will be built with, defaults included, except `image_size`
-    (the model's, so it follows from the recorded model)."""
+    (the model's, so it follows from the recorded model) and the data's location."""
     if name not in SCENARIOS:
         build_scenario(name)  # the error that lists the valid names
     signature = inspect.signature(SCENARIOS[name])
@@ -228,7 +244,7 @@ def scenario_arguments(name: str, given: dict[str, Any]) -> dict[str, Any]:
         valid = ", ".join(p for p in signature.parameters if p != "image_size")
         raise ValueError(f"scenario {name!r}: {error}; its arguments: {valid}") from None
     bound.apply_defaults()
-    return {k: v for k, v in bound.arguments.items() if k != "image_size"}
+    return {k: v for k, v in bound.arguments.items() if k not in ("image_size", *DATA_LOCATION)}
 
 
 def run_experiment(
@@ -250,7 +266,10 @@ def run_experiment(
         scenario, method, output_dir, method_args, model, training, scenario_args, progress
     )
     network = starting_model(model, progress=progress)
-    stream = build_scenario(scenario, **extra["scenario_args"], image_size=network.image_size)
+    location = {k: v for k, v in (scenario_args or {}).items() if k in DATA_LOCATION}
+    stream = build_scenario(
+        scenario, **extra["scenario_args"], **location, image_size=network.image_size
+    )
     if progress:
         print(describe_stream(stream) if is_captioned_stream(stream) else describe(stream))
     return run_continual(

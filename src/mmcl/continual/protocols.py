@@ -29,13 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmcl.continual.builtin import (
-    LabelledImageFiles,
-    balanced_subset,
-    checked_class_folders,
-    data_folder,
-    shared_data_root,
-)
+from mmcl.continual.builtin import balanced_subset, labelled_images, shared_data_root
 from mmcl.continual.scenarios import class_incremental
 from mmcl.continual.tasks import Scenario
 from mmcl.data.cifar import cifar_transforms
@@ -97,10 +91,12 @@ def seq_cifar10(
     seed: int = 0,
     augment: bool = True,
     data_root: str | Path | None = None,
+    download: bool = False,
 ) -> Scenario:
     """Sequential CIFAR-10: 5 tasks x 2 classes in the natural order, CIFAR normalisation, and
     random crop + flip on the training images. `*_per_class` keep a seeded class-balanced
-    subset (None: every image, 5,000 and 1,000 a class)."""
+    subset (None: every image, 5,000 and 1,000 a class). CIFAR-10 comes from `data_root`
+    as image folders or torchvision's files (`mmcl.data.datasets`; `download` fetches it)."""
     meta = load_zero_shot_metadata("cifar10")
     root = shared_data_root(data_root)
     parts = []
@@ -108,16 +104,14 @@ def seq_cifar10(
         ("train", train_per_class, cifar_transforms(augment)),
         ("test", test_per_class, cifar_transforms(False)),
     ):
-        paths, labels = checked_class_folders(
-            data_folder(root, f"cifar10/{split}"), meta.classnames
-        )
+        found = labelled_images("cifar10", split, root, download, meta.classnames)
+        keep = range(len(found.labels))
         if per_class is not None:
             if per_class < 1:
                 raise ValueError(f"{split}_per_class must be at least 1, got {per_class}")
             rng = random.Random(f"seq-cifar10/{split}/{seed}")
-            keep = balanced_subset(labels, per_class * len(meta.classnames), rng)
-            paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
-        parts.append(LabelledImageFiles(paths, labels, transform))
+            keep = balanced_subset(found.labels, per_class * len(meta.classnames), rng)
+        parts.append(found.subset(keep, transform))
     train, test = parts
     return class_incremental(
         train,

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from mmcl.data.datasets import LabelledImages
 from mmcl.data.images import class_folders, collate_skipping_none, load_image_or_skip
 from mmcl.data.zeroshot import format_prompts
 from mmcl.io.text_files import read_text
@@ -257,3 +258,37 @@ def _rename_classes(
             f"folder in sorted folder order, or a mapping folder -> name"
         )
     return list(classnames)
+
+
+class DatasetCaptions(Dataset):
+    """A data set by name (`mmcl.data.datasets.find_dataset`: image folders or torchvision's
+    files) captioned from templates as `ClassCaptions` captions its folders.
+
+    >>> from mmcl.data.datasets import find_dataset
+    >>> data = DatasetCaptions(find_dataset("cifar10", "train"), transform)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        images: LabelledImages,
+        transform: Callable[[Image.Image], Any],
+        tokenizer: Tokenizer | None = None,
+        templates: Sequence[str] = ("a photo of a {}.",),
+    ):
+        self.classnames = [name.replace("_", " ") for name in images.classnames]
+        self.labels = list(images.labels)
+        self.templates = list(templates)
+        self.images = images.subset(range(len(self.labels)), transform)
+        self.captions = [
+            class_caption(self.classnames[label], self.templates, index)
+            for index, label in enumerate(self.labels)
+        ]
+        self.tokenizer = tokenizer
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        image, _ = self.images[index]
+        caption = self.captions[index]
+        return image, self.tokenizer([caption])[0] if self.tokenizer is not None else caption

@@ -25,13 +25,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, default_collate, get_worker_info
 
+# HIGH_BIT_DEPTH_CHOICES: "scale" such images to 8 bits (`mmcl.io.transforms.To8Bit`, in the
+# preprocessing) or "refuse" them as unreadable.
+from mmcl.choices import HIGH_BIT_DEPTH_CHOICES
 from mmcl.io.transforms import HIGH_BIT_DEPTH_MODES
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-
-# What to do with images of more than 8 bits a sample: "scale" them to 8 bits (done by
-# `mmcl.io.transforms.To8Bit` in the preprocessing) or "refuse" them as unreadable.
-HIGH_BIT_DEPTH_CHOICES = ("scale", "refuse")
 
 
 class ImageReadError(ValueError):

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from mmcl.data.datasets import find_dataset
 from mmcl.data.images import ImageFiles, class_folders
 from mmcl.data.scenes import SceneCaptions, SceneClassification, view_classnames, view_templates
 from mmcl.data.zeroshot import load_zero_shot_metadata
@@ -80,6 +81,30 @@ def folder_suite(
     images = torch.cat([batch[0] for batch in loader])
     name = dataset or Path(root).name
     return ZeroShotSuite({name: (images, torch.tensor(labels), classnames, templates)})
+
+
+def dataset_suite(
+    name: str,
+    split: str,
+    preprocess,
+    max_images: int | None = None,
+    root: str | Path | None = None,
+    download: bool = False,
+) -> ZeroShotSuite:
+    """Zero-shot accuracy on a data set by name from the data root (image folders or
+    torchvision's files, `mmcl.data.datasets`), with its shipped class names and templates;
+    evenly thinned to `max_images`."""
+    found = find_dataset(name, split, root, download)
+    metadata = load_zero_shot_metadata(name)
+    found.check_classes(metadata.classnames)
+    keep = list(range(len(found.labels)))
+    if max_images and len(keep) > max_images:
+        keep = torch.linspace(0, len(keep) - 1, max_images).long().tolist()
+    loader = DataLoader(found.subset(keep, preprocess), batch_size=256)
+    images = torch.cat([batch[0] for batch in loader])
+    labels = torch.tensor([found.labels[i] for i in keep])
+    classes, templates = list(metadata.classnames), list(metadata.templates)
+    return ZeroShotSuite({name: (images, labels, classes, templates)})
 
 
 class RetrievalSuite:

@@ -6,22 +6,21 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, get_args
 
 import torch
 
+from mmcl.choices import PRECISION_NAMES
 from mmcl.io.checkpoints import CheckpointError, describe_mismatch, load_checkpoint
+from mmcl.io.hub import is_hub_reference
 from mmcl.io.transforms import get_preprocess
 from mmcl.models.clip import CLIP
 from mmcl.models.config import CLIPConfig
+from mmcl.models.pretrained import list_pretrained, resolve_pretrained
 from mmcl.models.registry import available_models, get_model_config, resolve_name
 from mmcl.nn.cpu_support import native_on_cpu
 
-# The one list of precisions: training settings (`mmcl.train.config`) and the CLI use it too.
-Precision = Literal["fp32", "bf16", "fp16"]
-PRECISIONS = dict(
-    zip(get_args(Precision), (torch.float32, torch.bfloat16, torch.float16), strict=True)
-)
+# The one list of precisions (`mmcl.choices`, which the CLI lists) and their dtypes.
+PRECISIONS = dict(zip(PRECISION_NAMES, (torch.float32, torch.bfloat16, torch.float16), strict=True))
 
 
 class ArchitectureNotRecordedError(CheckpointError):
@@ -63,11 +62,14 @@ def create_model(
     compile: bool = False,
     **config_overrides,
 ) -> CLIP:
-    """Build a CLIP model from a config name, optionally loading weights from a file.
+    """Build a CLIP model from a config name, optionally with pretrained weights.
 
-    `pretrained` may be an OpenAI TorchScript archive or state dict, an open_clip state dict
-    (`.pt`, `.bin`, `.safetensors`), a Hugging Face `CLIPModel` folder, or an mmcl safetensors
-    file. With `name=None` the architecture comes from the checkpoint itself (an open_clip /
+    `pretrained` may be a tag of the model (`mmcl.list_pretrained()`: "openai",
+    "laion2b_s34b_b79k", ...) or `hf-hub:ORG/NAME`, both fetched through `huggingface_hub`'s
+    cache (HF_HOME, HF_HUB_OFFLINE apply), or a local file or folder: an OpenAI TorchScript
+    archive or state dict, an open_clip state dict (`.pt`, `.bin`, `.safetensors`), a Hugging
+    Face `CLIPModel` folder, or an mmcl safetensors file. A tag builds the model with the
+    activation its weights were trained with (QuickGELU for "openai"). With `name=None` the architecture comes from the checkpoint itself (an open_clip /
     OpenAI state dict does not record its activation: QuickGELU is assumed, and an
     `ActivationAssumedWarning` names the models to choose between). Keyword
     arguments override config fields, e.g. `init_logit_bias=-10` for SigLIP training or
@@ -90,14 +92,19 @@ def create_model(
     dtype = _dtype(precision)
     if name is None and pretrained is None:
         raise ValueError("create_model needs a model name, a pretrained checkpoint, or both")
-    checkpoint = load_checkpoint(pretrained) if pretrained is not None else None
+    resolved = resolve_pretrained(name, pretrained) if pretrained is not None else None
+    checkpoint = load_checkpoint(resolved.path) if resolved is not None else None
+    # What the weights say (a tag's activation) gives way to what the caller says.
+    overrides = {**resolved.overrides, **config_overrides} if resolved else config_overrides
     if name is not None:
         config = CLIPConfig.from_dict(
-            _merged(get_model_config(name), config_overrides), source=resolve_name(name)
+            _merged(get_model_config(name), overrides), source=resolve_name(name)
         )
+    elif resolved.config is not None:
+        config = CLIPConfig.from_dict(_merged(resolved.config, overrides), source=str(pretrained))
     elif checkpoint.config is not None:
         config = CLIPConfig.from_dict(
-            _merged(checkpoint.config, config_overrides), source=str(checkpoint.path)
+            _merged(checkpoint.config, overrides), source=str(checkpoint.path)
         )
     else:
         raise ArchitectureNotRecordedError(checkpoint.path)
@@ -108,7 +115,12 @@ def create_model(
             config, checkpoint.state_dict, str(checkpoint.path), dtype, output_dict
         )
     model = model.to(device=device, dtype=dtype).eval()
-    if name is None and checkpoint.format == "open_clip" and "quick_gelu" not in config_overrides:
+    if (
+        name is None
+        and resolved.config is None
+        and checkpoint.format == "open_clip"
+        and "quick_gelu" not in overrides
+    ):
         warnings.warn(ActivationAssumedWarning(checkpoint.path, _same_shapes(config)), stacklevel=2)
     if torch.device(device).type == "cpu" and not native_on_cpu(dtype):
         warnings.warn(
@@ -143,13 +155,20 @@ def load(
 ):
     """Load a checkpoint and return `(model, preprocess)`, like `clip.load`.
 
-    mmcl never downloads weights: pass a local checkpoint file or folder. `model_name` gives
+    `name_or_path` is a local checkpoint file or folder, or `hf-hub:ORG/NAME` (a repository
+    of open_clip's or a transformers `CLIPModel`, through `huggingface_hub`'s cache); for a
+    model name with a pretrained tag, use `create_model(name, pretrained=tag)`. `model_name` gives
     the architecture where the file does not record it. A plain state dict in OpenAI/open_clip
     layout does not record its activation: with `model_name` (e.g. "ViT-B-32" for open_clip's
     GELU models, "ViT-B-32-quickgelu" for QuickGELU) that is settled; without it, the
     architecture comes from the weights, as `clip.load` does (QuickGELU, 64-wide heads), and
     an `ActivationAssumedWarning` says so.
     """
+    if is_hub_reference(name_or_path):
+        model = create_model(
+            model_name, pretrained=name_or_path, precision=precision, device=device
+        )
+        return model, get_preprocess(model)
     path = Path(name_or_path)
     if not path.exists():
         try:
@@ -158,10 +177,13 @@ def load(
             raise FileNotFoundError(
                 f"{name_or_path!r} is neither a checkpoint file/folder nor a model name"
             ) from None
+        tags = [tag for _, tag in list_pretrained(str(name_or_path))]
+        example = f"pretrained={tags[0]!r}" if tags else "pretrained=PATH"
         raise FileNotFoundError(
-            f"{name_or_path!r} is a model name, but mmcl does not download weights: pass the "
-            f"path of a local checkpoint, or call mmcl.create_model({str(name_or_path)!r}) for a "
-            f"randomly initialised model"
+            f"{name_or_path!r} is a model name, not a checkpoint: for published weights call "
+            f"mmcl.create_model({str(name_or_path)!r}, {example}) (its tags: "
+            f"{', '.join(tags) or 'none'}); for random weights mmcl.create_model"
+            f"({str(name_or_path)!r})"
         )
     model = create_model(model_name, pretrained=path, precision=precision, device=device)
     return model, get_preprocess(model)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from mmcl.models.factory import Precision
+from mmcl.choices import Precision
 
 Loss = Literal["clip", "siglip"]
 Optimizer = Literal["adamw", "sgd"]

@@ -18,11 +18,14 @@ from safetensors.torch import save_file
 
 from mmcl.io.atomic import atomic_folder, atomic_path
 from mmcl.io.checkpoints import huggingface, openai
+from mmcl.io.hf_processor import HF_PROCESSOR_FILES, processor_files
 
 # Metadata key under which an mmcl safetensors file carries its architecture.
 MMCL_CONFIG_KEY = "mmcl_config"
-# The files a Hugging Face export writes; any other file in its folder is left alone.
-HF_EXPORT_FILES = ("config.json", "model.safetensors")
+# The files a Hugging Face export writes (the model, then what CLIPProcessor reads); any other
+# file in its folder is left alone.
+HF_MODEL_FILES = ("config.json", "model.safetensors")
+HF_EXPORT_FILES = (*HF_MODEL_FILES, *HF_PROCESSOR_FILES)
 
 
 def check_export_target(
@@ -39,15 +42,15 @@ def check_export_target(
         if target.exists() and not target.is_dir():
             raise NotADirectoryError(
                 f"{target}: is a file; a Hugging Face export is a folder "
-                f"({' + '.join(HF_EXPORT_FILES)}): give a folder path"
+                f"({' + '.join(HF_MODEL_FILES)} + processor files): give a folder path"
             )
         if not target.is_dir():
             return
         if not overwrite and any(target.iterdir()):
             raise FileExistsError(
                 f"{target}: the folder is not empty; {remedy} writes "
-                f"{' and '.join(HF_EXPORT_FILES)} into it (replacing those two, if there) and "
-                f"keeps every other file"
+                f"{', '.join(HF_EXPORT_FILES)} into it (replacing those, if there) and keeps "
+                f"every other file"
             )
         for name in HF_EXPORT_FILES:
             if (target / name).exists() and not (target / name).is_file():
@@ -96,25 +99,29 @@ def save_open_clip(model, path: str | os.PathLike, overwrite: bool = True) -> Pa
 
 
 def save_huggingface(model, directory: str | os.PathLike, overwrite: bool = False) -> Path:
-    """A `CLIPModel` folder (config.json + model.safetensors) for `transformers`.
+    """A `CLIPModel` folder for `transformers`: config.json and model.safetensors, and the
+    tokenizer and image processor files `CLIPProcessor.from_pretrained` reads (`HF_EXPORT_FILES`;
+    see `mmcl.io.hf_processor`).
 
     A new folder appears whole or not at all. An existing non-empty folder is refused unless
-    `overwrite=True`, and then only config.json and model.safetensors are replaced: other
-    files in it stay. (A folder path, unlike a file path, does not name the files that would be
+    `overwrite=True`, and then only the export's own files are replaced: other files in it
+    stay. (A folder path, unlike a file path, does not name the files that would be
     replaced, hence the refusal by default.)
     """
     config = huggingface.config_to_huggingface(model.config.to_dict())
     tensors = _plain_tensors(huggingface.to_huggingface(model.state_dict()))
+    texts = processor_files(
+        model.config.vision_cfg.image_size, model.config.text_cfg.context_length
+    )
+    texts["config.json"] = json.dumps(config, indent=2)
     target = Path(directory)
     check_export_target(target, folder=True, overwrite=overwrite)
-    # An existing folder gets the two files in place; a new one is staged and renamed whole.
-    # Either way both files are complete before either is renamed into place.
+    # An existing folder gets the files in place; a new one is staged and renamed whole.
+    # Either way every file is complete before any is renamed into place.
     folder = contextlib.nullcontext(target) if target.is_dir() else atomic_folder(target)
-    with (
-        folder as written_folder,
-        atomic_path(written_folder / "config.json") as config_tmp,
-        atomic_path(written_folder / "model.safetensors") as weights_tmp,
-    ):
+    with folder as written_folder, contextlib.ExitStack() as files:
+        weights_tmp = files.enter_context(atomic_path(written_folder / "model.safetensors"))
         save_file(tensors, str(weights_tmp), metadata={"format": "pt"})
-        config_tmp.write_text(json.dumps(config, indent=2))
+        for name, text in texts.items():
+            files.enter_context(atomic_path(written_folder / name)).write_text(text)
     return target
