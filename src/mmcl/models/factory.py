@@ -13,7 +13,8 @@ import torch
 from mmcl.io.checkpoints import CheckpointError, describe_mismatch, load_checkpoint
 from mmcl.io.transforms import get_preprocess
 from mmcl.models.clip import CLIP
-from mmcl.models.config import CLIPConfig
+from mmcl.models.coca import CoCa
+from mmcl.models.config import CLIPConfig, CoCaConfig, config_from_dict
 from mmcl.models.registry import available_models, get_model_config, resolve_name
 from mmcl.nn.cpu_support import native_on_cpu
 
@@ -33,6 +34,20 @@ class ArchitectureNotRecordedError(CheckpointError):
             f"{path}: the file does not record its architecture; pass a model name: "
             f"create_model(name, pretrained=path) or mmcl.load(path, model_name=name), with a "
             f"name such as 'ViT-B-32' (mmcl.available_models() lists them)"
+        )
+
+
+class HeadsAssumedWarning(UserWarning):
+    """An open_clip CoCa state dict that fits none of the shipped coca_* configs was loaded
+    without a model name: its attention head counts, which shapes do not show, were assumed."""
+
+    def __init__(self, path: os.PathLike):
+        self.path = Path(path)
+        super().__init__(
+            f"{path}: a CoCa whose shapes fit no shipped coca_* config; assumed 64-wide "
+            f"attention heads in the text stacks and 8 heads in the attentional pooler (as "
+            f"every coca_* config has them) and GELU. If the model was built otherwise, name "
+            f"its config: create_model(name, pretrained=path, ...) with overrides"
         )
 
 
@@ -62,12 +77,12 @@ def create_model(
     output_dict: bool = False,
     compile: bool = False,
     **config_overrides,
-) -> CLIP:
-    """Build a CLIP model from a config name, optionally loading weights from a file.
+) -> CLIP | CoCa:
+    """Build a CLIP (or CoCa) model from a config name, optionally loading weights from a file.
 
     `pretrained` may be an OpenAI TorchScript archive or state dict, an open_clip state dict
-    (`.pt`, `.bin`, `.safetensors`), a Hugging Face `CLIPModel` folder, or an mmcl safetensors
-    file. With `name=None` the architecture comes from the checkpoint itself (an open_clip /
+    (`.pt`, `.bin`, `.safetensors`; CLIP or CoCa), a Hugging Face `CLIPModel` folder, or an mmcl
+    safetensors file. The coca_* names build a `CoCa`. With `name=None` the architecture comes from the checkpoint itself (an open_clip /
     OpenAI state dict does not record its activation: QuickGELU is assumed, and an
     `ActivationAssumedWarning` names the models to choose between). Keyword
     arguments override config fields, e.g. `init_logit_bias=-10` for SigLIP training or
@@ -92,17 +107,17 @@ def create_model(
         raise ValueError("create_model needs a model name, a pretrained checkpoint, or both")
     checkpoint = load_checkpoint(pretrained) if pretrained is not None else None
     if name is not None:
-        config = CLIPConfig.from_dict(
+        config = config_from_dict(
             _merged(get_model_config(name), config_overrides), source=resolve_name(name)
         )
     elif checkpoint.config is not None:
-        config = CLIPConfig.from_dict(
+        config = config_from_dict(
             _merged(checkpoint.config, config_overrides), source=str(checkpoint.path)
         )
     else:
         raise ArchitectureNotRecordedError(checkpoint.path)
     if checkpoint is None:
-        model = CLIP(config, output_dict=output_dict)
+        model = _model_class(config)(config, output_dict=output_dict)
     else:
         model = build_pretrained(
             config, checkpoint.state_dict, str(checkpoint.path), dtype, output_dict
@@ -110,6 +125,8 @@ def create_model(
     model = model.to(device=device, dtype=dtype).eval()
     if name is None and checkpoint.format == "open_clip" and "quick_gelu" not in config_overrides:
         warnings.warn(ActivationAssumedWarning(checkpoint.path, _same_shapes(config)), stacklevel=2)
+    if name is None and checkpoint.format == "open_clip_coca" and config not in _coca_configs():
+        warnings.warn(HeadsAssumedWarning(checkpoint.path), stacklevel=2)
     if torch.device(device).type == "cpu" and not native_on_cpu(dtype):
         warnings.warn(
             f"precision={precision!r}: this CPU has no {precision} matmul instructions "
@@ -122,7 +139,7 @@ def create_model(
     return model
 
 
-def compile_towers(model: CLIP) -> CLIP:
+def compile_towers(model: CLIP | CoCa) -> CLIP | CoCa:
     """`torch.compile` the image tower and the text tower's transformer, in place
     (`nn.Module.compile`, so state-dict keys are unchanged).
 
@@ -168,13 +185,13 @@ def load(
 
 
 def build_pretrained(
-    config: CLIPConfig,
+    config: CLIPConfig | CoCaConfig,
     state_dict: dict[str, torch.Tensor],
     source: str,
     dtype: torch.dtype = torch.float32,
     output_dict: bool = False,
-) -> CLIP:
-    """`CLIP(config)` with `state_dict` loaded and cast to `dtype`, on the CPU, without ever
+) -> CLIP | CoCa:
+    """`CLIP(config)` (or `CoCa(config)`) with `state_dict` loaded and cast to `dtype`, on the CPU, without ever
     initialising it at random.
 
     The result equals building the model, `load_state_dict_strict` and `.to(dtype)`, tensor for
@@ -185,8 +202,9 @@ def build_pretrained(
     converts them, become the parameters. A model that keeps state outside its state dict would
     be left with meta tensors; it is built the plain way instead.
     """
+    kind = _model_class(config)
     with torch.device("meta"):
-        model = CLIP(config, output_dict=output_dict)
+        model = kind(config, output_dict=output_dict)
     expected = model.state_dict()
     given = _checked_state_dict(expected, state_dict, source)
     tensors = {}
@@ -197,7 +215,7 @@ def build_pretrained(
             tensors[key] = torch.zeros(like.shape, dtype=like.dtype)
     model.load_state_dict(tensors, assign=True)
     if _has_meta_tensors(model):
-        model = CLIP(config, output_dict=output_dict)
+        model = kind(config, output_dict=output_dict)
         load_state_dict_strict(model, state_dict, source)
         model = model.to(dtype)
     return model
@@ -261,8 +279,20 @@ def _dtype(precision: str) -> torch.dtype:
     return PRECISIONS[precision]
 
 
+def _model_class(config: CLIPConfig | CoCaConfig) -> type[CLIP] | type[CoCa]:
+    return CoCa if isinstance(config, CoCaConfig) else CLIP
+
+
+def _coca_configs() -> list[CoCaConfig]:
+    return [
+        config_from_dict(get_model_config(name), source=name)
+        for name in available_models()
+        if "multimodal_cfg" in get_model_config(name)
+    ]
+
+
 def _same_shapes(config: CLIPConfig) -> list[str]:
-    """The shipped configs with `config`'s architecture, whatever their activation."""
+    """The shipped CLIP configs with `config`'s architecture, whatever their activation."""
 
     def shape(c: CLIPConfig) -> tuple:
         return c.embed_dim, c.vision_cfg, c.text_cfg
@@ -270,6 +300,7 @@ def _same_shapes(config: CLIPConfig) -> list[str]:
     matches = [
         name
         for name in available_models()
-        if shape(CLIPConfig.from_dict(get_model_config(name), source=name)) == shape(config)
+        if "multimodal_cfg" not in get_model_config(name)
+        and shape(CLIPConfig.from_dict(get_model_config(name), source=name)) == shape(config)
     ]
     return sorted(matches, key=lambda name: (name.endswith("-quickgelu"), name))

@@ -66,10 +66,9 @@ class ResidualAttentionBlock(nn.Module):
         kept = x
         if positions is not None:
             kept = x[torch.arange(len(x), device=x.device), positions].unsqueeze(1)
-        attention = self.attn(
-            self.ln_1(x), causal=causal, query_positions=positions, mask=mask, cache=cache
-        )
-        x = kept + attention
+        # Only given when set: the attention's callers from before masks and caches still fit.
+        extra = {k: v for k, v in (("mask", mask), ("cache", cache)) if v is not None}
+        x = kept + self.attn(self.ln_1(x), causal=causal, query_positions=positions, **extra)
         return x + self.mlp(self.ln_2(x))
 
 
