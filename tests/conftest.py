@@ -78,3 +78,37 @@ def fresh_kernels(monkeypatch):
     monkeypatch.setattr(kernels, "_ops", {})
     monkeypatch.setattr(kernels, "_build_failed", [])
     monkeypatch.delenv("MMCL_NATIVE_KERNELS", raising=False)
+
+
+def tiny_coca_config(attentional_pool: bool = True, **text) -> dict:
+    """An open_clip CoCa config dict small enough to build in milliseconds. With the pooler,
+    its 24-wide queries read 48-wide tokens (open_clip's separate q/k/v weights, as in
+    coca_ViT-B-32); without it, the patch tokens are the caption context (coca_base)."""
+    width = 24 if attentional_pool else 32
+    vision = {"image_size": 32, "layers": 2, "width": 48 if attentional_pool else width}
+    vision |= {"patch_size": 8, "head_width": 8, "output_tokens": True}
+    if attentional_pool:
+        vision |= {"attentional_pool": True, "attn_pooler_heads": 4, "attn_pooler_queries": 6}
+    text_cfg = {"context_length": 10, "vocab_size": 50, "width": width, "heads": 4, "layers": 2}
+    text_cfg |= {"embed_cls": True, "output_tokens": True, **text}
+    multimodal = {"context_length": 10, "vocab_size": 50, "width": width, "heads": 2, "layers": 2}
+    return {
+        "embed_dim": width,
+        "vision_cfg": vision,
+        "text_cfg": text_cfg,
+        "multimodal_cfg": multimodal,
+        "custom_text": True,
+    }
+
+
+def open_clip_coca(config: dict, seed: int = 0) -> torch.nn.Module:
+    """open_clip's CoCa on `config`, every parameter drawn at random (LayerNorms too, so a
+    swapped pair would show; open_clip leaves its decoder's weights at PyTorch's defaults)."""
+    from open_clip.coca_model import CoCa
+
+    torch.manual_seed(seed)
+    model = CoCa(**{k: v for k, v in config.items() if k != "custom_text"})
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(std=0.2)
+    return model.eval()

@@ -1,4 +1,5 @@
-"""CLIP-family models: towers, assemblies, configs, the registry of names and pretrained tags.
+"""CLIP-family models: towers, assemblies (CLIP, CoCa), configs, the registry of names and
+pretrained tags.
 
 Names are imported on first use (PEP 562): the registry and the tags need no torch.
 """
@@ -11,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 _PUBLIC = {
     "CLIP": "mmcl.models.clip",
     "CLIPConfig": "mmcl.models.config",
+    "CoCa": "mmcl.models.coca",
+    "CoCaConfig": "mmcl.models.config",
     "TextConfig": "mmcl.models.config",
     "VisionConfig": "mmcl.models.config",
     "available_models": "mmcl.models.registry",
@@ -24,6 +27,8 @@ _PUBLIC = {
 __all__ = [
     "CLIP",
     "CLIPConfig",
+    "CoCa",
+    "CoCaConfig",
     "TextConfig",
     "VisionConfig",
     "available_models",
@@ -36,7 +41,8 @@ __all__ = [
 
 if TYPE_CHECKING:
     from mmcl.models.clip import CLIP
-    from mmcl.models.config import CLIPConfig, TextConfig, VisionConfig
+    from mmcl.models.coca import CoCa
+    from mmcl.models.config import CLIPConfig, CoCaConfig, TextConfig, VisionConfig
     from mmcl.models.factory import create_model, load
     from mmcl.models.pretrained import list_pretrained
     from mmcl.models.registry import available_models, get_model_config, resolve_name

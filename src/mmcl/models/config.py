@@ -96,3 +96,98 @@ def _parse(kind: type, values: dict[str, Any], where: str):
     if unknown:
         raise ValueError(f"{where}: unsupported field(s) {unknown}; supported: {sorted(known)}")
     return kind(**values)
+
+
+# --- CoCa (open_clip's coca_* configs) -------------------------------------------------------
+
+
+@dataclass
+class CoCaVisionConfig(VisionConfig):
+    """A ViT whose tokens go through an attentional pooler (open_clip's `attentional_pool`):
+    the first pooled query is the contrastive feature, the others the captioning tokens.
+    Without it (coca_base) the class token is the feature and the patch tokens caption."""
+
+    attentional_pool: bool = False
+    attn_pooler_heads: int = 8
+    attn_pooler_queries: int = 256
+    output_tokens: bool = True  # open_clip's flag for returning tokens; CoCa always does
+
+
+@dataclass
+class CoCaTextConfig(TextConfig):
+    """CoCa's unimodal text tower: a class token appended after the text (`embed_cls`) and a
+    key mask for `pad_id` tokens."""
+
+    context_length: int = 76
+    embed_cls: bool = True
+    output_tokens: bool = True
+    pad_id: int = 0
+
+
+@dataclass
+class MultimodalConfig:
+    """CoCa's multimodal text decoder. `dim_head`, `n_queries` and `attn_pooler_heads` are
+    accepted as open_clip's configs carry them; open_clip's decoder does not use them either."""
+
+    context_length: int = 76
+    vocab_size: int = 49408
+    width: int = 512
+    heads: int = 8
+    layers: int = 12
+    mlp_ratio: float = 4.0
+    dim_head: int = field(default=64, compare=False)
+    n_queries: int = field(default=256, compare=False)
+    attn_pooler_heads: int = field(default=8, compare=False)
+
+    @property
+    def mlp_width(self) -> int:
+        return _mlp_width(self.width, self.mlp_ratio)
+
+
+@dataclass
+class CoCaConfig:
+    embed_dim: int = 512
+    vision_cfg: CoCaVisionConfig = field(default_factory=CoCaVisionConfig)
+    text_cfg: CoCaTextConfig = field(default_factory=CoCaTextConfig)
+    multimodal_cfg: MultimodalConfig = field(default_factory=MultimodalConfig)
+    quick_gelu: bool = False
+    init_logit_scale: float | None = None
+    init_logit_bias: float | None = None
+    custom_text: bool = True  # open_clip's flag for a text tower at `text.`; always so here
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> CoCaConfig:
+        """Build from an open_clip CoCa config dict, rejecting fields we would ignore and
+        combinations open_clip's CoCa could not run."""
+        data = dict(data)
+        vision = _parse(CoCaVisionConfig, data.pop("vision_cfg", {}), f"{source}: vision_cfg")
+        text = _parse(CoCaTextConfig, data.pop("text_cfg", {}), f"{source}: text_cfg")
+        multimodal = _parse(
+            MultimodalConfig, data.pop("multimodal_cfg", {}), f"{source}: multimodal_cfg"
+        )
+        config = _parse(cls, data, source)
+        config.vision_cfg, config.text_cfg, config.multimodal_cfg = vision, text, multimodal
+        if vision.is_resnet or vision.patch_size is None:
+            raise ValueError(f"{source}: CoCa needs a ViT image tower (vision_cfg.patch_size)")
+        if not (vision.output_tokens and text.output_tokens and text.embed_cls):
+            raise ValueError(
+                f"{source}: CoCa needs vision_cfg.output_tokens, text_cfg.output_tokens and "
+                f"text_cfg.embed_cls true"
+            )
+        image_token_width = config.embed_dim if vision.attentional_pool else vision.width
+        for what, width in (("image tokens", image_token_width), ("text tokens", text.width)):
+            if width != multimodal.width:
+                raise ValueError(
+                    f"{source}: the {what} are {width} wide but multimodal_cfg.width is "
+                    f"{multimodal.width}; the multimodal decoder needs them equal"
+                )
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> CLIPConfig | CoCaConfig:
+    """The config an open_clip-style dict describes: CoCa's when it has a `multimodal_cfg`."""
+    kind = CoCaConfig if "multimodal_cfg" in data else CLIPConfig
+    return kind.from_dict(data, source=source)

@@ -14,7 +14,8 @@ from mmcl.io.checkpoints import CheckpointError, describe_mismatch, load_checkpo
 from mmcl.io.hub import is_hub_reference
 from mmcl.io.transforms import get_preprocess
 from mmcl.models.clip import CLIP
-from mmcl.models.config import CLIPConfig
+from mmcl.models.coca import CoCa
+from mmcl.models.config import CLIPConfig, CoCaConfig, config_from_dict
 from mmcl.models.pretrained import list_pretrained, resolve_pretrained
 from mmcl.models.registry import available_models, get_model_config, resolve_name
 from mmcl.nn.cpu_support import native_on_cpu
@@ -32,6 +33,20 @@ class ArchitectureNotRecordedError(CheckpointError):
             f"{path}: the file does not record its architecture; pass a model name: "
             f"create_model(name, pretrained=path) or mmcl.load(path, model_name=name), with a "
             f"name such as 'ViT-B-32' (mmcl.available_models() lists them)"
+        )
+
+
+class HeadsAssumedWarning(UserWarning):
+    """An open_clip CoCa state dict that fits none of the shipped coca_* configs was loaded
+    without a model name: its attention head counts, which shapes do not show, were assumed."""
+
+    def __init__(self, path: os.PathLike):
+        self.path = Path(path)
+        super().__init__(
+            f"{path}: a CoCa whose shapes fit no shipped coca_* config; assumed 64-wide "
+            f"attention heads in the text stacks and 8 heads in the attentional pooler (as "
+            f"every coca_* config has them) and GELU. If the model was built otherwise, name "
+            f"its config: create_model(name, pretrained=path, ...) with overrides"
         )
 
 
@@ -61,15 +76,17 @@ def create_model(
     output_dict: bool = False,
     compile: bool = False,
     **config_overrides,
-) -> CLIP:
-    """Build a CLIP model from a config name, optionally with pretrained weights.
+) -> CLIP | CoCa:
+    """Build a CLIP (or CoCa: the coca_* names) model from a config name, optionally with
+    pretrained weights.
 
     `pretrained` may be a tag of the model (`mmcl.list_pretrained()`: "openai",
     "laion2b_s34b_b79k", ...) or `hf-hub:ORG/NAME`, both fetched through `huggingface_hub`'s
     cache (HF_HOME, HF_HUB_OFFLINE apply), or a local file or folder: an OpenAI TorchScript
-    archive or state dict, an open_clip state dict (`.pt`, `.bin`, `.safetensors`), a Hugging
-    Face `CLIPModel` folder, or an mmcl safetensors file. A tag builds the model with the
-    activation its weights were trained with (QuickGELU for "openai"). With `name=None` the architecture comes from the checkpoint itself (an open_clip /
+    archive or state dict, an open_clip state dict (`.pt`, `.bin`, `.safetensors`; CLIP or
+    CoCa), a Hugging Face `CLIPModel` folder, or an mmcl safetensors file. A tag builds the
+    model with the activation its weights were trained with (QuickGELU for "openai"). With
+    `name=None` the architecture comes from the checkpoint itself (an open_clip /
     OpenAI state dict does not record its activation: QuickGELU is assumed, and an
     `ActivationAssumedWarning` names the models to choose between). Keyword
     arguments override config fields, e.g. `init_logit_bias=-10` for SigLIP training or
@@ -97,19 +114,19 @@ def create_model(
     # What the weights say (a tag's activation) gives way to what the caller says.
     overrides = {**resolved.overrides, **config_overrides} if resolved else config_overrides
     if name is not None:
-        config = CLIPConfig.from_dict(
+        config = config_from_dict(
             _merged(get_model_config(name), overrides), source=resolve_name(name)
         )
     elif resolved.config is not None:
-        config = CLIPConfig.from_dict(_merged(resolved.config, overrides), source=str(pretrained))
+        config = config_from_dict(_merged(resolved.config, overrides), source=str(pretrained))
     elif checkpoint.config is not None:
-        config = CLIPConfig.from_dict(
+        config = config_from_dict(
             _merged(checkpoint.config, overrides), source=str(checkpoint.path)
         )
     else:
         raise ArchitectureNotRecordedError(checkpoint.path)
     if checkpoint is None:
-        model = CLIP(config, output_dict=output_dict)
+        model = _model_class(config)(config, output_dict=output_dict)
     else:
         model = build_pretrained(
             config, checkpoint.state_dict, str(checkpoint.path), dtype, output_dict
@@ -122,6 +139,8 @@ def create_model(
         and "quick_gelu" not in overrides
     ):
         warnings.warn(ActivationAssumedWarning(checkpoint.path, _same_shapes(config)), stacklevel=2)
+    if name is None and checkpoint.format == "open_clip_coca" and config not in _coca_configs():
+        warnings.warn(HeadsAssumedWarning(checkpoint.path), stacklevel=2)
     if torch.device(device).type == "cpu" and not native_on_cpu(dtype):
         warnings.warn(
             f"precision={precision!r}: this CPU has no {precision} matmul instructions "
@@ -134,7 +153,7 @@ def create_model(
     return model
 
 
-def compile_towers(model: CLIP) -> CLIP:
+def compile_towers(model: CLIP | CoCa) -> CLIP | CoCa:
     """`torch.compile` the image tower and the text tower's transformer, in place
     (`nn.Module.compile`, so state-dict keys are unchanged).
 
@@ -190,13 +209,13 @@ def load(
 
 
 def build_pretrained(
-    config: CLIPConfig,
+    config: CLIPConfig | CoCaConfig,
     state_dict: dict[str, torch.Tensor],
     source: str,
     dtype: torch.dtype = torch.float32,
     output_dict: bool = False,
-) -> CLIP:
-    """`CLIP(config)` with `state_dict` loaded and cast to `dtype`, on the CPU, without ever
+) -> CLIP | CoCa:
+    """`CLIP(config)` (or `CoCa(config)`) with `state_dict` loaded and cast to `dtype`, on the CPU, without ever
     initialising it at random.
 
     The result equals building the model, `load_state_dict_strict` and `.to(dtype)`, tensor for
@@ -207,8 +226,9 @@ def build_pretrained(
     converts them, become the parameters. A model that keeps state outside its state dict would
     be left with meta tensors; it is built the plain way instead.
     """
+    kind = _model_class(config)
     with torch.device("meta"):
-        model = CLIP(config, output_dict=output_dict)
+        model = kind(config, output_dict=output_dict)
     expected = model.state_dict()
     given = _checked_state_dict(expected, state_dict, source)
     tensors = {}
@@ -219,7 +239,7 @@ def build_pretrained(
             tensors[key] = torch.zeros(like.shape, dtype=like.dtype)
     model.load_state_dict(tensors, assign=True)
     if _has_meta_tensors(model):
-        model = CLIP(config, output_dict=output_dict)
+        model = kind(config, output_dict=output_dict)
         load_state_dict_strict(model, state_dict, source)
         model = model.to(dtype)
     return model
@@ -283,8 +303,20 @@ def _dtype(precision: str) -> torch.dtype:
     return PRECISIONS[precision]
 
 
+def _model_class(config: CLIPConfig | CoCaConfig) -> type[CLIP] | type[CoCa]:
+    return CoCa if isinstance(config, CoCaConfig) else CLIP
+
+
+def _coca_configs() -> list[CoCaConfig]:
+    return [
+        config_from_dict(get_model_config(name), source=name)
+        for name in available_models()
+        if "multimodal_cfg" in get_model_config(name)
+    ]
+
+
 def _same_shapes(config: CLIPConfig) -> list[str]:
-    """The shipped configs with `config`'s architecture, whatever their activation."""
+    """The shipped CLIP configs with `config`'s architecture, whatever their activation."""
 
     def shape(c: CLIPConfig) -> tuple:
         return c.embed_dim, c.vision_cfg, c.text_cfg
@@ -292,6 +324,7 @@ def _same_shapes(config: CLIPConfig) -> list[str]:
     matches = [
         name
         for name in available_models()
-        if shape(CLIPConfig.from_dict(get_model_config(name), source=name)) == shape(config)
+        if "multimodal_cfg" not in get_model_config(name)
+        and shape(CLIPConfig.from_dict(get_model_config(name), source=name)) == shape(config)
     ]
     return sorted(matches, key=lambda name: (name.endswith("-quickgelu"), name))

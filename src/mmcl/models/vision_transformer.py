@@ -80,8 +80,12 @@ class VisionTransformer(nn.Module):
             patches = [y.reshape(batch, rows, cols, -1).permute(0, 3, 1, 2) for y in patches]
         output["image_intermediates"] = patches
         if not intermediates_only:
-            output["image_features"] = self.ln_post(x[:, 0]) @ self.proj
+            output["image_features"] = self.pool(x)
         return output
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Final states of every token ``(batch, tokens, width)`` -> the image features."""
+        return self.ln_post(x[:, 0]) @ self.proj
 
     def embed_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """The class token and the patch embeddings, with their positions:

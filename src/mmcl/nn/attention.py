@@ -1,8 +1,12 @@
 """Attention layers with the parameter names of `torch.nn.MultiheadAttention`.
 
-Keeping those names (`in_proj_weight`, `in_proj_bias`, `out_proj`) lets OpenAI and open_clip
+Keeping those names (`in_proj_weight`, `in_proj_bias`, `out_proj`; `q_proj_weight`,
+`k_proj_weight`, `v_proj_weight` for a context of another width) lets OpenAI and open_clip
 checkpoints load without renaming, while the computation goes through
 `scaled_dot_product_attention`, which picks fused kernels where the hardware has them.
+
+One layer serves self-attention and cross-attention, with causal and any boolean masks
+(`mmcl.nn.masks`: True where a query may attend) and a `KVCache` for incremental decoding.
 """
 
 from __future__ import annotations
@@ -11,51 +15,159 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mmcl.nn.kv_cache import KVCache
+from mmcl.nn.masks import causal_mask, merge_masks
 
-class MultiheadSelfAttention(nn.Module):
-    def __init__(self, width: int, heads: int):
+
+def attend(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    causal: bool = False,
+) -> torch.Tensor:
+    """Scaled dot-product attention of ``(batch, heads, queries, head_dim)`` queries over
+    ``(batch, heads, keys, head_dim)`` keys and values.
+
+    `mask`: boolean, broadcast to ``(batch, heads, queries, keys)``, True where a query may
+    attend. `causal`: the queries are the last ones of the keys' positions (a block of new
+    tokens after cached ones) and see only what came before them (`masks.causal_mask`).
+    A query that may attend to no key at all gets zeros (not the NaN a softmax over nothing
+    would give), so fully padded rows stay finite.
+    """
+    queries, keys = query.shape[2], key.shape[2]
+    if causal and mask is None and queries == keys:
+        return F.scaled_dot_product_attention(query, key, value, is_causal=True)
+    if causal and queries > 1:  # one query after the cache sees every key: no mask needed
+        mask = merge_masks(mask, causal_mask(queries, keys, device=query.device))
+    if mask is None:
+        return F.scaled_dot_product_attention(query, key, value)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+    blind = ~mask.any(dim=-1, keepdim=True)  # (..., queries, 1): no key allowed
+    return out.masked_fill(blind, 0.0) if blind.any() else out
+
+
+class MultiheadAttention(nn.Module):
+    """Multi-head attention, batch first, in `torch.nn.MultiheadAttention`'s layout.
+
+    Self-attention when called without `context`; cross-attention over `context`
+    ``(batch, keys, context_width)`` otherwise. With `context_width` other than `width` the
+    projections are `q_proj_weight`, `k_proj_weight` and `v_proj_weight` (torch's layout for
+    ``kdim != embed_dim``), else one fused `in_proj_weight`.
+
+    With a `cache`, self-attention appends the new tokens' keys and values to the cached ones
+    and attends over all of them; cross-attention projects `context` once and reuses it.
+
+    >>> import torch
+    >>> attention = MultiheadAttention(8, 2, context_width=6)
+    >>> attention(torch.randn(3, 4, 8), context=torch.randn(3, 5, 6)).shape
+    torch.Size([3, 4, 8])
+    """
+
+    def __init__(self, width: int, heads: int, context_width: int | None = None):
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} is not divisible by heads {heads}")
         self.heads = heads
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.width = width
+        if context_width is None or context_width == width:
+            self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        else:
+            self.q_proj_weight = nn.Parameter(torch.empty(width, width))
+            self.k_proj_weight = nn.Parameter(torch.empty(width, context_width))
+            self.v_proj_weight = nn.Parameter(torch.empty(width, context_width))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
-        nn.init.xavier_uniform_(self.in_proj_weight)
+        for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
+            if hasattr(self, name):
+                nn.init.xavier_uniform_(getattr(self, name))
 
     def forward(
-        self, x: torch.Tensor, causal: bool = False, query_positions: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        causal: bool = False,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """``(batch, queries, width)`` -> the same. `mask` and `causal`: see `attend`."""
+        batch, queries, width = x.shape
+        bias = self.in_proj_bias
+        if context is None:
+            if not hasattr(self, "in_proj_weight"):
+                raise ValueError(
+                    "this attention was built for a context of another width: call it with "
+                    "context=..."
+                )
+            query, key, value = self._heads(F.linear(x, self.in_proj_weight, bias), 3)
+            if cache is not None:
+                key, value = cache.extend(self, key, value)
+        else:
+            (query,) = self._heads(F.linear(x, self._weight(0, 1), bias[:width]), 1)
+
+            def project_context() -> tuple[torch.Tensor, ...]:
+                return self._heads(F.linear(context, self._weight(1, 3), bias[width:]), 2)
+
+            key, value = cache.constant(self, project_context) if cache else project_context()
+        out = attend(query, key, value, mask, causal)
+        return self.out_proj(out.transpose(1, 2).reshape(batch, queries, width))
+
+    def _weight(self, first: int, stop: int) -> torch.Tensor:
+        """Rows of the projections `first` to `stop` (0: query, 1: key, 2: value), stacked."""
+        if hasattr(self, "in_proj_weight"):
+            return self.in_proj_weight[first * self.width : stop * self.width]
+        parts = (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight)[first:stop]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _heads(self, projected: torch.Tensor, parts: int) -> tuple[torch.Tensor, ...]:
+        # (batch, tokens, parts * width) -> parts x (batch, heads, tokens, head_dim)
+        batch, tokens, _ = projected.shape
+        shaped = projected.view(batch, tokens, parts, self.heads, self.width // self.heads)
+        return tuple(shaped.permute(2, 0, 3, 1, 4).unbind(0))
+
+
+class MultiheadSelfAttention(MultiheadAttention):
+    """Self-attention of the CLIP towers: `MultiheadAttention` without a context, plus the
+    shortcut of computing only one asking token per row (`query_positions`)."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__(width, heads)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        causal: bool = False,
+        query_positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
         """Self-attention over ``x`` ``(batch, tokens, width)``.
 
         With ``query_positions`` ``(batch,)`` only one token per row asks (row ``b``'s token
         ``query_positions[b]``), still attending over every token (the ones before it when
-        `causal`), and the output is ``(batch, 1, width)``.
+        `causal`), and the output is ``(batch, 1, width)``. `mask` and `cache`: see
+        `MultiheadAttention` (not with `query_positions`).
         """
+        if query_positions is None:
+            return super().forward(x, mask=mask, causal=causal, cache=cache)
+        if mask is not None or cache is not None:
+            raise ValueError("query_positions does not combine with a mask or a cache")
         batch, tokens, width = x.shape
         head_dim = width // self.heads
         weight, bias = self.in_proj_weight, self.in_proj_bias
+        # Only the asking tokens need a query: project them alone (the query rows of the
+        # fused projection), and every token to keys and values.
+        asking = x[torch.arange(batch, device=x.device), query_positions].unsqueeze(1)
+        query = F.linear(asking, weight[:width], bias[:width])
+        query = query.view(batch, 1, self.heads, head_dim).transpose(1, 2)
+        key_value = F.linear(x, weight[width:], bias[width:])
+        key, value = key_value.view(batch, tokens, 2, self.heads, head_dim).permute(2, 0, 3, 1, 4)
         mask = None
-        if query_positions is None:
-            qkv = F.linear(x, weight, bias).view(batch, tokens, 3, self.heads, head_dim)
-            query, key, value = qkv.permute(2, 0, 3, 1, 4)  # each (batch, heads, tokens, dim)
-        else:
-            # Only the asking tokens need a query: project them alone (the query rows of the
-            # fused projection), and every token to keys and values.
-            asking = x[torch.arange(batch, device=x.device), query_positions].unsqueeze(1)
-            query = F.linear(asking, weight[:width], bias[:width])
-            query = query.view(batch, 1, self.heads, head_dim).transpose(1, 2)
-            key_value = F.linear(x, weight[width:], bias[width:])
-            key, value = key_value.view(batch, tokens, 2, self.heads, head_dim).permute(
-                2, 0, 3, 1, 4
-            )
-            if causal:  # (batch, 1, 1, tokens): keys up to each row's query position
-                keys = torch.arange(tokens, device=x.device)
-                mask = (keys <= query_positions.unsqueeze(1)).view(batch, 1, 1, tokens)
-            causal = False
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=causal)
-        out = out.transpose(1, 2).reshape(batch, query.shape[2], width)
-        return self.out_proj(out)
+        if causal:  # (batch, 1, 1, tokens): keys up to each row's query position
+            keys = torch.arange(tokens, device=x.device)
+            mask = (keys <= query_positions.unsqueeze(1)).view(batch, 1, 1, tokens)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+        return self.out_proj(out.transpose(1, 2).reshape(batch, 1, width))
 
 
 class AttentionPool2d(nn.Module):

@@ -98,11 +98,14 @@ class FastSelfAttention(InferenceOnly, MultiheadSelfAttention):
         causal: bool = False,
         query_positions: torch.Tensor | None = None,
         residual: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        cache=None,
     ) -> torch.Tensor:
-        """As `MultiheadSelfAttention.forward`, plus `residual`, added to the output."""
+        """As `MultiheadSelfAttention.forward`, plus `residual`, added to the output. With a
+        mask or a cache it computes the plain way."""
         params = (self.in_proj_weight, self.in_proj_bias, residual)
-        if not on_fast_path(self, x, *params):
-            out = super().forward(x, causal, query_positions)
+        if mask is not None or cache is not None or not on_fast_path(self, x, *params):
+            out = super().forward(x, causal, query_positions, mask=mask, cache=cache)
             return out if residual is None else residual + out
         batch, tokens, width = x.shape
         head_dim = width // self.heads
@@ -139,11 +142,22 @@ class FastResidualAttentionBlock(InferenceOnly, ResidualAttentionBlock):
         return adopt(cls, block)
 
     def forward(
-        self, x: torch.Tensor, causal: bool = False, positions: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        causal: bool = False,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        cache=None,
     ) -> torch.Tensor:
         attn, mlp = self.attn, self.mlp
-        if type(attn) is not FastSelfAttention or type(mlp) is not FusedMlp or hooked(attn, mlp):
-            return super().forward(x, causal, positions)  # hooks see the sublayers' own outputs
+        if (
+            mask is not None  # the fast path has neither a mask nor a cache
+            or cache is not None
+            or type(attn) is not FastSelfAttention
+            or type(mlp) is not FusedMlp
+            or hooked(attn, mlp)  # hooks see the sublayers' own outputs
+        ):
+            return super().forward(x, causal, positions, mask, cache)
         kept = x
         if positions is not None:
             kept = x[torch.arange(len(x), device=x.device), positions].unsqueeze(1)

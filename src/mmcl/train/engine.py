@@ -29,7 +29,7 @@ from mmcl.train import distributed
 from mmcl.train.config import TrainConfig
 from mmcl.train.freezing import freeze
 from mmcl.train.grad_cache import grad_cache_step
-from mmcl.train.objectives import ContrastiveObjective
+from mmcl.train.objectives import ContrastiveObjective, default_objective
 from mmcl.train.optim import build_optimizer, build_schedule
 from mmcl.train.plugins import TrainingPlugin, adds_losses, check_plugins
 from mmcl.train.run_folder import MODEL_FILE, checkpoint_path, prune_checkpoints, resume_checkpoint
@@ -84,7 +84,7 @@ class Trainer:
                 )
         elif len(train_data) == 0:
             raise ValueError("the training data set is empty")
-        self.objective = objective or ContrastiveObjective(config.loss)
+        self.objective = objective or default_objective(config.loss)
         if config.grad_cache_chunk and not isinstance(self.objective, ContrastiveObjective):
             raise ValueError("gradient caching applies to the contrastive objective only")
         plugins = check_plugins(plugins)

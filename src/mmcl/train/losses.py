@@ -121,3 +121,51 @@ def siglip_init() -> SigLipInit:
     (10.0, -10.0)
     """
     return SigLipInit(logit_scale=math.log(10.0), logit_bias=-10.0)
+
+
+def caption_loss(logits: Tensor, tokens: Tensor, pad_id: int = 0) -> Tensor:
+    """Next-token cross-entropy of a captioner (CoCa's, BLIP's language-model loss).
+
+    Position i of ``logits`` ``(batch, length, vocab)`` predicts token i + 1 of ``tokens``
+    ``(batch, length)``: ``logits[:, :-1]`` against ``tokens[:, 1:]``. Targets equal to
+    `pad_id` are ignored, and the mean is over the remaining tokens of the whole batch (as
+    open_clip's `CoCaLoss`, whose pad id 0 is also CLIP's token "!": those are ignored too).
+    `logits` may cover fewer positions than `tokens` when the rest is padding (CoCa's forward
+    stops at the longest text). Distributed, each rank averages its own tokens.
+
+    >>> import torch
+    >>> logits = torch.zeros(1, 3, 5)  # uniform over 5 tokens
+    >>> round(caption_loss(logits, torch.tensor([[4, 2, 0]])).item(), 4)  # one target: 2
+    1.6094
+    """
+    length, vocab = logits.shape[1], logits.shape[2]
+    targets = tokens[:, 1:length]  # logits may stop early, where the rest is padding
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, vocab).float(), targets.reshape(-1), ignore_index=pad_id
+    )
+
+
+class CoCaLoss(nn.Module):
+    """CoCa's objective (Yu et al. 2022, eq. 4): ``contrastive_weight * ClipLoss +
+    caption_weight * caption_loss``; the weights default to open_clip's training defaults
+    (1 and 2). Returns the two weighted terms."""
+
+    def __init__(self, caption_weight: float = 2.0, contrastive_weight: float = 1.0):
+        super().__init__()
+        self.caption_weight, self.contrastive_weight = caption_weight, contrastive_weight
+        self.clip_loss = ClipLoss()
+
+    def forward(
+        self,
+        image_features: Tensor,
+        text_features: Tensor,
+        logit_scale: Tensor,
+        caption_logits: Tensor,
+        tokens: Tensor,
+        pad_id: int = 0,
+    ) -> dict[str, Tensor]:
+        contrastive = self.clip_loss(image_features, text_features, logit_scale)
+        return {
+            "contrastive": self.contrastive_weight * contrastive,
+            "caption": self.caption_weight * caption_loss(caption_logits, tokens, pad_id),
+        }

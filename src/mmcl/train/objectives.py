@@ -1,4 +1,5 @@
-"""What a training step minimises: contrastive image-text loss, or classification by prompts.
+"""What a training step minimises: contrastive image-text loss, contrastive plus captioning
+(CoCa), or classification by prompts.
 
 An objective maps a batch to named loss terms (summed by the engine) and the model outputs
 that plugins may reuse (e.g. a distillation plugin reads the image features):
@@ -15,7 +16,7 @@ from torch.nn import functional as F
 
 from mmcl.data.zeroshot import format_prompts
 from mmcl.io.tokenizer import tokenize
-from mmcl.train.losses import ClipLoss, SigLipLoss
+from mmcl.train.losses import ClipLoss, CoCaLoss, SigLipLoss
 
 
 class ContrastiveObjective:
@@ -44,6 +45,39 @@ class ContrastiveObjective:
             unwrapped, outputs["image_features"], outputs["text_features"], outputs["logit_scale"]
         )
         return {"contrastive": loss}, outputs
+
+
+class CoCaObjective:
+    """CoCa's contrastive plus captioning loss (`CoCaLoss`) on (images, caption tokens)
+    batches; the captions are the targets of the caption decoder, shifted by one token."""
+
+    def __init__(self, caption_weight: float = 2.0, contrastive_weight: float = 1.0):
+        self.loss_fn = CoCaLoss(caption_weight, contrastive_weight)
+
+    def check(self, model) -> None:
+        if not hasattr(model, "caption_logits"):
+            raise ValueError(
+                "loss 'coca' needs a captioning model with a caption decoder: a coca_* config "
+                "(e.g. tiny-coca or coca_ViT-B-32)"
+            )
+
+    def __call__(self, model, images, texts):
+        outputs = model(images, texts, output_dict=True)
+        unwrapped = getattr(model, "module", model)  # DistributedDataParallel keeps it there
+        terms = self.loss_fn(
+            outputs["image_features"],
+            outputs["text_features"],
+            outputs["logit_scale"],
+            outputs["caption_logits"],
+            texts,
+            unwrapped.pad_id,
+        )
+        return terms, outputs
+
+
+def default_objective(loss: str):
+    """The objective a run's `loss` setting names: "clip", "siglip" or "coca"."""
+    return CoCaObjective() if loss == "coca" else ContrastiveObjective(loss)
 
 
 class ClassificationObjective:

@@ -1,7 +1,8 @@
 """Checkpoint formats: read OpenAI, open_clip, Hugging Face and mmcl files; write them back.
 
-Every reader returns tensors in mmcl's layout (`visual.*`, `text.*`, `logit_scale`) and, where
-the file says or the weights show it, the architecture as an open_clip-style config dict.
+Every reader returns tensors in mmcl's layout (`visual.*`, `text.*`, `logit_scale`; CoCa adds
+`text_decoder.*`) and, where the file says or the weights show it, the architecture as an
+open_clip-style config dict.
 
 >>> from mmcl.io.checkpoints import load_checkpoint   # doctest: +SKIP
 >>> checkpoint = load_checkpoint("ViT-B-32.pt")        # doctest: +SKIP
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-from mmcl.io.checkpoints import huggingface, openai
+from mmcl.io.checkpoints import coca, huggingface, openai
 from mmcl.io.checkpoints.errors import CheckpointError, describe_mismatch
 from mmcl.io.checkpoints.export import (
     HF_EXPORT_FILES,
@@ -46,13 +47,13 @@ __all__ = [
 @dataclass
 class LoadedCheckpoint:
     path: Path
-    format: str  # "mmcl", "openai", "open_clip" or "huggingface"
+    format: str  # "mmcl", "openai", "open_clip", "open_clip_coca" or "huggingface"
     state_dict: dict[str, torch.Tensor]
     config: dict[str, Any] | None  # None when neither the file nor the weights tell it
 
     @property
     def config_is_inferred(self) -> bool:
-        return self.format in ("openai", "open_clip")
+        return self.format in ("openai", "open_clip", "open_clip_coca")
 
 
 def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
@@ -71,6 +72,9 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         except json.JSONDecodeError as error:
             raise CheckpointError(f"{source}: its embedded model config is not JSON") from error
         return LoadedCheckpoint(raw.path, "mmcl", raw.tensors, config)
+    if coca.is_coca_layout(raw.tensors):  # open_clip's CoCa: mmcl's own layout
+        config = coca.infer_coca_config(raw.tensors, source)
+        return LoadedCheckpoint(raw.path, "open_clip_coca", raw.tensors, config)
     if openai.is_openai_layout(raw.tensors):
         fmt = "openai" if raw.container == "torchscript" else "open_clip"
         return LoadedCheckpoint(
@@ -87,6 +91,6 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         return LoadedCheckpoint(raw.path, "mmcl", raw.tensors, None)
     sample = ", ".join(sorted(raw.tensors)[:5])
     raise CheckpointError(
-        f"{source}: not a CLIP checkpoint in any known layout (OpenAI, open_clip, Hugging Face, "
-        f"mmcl); first keys: {sample or '(none)'}"
+        f"{source}: not a CLIP checkpoint in any known layout (OpenAI, open_clip, open_clip "
+        f"CoCa, Hugging Face, mmcl); first keys: {sample or '(none)'}"
     )

@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import save_file
 
 from mmcl.io.atomic import atomic_folder, atomic_path
-from mmcl.io.checkpoints import huggingface, openai
+from mmcl.io.checkpoints import coca, huggingface, openai
+from mmcl.io.checkpoints.errors import CheckpointError
 from mmcl.io.hf_processor import HF_PROCESSOR_FILES, processor_files
 
 # Metadata key under which an mmcl safetensors file carries its architecture.
@@ -85,11 +86,15 @@ def save_safetensors(model, path: str | os.PathLike, overwrite: bool = True) -> 
 
 
 def save_open_clip(model, path: str | os.PathLike, overwrite: bool = True) -> Path:
-    """open_clip / OpenAI state-dict layout; `.safetensors` or a pickled `.pt`/`.bin`.
+    """open_clip / OpenAI state-dict layout; `.safetensors` or a pickled `.pt`/`.bin`. A CoCa
+    is written as open_clip's `CoCa` holds it, which is mmcl's layout too.
 
     Like `torch.save`, it replaces a file that is there, unless `overwrite=False`."""
     check_export_target(path, folder=False, overwrite=overwrite)
-    tensors = _plain_tensors(openai.to_openai_layout(model.state_dict()))
+    state = model.state_dict()
+    tensors = _plain_tensors(
+        state if coca.is_coca_layout(state) else openai.to_openai_layout(state)
+    )
     with atomic_path(path) as tmp:
         if str(path).endswith(".safetensors"):
             save_file(tensors, str(tmp))
@@ -108,6 +113,11 @@ def save_huggingface(model, directory: str | os.PathLike, overwrite: bool = Fals
     stay. (A folder path, unlike a file path, does not name the files that would be
     replaced, hence the refusal by default.)
     """
+    if coca.is_coca_layout(model.state_dict()):
+        raise CheckpointError(
+            f"{directory}: Hugging Face has no CoCa model class; export a CoCa as mmcl "
+            f"safetensors or in open_clip's layout (a .pt, .bin or .safetensors file)"
+        )
     config = huggingface.config_to_huggingface(model.config.to_dict())
     tensors = _plain_tensors(huggingface.to_huggingface(model.state_dict()))
     texts = processor_files(
