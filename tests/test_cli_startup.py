@@ -62,3 +62,15 @@ def test_import_mmcl_is_light_and_every_public_name_loads_on_use():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.split("\n")[:3] == ["[]", "True", "True"], result.stderr
+
+
+def test_a_reader_that_goes_away_stops_the_listing_quietly():
+    # `mmcl models | head -1`: the pipe closes after one line; no BrokenPipeError traceback.
+    listing = subprocess.Popen(
+        [sys.executable, "-m", "mmcl.cli", "models"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    listing.stdout.close()  # the reader goes away before anything is written
+    _, errors = listing.communicate(timeout=120)
+    assert b"Traceback" not in errors and b"BrokenPipe" not in errors, errors.decode()
