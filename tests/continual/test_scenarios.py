@@ -909,7 +909,10 @@ def test_build_scenario_cifar10_cil():
 def test_build_scenario_mini_mtil_and_unknown_names():
     scenario = build_scenario("mini-mtil", tasks=["scene-position"], train_size=5, test_size=5)
     assert scenario.task_names == ["scene-position"] and scenario.name == "mini-mtil"
-    with pytest.raises(ValueError, match="Valid scenarios: cifar10-cil, mini-mtil, scenes-cil"):
+    with pytest.raises(
+        ValueError,
+        match="Valid scenarios: cifar10-cil, mini-mtil, scene-styles, scenes-cil, seq-cifar10$",
+    ):
         build_scenario("imagenet-cil")
     with pytest.raises(ValueError, match="Did you mean scenes-cil"):
         build_scenario("scenes_cil")
