@@ -406,16 +406,15 @@ def text_rows(
     # to 77, transformers to the longest text of a batch, mmcl sorts by length (embed_texts).
     ids = mmcl.tokenize(captions)
     lengths = (ids != 0).sum(dim=1).tolist()
+    # One caption of each length stands for all of that length: the text tower computes only
+    # up to a batch's last end token, so a caption must be counted as itself, not cut to size.
+    example = {n: ids[lengths.index(n)].unsqueeze(0).to(device) for n in set(lengths)}
     with every_token(reference_model):  # useful work: each caption at its own length
         per_length = {
-            n: gflop(lambda n=n: reference_model.encode_text(ids[:1, :n].to(device)))
-            for n in set(lengths)
+            n: gflop(lambda n=n: reference_model.encode_text(example[n])) for n in example
         }
     flops = sum(per_length[n] for n in lengths) / len(lengths)
-    least = {
-        n: gflop(lambda n=n: reference_model.encode_text(ids[:1, :n].to(device)))
-        for n in per_length
-    }
+    least = {n: gflop(lambda n=n: reference_model.encode_text(example[n])) for n in example}
     least_flops = sum(least[n] for n in lengths) / len(lengths)
     hf_tok = hf_tokenizer() if any(lib == "hf" for lib, _ in models) else None
 
