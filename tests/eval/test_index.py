@@ -63,6 +63,17 @@ def test_approximate_index_recall_on_clustered_vectors(tmp_path, kind):
     assert report.kind == kind and 0.9 < report.recall_at_10 <= 1.0
 
 
+def test_a_flat_index_grown_past_the_threshold_is_rebuilt_as_ivf(tmp_path):
+    features, files = unit_rows(2000, 8), names(2000)
+    write_embed_output(tmp_path / "old.npy", features[:1000], files[:1000])
+    write_embed_output(tmp_path / "new.npy", features, files)
+    settings = IndexSettings(threshold=1500)
+    assert build_index(tmp_path / "old.npy", tmp_path / "ix", settings).kind == "flat"
+    update = build_index(tmp_path / "new.npy", tmp_path / "ix", settings)
+    assert (update.kind, update.rebuilt, update.rows) == ("ivf", True, 2000)
+    assert open_index(tmp_path / "ix").faiss_index.ntotal == 2000
+
+
 def test_auto_kind_switches_to_ivf_above_the_threshold(tmp_path):
     write_embed_output(tmp_path / "p.npy", unit_rows(2000, 8), names(2000))
     settings = IndexSettings(threshold=1999)
@@ -97,10 +108,9 @@ def test_incremental_ivf_keeps_its_cells_and_finds_the_new_files(tmp_path):
     files = names(3000)
     write_embed_output(tmp_path / "old.npy", features[:2500], files[:2500])
     write_embed_output(tmp_path / "new.npy", features, files)
-    settings = IndexSettings(kind="ivf")
-    built = build_index(tmp_path / "old.npy", tmp_path / "ix", settings)
-    update = build_index(tmp_path / "new.npy", tmp_path / "ix", settings)
-    assert (update.added, update.params) == (500, built.params)
+    built = build_index(tmp_path / "old.npy", tmp_path / "ix", IndexSettings(kind="ivf"))
+    update = build_index(tmp_path / "new.npy", tmp_path / "ix")  # auto: keeps the index's kind
+    assert (update.kind, update.added, update.params) == ("ivf", 500, built.params)
     _, paths = open_index(tmp_path / "ix").search(features[2500:], k=1)
     assert [p[0] for p in paths] == files[2500:]  # each new file is its own nearest row
 

@@ -8,7 +8,9 @@ point leaves the previous index usable.
 
 - Up to `threshold` rows the index is exact (inner product over every row); above it, IVF (or
   HNSW with kind="hnsw"), with recall@10 against exact search measured on a sample of rows.
-- Building again from a newer output of the same model adds only the new files. A file gone
+- Building again from a newer output of the same model adds only the new files, keeping the
+  index's kind and parameters (a flat index that grows past `threshold` is rebuilt as IVF; IVF
+  cells are not retrained: rebuild after the collection has grown several times). A file gone
   from the output, or whose embedding changed (cosine < 0.995 to the indexed one: the image was
   replaced), is an error: pass `rebuild=True` to build afresh.
 - `search` refuses query features from another model than the indexed one.
@@ -21,7 +23,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -183,9 +185,14 @@ def build_index(
     if output.is_dir() and any(output.iterdir()) and not rebuild:
         old = open_index(output)  # errors if the folder is not an index
         new_rows = _new_rows(old, embed)
+        # An update keeps the index's kind and parameters (given with it or chosen by auto),
+        # except that a flat index grown past the threshold is rebuilt approximate.
         kind = _kind(settings, len(new_rows) + old.rows)
+        if settings.kind == "auto" and not (old.meta["kind"] == "flat" and kind != "flat"):
+            kind = old.meta["kind"]
         if old.meta["kind"] == kind:
             return _append(old, embed, new_rows, settings, start)
+        settings = replace(settings, kind=kind)
     index, kind, params = _build(embed.features, settings)
     recall = _measure_recall(index, kind, embed, embed.names, settings)
     _write_version(output, index, embed.names, _meta(embed, kind, params, recall, settings))
