@@ -21,6 +21,7 @@ import pytest
 
 from embed_outputs import names, unit_rows, write_embed_output
 from mmcl.cli import main
+from mmcl.eval import index as index_module
 from mmcl.eval.index import build_index, open_index
 
 
@@ -72,14 +73,17 @@ def test_update_with_removed_files_names_one_and_suggests_rebuild(tmp_path):
     assert build_index(tmp_path / "new.npy", tmp_path / "ix", rebuild=True).rows == 19
 
 
-def test_update_with_a_changed_file_names_it(tmp_path):
+def test_update_with_a_changed_file_names_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(index_module, "_CHUNK", 7)  # rows compared in several chunks
     features, files = unit_rows(20, 8), names(20)
     write_embed_output(tmp_path / "old.npy", features, files)
     changed = features.copy()
-    changed[4] = unit_rows(1, 8, seed=9)[0]
+    changed[[4, 15]] = unit_rows(2, 8, seed=9)
     write_embed_output(tmp_path / "new.npy", changed, files)
     build_index(tmp_path / "old.npy", tmp_path / "ix")
-    with pytest.raises(ValueError, match=rf"another embedding .*{files[4]}.*--rebuild"):
+    with pytest.raises(
+        ValueError, match=rf"^2 indexed file.* another embedding .*{files[4]}.*--rebuild"
+    ):
         build_index(tmp_path / "new.npy", tmp_path / "ix")
 
 

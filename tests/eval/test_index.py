@@ -14,6 +14,7 @@ from mmcl.cli import main
 from mmcl.eval import index as index_module
 from mmcl.eval.embed_folder import embed_image_folder
 from mmcl.eval.index import IndexSettings, ModelMismatchError, build_index, open_index
+from mmcl.io.checkpoints import save_safetensors
 
 
 def numpy_top_k(queries: np.ndarray, features: np.ndarray, k: int):
@@ -83,7 +84,8 @@ def test_auto_kind_switches_to_ivf_above_the_threshold(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw"])
-def test_incremental_add_gives_the_results_of_a_full_rebuild(tmp_path, kind):
+def test_incremental_add_gives_the_results_of_a_full_rebuild(tmp_path, kind, monkeypatch):
+    monkeypatch.setattr(index_module, "_CHUNK", 64)  # rows added and compared in chunks
     features, files = unit_rows(400, 16), names(400)
     first = np.random.default_rng(3).permutation(400)[:300]  # new files fall in between
     write_embed_output(
@@ -195,3 +197,24 @@ def test_cli_builds_then_updates(tmp_path, capsys):
     args = ["index", "--features", str(tmp_path / "new.npy"), "--output", str(tmp_path / "hn")]
     assert main([*args, "--kind", "hnsw", "--recall-queries", "40"]) == 0
     assert "recall@10 " in capsys.readouterr().out
+
+
+def test_mmcl_embed_then_mmcl_index_on_the_command_line(tmp_path, capsys):
+    _image_folder(tmp_path / "photos", 5)
+    save_safetensors(mmcl.create_model("tiny-vit"), tmp_path / "tiny.safetensors")
+    common = ["--model", "tiny-vit", "--pretrained", str(tmp_path / "tiny.safetensors"), "--quiet"]
+    for output in ("photos.npy", "photos.safetensors"):
+        embed = ["embed", *common, "--images", str(tmp_path / "photos")]
+        assert main([*embed, "--output", str(tmp_path / output)]) == 0
+        index = ["index", "--features", str(tmp_path / output)]
+        assert main([*index, "--output", str(tmp_path / (output + ".index"))]) == 0
+    assert "built flat index" in capsys.readouterr().out
+    from_npy = open_index(tmp_path / "photos.npy.index")
+    from_safetensors = open_index(tmp_path / "photos.safetensors.index")
+    assert from_npy.meta["model"]["model"] == "tiny-vit"
+    assert from_npy.meta["model"]["pretrained"] == str(tmp_path / "tiny.safetensors")
+    assert from_npy.meta["model"] == from_safetensors.meta["model"]
+    queries = np.load(tmp_path / "photos.npy")
+    scores, paths = from_safetensors.search(queries, k=1)
+    assert [p[0] for p in paths] == from_npy.names  # each image finds itself first
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)

@@ -266,10 +266,12 @@ def _new_rows(old: SearchIndex, embed: EmbedOutput) -> list[int]:
             f"{len(removed)} indexed file(s) are not in {embed.features_path} (e.g. {removed[0]}):"
             f" rebuild the index (mmcl index --rebuild) to drop them"
         )
-    indexed = old.faiss_index.reconstruct_n(0, old.rows)
-    now = embed.features[[position[name] for name in old.names]]
-    cosine = np.einsum("ij,ij->i", indexed, now)
-    changed = np.flatnonzero(cosine < CHANGED_BELOW)
+    changed = []
+    for start in range(0, old.rows, _CHUNK):  # a chunk at a time: the index may not fit twice
+        indexed = old.faiss_index.reconstruct_n(start, min(_CHUNK, old.rows - start))
+        rows = [position[name] for name in old.names[start : start + len(indexed)]]
+        cosine = np.einsum("ij,ij->i", indexed, embed.features[rows])
+        changed.extend(start + np.flatnonzero(cosine < CHANGED_BELOW))
     if len(changed):
         raise ValueError(
             f"{len(changed)} indexed file(s) have another embedding in {embed.features_path} "
