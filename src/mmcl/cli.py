@@ -126,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="build afresh (needed when files were removed or changed, or the model differs)",
     )
+    index.add_argument("--quiet", action="store_true", help="print nothing when it succeeds")
     index.set_defaults(handler=run_index)
 
     zeroshot = commands.add_parser("zeroshot", help="class-folder images -> accuracy table")
@@ -502,6 +503,8 @@ def run_index(args: argparse.Namespace) -> int:
         recall_queries=args.recall_queries,
     )
     report = build_index(args.features, args.output, settings, rebuild=args.rebuild)
+    if args.quiet:
+        return 0
     recall = "exact" if report.recall_at_10 is None else f"{100 * report.recall_at_10:.1f}%"
     action = "built" if report.rebuilt else f"added {report.added} row(s) to"
     params = " ".join(f"{key}={value}" for key, value in report.params.items())

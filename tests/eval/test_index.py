@@ -197,6 +197,7 @@ def test_cli_builds_then_updates(tmp_path, capsys):
     args = ["index", "--features", str(tmp_path / "new.npy"), "--output", str(tmp_path / "hn")]
     assert main([*args, "--kind", "hnsw", "--recall-queries", "40"]) == 0
     assert "recall@10 " in capsys.readouterr().out
+    assert main([*args, "--quiet"]) == 0 and capsys.readouterr().out == ""
 
 
 def test_mmcl_embed_then_mmcl_index_on_the_command_line(tmp_path, capsys):
