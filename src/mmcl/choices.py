@@ -15,3 +15,8 @@ PRECISION_NAMES: tuple[str, ...] = get_args(Precision)
 
 # What reading an image of more than 8 bits a sample does: scale it to 8 bits, or refuse it.
 HIGH_BIT_DEPTH_CHOICES = ("scale", "refuse")
+
+# Search index kinds (`mmcl.eval.index`): auto is exact up to a number of rows, IVF above it.
+INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
+# Exact search over 200k rows of 512 floats is ~0.4 GB and tens of ms a query on a CPU core.
+DEFAULT_INDEX_THRESHOLD = 200_000

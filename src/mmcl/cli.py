@@ -1,7 +1,8 @@
-"""The `mmcl` command: models, embed, zeroshot, retrieval, convert, train, continual.
+"""The `mmcl` command: models, embed, index, zeroshot, retrieval, convert, train, continual.
 
 mmcl models
 mmcl embed --model tiny-vit --images photos/ --output photos.npy
+mmcl index --features photos.npy --output photos.index
 mmcl zeroshot --model ViT-B-32 --pretrained ViT-B-32.pt --data cifar10/test --dataset cifar10
 mmcl retrieval --model ViT-B-32 --pretrained ViT-B-32.pt --captions captions.csv
 mmcl convert ViT-B-32.pt clip-vit-b32-hf --to hf
@@ -23,7 +24,12 @@ from PIL import Image
 
 import mmcl
 from mmcl import cli_continual
-from mmcl.choices import HIGH_BIT_DEPTH_CHOICES, PRECISION_NAMES
+from mmcl.choices import (
+    DEFAULT_INDEX_THRESHOLD,
+    HIGH_BIT_DEPTH_CHOICES,
+    INDEX_KINDS,
+    PRECISION_NAMES,
+)
 from mmcl.io.atomic import atomic_path
 from mmcl.io.tables import print_table
 from mmcl.io.text_files import read_text
@@ -90,6 +96,43 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-parts", action="store_true", help="keep <output>.parts/ after joining them"
     )
     embed.set_defaults(handler=run_embed)
+
+    index = commands.add_parser("index", help="embed outputs -> a FAISS search index folder")
+    index.add_argument(
+        "--features",
+        type=Path,
+        required=True,
+        help="an `mmcl embed --images` output (.npy or .safetensors, with its .index.txt and "
+        ".embedding.json)",
+    )
+    index.add_argument(
+        "--output",
+        type=Path,
+        required=True,
+        help="the index folder: created, or, when it holds an index of the same model, "
+        "updated with the files new in --features",
+    )
+    index.add_argument(
+        "--kind",
+        choices=INDEX_KINDS,
+        default="auto",
+        help="flat: exact; ivf / hnsw: approximate, recall@10 measured and printed; auto: flat "
+        "up to --threshold rows, ivf above",
+    )
+    index.add_argument("--threshold", type=int, default=DEFAULT_INDEX_THRESHOLD, metavar="ROWS")
+    index.add_argument("--nlist", type=int, help="IVF cells (default 4 sqrt(rows))")
+    index.add_argument("--nprobe", type=int, help="IVF cells searched a query (default nlist/10)")
+    index.add_argument("--ef-search", type=int, default=64, help="HNSW candidates a query")
+    index.add_argument(
+        "--recall-queries", type=int, default=200, help="rows sampled to measure recall@10"
+    )
+    index.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="build afresh (needed when files were removed or changed, or the model differs)",
+    )
+    index.add_argument("--quiet", action="store_true", help="print nothing when it succeeds")
+    index.set_defaults(handler=run_index)
 
     zeroshot = commands.add_parser("zeroshot", help="class-folder images -> accuracy table")
     add_model_arguments(zeroshot)
@@ -449,6 +492,30 @@ def embed_folder(args: argparse.Namespace, model, paths: list[Path]) -> int:
     print(
         f"wrote {result.rows} x {result.dim} features to {args.output} "
         f"(row names in {result.index})"
+    )
+    return 0
+
+
+def run_index(args: argparse.Namespace) -> int:
+    from mmcl.eval.index import IndexSettings, build_index
+
+    settings = IndexSettings(
+        kind=args.kind,
+        threshold=args.threshold,
+        nlist=args.nlist,
+        nprobe=args.nprobe,
+        ef_search=args.ef_search,
+        recall_queries=args.recall_queries,
+    )
+    report = build_index(args.features, args.output, settings, rebuild=args.rebuild)
+    if args.quiet:
+        return 0
+    recall = "exact" if report.recall_at_10 is None else f"{100 * report.recall_at_10:.1f}%"
+    action = "built" if report.rebuilt else f"added {report.added} row(s) to"
+    params = " ".join(f"{key}={value}" for key, value in report.params.items())
+    print(
+        f"{action} {report.kind} index {report.folder}: {report.rows} rows {params}".rstrip()
+        + f", recall@10 {recall} (against exact search), {report.seconds:.1f}s"
     )
     return 0
 

@@ -3,7 +3,8 @@ by part, so that an interrupted job resumes where it stopped (the `mmcl embed` c
 
 Finished parts live in `<output>.parts/` beside a manifest of what produced them (the file
 list, the model's weights fingerprint, the preprocessing); a resumed run reuses a part only
-when the manifest matches, and joins the parts into `output` at the end.
+when the manifest matches, and joins the parts into `output` at the end. What produced the
+result stays beside it in `<output>.embedding.json` (`write_embedding_record`), for `mmcl index`.
 """
 
 from __future__ import annotations
@@ -114,9 +115,8 @@ def embed_image_folder(
     )
     reading = {"high_bit_depth": high_bit_depth, "max_image_pixels": dataset.max_image_pixels}
     folder = parts_folder(output)
-    _open_parts_folder(
-        folder, _manifest(model, paths, part_size, transform, settings, reading), dict(source or {})
-    )
+    manifest = _manifest(model, paths, part_size, transform, settings, reading)
+    _open_parts_folder(folder, manifest, dict(source or {}))
 
     spans = [
         (start, min(start + part_size, len(paths))) for start in range(0, len(paths), part_size)
@@ -146,7 +146,68 @@ def embed_image_folder(
             if last:
                 _write_part(folder, part, spans[part], features, rows)
                 features, rows = [], []
-    return _join_parts(folder, output, paths, spans, len(missing), keep_parts)
+    result = _join_parts(folder, output, paths, spans, len(missing), keep_parts)
+    _write_record(output, manifest, dict(source or {}))
+    return result
+
+
+RECORD_FORMAT = 1
+
+
+def embedding_record_path(output: str | os.PathLike) -> Path:
+    """Where `embed_image_folder` records what produced `output`: `<output>.embedding.json`."""
+    output = Path(output)
+    return output.with_name(output.name + ".embedding.json")
+
+
+def _write_record(output: Path, manifest: dict, source: dict) -> None:
+    identity = {key: manifest[key] for key in RECORD_IDENTITY[2:]}
+    identity.update(model=source.get("model"), pretrained=source.get("pretrained"))
+    write_embedding_record(output, identity)
+
+
+# What `mmcl index` records of the model and the embedding: the first two are for people.
+RECORD_IDENTITY = (
+    "model",
+    "pretrained",
+    "weights_sha256",
+    "model_config",
+    "preprocess",
+    "image_reading",
+    "settings",
+)
+
+
+def write_embedding_record(output: str | os.PathLike, identity: Mapping[str, Any]) -> Path:
+    """Record beside the features file `output` (and its written `.index.txt`) what produced
+    them, so that `mmcl index` can index them: `identity` gives `RECORD_IDENTITY`'s fields
+    (e.g. `weights_sha256` from `weights_fingerprint(model)`). Returns the record's path.
+
+    `embed_image_folder` calls it; call it yourself to index features made another way.
+    """
+    output = Path(output)
+    missing = [key for key in RECORD_IDENTITY if key not in identity]
+    if missing:
+        raise ValueError(f"the embedding record of {output} needs {missing}")
+    names = output.with_name(output.name + ".index.txt").read_bytes()
+    if output.suffix == ".npy":
+        shape = np.load(output, mmap_mode="r").shape
+    else:
+        with safe_open(str(output), framework="pt") as handle:
+            shape = handle.get_slice("features").get_shape()
+    # The row names' hash ties the record to this output: a later run that rewrites the
+    # features but not the record (an older mmcl, `embed --texts`) is caught by `mmcl index`.
+    record = {
+        "format": RECORD_FORMAT,
+        **{key: identity[key] for key in RECORD_IDENTITY},
+        "rows": int(shape[0]),
+        "dim": int(shape[1]),
+        "row_names_sha256": hashlib.sha256(names).hexdigest(),
+    }
+    path = embedding_record_path(output)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2, default=str))
+    return path
 
 
 def weights_fingerprint(model: torch.nn.Module, samples: int = 4096) -> str:
