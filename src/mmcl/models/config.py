@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from mmcl.models.blip_config import BlipConfig
+
 
 @dataclass
 class VisionConfig:
@@ -187,7 +189,12 @@ class CoCaConfig:
         return dataclasses.asdict(self)
 
 
-def config_from_dict(data: dict[str, Any], source: str = "config") -> CLIPConfig | CoCaConfig:
-    """The config an open_clip-style dict describes: CoCa's when it has a `multimodal_cfg`."""
+def config_from_dict(
+    data: dict[str, Any], source: str = "config"
+) -> CLIPConfig | CoCaConfig | BlipConfig:
+    """The config an open_clip-style dict describes: CoCa's when it has a `multimodal_cfg`,
+    BLIP's when it has a `blip_text`."""
+    if "blip_text" in data:
+        return BlipConfig.from_dict(data, source=source)
     kind = CoCaConfig if "multimodal_cfg" in data else CLIPConfig
     return kind.from_dict(data, source=source)
