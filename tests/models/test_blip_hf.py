@@ -150,3 +150,18 @@ def test_greedy_captions_equal_huggingface_generate(tmp_path):
         while row_got and row_got[-1] == 0:
             row_got.pop()
         assert row_got == row_expected
+
+
+def test_greedy_captions_after_a_prompt_equal_huggingface_generate(tmp_path):
+    hf = hf_model("BlipForConditionalGeneration", seed=4)
+    ours = saved(hf, tmp_path / "hf")
+    images = inputs(DEC)[0]
+    prompt = torch.tensor([[2, 5, 6, 7, SEP]] * 2)  # "[CLS] a picture of [SEP]", as tokenized
+    with torch.no_grad():
+        expected = hf.generate(
+            pixel_values=images, input_ids=prompt.clone(), do_sample=False, max_new_tokens=6
+        )
+    got = ours.generate(images, prompt=prompt[:, :-1], max_new_tokens=6).tokens
+    assert got[:, 0].tolist() == [DEC, DEC]  # the start token became [DEC], as in HF
+    for row_got, row_expected in zip(got.tolist(), expected.tolist(), strict=True):
+        assert [t for t in row_got if t] == [t for t in row_expected if t]
