@@ -7,6 +7,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from mmcl.models.config import parse_fields
+
 # The parts a `Blip` may hold: the unimodal/image-grounded text encoder, the causal decoder,
 # the contrastive projections (needs the encoder) and the matching head (needs the encoder).
 BLIP_PARTS = ("text_encoder", "text_decoder", "itc", "itm")
@@ -48,9 +50,11 @@ class BlipConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> BlipConfig:
         data = dict(data)
-        vision = _parse(BlipVisionConfig, data.pop("blip_vision", {}), f"{source}: blip_vision")
-        text = _parse(BlipTextConfig, data.pop("blip_text", {}), f"{source}: blip_text")
-        config = _parse(cls, data, source)
+        vision = parse_fields(
+            BlipVisionConfig, data.pop("blip_vision", {}), f"{source}: blip_vision"
+        )
+        text = parse_fields(BlipTextConfig, data.pop("blip_text", {}), f"{source}: blip_text")
+        config = parse_fields(cls, data, source)
         config.blip_vision, config.blip_text = vision, text
         config.parts = tuple(config.parts)
         unknown = sorted(set(config.parts) - set(BLIP_PARTS))
@@ -64,11 +68,3 @@ class BlipConfig:
         out = dataclasses.asdict(self)
         out["parts"] = list(self.parts)
         return out
-
-
-def _parse(kind: type, values: dict[str, Any], where: str):
-    known = {f.name for f in dataclasses.fields(kind)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{where}: unsupported field(s) {unknown}; supported: {sorted(known)}")
-    return kind(**values)
