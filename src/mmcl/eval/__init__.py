@@ -1,7 +1,9 @@
-"""Evaluation: zero-shot classification accuracy, image-text retrieval recall, caption metrics
+"""Evaluation: zero-shot classification accuracy, image-text retrieval recall
+(and BLIP's ITM re-ranking), caption metrics
 (BLEU, CIDEr-D, attribute accuracy on the built-in scenes) and VQA accuracy."""
 
 from mmcl.eval.captioning import bleu, cider_d
+from mmcl.eval.rerank import rerank_scores
 from mmcl.eval.retrieval import retrieval_recall
 from mmcl.eval.scene_captions import attribute_accuracy
 from mmcl.eval.vqa import vqa_accuracy
@@ -14,6 +16,7 @@ __all__ = [
     "build_zero_shot_classifier",
     "cider_d",
     "evaluate_zero_shot",
+    "rerank_scores",
     "retrieval_recall",
     "vqa_accuracy",
 ]

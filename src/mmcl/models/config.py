@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mmcl.models.blip_config import BlipConfig
 
 
 @dataclass
@@ -57,13 +60,13 @@ class CLIPConfig:
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> CLIPConfig:
         """Build from an open_clip-style dict, rejecting fields we would silently ignore."""
         data = dict(data)
-        vision = _parse(VisionConfig, data.pop("vision_cfg", {}), f"{source}: vision_cfg")
+        vision = parse_fields(VisionConfig, data.pop("vision_cfg", {}), f"{source}: vision_cfg")
         if vision.is_resnet:
             vision.layers = tuple(vision.layers)
             if len(vision.layers) != 4:
                 raise ValueError(f"{source}: vision_cfg.layers must list 4 stage depths")
-        text = _parse(TextConfig, data.pop("text_cfg", {}), f"{source}: text_cfg")
-        top = _parse(_TopLevel, data, source)
+        text = parse_fields(TextConfig, data.pop("text_cfg", {}), f"{source}: text_cfg")
+        top = parse_fields(_TopLevel, data, source)
         return cls(
             top.embed_dim, vision, text, top.quick_gelu, top.init_logit_scale, top.init_logit_bias
         )
@@ -90,7 +93,8 @@ def _mlp_width(width: int, ratio: float) -> int:
     return int(width * ratio + 1e-6)
 
 
-def _parse(kind: type, values: dict[str, Any], where: str):
+def parse_fields(kind: type, values: dict[str, Any], where: str):
+    """`kind(**values)`, refusing unknown fields with one line naming `where`."""
     known = {f.name for f in dataclasses.fields(kind)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -160,12 +164,12 @@ class CoCaConfig:
         """Build from an open_clip CoCa config dict, rejecting fields we would ignore and
         combinations open_clip's CoCa could not run."""
         data = dict(data)
-        vision = _parse(CoCaVisionConfig, data.pop("vision_cfg", {}), f"{source}: vision_cfg")
-        text = _parse(CoCaTextConfig, data.pop("text_cfg", {}), f"{source}: text_cfg")
-        multimodal = _parse(
+        vision = parse_fields(CoCaVisionConfig, data.pop("vision_cfg", {}), f"{source}: vision_cfg")
+        text = parse_fields(CoCaTextConfig, data.pop("text_cfg", {}), f"{source}: text_cfg")
+        multimodal = parse_fields(
             MultimodalConfig, data.pop("multimodal_cfg", {}), f"{source}: multimodal_cfg"
         )
-        config = _parse(cls, data, source)
+        config = parse_fields(cls, data, source)
         config.vision_cfg, config.text_cfg, config.multimodal_cfg = vision, text, multimodal
         if vision.is_resnet or vision.patch_size is None:
             raise ValueError(f"{source}: CoCa needs a ViT image tower (vision_cfg.patch_size)")
@@ -187,7 +191,14 @@ class CoCaConfig:
         return dataclasses.asdict(self)
 
 
-def config_from_dict(data: dict[str, Any], source: str = "config") -> CLIPConfig | CoCaConfig:
-    """The config an open_clip-style dict describes: CoCa's when it has a `multimodal_cfg`."""
+def config_from_dict(
+    data: dict[str, Any], source: str = "config"
+) -> CLIPConfig | CoCaConfig | BlipConfig:
+    """The config an open_clip-style dict describes: CoCa's when it has a `multimodal_cfg`,
+    BLIP's when it has a `blip_text`."""
+    if "blip_text" in data:
+        from mmcl.models.blip_config import BlipConfig  # which builds on this module
+
+        return BlipConfig.from_dict(data, source=source)
     kind = CoCaConfig if "multimodal_cfg" in data else CLIPConfig
     return kind.from_dict(data, source=source)

@@ -13,6 +13,8 @@ from mmcl.choices import PRECISION_NAMES
 from mmcl.io.checkpoints import CheckpointError, describe_mismatch, load_checkpoint
 from mmcl.io.hub import is_hub_reference
 from mmcl.io.transforms import get_preprocess
+from mmcl.models.blip import Blip
+from mmcl.models.blip_config import BlipConfig
 from mmcl.models.clip import CLIP
 from mmcl.models.coca import CoCa
 from mmcl.models.config import CLIPConfig, CoCaConfig, config_from_dict
@@ -303,7 +305,9 @@ def _dtype(precision: str) -> torch.dtype:
     return PRECISIONS[precision]
 
 
-def _model_class(config: CLIPConfig | CoCaConfig) -> type[CLIP] | type[CoCa]:
+def _model_class(config: CLIPConfig | CoCaConfig | BlipConfig) -> type[CLIP | CoCa | Blip]:
+    if isinstance(config, BlipConfig):
+        return Blip
     return CoCa if isinstance(config, CoCaConfig) else CLIP
 
 

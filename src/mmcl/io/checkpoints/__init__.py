@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from mmcl.io.checkpoints import coca, huggingface, openai
+from mmcl.io.checkpoints import blip, coca, huggingface, openai
 from mmcl.io.checkpoints.errors import CheckpointError, describe_mismatch
 from mmcl.io.checkpoints.export import (
     HF_EXPORT_FILES,
@@ -47,7 +47,8 @@ __all__ = [
 @dataclass
 class LoadedCheckpoint:
     path: Path
-    format: str  # "mmcl", "openai", "open_clip", "open_clip_coca" or "huggingface"
+    # "mmcl", "openai", "open_clip", "open_clip_coca", "huggingface" or "huggingface_blip"
+    format: str
     state_dict: dict[str, torch.Tensor]
     config: dict[str, Any] | None  # None when neither the file nor the weights tell it
 
@@ -59,6 +60,13 @@ class LoadedCheckpoint:
 def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     raw = read_checkpoint(path)
     source = str(raw.path)
+    if raw.container == "huggingface" and blip.is_blip_config(raw.metadata):
+        return LoadedCheckpoint(
+            raw.path,
+            "huggingface_blip",
+            blip.blip_from_huggingface(raw.tensors, raw.metadata, source),
+            blip.config_from_huggingface(raw.metadata, source),
+        )
     if raw.container == "huggingface":
         return LoadedCheckpoint(
             raw.path,

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from mmcl.io.atomic import atomic_folder, atomic_path
-from mmcl.io.checkpoints import coca, huggingface, openai
+from mmcl.io.checkpoints import blip, coca, huggingface, openai
 from mmcl.io.checkpoints.errors import CheckpointError
 from mmcl.io.hf_processor import HF_PROCESSOR_FILES, processor_files
 
@@ -113,16 +113,23 @@ def save_huggingface(model, directory: str | os.PathLike, overwrite: bool = Fals
     stay. (A folder path, unlike a file path, does not name the files that would be
     replaced, hence the refusal by default.)
     """
-    if coca.is_coca_layout(model.state_dict()):
+    config_dict = model.config.to_dict()
+    is_blip = "blip_text" in config_dict
+    if not is_blip and coca.is_coca_layout(model.state_dict()):
         raise CheckpointError(
             f"{directory}: Hugging Face has no CoCa model class; export a CoCa as mmcl "
             f"safetensors or in open_clip's layout (a .pt, .bin or .safetensors file)"
         )
-    config = huggingface.config_to_huggingface(model.config.to_dict())
-    tensors = _plain_tensors(huggingface.to_huggingface(model.state_dict()))
-    texts = processor_files(
-        model.config.vision_cfg.image_size, model.config.text_cfg.context_length
-    )
+    if is_blip:  # a BLIP: its model files only (its tokenizer is WordPiece)
+        config = blip.config_to_huggingface(config_dict)
+        tensors = _plain_tensors(blip.blip_to_huggingface(model.state_dict()))
+        texts = {}
+    else:
+        config = huggingface.config_to_huggingface(config_dict)
+        tensors = _plain_tensors(huggingface.to_huggingface(model.state_dict()))
+        texts = processor_files(
+            model.config.vision_cfg.image_size, model.config.text_cfg.context_length
+        )
     texts["config.json"] = json.dumps(config, indent=2)
     target = Path(directory)
     check_export_target(target, folder=True, overwrite=overwrite)

@@ -1,0 +1,248 @@
+"""BLIP (Li et al. 2022): a pre-LN ViT and a multimodal mixture of encoder-decoder built from
+`mmcl.nn.bert`: a unimodal text encoder (ITC), the same encoder cross-attending to the image
+(ITM: the start token replaced by [ENC]), and a causal decoder starting with [DEC] (captions).
+
+A `Blip` holds the parts its config names (`BlipConfig.parts`), as Hugging Face's
+`BlipForConditionalGeneration` (decoder), `BlipForImageTextRetrieval` (encoder, ITC, ITM) and
+`BlipForQuestionAnswering` (encoder and decoder) each hold a subset;
+`mmcl.io.checkpoints.blip` converts their folders.
+
+>>> import torch
+>>> from mmcl.models.blip import Blip
+>>> from mmcl.models.blip_config import BlipConfig
+>>> config = BlipConfig.from_dict({"blip_vision": {"image_size": 32, "patch_size": 8,
+...     "width": 16, "layers": 1, "heads": 2, "mlp_width": 32}, "blip_text": {"vocab_size": 40,
+...     "width": 16, "layers": 1, "heads": 2, "mlp_width": 32, "max_positions": 20,
+...     "dec_id": 38, "enc_id": 39}, "embed_dim": 8})
+>>> model = Blip(config).eval()
+>>> images, tokens = torch.randn(2, 3, 32, 32), torch.tensor([[2, 5, 6, 3], [2, 7, 3, 0]])
+>>> model.itm_logits(model.encode_image_tokens(images), tokens).shape
+torch.Size([2, 2])
+>>> model.generate(images, max_new_tokens=4).tokens.shape[0]
+2
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mmcl.models.blip_config import BlipConfig, BlipTextConfig, BlipVisionConfig
+from mmcl.nn import BertEmbeddings, BertEncoder, BertLMHead, KVCache, LayerNorm, Transformer
+from mmcl.nn.generation import Generated, generate
+from mmcl.nn.masks import key_padding_mask
+
+
+class BlipVisionTower(nn.Module):
+    """Hugging Face's `BlipVisionModel`: a conv patch embedding with a bias, a class token,
+    no LayerNorm before the blocks, pre-LN blocks, and a final LayerNorm over every token."""
+
+    def __init__(self, config: BlipVisionConfig):
+        super().__init__()
+        if config.image_size % config.patch_size:
+            raise ValueError(
+                f"image_size {config.image_size} is not a multiple of patch {config.patch_size}"
+            )
+        width, patch = config.width, config.patch_size
+        self.image_size = config.image_size
+        grid = config.image_size // patch
+        self.conv1 = nn.Conv2d(3, width, kernel_size=patch, stride=patch)
+        self.class_embedding = nn.Parameter(0.02 * torch.randn(width))
+        self.positional_embedding = nn.Parameter(0.02 * torch.randn(grid * grid + 1, width))
+        self.transformer = Transformer(width, config.layers, config.heads, config.mlp_width)
+        self.ln_post = LayerNorm(width)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``(batch, 3, H, W)`` -> every token's final state ``(batch, 1 + grid*grid, width)``."""
+        x = self.conv1(images.to(self.class_embedding.dtype)).flatten(2).transpose(1, 2)
+        cls = self.class_embedding.expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding
+        return self.ln_post(self.transformer(x))
+
+
+class BlipText(nn.Module):
+    """BERT-style embeddings and blocks with cross-attention to `context_width` tokens, and an
+    LM head when `lm_head` (the decoder)."""
+
+    def __init__(self, config: BlipTextConfig, context_width: int, lm_head: bool = False):
+        super().__init__()
+        self.embeddings = BertEmbeddings(config.vocab_size, config.width, config.max_positions)
+        self.encoder = BertEncoder(
+            config.width, config.layers, config.heads, config.mlp_width, context_width
+        )
+        self.lm_head = BertLMHead(config.width, config.vocab_size) if lm_head else None
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+        causal: bool = False,
+        cache: KVCache | None = None,
+        offset: int = 0,
+    ) -> torch.Tensor:
+        x = self.embeddings(tokens, offset)
+        return self.encoder(x, mask, causal, context, context_mask, cache)
+
+
+class Blip(nn.Module):
+    """BLIP's parts over one image tower; see the module docstring. Token ids come from
+    `mmcl.io.wordpiece` ([CLS] ... [SEP], padded with `pad_id`)."""
+
+    def __init__(self, config: BlipConfig, output_dict: bool = False):
+        super().__init__()
+        self.config = config
+        self.output_dict = output_dict
+        vision, text = config.blip_vision, config.blip_text
+        self.visual = BlipVisionTower(vision)
+        self.text_encoder = self.text_decoder = None
+        self.vision_proj = self.text_proj = self.itm_head = None
+        if "text_encoder" in config.parts:
+            self.text_encoder = BlipText(text, vision.width)
+        if "text_decoder" in config.parts:
+            self.text_decoder = BlipText(text, vision.width, lm_head=True)
+        if "itc" in config.parts:
+            self.vision_proj = nn.Linear(vision.width, config.embed_dim)
+            self.text_proj = nn.Linear(text.width, config.embed_dim)
+        if "itm" in config.parts:
+            self.itm_head = nn.Linear(text.width, 2)
+
+    @property
+    def image_size(self) -> int:
+        return self.visual.image_size
+
+    @property
+    def context_length(self) -> int:
+        return self.config.blip_text.max_positions
+
+    def encode_image_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """The image tower's tokens ``(batch, 1 + grid*grid, width)``: every head's input."""
+        return self.visual(images)
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """ITC image features ``(batch, embed_dim)``, from the class token."""
+        features = self._part("vision_proj")(self.visual(images)[:, 0])
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """ITC text features ``(batch, embed_dim)`` from the unimodal encoder's first token."""
+        states = self._part("text_encoder")(tokens, self._padding(tokens))
+        features = self._part("text_proj")(states[:, 0])
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def forward(self, images: torch.Tensor, texts: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Normalised ITC features of both, and ITM logits of each pair (row i with row i)."""
+        image_tokens = self.visual(images)
+        image_features = F.normalize(self._part("vision_proj")(image_tokens[:, 0]), dim=-1)
+        return {
+            "image_features": image_features,
+            "text_features": self.encode_text(texts, normalize=True),
+            "itm_logits": self.itm_logits(image_tokens, texts),
+        }
+
+    def itm_logits(self, image_tokens: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Match / no-match logits ``(batch, 2)`` (column 1: match) of each text with its image's
+        tokens; the text's first token is replaced by [ENC], as BLIP trains it."""
+        tokens = _with_start(tokens, self.config.blip_text.enc_id)
+        states = self._part("text_encoder")(tokens, self._padding(tokens), image_tokens)
+        return self._part("itm_head")(states[:, 0])
+
+    def caption_logits(self, image_tokens: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Next-token logits ``(batch, length, vocab)`` of the decoder over the image tokens;
+        the first token is replaced by [DEC]. Position i predicts token i + 1."""
+        tokens = _with_start(tokens, self.config.blip_text.dec_id)
+        decoder = self._part("text_decoder")
+        states = decoder(tokens, self._padding(tokens), image_tokens, causal=True)
+        return decoder.lm_head(states)
+
+    def answer_logits(
+        self, image_tokens: torch.Tensor, question: torch.Tensor, answer: torch.Tensor
+    ) -> torch.Tensor:
+        """VQA: the decoder's next-token logits ``(batch, length, vocab)`` for `answer` (first
+        token replaced by [DEC]) over the image-grounded encoding of `question` (as given:
+        Hugging Face's `BlipForQuestionAnswering` does not replace its start token). The
+        question's padding is masked from the decoder, as BLIP does; transformers 5.24 lets
+        its decoder attend to it, so padded batches differ from its outputs there."""
+        question_mask = self._padding(question)
+        question_states = self._part("text_encoder")(question, question_mask, image_tokens)
+        answer = _with_start(answer, self.config.blip_text.dec_id)
+        decoder = self._part("text_decoder")
+        states = decoder(answer, self._padding(answer), question_states, question_mask, causal=True)
+        return decoder.lm_head(states)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        images: torch.Tensor,
+        prompt: torch.Tensor | None = None,
+        max_new_tokens: int = 30,
+        beams: int = 1,
+        length_penalty: float = 1.0,
+        top_p: float | None = None,
+        temperature: float = 1.0,
+        min_new_tokens: int = 0,
+        generator: torch.Generator | None = None,
+    ) -> Generated:
+        """Captions through `mmcl.nn.generation.generate`, stopping at [SEP]. `prompt`
+        ``(batch, length)`` (e.g. "[DEC] a picture of", no padding): its first token becomes
+        [DEC]; by default [DEC] alone."""
+        text = self.config.blip_text
+        if prompt is None:
+            prompt = torch.full((len(images), 1), text.dec_id, device=images.device)
+        return generate(
+            self.caption_step,
+            _with_start(prompt, text.dec_id),
+            self.start_captions(images),
+            max_new_tokens,
+            text.sep_id,
+            text.pad_id,
+            beams,
+            length_penalty,
+            top_p,
+            temperature,
+            min_new_tokens,
+            generator,
+        )
+
+    def start_captions(self, images: torch.Tensor) -> KVCache:
+        """A cache holding the image tokens, encoded once for every step."""
+        cache = KVCache()
+        cache.put(self, self.visual(images))
+        return cache
+
+    def caption_step(self, new_tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """The generation loop's step: next-token logits ``(rows, vocab)`` after `new_tokens`."""
+        offset = cache.advance(new_tokens)
+        history = cache.tokens
+        mask = None
+        if (history == self.config.blip_text.pad_id).any():
+            mask = key_padding_mask(history, self.config.blip_text.pad_id)
+        image_tokens = cache.constant(self, _no_image)
+        decoder = self._part("text_decoder")
+        states = decoder(new_tokens, mask, image_tokens, causal=True, cache=cache, offset=offset)
+        return decoder.lm_head(states[:, -1])
+
+    def _padding(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        pad_id = self.config.blip_text.pad_id
+        return key_padding_mask(tokens, pad_id) if (tokens == pad_id).any() else None
+
+    def _part(self, name: str) -> nn.Module:
+        part = getattr(self, name)
+        if part is None:
+            raise ValueError(
+                f"this BLIP has no {name} (its parts: {', '.join(self.config.parts)}); load a "
+                f"checkpoint that has it"
+            )
+        return part
+
+
+def _with_start(tokens: torch.Tensor, start_id: int) -> torch.Tensor:
+    tokens = tokens.clone()
+    tokens[:, 0] = start_id
+    return tokens
+
+
+def _no_image():
+    raise ValueError("caption_step needs a cache from start_captions(images)")

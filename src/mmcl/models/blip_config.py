@@ -1,0 +1,70 @@
+"""BLIP's architecture as data: the vision tower, the BERT-style text stacks, and which of
+BLIP's parts a model holds (Hugging Face's BLIP classes each hold a subset)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from mmcl.models.config import parse_fields
+
+# The parts a `Blip` may hold: the unimodal/image-grounded text encoder, the causal decoder,
+# the contrastive projections (needs the encoder) and the matching head (needs the encoder).
+BLIP_PARTS = ("text_encoder", "text_decoder", "itc", "itm")
+
+
+@dataclass
+class BlipVisionConfig:
+    image_size: int = 384
+    patch_size: int = 16
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    mlp_width: int = 3072
+
+
+@dataclass
+class BlipTextConfig:
+    vocab_size: int = 30524
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    mlp_width: int = 3072
+    max_positions: int = 512
+    pad_id: int = 0
+    sep_id: int = 102  # the end of a caption
+    dec_id: int = 30522  # [DEC]: starts the decoder's input (Hugging Face's bos_token_id)
+    enc_id: int = 30523  # [ENC]: replaces [CLS] for image-text matching
+
+
+@dataclass
+class BlipConfig:
+    """`blip_vision`, `blip_text`, `embed_dim` (the ITC space) and `parts` (`BLIP_PARTS`)."""
+
+    blip_vision: BlipVisionConfig = field(default_factory=BlipVisionConfig)
+    blip_text: BlipTextConfig = field(default_factory=BlipTextConfig)
+    embed_dim: int = 256
+    parts: tuple[str, ...] = BLIP_PARTS
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> BlipConfig:
+        data = dict(data)
+        vision = parse_fields(
+            BlipVisionConfig, data.pop("blip_vision", {}), f"{source}: blip_vision"
+        )
+        text = parse_fields(BlipTextConfig, data.pop("blip_text", {}), f"{source}: blip_text")
+        config = parse_fields(cls, data, source)
+        config.blip_vision, config.blip_text = vision, text
+        config.parts = tuple(config.parts)
+        unknown = sorted(set(config.parts) - set(BLIP_PARTS))
+        if unknown:
+            raise ValueError(f"{source}: unknown BLIP parts {unknown}; known: {list(BLIP_PARTS)}")
+        if {"itc", "itm"} & set(config.parts) and "text_encoder" not in config.parts:
+            raise ValueError(f"{source}: the parts 'itc' and 'itm' need 'text_encoder'")
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["parts"] = list(self.parts)
+        return out

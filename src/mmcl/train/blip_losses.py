@@ -1,0 +1,95 @@
+"""BLIP's pre-training losses (Li et al. 2022, section 3.2), as pure functions.
+
+- ITC: CLIP's InfoNCE on the projected class tokens (`contrastive_loss`; BLIP adds a momentum
+  encoder and queue on top, which ALBEF's objective supplies).
+- ITM with hard negatives (`sample_hard_negatives`, `itm_pairs`, `itm_loss`): for each image
+  one negative text, for each text one negative image, drawn with `multinomial` from the
+  in-batch softmax similarities with the positive and every pair sharing an image id
+  excluded: 1 positive to 2 negatives.
+- LM (`lm_targets`, `lm_loss`): next-token cross-entropy of the decoder, with the padding and
+  the caption prompt ("[DEC] a picture of") left out of the loss.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from mmcl.train.losses import ClipLoss
+
+IGNORE = -100  # the target `cross_entropy` skips
+
+
+def contrastive_loss(image_features: Tensor, text_features: Tensor, temperature: Tensor) -> Tensor:
+    """ITC: symmetric InfoNCE of normalised features at `temperature` (BLIP learns it,
+    clamped to [0.001, 0.5])."""
+    return ClipLoss()(image_features, text_features, 1.0 / temperature)
+
+
+def sample_hard_negatives(
+    similarity: Tensor,
+    image_ids: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """For ``similarity`` ``(batch, batch)`` (image i against text j, logits), the index of a
+    negative text for each image and of a negative image for each text, each drawn from the
+    softmax over its row with the positive and every pair sharing an image id (`image_ids`
+    ``(batch,)``; default: every row its own) given weight 0."""
+    batch = similarity.shape[0]
+    if image_ids is None:
+        image_ids = torch.arange(batch, device=similarity.device)
+    same = image_ids.view(-1, 1) == image_ids.view(1, -1)  # includes the diagonal
+    if same.all(dim=1).any():
+        raise ValueError(
+            "sample_hard_negatives: a row shares its image id with every other row, so it has "
+            "no negative; batch captions of more than one image"
+        )
+    with torch.no_grad():
+        similarity = similarity.float()
+        text_weights = F.softmax(similarity, dim=1).masked_fill(same, 0.0)
+        image_weights = F.softmax(similarity.t(), dim=1).masked_fill(same, 0.0)
+        negative_texts = torch.multinomial(text_weights, 1, generator=generator).squeeze(1)
+        negative_images = torch.multinomial(image_weights, 1, generator=generator).squeeze(1)
+    return negative_texts, negative_images
+
+
+def itm_pairs(
+    image_tokens: Tensor, tokens: Tensor, negative_texts: Tensor, negative_images: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The ITM batch: ``(3 * batch)`` image tokens, text tokens and labels (1: match): the
+    positive pairs, then each image with its negative text, then each text with its negative
+    image."""
+    batch = tokens.shape[0]
+    images = torch.cat([image_tokens, image_tokens, image_tokens[negative_images]])
+    texts = torch.cat([tokens, tokens[negative_texts], tokens])
+    labels = torch.cat(
+        [torch.ones(batch, dtype=torch.long), torch.zeros(2 * batch, dtype=torch.long)]
+    ).to(tokens.device)
+    return images, texts, labels
+
+
+def itm_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy of the ITM head's ``(pairs, 2)`` logits."""
+    return F.cross_entropy(logits.float(), labels)
+
+
+def lm_targets(tokens: Tensor, prompt_length: int = 0, pad_id: int = 0) -> Tensor:
+    """The decoder's targets: `tokens` with the padding and the first `prompt_length` tokens
+    (the start token and the prompt words, e.g. 4 for "[DEC] a picture of") set to
+    `IGNORE`."""
+    targets = tokens.masked_fill(tokens == pad_id, IGNORE)
+    targets[:, :prompt_length] = IGNORE
+    return targets
+
+
+def lm_loss(logits: Tensor, targets: Tensor, label_smoothing: float = 0.1) -> Tensor:
+    """Next-token cross-entropy: ``logits[:, :-1]`` against ``targets[:, 1:]`` (from
+    `lm_targets`), mean over the targets not ignored. BLIP smooths the labels by 0.1."""
+    vocab = logits.shape[-1]
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, vocab).float(),
+        targets[:, 1:].reshape(-1),
+        ignore_index=IGNORE,
+        label_smoothing=label_smoothing,
+    )
