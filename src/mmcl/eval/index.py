@@ -365,7 +365,8 @@ def _current_version(folder: Path) -> Path:
 def _write_version(folder: Path, index, names: list[str], meta: dict) -> None:
     """Write a new version folder whole, point `current` at it, then drop the older ones."""
     folder.mkdir(parents=True, exist_ok=True)
-    versions = sorted(p.name for p in folder.glob("v[0-9]*") if p.is_dir())
+    # Only folders named as this function names them (v000001, ...) are versions to drop.
+    versions = sorted(p.name for p in folder.glob("v" + "[0-9]" * 6) if p.is_dir())
     name = f"v{int(versions[-1][1:]) + 1 if versions else 1:06d}"
     with atomic_folder(folder / name) as staging:
         _write_files(staging, index, names, meta)
