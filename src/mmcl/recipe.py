@@ -103,27 +103,35 @@ def build_model(recipe: Recipe):
 
 
 def build_train_data(
-    recipe: Recipe, image_size: int, data_root: str | Path | None = None, download: bool = False
+    recipe: Recipe,
+    image_size: int,
+    data_root: str | Path | None = None,
+    download: bool = False,
+    model=None,
 ):
-    """The training data set and its collate function (None: the default)."""
+    """The training data set and its collate function (None: the default); texts are
+    tokenized with the model's own tokenizer when it has one (BLIP's WordPiece), else CLIP's."""
     data = dict(recipe.data)
     kind = data.pop("kind", None)
     transform = image_transform(image_size, is_train=True)
+    texts_to_ids = text_tokenizer(model)
     if kind == "scenes":
         from mmcl.data.scenes import SceneCaptions
 
         size = data.pop("size", 100_000)
-        return SceneCaptions("train", size, image_size=image_size, tokenizer=tokenize, **data), None
+        return SceneCaptions(
+            "train", size, image_size=image_size, tokenizer=texts_to_ids, **data
+        ), None
     if kind == "csv":
         from mmcl.data.captions import CaptionedImages, collate_pairs
 
         return CaptionedImages(
-            transform=transform, tokenizer=tokenize, **_renamed(data)
+            transform=transform, tokenizer=texts_to_ids, **_renamed(data)
         ), collate_pairs
     if kind == "folder":
         from mmcl.data.captions import ClassCaptions, collate_pairs
 
-        return ClassCaptions(transform=transform, tokenizer=tokenize, **data), collate_pairs
+        return ClassCaptions(transform=transform, tokenizer=texts_to_ids, **data), collate_pairs
     if kind == "dataset":
         from mmcl.data.captions import DatasetCaptions, collate_pairs
         from mmcl.data.datasets import find_dataset
@@ -131,7 +139,7 @@ def build_train_data(
         if "name" not in data:
             raise ValueError(f"{recipe.source}: data.kind dataset needs data.name (e.g. cifar10)")
         images = find_dataset(data.pop("name"), data.pop("split", "train"), data_root, download)
-        return DatasetCaptions(images, transform, tokenize, **data), collate_pairs
+        return DatasetCaptions(images, transform, texts_to_ids, **data), collate_pairs
     if kind == "shards":
         from mmcl.data.shards import ShardStream
         from mmcl.train.distributed import init_from_env
@@ -140,7 +148,7 @@ def build_train_data(
         return ShardStream(
             data.pop("urls"),
             transform,
-            tokenize,
+            texts_to_ids,
             rank=info.rank,
             world_size=info.world_size,
             seed=recipe.train.seed,
@@ -152,6 +160,21 @@ def build_train_data(
         f"{recipe.source}: data.kind must be one of scenes, csv, folder, dataset, shards; got "
         f"{kind!r}"
     )
+
+
+def text_tokenizer(model=None):
+    """Texts -> ``(N, context)`` token ids, the model's way: its WordPiece tokenizer padded to
+    its context length (batches stack), else CLIP's `tokenize`."""
+    wordpiece = getattr(model, "tokenizer", None)
+    return tokenize if wordpiece is None else _WordPieceIds(wordpiece)
+
+
+class _WordPieceIds:  # a class, not a lambda: data loader workers may need to pickle it
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, texts):
+        return self.tokenizer(texts, pad_to_context_length=True).input_ids
 
 
 def _renamed(data: dict[str, Any]) -> dict[str, Any]:
@@ -174,6 +197,11 @@ def build_evaluation(
         parts.append(suites.scene_views_suite(spec.pop("scene_views"), split, size, image_size))
     if "retrieval_size" in spec:
         parts.append(suites.scene_retrieval_suite(split, spec.pop("retrieval_size"), image_size))
+    if "caption_size" in spec:  # a captioner (BLIP) on held-out scenes, beside copying
+        from mmcl.eval.scene_captioning import SceneCaptioningSuite
+
+        train_size = spec.pop("caption_train_size", 2000)
+        parts.append(SceneCaptioningSuite(spec.pop("caption_size"), train_size, image_size))
     if "folder" in spec:
         parts.append(
             suites.folder_suite(
@@ -210,6 +238,6 @@ def run_recipe(
     resume_checkpoint(recipe.train.resume, recipe.train.output_dir)
     torch.manual_seed(recipe.train.seed)  # the same initial weights on every rank and rerun
     model = build_model(recipe)
-    train_data, collate = build_train_data(recipe, model.image_size, data_root, download)
+    train_data, collate = build_train_data(recipe, model.image_size, data_root, download, model)
     evaluate = build_evaluation(recipe, model.image_size, data_root, download)
     return Trainer(model, train_data, recipe.train, collate_fn=collate, evaluate=evaluate).fit()

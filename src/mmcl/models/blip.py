@@ -24,6 +24,8 @@ torch.Size([2, 2])
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -95,6 +97,9 @@ class Blip(nn.Module):
         super().__init__()
         self.config = config
         self.output_dict = output_dict
+        # The WordPiece tokenizer of the model's vocabulary (`mmcl.io.wordpiece`), when known:
+        # `create_model` sets a shipped config's, and loading sets a folder's own.
+        self.tokenizer = None
         vision, text = config.blip_vision, config.blip_text
         self.visual = BlipVisionTower(vision)
         self.text_encoder = self.text_decoder = None
@@ -132,15 +137,42 @@ class Blip(nn.Module):
         features = self._part("text_proj")(states[:, 0])
         return F.normalize(features, dim=-1) if normalize else features
 
-    def forward(self, images: torch.Tensor, texts: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Normalised ITC features of both, and ITM logits of each pair (row i with row i)."""
+    def forward(
+        self,
+        images: torch.Tensor,
+        texts: torch.Tensor,
+        negatives: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+        | None = None,
+        caption_texts: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Normalised ITC features of both, and ITM logits of each pair (row i with row i).
+
+        For training, everything in one call (so DistributedDataParallel sees every part
+        used): with `negatives`, a function of the normalised image and text features that
+        returns a negative text index per image and a negative image index per text (no
+        gradient flows through it), "itm_logits" are ``(3 * batch, 2)``: the pairs, each
+        image with its negative text, each text with its negative image. With
+        `caption_texts`, "caption_logits" are the decoder's over them
+        (`caption_logits`)."""
         image_tokens = self.visual(images)
         image_features = F.normalize(self._part("vision_proj")(image_tokens[:, 0]), dim=-1)
-        return {
+        text_features = self.encode_text(texts, normalize=True)
+        itm_images, itm_texts = image_tokens, texts
+        if negatives is not None:
+            with torch.no_grad():
+                negative_texts, negative_images = negatives(
+                    image_features.detach(), text_features.detach()
+                )
+            itm_images = torch.cat([image_tokens, image_tokens, image_tokens[negative_images]])
+            itm_texts = torch.cat([texts, texts[negative_texts], texts])
+        outputs = {
             "image_features": image_features,
-            "text_features": self.encode_text(texts, normalize=True),
-            "itm_logits": self.itm_logits(image_tokens, texts),
+            "text_features": text_features,
+            "itm_logits": self.itm_logits(itm_images, itm_texts),
         }
+        if caption_texts is not None:
+            outputs["caption_logits"] = self.caption_logits(image_tokens, caption_texts)
+        return outputs
 
     def itm_logits(self, image_tokens: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Match / no-match logits ``(batch, 2)`` (column 1: match) of each text with its image's

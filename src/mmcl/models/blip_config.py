@@ -36,6 +36,9 @@ class BlipTextConfig:
     sep_id: int = 102  # the end of a caption
     dec_id: int = 30522  # [DEC]: starts the decoder's input (Hugging Face's bos_token_id)
     enc_id: int = 30523  # [ENC]: replaces [CLS] for image-text matching
+    # A WordPiece vocabulary shipped with mmcl (`mmcl/models/vocabularies/NAME`) that the ids
+    # come from, or None: then the tokenizer is the model folder's own (`mmcl.models.blip_vocab`).
+    vocabulary: str | None = None
 
 
 @dataclass

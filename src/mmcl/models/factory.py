@@ -15,6 +15,7 @@ from mmcl.io.hub import is_hub_reference
 from mmcl.io.transforms import get_preprocess
 from mmcl.models.blip import Blip
 from mmcl.models.blip_config import BlipConfig
+from mmcl.models.blip_vocab import blip_tokenizer
 from mmcl.models.clip import CLIP
 from mmcl.models.coca import CoCa
 from mmcl.models.config import CLIPConfig, CoCaConfig, config_from_dict
@@ -134,6 +135,8 @@ def create_model(
             config, checkpoint.state_dict, str(checkpoint.path), dtype, output_dict
         )
     model = model.to(device=device, dtype=dtype).eval()
+    if isinstance(model, Blip):  # its WordPiece vocabulary: the folder's own, else shipped
+        model.tokenizer = blip_tokenizer(config, _model_folder(checkpoint))
     if (
         name is None
         and resolved.config is None
@@ -311,6 +314,13 @@ def _model_class(config: CLIPConfig | CoCaConfig | BlipConfig) -> type[CLIP | Co
     return CoCa if isinstance(config, CoCaConfig) else CLIP
 
 
+def _model_folder(checkpoint) -> Path | None:
+    """The folder a checkpoint came from (itself, or the file's), where its tokenizer lies."""
+    if checkpoint is None:
+        return None
+    return checkpoint.path if checkpoint.path.is_dir() else checkpoint.path.parent
+
+
 def _coca_configs() -> list[CoCaConfig]:
     return [
         config_from_dict(get_model_config(name), source=name)
@@ -328,7 +338,7 @@ def _same_shapes(config: CLIPConfig) -> list[str]:
     matches = [
         name
         for name in available_models()
-        if "multimodal_cfg" not in get_model_config(name)
+        if not {"multimodal_cfg", "blip_text"} & set(get_model_config(name))
         and shape(CLIPConfig.from_dict(get_model_config(name), source=name)) == shape(config)
     ]
     return sorted(matches, key=lambda name: (name.endswith("-quickgelu"), name))

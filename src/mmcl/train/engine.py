@@ -273,6 +273,8 @@ class Trainer:
                 checkpoint = self.save_checkpoint()
             if self.info.is_main:
                 save_safetensors(self.model, Path(config.output_dir) / MODEL_FILE)
+                if getattr(self.model, "tokenizer", None) is not None:  # a self-contained folder
+                    self.model.tokenizer.save(config.output_dir)
         finally:
             bar.close()
             if self.log:

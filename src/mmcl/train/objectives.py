@@ -16,6 +16,7 @@ from torch.nn import functional as F
 
 from mmcl.data.zeroshot import format_prompts
 from mmcl.io.tokenizer import tokenize
+from mmcl.train.blip_objective import BlipObjective
 from mmcl.train.losses import ClipLoss, CoCaLoss, SigLipLoss
 
 
@@ -76,7 +77,9 @@ class CoCaObjective:
 
 
 def default_objective(loss: str):
-    """The objective a run's `loss` setting names: "clip", "siglip" or "coca"."""
+    """The objective a run's `loss` setting names: "clip", "siglip", "coca" or "blip"."""
+    if loss == "blip":
+        return BlipObjective()
     return CoCaObjective() if loss == "coca" else ContrastiveObjective(loss)
 
 

@@ -2,7 +2,8 @@
 
 Formats: safetensors, pickled state dicts (loaded with `weights_only=True`, so no code runs),
 and TorchScript archives (OpenAI's released `.pt` files). A Hugging Face model directory is a
-folder holding `config.json` and `model.safetensors` or `pytorch_model.bin`.
+folder holding `config.json` and `model.safetensors` or `pytorch_model.bin`; a training run's
+folder (no `config.json`) is read as its `model.safetensors`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from safetensors.torch import load_file, safe_open
 from mmcl.io.checkpoints.errors import CheckpointError
 
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+MMCL_MODEL_FILE = "model.safetensors"  # what a training run writes into its folder
 
 
 @dataclass
@@ -37,7 +39,10 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
     if not path.exists():
         raise FileNotFoundError(f"Checkpoint not found: {path}")
     if path.is_dir():
-        return _read_huggingface_dir(path)
+        if not (path / "config.json").exists() and (path / MMCL_MODEL_FILE).is_file():
+            path = path / MMCL_MODEL_FILE  # a training run's folder: its model file
+        else:
+            return _read_huggingface_dir(path)
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: the file is empty")
     if _is_safetensors(path):

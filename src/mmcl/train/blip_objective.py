@@ -1,0 +1,138 @@
+"""BLIP's training objective (Li et al. 2022, section 3.2) on the one engine: `train.loss: blip`.
+
+Each step is ONE call of the model (`Blip.forward`), so DistributedDataParallel sees every
+part used: the ITC features, the ITM pairs with hard negatives sampled inside that call from
+the features it has just computed, and the decoder's caption logits. The terms are the pure
+functions of `mmcl.train.blip_losses`:
+
+- ITC: InfoNCE at a fixed temperature, features gathered across ranks (`ClipLoss`);
+- ITM: 1 positive to 2 hard negatives drawn from this rank's batch, with every pair that
+  shares an image, or a caption, excluded (a caption repeated in the batch matches both
+  images: it is no negative);
+- LM: the decoder reads "[DEC] a picture of <caption> [SEP]" and the prompt is left out of
+  the loss, as BLIP's captioner is fine-tuned.
+
+The batches are ``(images, tokens)`` with tokens from the model's WordPiece tokenizer
+(``[CLS] caption [SEP] [PAD]...``); padding columns are cut before the model sees them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mmcl.train.blip_losses import (
+    contrastive_loss,
+    itm_loss,
+    lm_loss,
+    lm_targets,
+    sample_hard_negatives,
+)
+
+DEFAULT_PROMPT = "a picture of"
+_NEEDED_PARTS = ("text_encoder", "text_decoder", "itc", "itm")
+
+
+class BlipObjective:
+    """ITC + ITM + LM, weighted; returns ``({"itc", "itm", "lm"}, model outputs)``.
+
+    `prompt_ids`: the prompt's word-piece ids; by default the model's tokenizer encodes
+    `prompt` when the engine checks the model (`check`).
+    """
+
+    def __init__(
+        self,
+        prompt: str = DEFAULT_PROMPT,
+        temperature: float = 0.07,
+        itc_weight: float = 1.0,
+        itm_weight: float = 1.0,
+        lm_weight: float = 1.0,
+        label_smoothing: float = 0.1,
+        prompt_ids: list[int] | None = None,
+    ):
+        if not 0.001 <= temperature <= 0.5:
+            raise ValueError(
+                f"temperature must be in [0.001, 0.5] (BLIP's range), got {temperature}"
+            )
+        self.prompt, self.temperature = prompt, temperature
+        self.weights = {"itc": itc_weight, "itm": itm_weight, "lm": lm_weight}
+        self.label_smoothing = label_smoothing
+        self.prompt_ids = None if prompt_ids is None else list(prompt_ids)
+
+    def check(self, model) -> None:
+        config = getattr(model, "config", None)
+        parts = getattr(config, "parts", ())
+        missing = [part for part in _NEEDED_PARTS if part not in parts]
+        if config is None or not hasattr(config, "blip_text") or missing:
+            raise ValueError(
+                "loss 'blip' needs a BLIP with its text encoder, decoder, ITC and ITM parts "
+                f"(e.g. tiny-blip){f'; this model lacks {missing}' if config else ''}"
+            )
+        if self.prompt_ids is None:
+            tokenizer = getattr(model, "tokenizer", None)
+            if tokenizer is None:
+                raise ValueError(
+                    "loss 'blip': the model has no WordPiece tokenizer to encode the caption "
+                    "prompt; build it by name (e.g. tiny-blip) or load a folder with its "
+                    "vocabulary, or give BlipObjective(prompt_ids=...)"
+                )
+            self.prompt_ids = tokenizer.encode(self.prompt)
+
+    def __call__(self, model, images: Tensor, texts: Tensor):
+        unwrapped = getattr(model, "module", model)  # DistributedDataParallel keeps it there
+        if self.prompt_ids is None:
+            self.check(unwrapped)
+        text_config = unwrapped.config.blip_text
+        texts = trim_padding(texts, text_config.pad_id)
+        caption_texts = with_prompt(texts, self.prompt_ids)
+        if caption_texts.shape[1] > text_config.max_positions:
+            raise ValueError(
+                f"captions of {caption_texts.shape[1]} tokens with the prompt exceed the model's "
+                f"{text_config.max_positions} positions; tokenize with a shorter context_length"
+            )
+        ids = pair_ids(images, texts)
+
+        def negatives(image_features: Tensor, text_features: Tensor) -> tuple[Tensor, Tensor]:
+            similarity = image_features @ text_features.T / self.temperature
+            return sample_hard_negatives(similarity, ids)
+
+        outputs = model(images, texts, negatives=negatives, caption_texts=caption_texts)
+        batch = len(texts)
+        itm_labels = torch.zeros(3 * batch, dtype=torch.long, device=texts.device)
+        itm_labels[:batch] = 1
+        temperature = torch.tensor(self.temperature, device=images.device)
+        targets = lm_targets(caption_texts, 1 + len(self.prompt_ids), text_config.pad_id)
+        terms = {
+            "itc": contrastive_loss(
+                outputs["image_features"], outputs["text_features"], temperature
+            ),
+            "itm": itm_loss(outputs["itm_logits"], itm_labels),
+            "lm": lm_loss(outputs["caption_logits"], targets, self.label_smoothing),
+        }
+        return {name: self.weights[name] * term for name, term in terms.items()}, outputs
+
+
+def trim_padding(tokens: Tensor, pad_id: int) -> Tensor:
+    """`tokens` without the trailing columns that are padding in every row."""
+    used = (tokens != pad_id).any(dim=0).nonzero()
+    return tokens[:, : int(used.max()) + 1] if len(used) else tokens[:, :1]
+
+
+def with_prompt(tokens: Tensor, prompt_ids: list[int]) -> Tensor:
+    """``[CLS] p1 .. pk caption [SEP] [PAD]..``: the prompt's ids after each row's first token."""
+    prompt = torch.tensor(prompt_ids, dtype=tokens.dtype, device=tokens.device)
+    return torch.cat([tokens[:, :1], prompt.expand(len(tokens), -1), tokens[:, 1:]], dim=1)
+
+
+def pair_ids(images: Tensor, texts: Tensor) -> Tensor:
+    """A group id per row: rows with equal images or equal texts (and, by chaining, those
+    linked through them) share one, so no pair of a group is an ITM negative."""
+    same = _equal_rows(images.flatten(1)) | _equal_rows(texts)
+    for _ in range(max(1, len(same)).bit_length()):  # transitive closure by squaring
+        same = (same.float() @ same.float()) > 0
+    return same.float().argmax(dim=1)  # the group's first row
+
+
+def _equal_rows(rows: Tensor) -> Tensor:
+    inverse = torch.unique(rows, dim=0, return_inverse=True)[1]
+    return inverse.view(-1, 1) == inverse.view(1, -1)

@@ -1,0 +1,209 @@
+"""BLIP's objective (`train.loss: blip`): each term against the pure functions of
+`mmcl.train.blip_losses` on hand-built inputs, the prompt masked out of the LM loss, ITM
+negatives never sharing an image or a caption, and a few steps on the engine."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import mmcl
+from mmcl.data.scenes import SceneCaptions
+from mmcl.models.blip import Blip
+from mmcl.models.blip_config import BlipConfig
+from mmcl.recipe import text_tokenizer
+from mmcl.train import TrainConfig, Trainer
+from mmcl.train.blip_losses import (
+    IGNORE,
+    contrastive_loss,
+    itm_loss,
+    itm_pairs,
+    lm_loss,
+    lm_targets,
+    sample_hard_negatives,
+)
+from mmcl.train.blip_objective import BlipObjective, pair_ids, trim_padding, with_prompt
+from mmcl.train.objectives import default_objective
+
+TINY = {
+    "blip_vision": {"image_size": 16, "patch_size": 8, "width": 16, "layers": 1, "heads": 2,
+                    "mlp_width": 32},
+    "blip_text": {"vocab_size": 40, "width": 16, "layers": 1, "heads": 2, "mlp_width": 32,
+                  "max_positions": 20, "pad_id": 0, "sep_id": 3, "dec_id": 5, "enc_id": 6},
+    "embed_dim": 8,
+}  # fmt: skip
+PROMPT = [30, 31, 32]  # "a picture of"
+# [CLS]=2 ... [SEP]=3, padded with 0; rows 1 and 3 are the same caption.
+TEXTS = torch.tensor(
+    [[2, 10, 11, 3, 0, 0], [2, 12, 3, 0, 0, 0], [2, 13, 14, 15, 3, 0], [2, 12, 3, 0, 0, 0]]
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: a second intra-op thread only adds waiting, the more when the CPU is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Recording(nn.Module):
+    """Passes the call to the BLIP it wraps (as DistributedDataParallel does, under
+    `.module`) and records the ITM negatives its `negatives` function returned."""
+
+    def __init__(self, blip: Blip, draws: int = 1):
+        super().__init__()
+        self.module, self.calls, self.drawn, self.draws = blip, 0, [], draws
+
+    def forward(self, images, texts, negatives, caption_texts):
+        self.calls += 1
+
+        def recorded(image_features, text_features):
+            for _ in range(self.draws):  # more draws of the same step's sampler
+                self.drawn.append(negatives(image_features, text_features))
+            return self.drawn[-1]
+
+        return self.module(images, texts, negatives=recorded, caption_texts=caption_texts)
+
+
+def tiny_blip() -> Blip:
+    torch.manual_seed(0)
+    return Blip(BlipConfig.from_dict(TINY)).eval()
+
+
+def test_the_prompt_goes_after_the_first_token_and_is_left_out_of_the_lm_targets():
+    tokens = torch.tensor([[2, 10, 11, 3, 0], [2, 12, 3, 0, 0]])
+    with_words = with_prompt(tokens, PROMPT)
+    assert with_words.tolist() == [
+        [2, 30, 31, 32, 10, 11, 3, 0],
+        [2, 30, 31, 32, 12, 3, 0, 0],
+    ]
+    # The start token and the three prompt words are never predicted, nor is padding.
+    assert lm_targets(with_words, 1 + len(PROMPT)).tolist() == [
+        [IGNORE, IGNORE, IGNORE, IGNORE, 10, 11, 3, IGNORE],
+        [IGNORE, IGNORE, IGNORE, IGNORE, 12, 3, IGNORE, IGNORE],
+    ]
+
+
+def test_padding_columns_of_every_row_are_cut():
+    assert trim_padding(TEXTS, 0).shape == (4, 5)  # the longest row has 5 tokens
+    assert trim_padding(torch.tensor([[2, 3, 0, 0]]), 0).tolist() == [[2, 3]]
+
+
+def test_rows_sharing_an_image_or_a_caption_form_one_group():
+    images = torch.zeros(5, 3, 2, 2)
+    images[1], images[3], images[4] = 1.0, 2.0, 3.0  # images 0 and 2 are the same
+    texts = torch.tensor([[2, 7], [2, 8], [2, 9], [2, 9], [2, 6]])  # texts 2 and 3 too
+    # 0 ~ 2 by image, 2 ~ 3 by caption: {0, 2, 3}; 1 and 4 alone.
+    assert pair_ids(images, texts).tolist() == [0, 1, 0, 0, 4]
+
+
+def test_each_term_equals_the_pure_losses_on_the_same_draws():
+    model, images = tiny_blip(), torch.randn(4, 3, 16, 16)
+    objective = BlipObjective(prompt_ids=PROMPT, temperature=0.1, label_smoothing=0.0)
+    recording = Recording(model)
+    torch.manual_seed(3)
+    terms, _ = objective(recording, images, TEXTS)
+    assert recording.calls == 1  # ONE forward call for all three terms
+    assert sorted(terms) == ["itc", "itm", "lm"]
+
+    texts = TEXTS[:, :5]
+    with torch.no_grad():
+        image_features = model.encode_image(images, normalize=True)
+        text_features = model.encode_text(texts, normalize=True)
+        itc = contrastive_loss(image_features, text_features, torch.tensor(0.1))
+        torch.manual_seed(3)  # the same draws: rows 1 and 3 are one caption, so one group
+        negative_texts, negative_images = sample_hard_negatives(
+            image_features @ text_features.T / 0.1, torch.tensor([0, 1, 2, 1])
+        )
+        image_tokens = model.encode_image_tokens(images)
+        pair_images, pair_texts, labels = itm_pairs(
+            image_tokens, texts, negative_texts, negative_images
+        )
+        itm = itm_loss(model.itm_logits(pair_images, pair_texts), labels)
+        caption_texts = torch.tensor(
+            [
+                [2, 30, 31, 32, 10, 11, 3, 0],
+                [2, 30, 31, 32, 12, 3, 0, 0],
+                [2, 30, 31, 32, 13, 14, 15, 3],
+                [2, 30, 31, 32, 12, 3, 0, 0],
+            ]
+        )
+        lm = lm_loss(
+            model.caption_logits(image_tokens, caption_texts), lm_targets(caption_texts, 4), 0.0
+        )
+    assert recording.drawn[0][0].tolist() == negative_texts.tolist()
+    assert terms["itc"].item() == pytest.approx(itc.item(), abs=1e-5)
+    assert terms["itm"].item() == pytest.approx(itm.item(), abs=1e-5)
+    assert terms["lm"].item() == pytest.approx(lm.item(), abs=1e-5)
+
+
+def test_itm_negatives_never_pair_an_image_with_its_own_caption_repeated():
+    model, images = tiny_blip(), torch.randn(4, 3, 16, 16)
+    recording = Recording(model, draws=200)
+    BlipObjective(prompt_ids=PROMPT)(recording, images, TEXTS)
+    # Rows 1 and 3 hold one caption: text 3 is no negative of image 1, nor image 3 of text
+    # 1 (and the other way round).
+    groups = [{0}, {1, 3}, {2}, {1, 3}]
+    for negative_texts, negative_images in recording.drawn:
+        for row, group in enumerate(groups):
+            assert negative_texts[row].item() not in group
+            assert negative_images[row].item() not in group
+
+
+def test_one_positive_to_two_negatives_in_the_model_call():
+    model, images = tiny_blip(), torch.randn(4, 3, 16, 16)
+    negatives = (torch.tensor([1, 0, 3, 2]), torch.tensor([2, 3, 0, 1]))
+    outputs = model(images, TEXTS, negatives=lambda i, t: negatives)
+    pair_images, pair_texts, _ = itm_pairs(model.encode_image_tokens(images), TEXTS, *negatives)
+    expected = model.itm_logits(pair_images, pair_texts)
+    assert outputs["itm_logits"].shape == (12, 2)
+    torch.testing.assert_close(outputs["itm_logits"], expected)
+
+
+def test_every_parameter_gets_a_gradient_from_the_one_call():
+    model = tiny_blip().train()
+    terms, _ = BlipObjective(prompt_ids=PROMPT)(model, torch.randn(4, 3, 16, 16), TEXTS)
+    sum(terms.values()).backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None]
+    assert missing == []  # as DistributedDataParallel with find_unused_parameters=False needs
+
+
+def test_loss_blip_names_the_objective_and_refuses_a_model_without_its_parts():
+    objective = default_objective("blip")
+    assert isinstance(objective, BlipObjective)
+    with pytest.raises(ValueError, match="text encoder, decoder, ITC and ITM"):
+        objective.check(mmcl.create_model("tiny-vit"))
+    captioner = Blip(BlipConfig.from_dict({**TINY, "parts": ["text_decoder"]}))
+    with pytest.raises(ValueError, match=r"lacks \['text_encoder', 'itc', 'itm'\]"):
+        objective.check(captioner)
+
+
+def test_a_few_engine_steps_train_tiny_blip_and_save_a_self_contained_folder(tmp_path):
+    model = mmcl.create_model(
+        "tiny-blip", blip_vision={"width": 32, "layers": 1, "mlp_width": 64},
+        blip_text={"width": 32, "layers": 1, "mlp_width": 64}, embed_dim=16,
+    )  # fmt: skip
+    data = SceneCaptions("train", 48, tokenizer=text_tokenizer(model))
+    config = TrainConfig(
+        loss="blip", steps=3, batch_size=16, lr=1e-3, warmup_steps=1, progress=False,
+        tensorboard=False, log_every=1, output_dir=str(tmp_path / "run"),
+    )  # fmt: skip
+    result = Trainer(model, data, config).fit()
+    assert result.steps == 3
+    logged = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    first = logged[0]
+    assert first["loss"] == pytest.approx(first["itc"] + first["itm"] + first["lm"], rel=1e-5)
+    # The folder holds the weights and the vocabulary: it loads by itself, tokenising alike.
+    loaded, _ = mmcl.load(tmp_path / "run")
+    text = "three big green hearts at the top"
+    assert torch.equal(loaded.tokenizer([text]).input_ids, model.tokenizer([text]).input_ids)
+    assert loaded.tokenizer.source.startswith(str(tmp_path / "run"))
+    images = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(loaded.encode_image(images), model.eval().encode_image(images))
