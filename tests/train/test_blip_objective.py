@@ -173,14 +173,8 @@ def test_every_parameter_gets_a_gradient_from_the_one_call():
     assert missing == []  # as DistributedDataParallel with find_unused_parameters=False needs
 
 
-def test_loss_blip_names_the_objective_and_refuses_a_model_without_its_parts():
-    objective = default_objective("blip")
-    assert isinstance(objective, BlipObjective)
-    with pytest.raises(ValueError, match="text encoder, decoder, ITC and ITM"):
-        objective.check(mmcl.create_model("tiny-vit"))
-    captioner = Blip(BlipConfig.from_dict({**TINY, "parts": ["text_decoder"]}))
-    with pytest.raises(ValueError, match=r"lacks \['text_encoder', 'itc', 'itm'\]"):
-        objective.check(captioner)
+def test_loss_blip_names_the_objective():
+    assert isinstance(default_objective("blip"), BlipObjective)
 
 
 def test_a_few_engine_steps_train_tiny_blip_and_save_a_self_contained_folder(tmp_path):

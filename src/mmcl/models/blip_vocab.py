@@ -44,7 +44,8 @@ def blip_tokenizer(
     if folder is not None and any(
         (Path(folder) / name).is_file() for name in (TOKENIZER_JSON, VOCAB_TXT)
     ):
-        tokenizer, source = load_wordpiece(folder), str(folder)
+        tokenizer = load_wordpiece(folder)
+        source = tokenizer.source  # the file read
     elif config.blip_text.vocabulary is not None:
         name = config.blip_text.vocabulary
         if name not in shipped_vocabularies():
