@@ -3,6 +3,8 @@ is what `train_wordpiece` makes of them; the factory's CLIP/CoCa-only helpers sk
 
 from __future__ import annotations
 
+import doctest
+
 import torch
 
 import mmcl
@@ -55,3 +57,9 @@ def test_a_saved_file_loads_with_the_tokenizer_beside_it_else_the_shipped_one(tm
     model.tokenizer.save(tmp_path / "run")
     loaded, _ = mmcl.load(tmp_path / "run")  # the folder itself
     assert loaded.tokenizer.source == str(tmp_path / "run" / "tokenizer.json")
+
+
+def test_the_module_example_runs():
+    from mmcl.models import blip_vocab
+
+    assert doctest.testmod(blip_vocab).failed == 0
