@@ -32,7 +32,7 @@ def run_models(args: argparse.Namespace) -> int:
         if args.filter.lower() not in name.lower():
             continue
         config = get_model_config(name)
-        vision = config["vision_cfg"]
+        vision = config.get("vision_cfg") or config["blip_vision"]  # CLIP/CoCa, or BLIP
         tower = "ViT" if vision.get("patch_size") else "ModifiedResNet"
         rows.append(
             [
