@@ -112,3 +112,13 @@ def open_clip_coca(config: dict, seed: int = 0) -> torch.nn.Module:
         for parameter in model.parameters():
             parameter.normal_(std=0.2)
     return model.eval()
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for tests of tiny models: a second thread only adds waiting there,
+    the more so on a shared CPU (`pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

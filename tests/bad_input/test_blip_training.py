@@ -19,6 +19,8 @@ import mmcl
 from mmcl.io.checkpoints import save_safetensors
 from mmcl.train.blip_objective import BlipObjective
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
+
 
 def test_loss_blip_on_a_clip_model_names_what_it_needs():
     with pytest.raises(ValueError, match=r"needs a BLIP with its text encoder.*tiny-blip"):

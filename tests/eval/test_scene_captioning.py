@@ -19,6 +19,8 @@ from mmcl.eval.scene_captioning import (
 )
 from mmcl.nn.generation import Generated
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
+
 
 class FixedCaptioner(nn.Module):
     """Says "two red stars" of every image; its ITC image features are the pixels."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import doctest
 
+import pytest
 import torch
 
 import mmcl
@@ -14,6 +15,8 @@ from mmcl.io.wordpiece import train_wordpiece
 from mmcl.models import factory
 from mmcl.models.blip import Blip
 from mmcl.models.blip_vocab import SHIPPED
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 def test_tiny_blip_builds_by_name_with_every_part_and_its_tokenizer():

@@ -4,11 +4,14 @@ vocabulary."""
 
 import json
 
+import pytest
 import torch
 
 import mmcl
 from mmcl.cli import main
 from mmcl.models.blip import Blip
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 def test_blip_scenes_recipe_trains_from_the_cli(tmp_path, capsys):
