@@ -1,5 +1,5 @@
 """What a training step minimises: contrastive image-text loss, contrastive plus captioning
-(CoCa), or classification by prompts.
+(CoCa), BLIP's ITC + ITM + LM (`mmcl.train.blip_objective`), or classification by prompts.
 
 An objective maps a batch to named loss terms (summed by the engine) and the model outputs
 that plugins may reuse (e.g. a distillation plugin reads the image features):
