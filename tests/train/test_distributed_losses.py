@@ -10,6 +10,7 @@ import os
 import pytest
 import torch
 import torch.multiprocessing as mp
+from blip_ddp_scenario import blip_ddp_scenario, blip_single_process_itc
 from torch import nn
 from torch.nn import functional as F
 
@@ -122,6 +123,7 @@ def worker(rank: int, port: int, out_dir: str) -> None:
                 results[(name, chunk_size)] = model_scenario(
                     name, model, data["images"][rows], data["texts"][rows], chunk_size
                 )
+        results["blip"] = blip_ddp_scenario(rank, WORLD_SIZE)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         distributed.cleanup()
@@ -179,3 +181,10 @@ def test_ddp_averaged_parameter_gradients_equal_one_process(ranks, name, chunk_s
                 assert grad is None
             else:
                 assert_close(grad, expected)
+
+
+def test_blip_objective_runs_under_ddp_and_its_itc_is_the_global_batchs(ranks):
+    # Two steps with find_unused_parameters=False ran on both ranks (an unused parameter
+    # fails the second step's forward); ITC gathered across ranks averages to one process's.
+    mean_itc = sum(result["blip"]["itc"] for result in ranks) / WORLD_SIZE
+    assert abs(mean_itc.item() - blip_single_process_itc(WORLD_SIZE).item()) < 1e-5
