@@ -6,6 +6,9 @@
   ValueError naming the tokenizer file and each id that differs, before any use: a model
   read with another vocabulary would silently produce garbage.
 - A config naming a vocabulary mmcl does not ship is a ValueError listing the shipped ones.
+- A convolutional stem whose stride-2 steps do not divide the patch size is a ValueError
+  naming both; a model with a stem exported to Hugging Face's layout (which has none) is a
+  CheckpointError saying to export mmcl safetensors.
 - Captions longer, with the prompt, than the model's positions are a ValueError saying to
   tokenize shorter.
 """
@@ -16,7 +19,7 @@ import pytest
 import torch
 
 import mmcl
-from mmcl.io.checkpoints import save_safetensors
+from mmcl.io.checkpoints import CheckpointError, save_huggingface, save_safetensors
 from mmcl.train.blip_objective import BlipObjective
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
@@ -53,3 +56,15 @@ def test_captions_longer_than_the_positions_say_to_tokenize_shorter():
     texts[:, 0], texts[:, -1] = 2, 3
     with pytest.raises(ValueError, match=r"34 tokens with the prompt exceed the model's 32"):
         BlipObjective()(model, torch.randn(2, 3, 32, 32), texts)
+
+
+def test_a_stem_that_does_not_divide_the_patch_names_both():
+    with pytest.raises(ValueError, match=r"patch_size 8 is not a multiple of the 16"):
+        mmcl.create_model("tiny-blip", blip_vision={"conv_stem": [8, 8, 8, 8]})
+
+
+def test_a_model_with_a_stem_is_not_exported_to_hugging_face(tmp_path):
+    model = mmcl.create_model("tiny-blip", blip_vision={"conv_stem": [8]}, parts=["text_decoder"])
+    with pytest.raises(CheckpointError, match=r"no convolutional stem.*mmcl safetensors"):
+        save_huggingface(model, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()

@@ -66,3 +66,20 @@ def test_the_module_example_runs():
     from mmcl.models import blip_vocab
 
     assert doctest.testmod(blip_vocab).failed == 0
+
+
+def test_a_convolutional_stem_keeps_the_token_grid_and_round_trips(tmp_path):
+    model = mmcl.create_model("tiny-blip", blip_vision={"conv_stem": [8, 16]})
+    stem = [m for m in model.visual.stem if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.stride) for c in stem] == [
+        (3, 8, (2, 2)),
+        (8, 16, (2, 2)),
+    ]
+    # 32 px / 2 / 2 = 8 px, then 2x2 patches: the 4x4 grid of plain 8x8 patches, + class token.
+    assert model.visual.conv1.kernel_size == (2, 2)
+    images = torch.randn(2, 3, 32, 32)
+    assert model.encode_image_tokens(images).shape == (2, 17, 64)
+    save_safetensors(model, tmp_path / "model.safetensors")
+    loaded, _ = mmcl.load(tmp_path / "model.safetensors")
+    assert loaded.config.blip_vision.conv_stem == (8, 16)
+    torch.testing.assert_close(loaded.encode_image(images), model.encode_image(images))

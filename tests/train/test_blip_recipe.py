@@ -26,7 +26,7 @@ def test_blip_scenes_recipe_trains_from_the_cli(tmp_path, capsys):
         "train.log_every=1",
         "train.checkpoint_every=null",
         "train.tensorboard=false",
-        "model.blip_vision={width: 32, layers: 1, mlp_width: 64}",
+        "model.blip_vision={width: 32, layers: 1, mlp_width: 64, conv_stem: [8, 16, 16]}",
         "model.blip_text={width: 32, layers: 1, mlp_width: 64}",
     ]
     args = ["train", "--config", "blip-scenes", "--output-dir", str(tmp_path), "--quiet"]
@@ -38,6 +38,7 @@ def test_blip_scenes_recipe_trains_from_the_cli(tmp_path, capsys):
     assert {"itc", "itm", "lm"} <= set(logged[0])
     model, _ = mmcl.load(tmp_path)
     assert isinstance(model, Blip) and model.config.blip_vision.width == 32
+    assert model.config.blip_vision.conv_stem == (8, 16, 16)
     assert (tmp_path / "vocab.txt").is_file() and model.tokenizer.vocab_size == 164
     captions = model.generate(torch.randn(2, 3, 32, 32), max_new_tokens=3)
     assert captions.tokens.shape[0] == 2

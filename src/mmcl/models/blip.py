@@ -49,7 +49,16 @@ class BlipVisionTower(nn.Module):
         width, patch = config.width, config.patch_size
         self.image_size = config.image_size
         grid = config.image_size // patch
-        self.conv1 = nn.Conv2d(3, width, kernel_size=patch, stride=patch)
+        self.stem = None  # optional stride-2 convolutions (`BlipVisionConfig.conv_stem`)
+        channels = 3
+        if config.conv_stem:
+            layers = []
+            for out_channels in config.conv_stem:
+                layers += [nn.Conv2d(channels, out_channels, 3, stride=2, padding=1), nn.GELU()]
+                channels = out_channels
+            self.stem = nn.Sequential(*layers)
+            patch //= 2 ** len(config.conv_stem)
+        self.conv1 = nn.Conv2d(channels, width, kernel_size=patch, stride=patch)
         self.class_embedding = nn.Parameter(0.02 * torch.randn(width))
         self.positional_embedding = nn.Parameter(0.02 * torch.randn(grid * grid + 1, width))
         self.transformer = Transformer(width, config.layers, config.heads, config.mlp_width)
@@ -57,7 +66,10 @@ class BlipVisionTower(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(batch, 3, H, W)`` -> every token's final state ``(batch, 1 + grid*grid, width)``."""
-        x = self.conv1(images.to(self.class_embedding.dtype)).flatten(2).transpose(1, 2)
+        x = images.to(self.class_embedding.dtype)
+        if self.stem is not None:
+            x = self.stem(x)
+        x = self.conv1(x).flatten(2).transpose(1, 2)
         cls = self.class_embedding.expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding
         return self.ln_post(self.transformer(x))

@@ -22,6 +22,10 @@ class BlipVisionConfig:
     layers: int = 12
     heads: int = 12
     mlp_width: int = 3072
+    # Channels of stride-2 3x3 convolutions before the patch embedding (Xiao et al. 2021,
+    # "Early convolutions help transformers see better"), e.g. (16, 32): a tiny ViT then
+    # learns shapes from few samples. Empty (BLIP's and Hugging Face's): plain patches.
+    conv_stem: tuple[int, ...] = ()
 
 
 @dataclass
@@ -58,6 +62,13 @@ class BlipConfig:
         )
         text = parse_fields(BlipTextConfig, data.pop("blip_text", {}), f"{source}: blip_text")
         config = parse_fields(cls, data, source)
+        vision.conv_stem = tuple(vision.conv_stem)
+        if vision.patch_size % 2 ** len(vision.conv_stem):
+            raise ValueError(
+                f"{source}: blip_vision.patch_size {vision.patch_size} is not a multiple of the "
+                f"{2 ** len(vision.conv_stem)} by which its {len(vision.conv_stem)} stride-2 "
+                f"stem convolutions reduce the image"
+            )
         config.blip_vision, config.blip_text = vision, text
         config.parts = tuple(config.parts)
         unknown = sorted(set(config.parts) - set(BLIP_PARTS))
@@ -70,4 +81,5 @@ class BlipConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["parts"] = list(self.parts)
+        out["blip_vision"]["conv_stem"] = list(self.blip_vision.conv_stem)
         return out

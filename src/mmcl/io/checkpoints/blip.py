@@ -159,6 +159,11 @@ def config_to_huggingface(config: dict[str, Any]) -> dict[str, Any]:
             f"mmcl safetensors instead"
         )
     vision, text = config["blip_vision"], config["blip_text"]
+    if vision.get("conv_stem"):
+        raise CheckpointError(
+            "Hugging Face's BLIP has no convolutional stem (blip_vision.conv_stem); export this "
+            "model as mmcl safetensors instead"
+        )
     return {
         "architectures": classes,
         "model_type": "blip",
