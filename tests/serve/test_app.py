@@ -1,0 +1,97 @@
+"""mmcl.serve.app: the search API answers as numpy's brute-force search over the embedded
+features, serves the page and the indexed files, and `mmcl serve` starts it on loopback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from mmcl.cli import main
+from mmcl.serve.app import create_app
+from served_index import build_served_index
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    return build_served_index(tmp_path_factory.mktemp("served"))
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    return TestClient(create_app(served.folder, served.model))
+
+
+def test_text_search_ranks_as_numpy_brute_force(client, served):
+    response = client.get("/search", params={"q": "a red square", "k": 4})
+    assert response.status_code == 200
+    body = response.json()
+    paths, scores = served.text_ranking("a red square")
+    assert body["query"] == {"text": "a red square"} and body["k"] == 4
+    assert [hit["path"] for hit in body["results"]] == paths[:4]
+    np.testing.assert_allclose([hit["score"] for hit in body["results"]], scores[:4], atol=1e-5)
+    assert [hit["rank"] for hit in body["results"]] == [1, 2, 3, 4]
+
+
+def test_k_larger_than_the_collection_returns_every_image_once(client, served):
+    body = client.get("/search", params={"q": "anything", "k": 50}).json()
+    assert sorted(hit["path"] for hit in body["results"]) == sorted(map(str, served.images))
+
+
+def test_an_uploaded_image_finds_itself_first_then_ranks_as_numpy(client, served):
+    row = 2
+    upload = {"image": ("query.png", served.images[row].read_bytes(), "image/png")}
+    body = client.post("/search", params={"k": 6}, files=upload).json()
+    paths, scores = served.image_ranking(row)
+    assert body["results"][0]["path"] == str(served.images[row])
+    assert body["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)  # cosine with itself
+    assert [hit["path"] for hit in body["results"]] == paths
+    np.testing.assert_allclose([hit["score"] for hit in body["results"]], scores, atol=1e-4)
+    assert body["query"] == {"image": "query.png"}
+
+
+def test_result_urls_serve_the_indexed_files_byte_for_byte(client, served):
+    body = client.get("/search", params={"q": "a photo", "k": 6}).json()
+    for hit in body["results"]:
+        response = client.get("/" + hit["url"])
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "image/png"
+        assert response.content == open(hit["path"], "rb").read()
+
+
+def test_health_reports_the_index(client):
+    assert client.get("/health").json() == {
+        "status": "ok",
+        "rows": 6,
+        "kind": "flat",
+        "model": "tiny-vit",
+    }
+
+
+def test_the_page_has_a_search_box_an_upload_button_and_a_result_grid(client):
+    response = client.get("/")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    for element in ('id="q"', 'type="file"', 'id="results"', "<script>"):
+        assert element in response.text
+
+
+def test_the_app_loads_the_model_the_index_records(served):
+    # No model given: the name and checkpoint `mmcl embed` recorded are loaded.
+    client = TestClient(create_app(served.folder))
+    paths, _ = served.text_ranking("a blue square")
+    body = client.get("/search", params={"q": "a blue square", "k": 3}).json()
+    assert [hit["path"] for hit in body["results"]] == paths[:3]
+
+
+def test_mmcl_serve_runs_uvicorn_on_the_loopback_address(served, monkeypatch, capsys):
+    import uvicorn
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append((app, options)))
+    assert main(["serve", "--index", str(served.folder), "--port", "8123", "--quiet"]) == 0
+    [(app, options)] = calls
+    assert (options["host"], options["port"]) == ("127.0.0.1", 8123)
+    assert "open http://127.0.0.1:8123/" in capsys.readouterr().out
+    paths, _ = served.text_ranking("green")
+    body = TestClient(app).get("/search", params={"q": "green", "k": 2}).json()
+    assert [hit["path"] for hit in body["results"]] == paths[:2]
