@@ -20,6 +20,7 @@ import os
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmcl.serve.limits import RequestTooLarge, limit_request_size
 from mmcl.serve.searcher import Hit, QueryError, Searcher
@@ -28,6 +29,7 @@ DEFAULT_K = 12
 MAX_K = 100
 MAX_QUERY_CHARS = 1000
 MAX_REQUEST_BYTES = 10 * 2**20  # an upload of a large photo, not a folder of them
+ROUTES = "the service answers /, /search, /image/ROW (from a result's url) and /health"
 
 
 def create_app(
@@ -60,6 +62,12 @@ def create_app(
     @app.exception_handler(QueryError)
     async def bad_query(request: Request, error: QueryError):
         return _error(400, str(error))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException):
+        if error.status_code == 404:
+            return _error(404, f"no such page {request.url.path!r}: {ROUTES}")
+        return _error(error.status_code, str(error.detail))
 
     @app.exception_handler(RequestTooLarge)
     async def too_large(request: Request, error: RequestTooLarge):
