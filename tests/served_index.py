@@ -29,10 +29,13 @@ class ServedIndex:
 
     def text_ranking(self, text: str) -> tuple[list[str], np.ndarray]:
         """Paths and scores best first, by numpy over the embedded features."""
-        with torch.no_grad():
-            tokens = mmcl.get_tokenizer(self.model)([text])
-            query = self.model.encode_text(tokens, normalize=True)[0].numpy()
-        return self._ranking(query)
+        return self.text_rankings([text])[0]
+
+    def text_rankings(self, texts: list[str]) -> list[tuple[list[str], np.ndarray]]:
+        with torch.inference_mode():
+            tokens = mmcl.get_tokenizer(self.model)(texts)
+            queries = self.model.encode_text(tokens, normalize=True).numpy()
+        return [self._ranking(query) for query in queries]
 
     def image_ranking(self, row: int) -> tuple[list[str], np.ndarray]:
         return self._ranking(self.features[row])
