@@ -46,6 +46,17 @@ class ServedIndex:
         return [str(self.images[i]) for i in order], scores[order]
 
 
+_BUILT: dict[str, ServedIndex] = {}
+
+
+def shared_served_index(tmp_path_factory) -> ServedIndex:
+    """One `build_served_index` a test session, for the modules that only read it."""
+    key = str(tmp_path_factory.getbasetemp())
+    if key not in _BUILT:
+        _BUILT[key] = build_served_index(tmp_path_factory.mktemp("served"))
+    return _BUILT[key]
+
+
 def build_served_index(folder: Path) -> ServedIndex:
     """Images (32 px, one colour each with a stripe) in folder/photos, embedded and indexed."""
     torch.manual_seed(0)

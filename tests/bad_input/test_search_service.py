@@ -8,7 +8,8 @@ Promises checked here, one a line:
 - A POST that is not multipart, or has no file in the field "image", is refused saying how.
 - A request declared larger than the bound is a 413 before its body is read.
 - A body sent without a declared size (chunked) is a 413 once it passes the bound.
-- Files are reachable only by an indexed row number: paths, "..", negative or unknown rows 404.
+- Files and thumbnails are reachable only by an indexed row number: paths, "..", negative
+  or unknown rows are 404.
 - An indexed file that is a symbolic link out of the image folder is not served (404).
 - A missing index folder stops `mmcl serve` at start-up with one line naming it.
 - A query model whose weights are not the index's stops `mmcl serve` at start-up, naming both.
@@ -30,14 +31,14 @@ from mmcl.eval.embed_folder import weights_fingerprint
 from mmcl.eval.index import build_index
 from mmcl.io.checkpoints import save_safetensors
 from mmcl.serve.app import create_app
-from served_index import build_served_index
+from served_index import shared_served_index
 
 LIMIT = 4096  # bytes: a small bound, so the tests send little
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    return build_served_index(tmp_path_factory.mktemp("served"))
+    return shared_served_index(tmp_path_factory)  # read only: built once a session
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +132,9 @@ def test_a_chunked_body_is_stopped_at_the_bound_with_a_413(client):
 )
 def test_files_are_reachable_only_by_an_indexed_row_number(client, url):
     # A "/" in the row (decoded from %2F) matches no route: the page names the routes.
-    assert error_of(client.get(url), 404).startswith(("no indexed image", "no such page"))
+    for route in ("/image/", "/thumbnail/"):
+        response = client.get(url.replace("/image/", route))
+        assert error_of(response, 404).startswith(("no indexed image", "no such page"))
 
 
 def test_a_path_with_dot_dot_segments_reaches_no_file(client):
@@ -155,6 +158,7 @@ def test_an_indexed_symbolic_link_out_of_the_image_folder_is_not_served(tmp_path
     client = TestClient(create_app(tmp_path / "ix", model))
     assert client.get("/image/0").content == b"png"
     assert "no indexed image" in error_of(client.get("/image/1"), 404)
+    assert "no indexed image" in error_of(client.get("/thumbnail/1"), 404)
 
 
 def run_serve(capsys, *argv) -> str:

@@ -3,18 +3,26 @@ features, serves the page and the indexed files, and `mmcl serve` starts it on l
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
+from PIL import Image
 
+import mmcl
+from embed_outputs import unit_rows, write_embed_output
 from mmcl.cli import main
+from mmcl.eval.embed_folder import weights_fingerprint
+from mmcl.eval.index import build_index
 from mmcl.serve.app import create_app
-from served_index import build_served_index
+from served_index import shared_served_index
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    return build_served_index(tmp_path_factory.mktemp("served"))
+    return shared_served_index(tmp_path_factory)  # read only: built once a session
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +65,7 @@ def test_result_urls_serve_the_indexed_files_byte_for_byte(client, served):
         assert response.status_code == 200
         assert response.headers["content-type"] == "image/png"
         assert response.content == open(hit["path"], "rb").read()
+        assert hit["thumbnail"] == hit["url"].replace("image/", "thumbnail/")
 
 
 def test_health_reports_the_index(client):
@@ -95,3 +104,23 @@ def test_mmcl_serve_runs_uvicorn_on_the_loopback_address(served, monkeypatch, ca
     paths, _ = served.text_ranking("green")
     body = TestClient(app).get("/search", params={"q": "green", "k": 2}).json()
     assert [hit["path"] for hit in body["results"]] == paths[:2]
+
+
+def test_thumbnails_are_jpegs_of_at_most_256_pixels_keeping_the_shape(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (600, 300), (200, 40, 40)).save(photos / "wide.png")
+    Image.new("RGB", (40, 90), (40, 40, 200)).save(photos / "small.png")
+    files = [str(photos / "wide.png"), str(photos / "small.png")]
+    torch.manual_seed(0)
+    model = mmcl.create_model("tiny-vit")
+    write_embed_output(tmp_path / "p.npy", unit_rows(2, 64), files, weights_fingerprint(model))
+    build_index(tmp_path / "p.npy", tmp_path / "ix")
+    client = TestClient(create_app(tmp_path / "ix", model))
+    for row, size, colour in [(0, (256, 128), (200, 40, 40)), (1, (40, 90), (40, 40, 200))]:
+        response = client.get(f"/thumbnail/{row}")
+        assert response.headers["content-type"] == "image/jpeg"
+        thumbnail = Image.open(io.BytesIO(response.content))
+        assert thumbnail.format == "JPEG" and thumbnail.size == size  # small ones not enlarged
+        centre = thumbnail.getpixel((size[0] // 2, size[1] // 2))
+        assert max(abs(a - b) for a, b in zip(centre, colour, strict=True)) <= 4  # JPEG's loss

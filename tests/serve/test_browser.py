@@ -9,7 +9,7 @@ import pytest
 from headless_chromium import Chromium
 from mmcl.serve.app import create_app
 from mmcl.serve.background import serve_in_background
-from served_index import build_served_index
+from served_index import shared_served_index
 
 GRID = """JSON.stringify([...document.querySelectorAll('#results figure.result')].map((f) => ({
   path: f.dataset.path,
@@ -20,7 +20,7 @@ GRID = """JSON.stringify([...document.querySelectorAll('#results figure.result')
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    return build_served_index(tmp_path_factory.mktemp("served"))
+    return shared_served_index(tmp_path_factory)  # read only: built once a session
 
 
 def grid(browser: Chromium, first_path: str | None = None) -> list[dict]:

@@ -11,7 +11,7 @@ import pytest
 
 from mmcl.serve.app import create_app
 from mmcl.serve.background import serve_in_background
-from served_index import build_served_index
+from served_index import shared_served_index
 
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "serve.py"
 
@@ -26,7 +26,7 @@ def load_benchmark():
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    return build_served_index(tmp_path_factory.mktemp("served"))
+    return shared_served_index(tmp_path_factory)  # read only: built once a session
 
 
 def test_concurrent_searches_are_all_answered_right_with_no_errors(served):

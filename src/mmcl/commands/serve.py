@@ -75,7 +75,10 @@ def run_serve(args: argparse.Namespace) -> int:
         max_k=args.max_k,
         max_request_bytes=int(args.max_request_mb * 2**20),
     )
-    print(f"mmcl serve: {app.state.searcher.rows} images; open http://{args.host}:{args.port}/")
+    print(
+        f"mmcl serve: {app.state.searcher.rows} images; open http://{args.host}:{args.port}/",
+        flush=True,  # before uvicorn's log lines, also when the output is a file
+    )
     uvicorn.run(
         app,
         host=args.host,

@@ -2,9 +2,10 @@
 
     GET  /              the search page (static/index.html)
     GET  /search?q=&k=  text-to-image search: JSON {"query", "k", "results": [{rank, score,
-                        path, url}]}
+                        path, url, thumbnail}]}
     POST /search?k=     image-to-image search: the image as the multipart field "image"
     GET  /image/{row}   an indexed file, by its row number (from a result's url)
+    GET  /thumbnail/{row}  the same as a JPEG of at most 256 pixels a side
     GET  /health        {"status": "ok", "rows", "kind", "model"}
 
 Errors are JSON {"error": "one line saying what is wrong and what to do"} with a 4xx status:
@@ -18,7 +19,7 @@ import importlib.resources
 import os
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -29,7 +30,8 @@ DEFAULT_K = 12
 MAX_K = 100
 MAX_QUERY_CHARS = 1000
 MAX_REQUEST_BYTES = 10 * 2**20  # an upload of a large photo, not a folder of them
-ROUTES = "the service answers /, /search, /image/ROW (from a result's url) and /health"
+ROUTES = "the service answers /, /search, /image/ROW, /thumbnail/ROW (from results) and /health"
+NO_SNIFF = {"X-Content-Type-Options": "nosniff"}  # a file is shown as its type, never as a page
 
 
 def create_app(
@@ -117,8 +119,15 @@ def create_app(
     def image(row: str):
         path = searcher.file(int(row)) if row.isdecimal() else None
         if path is None:
-            return _error(404, f"no indexed image {row!r}: use the urls that /search returns")
-        return FileResponse(path, headers={"X-Content-Type-Options": "nosniff"})
+            return _no_image(row)
+        return FileResponse(path, headers=NO_SNIFF)
+
+    @app.get("/thumbnail/{row}")
+    def thumbnail(row: str):
+        jpeg = searcher.thumbnail(int(row)) if row.isdecimal() else None
+        if jpeg is None:
+            return _no_image(row)
+        return Response(jpeg, media_type="image/jpeg", headers=NO_SNIFF)
 
     return app
 
@@ -150,10 +159,20 @@ def _results(query: dict, k: int, hits: list[Hit]) -> dict:
         "query": query,
         "k": k,
         "results": [
-            {"rank": rank, "score": hit.score, "path": hit.path, "url": f"image/{hit.row}"}
+            {
+                "rank": rank,
+                "score": hit.score,
+                "path": hit.path,
+                "url": f"image/{hit.row}",
+                "thumbnail": f"thumbnail/{hit.row}",
+            }
             for rank, hit in enumerate(hits, start=1)
         ],
     }
+
+
+def _no_image(row: str) -> JSONResponse:
+    return _error(404, f"no indexed image {row!r}: use the urls that /search returns")
 
 
 def _error(status: int, message: str) -> JSONResponse:

@@ -11,6 +11,8 @@ the indexed image files.
 
 from __future__ import annotations
 
+import functools
+import io
 import os
 import tempfile
 import threading
@@ -20,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from mmcl.eval.index import SearchIndex, open_index
+
+THUMBNAIL_SIZE = 256  # pixels, the longer side
 
 
 class QueryError(ValueError):
@@ -107,6 +111,13 @@ class Searcher:
             return None
         return path
 
+    def thumbnail(self, row: int, size: int = THUMBNAIL_SIZE) -> bytes | None:
+        """The image of `row` (see `file`) as a JPEG at most `size` pixels a side, or None."""
+        path = self.file(row)
+        if path is None:
+            return None
+        return _thumbnail(path, path.stat().st_mtime_ns, size)  # a changed file: a new entry
+
     def _search(self, features, k: int) -> list[Hit]:
         scores, paths = self.index.search(features, k)
         # Approximate indexes may find fewer than k rows: their scores are NaN, their paths left out.
@@ -115,6 +126,20 @@ class Searcher:
             Hit(self._row[path], path, float(score))
             for path, score in zip(paths[0], found, strict=True)
         ]
+
+
+@functools.lru_cache(maxsize=2048)  # about 2048 x 10 KB: the thumbnails of recent results
+def _thumbnail(path: Path, modified: int, size: int) -> bytes | None:
+    from mmcl.data.images import ImageReadError, load_image
+
+    try:
+        image = load_image(path)
+    except ImageReadError:
+        return None
+    image.thumbnail((size, size))  # keeps the aspect ratio; never enlarges
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
 
 
 def _shared_folder(files: list[Path]) -> Path:
