@@ -59,7 +59,10 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ValueError(f"--port must be from 1 to 65535, got {args.port}")
     if args.max_request_mb <= 0 or args.max_k < 1 or args.max_concurrency < 1:
         raise ValueError("--max-request-mb, --max-k and --max-concurrency must be positive")
-    name, pretrained = index_model_source(args.index)  # a missing index fails here, first
+    try:
+        name, pretrained = index_model_source(args.index)  # a missing index fails here, first
+    except ImportError as error:  # faiss: its message says which extra to install
+        raise ValueError(str(error)) from None
     name, pretrained = args.model or name, args.pretrained or pretrained
     if pretrained is None:
         raise ValueError(
