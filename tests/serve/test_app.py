@@ -128,7 +128,7 @@ def test_thumbnails_are_jpegs_of_at_most_256_pixels_keeping_the_shape(tmp_path):
 
 def test_a_query_longer_than_the_models_context_is_answered_from_its_start(client, served):
     # 1000 characters: about 250 tokens, cut to the model's 77 as the tokenizer does.
-    long_query = "a small red square " * 52 + "ab"
+    long_query = "a small red square " * 52 + "a red ring!!"
     assert len(long_query) == 1000
     paths, _ = served.text_ranking(long_query)
     body = client.get("/search", params={"q": long_query, "k": 6}).json()
