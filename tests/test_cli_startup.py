@@ -36,6 +36,7 @@ def run_cli(*argv: str) -> subprocess.CompletedProcess:
         ["embed", "--help"],
         ["index", "--help"],
         ["index", "--kind", "lsh"],
+        ["serve", "--help"],
         ["continual", "--help"],
         ["embed", "--no-such-flag"],
         ["zeroshot", "--precision", "fp64"],
