@@ -7,4 +7,14 @@ commands share (model and image-reading options, loading the named model) is in 
 """
 
 # The order `mmcl --help` lists them in.
-COMMANDS = ("models", "embed", "index", "zeroshot", "retrieval", "convert", "train", "continual")
+COMMANDS = (
+    "models",
+    "embed",
+    "index",
+    "zeroshot",
+    "retrieval",
+    "caption",
+    "convert",
+    "train",
+    "continual",
+)
