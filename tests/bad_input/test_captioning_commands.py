@@ -92,3 +92,25 @@ def test_caption_resume_with_other_decoding_settings_is_refused(tmp_path, capsys
     assert "c.csv.parts holds parts of another caption job (decoding differs" in error
     assert "delete the folder to start again" in error
     assert not (tmp_path / "c.csv").exists()
+
+
+def captions_table(tmp_path):
+    image_folder(tmp_path / "images", 2)
+    table = tmp_path / "captions.csv"
+    table.write_text("image,caption\n0.png,a red star\n1.png,a blue circle\n")
+    return ["--captions", table, "--images", tmp_path / "images"]
+
+
+def test_retrieval_rerank_with_a_model_without_itm_head_names_the_model(tmp_path, capsys):
+    error = run(capsys, "retrieval", "--model", "tiny-vit", *captions_table(tmp_path),
+                "--rerank", 5)  # fmt: skip
+    assert error.startswith(
+        "mmcl retrieval: error: --rerank needs an image-text matching (ITM) head; tiny-vit "
+        "(CLIP) has none"
+    )
+
+
+def test_retrieval_rerank_must_be_positive(tmp_path, capsys):
+    error = run(capsys, "retrieval", "--model", "tiny-vit", *captions_table(tmp_path),
+                "--rerank", 0)  # fmt: skip
+    assert error == "mmcl retrieval: error: --rerank must be a positive number of candidates, got 0"
