@@ -72,3 +72,28 @@ def image_folder(folder: Path, count: int = 5, size: int = 40) -> list[Path]:
         Image.new("RGB", (size, size), (50 * i % 256, 255 - 40 * i % 256, 90 * i % 256)).save(path)
         paths.append(path)
     return paths
+
+
+COCA = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16,
+                   "patch_size": 8, "attentional_pool": True, "attn_pooler_heads": 2,
+                   "attn_pooler_queries": 5, "output_tokens": True},
+    "text_cfg": {"context_length": 20, "vocab_size": 49408, "width": 32, "heads": 2,
+                 "layers": 1, "embed_cls": True, "output_tokens": True},
+    "multimodal_cfg": {"context_length": 20, "vocab_size": 49408, "width": 32, "heads": 2,
+                       "layers": 1},
+    "custom_text": True,
+}  # fmt: skip
+
+
+def coca_file(path: Path, seed: int = 0):
+    """A tiny random CoCa (CLIP's vocabulary, one layer a tower) saved in mmcl's layout."""
+    from mmcl.io.checkpoints.export import save_safetensors
+    from mmcl.models.coca import CoCa
+    from mmcl.models.config import CoCaConfig
+
+    torch.manual_seed(seed)
+    model = CoCa(CoCaConfig.from_dict(COCA)).eval()
+    save_safetensors(model, path)
+    return model

@@ -114,3 +114,27 @@ def test_retrieval_rerank_must_be_positive(tmp_path, capsys):
     error = run(capsys, "retrieval", "--model", "tiny-vit", *captions_table(tmp_path),
                 "--rerank", 0)  # fmt: skip
     assert error == "mmcl retrieval: error: --rerank must be a positive number of candidates, got 0"
+
+
+def test_capfilt_filter_without_itm_head_is_refused_naming_it(tmp_path, capsys):
+    blip_folder(tmp_path / "captioner")
+    error = run(capsys, "capfilt", *captions_table(tmp_path), "--captioner",
+                tmp_path / "captioner", "--filter", tmp_path / "captioner", "--output",
+                tmp_path / "clean.csv")  # fmt: skip
+    assert (
+        f"--filter {tmp_path / 'captioner'} (Blip) has no image-text matching (ITM) head" in error
+    )
+
+
+def test_capfilt_threshold_is_a_probability(tmp_path, capsys):
+    error = run(capsys, "capfilt", *captions_table(tmp_path), "--captioner", "x", "--filter",
+                "y", "--output", tmp_path / "clean.csv", "--threshold", 1.5)  # fmt: skip
+    assert error == "mmcl capfilt: error: --threshold is a probability in [0, 1], got 1.5"
+
+
+def test_capfilt_needs_both_models(tmp_path, capsys):
+    blip_folder(tmp_path / "filter", "BlipForImageTextRetrieval")
+    error = run(capsys, "capfilt", *captions_table(tmp_path), "--filter", tmp_path / "filter",
+                "--output", tmp_path / "clean.csv")  # fmt: skip
+    assert error == "mmcl capfilt: error: give --captioner PATH (or --captioner-model NAME)"
+    assert not (tmp_path / "clean.csv").exists()

@@ -12,9 +12,10 @@ from PIL import Image
 from mmcl.cli import main as cli_main
 from mmcl.data.captions import read_caption_table
 from mmcl.eval.captioner import Captioner
+from mmcl.io.tokenizer import get_tokenizer
 from mmcl.io.transforms import get_preprocess
 from mmcl.io.wordpiece import load_wordpiece
-from tiny_captioners import blip_folder, image_folder
+from tiny_captioners import blip_folder, coca_file, image_folder
 
 
 def caption(*argv) -> int:
@@ -76,12 +77,15 @@ def test_interrupted_sampled_job_resumes_with_the_captions_of_an_uninterrupted_o
     assert not (tmp_path / "resumed.csv.parts").exists()
 
 
-def test_jsonl_output_has_one_object_a_line_and_coca_captions_with_beams(tmp_path, capsys):
+def test_jsonl_output_holds_coca_beam_captions_of_each_image(tmp_path):
+    model = coca_file(tmp_path / "coca.safetensors")
     paths = image_folder(tmp_path / "images", 3)
     out = tmp_path / "captions.jsonl"
-    assert caption("--model", "tiny-coca", "--images", tmp_path / "images", "--output", out,
-                   "--beams", 2, "--max-length", 4) == 0  # fmt: skip
-    lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [sorted(line) for line in lines] == [["caption", "image"]] * 3
-    assert [line["image"] for line in lines] == [p.name for p in paths]
-    assert "random weights" in capsys.readouterr().err
+    assert caption("--pretrained", tmp_path / "coca.safetensors", "--images", tmp_path / "images",
+                   "--output", out, "--beams", 2, "--max-length", 4) == 0  # fmt: skip
+    preprocess = get_preprocess(32)
+    pixels = torch.stack([preprocess(Image.open(p)) for p in paths])
+    tokens = model.generate(pixels, max_new_tokens=4, beams=2).tokens
+    expected = [{"image": p.name, "caption": get_tokenizer().decode(row[1:])}
+                for p, row in zip(paths, tokens, strict=True)]  # fmt: skip
+    assert [json.loads(line) for line in out.read_text().splitlines()] == expected

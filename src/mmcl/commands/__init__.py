@@ -14,6 +14,7 @@ COMMANDS = (
     "zeroshot",
     "retrieval",
     "caption",
+    "capfilt",
     "convert",
     "train",
     "continual",

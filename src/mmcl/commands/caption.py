@@ -44,8 +44,13 @@ def add_parser(commands) -> None:
     caption.set_defaults(handler=run_caption)
 
 
-def add_decoding_arguments(parser: argparse.ArgumentParser, top_p: float | None = None) -> None:
-    decoding = parser.add_argument_group("decoding (greedy unless --beams or --top-p)")
+def add_decoding_arguments(
+    parser: argparse.ArgumentParser,
+    title: str = "decoding (greedy unless --beams or --top-p)",
+    top_p_note: str = "",
+    vocabulary: str = "the --pretrained folder, or the folder of the --pretrained file",
+) -> None:
+    decoding = parser.add_argument_group(title)
     decoding.add_argument(
         "--max-length", type=int, default=30, help="most tokens a caption gets (default 30)"
     )
@@ -59,9 +64,8 @@ def add_decoding_arguments(parser: argparse.ArgumentParser, top_p: float | None 
     decoding.add_argument(
         "--top-p",
         type=float,
-        default=top_p,
         help="nucleus sampling from the most probable tokens of this total probability"
-        + (f" (default {top_p})" if top_p is not None else ""),
+        + top_p_note,
     )
     decoding.add_argument(
         "--seed", type=int, default=0, help="seed of --top-p sampling (same seed, same captions)"
@@ -76,7 +80,7 @@ def add_decoding_arguments(parser: argparse.ArgumentParser, top_p: float | None 
         "--tokenizer",
         type=Path,
         help="BLIP: folder of its WordPiece vocabulary (tokenizer.json or vocab.txt); default: "
-        "the --pretrained folder, or the folder of the --pretrained file",
+        + vocabulary,
     )
 
 

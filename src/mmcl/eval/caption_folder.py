@@ -31,7 +31,13 @@ from mmcl.io.atomic import atomic_path
 from mmcl.io.progress import progress as progress_bar
 from mmcl.io.transforms import get_preprocess, streamlined
 
-__all__ = ["CAPTION_SUFFIXES", "FolderCaptions", "caption_image_folder", "write_caption_rows"]
+__all__ = [
+    "CAPTION_SUFFIXES",
+    "FolderCaptions",
+    "caption_image_folder",
+    "image_name",
+    "write_caption_rows",
+]
 
 CAPTION_SUFFIXES = (".csv", ".jsonl")
 PARTS_FORMAT = 1
@@ -137,7 +143,7 @@ def caption_image_folder(
             if last:
                 _write_part(folder, part, spans[part], rows)
                 rows = {}
-    names = [_name(path, root) for path in paths]
+    names = [image_name(path, root) for path in paths]
     captions, skipped = {}, []
     for part, span in enumerate(spans):
         part_rows, part_skipped = _read_part(folder, part, span)
@@ -174,7 +180,8 @@ def write_caption_rows(
         tmp.write_text(text, encoding="utf-8", newline="")
 
 
-def _name(path: Path, root: str | os.PathLike | None) -> str:
+def image_name(path: Path, root: str | os.PathLike | None) -> str:
+    """How a caption table names `path`: relative to `root` when it lies inside it."""
     if root is not None and path.is_relative_to(root):
         return path.relative_to(root).as_posix()
     return str(path)
