@@ -93,7 +93,14 @@ def run_retrieval(args: argparse.Namespace) -> int:
 
         tokens = text.tokens([captions[t] for t in keep]).to(args.device)
         reranked = itm_rerank_recall(
-            model, features, image_tokens, texts[keep], tokens, text_to_image, args.rerank
+            model,
+            features,
+            image_tokens,
+            texts[keep],
+            tokens,
+            text_to_image,
+            args.rerank,
+            progress=not args.quiet,
         )
         report.update(recall_reranked=reranked, rerank=args.rerank)
         print_table(

@@ -28,11 +28,15 @@ PairScorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def rerank_scores(
-    itc_scores: torch.Tensor, match_scores: PairScorer, k: int, chunk_size: int = 256
+    itc_scores: torch.Tensor,
+    match_scores: PairScorer,
+    k: int,
+    chunk_size: int = 256,
+    progress: bool = False,
 ) -> torch.Tensor:
     """``(queries, candidates)`` scores: for each query, its top `k` candidates by
     `itc_scores` get ``match + itc``; every other candidate gets ``-inf``. `match_scores` is
-    called on at most `chunk_size` pairs at a time."""
+    called on at most `chunk_size` pairs at a time (with a progress bar if `progress`)."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     queries, candidates = itc_scores.shape
@@ -43,7 +47,12 @@ def rerank_scores(
     matched = torch.cat(
         [
             match_scores(query_index[s : s + chunk_size], candidate_index[s : s + chunk_size])
-            for s in range(0, len(query_index), chunk_size)
+            for s in progress_bar(
+                range(0, len(query_index), chunk_size),
+                desc="ITM re-ranking",
+                unit="chunk",
+                disable=not progress,
+            )
         ]
     ).to(device=itc_scores.device, dtype=itc_scores.dtype)
     out = torch.full_like(itc_scores, float("-inf"))
@@ -108,6 +117,7 @@ def itm_rerank_recall(
     k: int,
     ks: Sequence[int] = (1, 5, 10),
     chunk_size: int = 256,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Recall at `ks` (as `mmcl.eval.retrieval_recall` gives it) after BLIP's re-ranking, in
     both directions: each image's top `k` captions and each caption's top `k` images by ITC
@@ -116,13 +126,18 @@ def itm_rerank_recall(
     order below them."""
     itc = image_features.float() @ text_features.float().T  # (images, texts)
     i2t = rerank_scores(
-        itc, blip_match_scorer(model, image_tokens, tokens, text_queries=False), k, chunk_size
+        itc,
+        blip_match_scorer(model, image_tokens, tokens, text_queries=False),
+        k,
+        chunk_size,
+        progress,
     )
     t2i = rerank_scores(
         itc.T.contiguous(),
         blip_match_scorer(model, image_tokens, tokens, text_queries=True),
         k,
         chunk_size,
+        progress,
     )
     return recall_from_scores(
         _below_reranked(itc, i2t), _below_reranked(itc.T, t2i), text_to_image, ks
