@@ -3,6 +3,8 @@ does not fit: one line naming the argument or file and the way out, before any l
 
 from __future__ import annotations
 
+import pytest
+
 from mmcl.cli import main as cli_main
 from tiny_captioners import blip_folder, image_folder
 
@@ -138,3 +140,20 @@ def test_capfilt_needs_both_models(tmp_path, capsys):
                 "--output", tmp_path / "clean.csv")  # fmt: skip
     assert error == "mmcl capfilt: error: give --captioner PATH (or --captioner-model NAME)"
     assert not (tmp_path / "clean.csv").exists()
+
+
+def test_caption_unreadable_image_stops_naming_it_or_is_skipped_and_listed(tmp_path, capsys):
+    blip_folder(tmp_path / "blip")
+    image_folder(tmp_path / "images", 2)
+    (tmp_path / "images" / "broken.png").write_bytes(b"not a png")
+    base = ["caption", "--pretrained", tmp_path / "blip", "--images", tmp_path / "images",
+            "--output", tmp_path / "c.csv", "--max-length", 3]  # fmt: skip
+    error = run(capsys, *base)
+    assert f"{tmp_path / 'images' / 'broken.png'}" in error and not (tmp_path / "c.csv").exists()
+    with pytest.warns(UserWarning, match="skipping unreadable image"):
+        assert cli_main([*map(str, base), "--skip-bad", "--quiet"]) == 0
+    assert f"skipped 1 unreadable image(s): {tmp_path / 'images' / 'broken.png'}" in (
+        capsys.readouterr().err
+    )
+    rows = (tmp_path / "c.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows] == ["image", "0.png", "1.png"]

@@ -80,10 +80,10 @@ def test_capfilt_counts_and_table_with_the_filter_forced_to_known_verdicts(
         "synthetic captions: 2 kept, 2 dropped" in out
     )
     assert [tuple(row.values()) for row in read_csv(tmp_path / "clean.csv")] == [
-        ("0.png", "a good star", "web", "1.0000"),
-        ("0.png", "good star", "synthetic", "1.0000"),
-        ("2.png", "good star", "synthetic", "1.0000"),
-        ("3.png", "good square", "web", "1.0000"),
+        ("0.png", "a good star", "web", "1.0"),
+        ("0.png", "good star", "synthetic", "1.0"),
+        ("2.png", "good star", "synthetic", "1.0"),
+        ("3.png", "good square", "web", "1.0"),
     ]
     report = json.loads((tmp_path / "counts.json").read_text())
     assert (report["kept"], report["replaced"], report["dropped"], report["written"]) == (

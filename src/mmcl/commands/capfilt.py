@@ -123,7 +123,7 @@ def run_capfilt(args: argparse.Namespace) -> int:
     root = args.images if args.images is not None else args.captions.parent
     images = list(dict.fromkeys(paths))
     rows = [
-        (image_name(images[image], root), text, source, f"{match:.4f}")
+        (image_name(images[image], root), text, source, round(match, 4))
         for image, text, source, match in result.rows
     ]
     write_caption_rows(args.output, rows, ("image", "caption", "source", "match"))
