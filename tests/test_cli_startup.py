@@ -34,6 +34,8 @@ def run_cli(*argv: str) -> subprocess.CompletedProcess:
         ["--help"],
         ["--version"],
         ["embed", "--help"],
+        ["caption", "--help"],
+        ["capfilt", "--help"],
         ["index", "--help"],
         ["index", "--kind", "lsh"],
         ["serve", "--help"],

@@ -14,6 +14,8 @@ COMMANDS = (
     "serve",
     "zeroshot",
     "retrieval",
+    "caption",
+    "capfilt",
     "convert",
     "train",
     "continual",

@@ -116,7 +116,7 @@ def embed_image_folder(
     reading = {"high_bit_depth": high_bit_depth, "max_image_pixels": dataset.max_image_pixels}
     folder = parts_folder(output)
     manifest = _manifest(model, paths, part_size, transform, settings, reading)
-    _open_parts_folder(folder, manifest, dict(source or {}))
+    open_parts_folder(folder, manifest, dict(source or {}))
 
     spans = [
         (start, min(start + part_size, len(paths))) for start in range(0, len(paths), part_size)
@@ -240,8 +240,15 @@ def _manifest(model, paths: list[Path], part_size: int, transform, settings, rea
     }
 
 
-def _open_parts_folder(folder: Path, manifest: dict, source: dict) -> None:
-    """Create the parts folder with its manifest, or check an existing one matches."""
+def open_parts_folder(
+    folder: Path,
+    manifest: dict,
+    source: dict,
+    job: str = "embedding",
+    part_pattern: str = "part-*.safetensors",
+) -> None:
+    """Create the parts folder with its manifest, or check an existing one matches (also for
+    `mmcl caption`'s parts: `job` names the work in errors)."""
     manifest_path = folder / "manifest.json"
     if manifest_path.exists():
         found = json.loads(manifest_path.read_text())
@@ -256,12 +263,12 @@ def _open_parts_folder(folder: Path, manifest: dict, source: dict) -> None:
             )
             written_by = ", ".join(f"{k}={v}" for k, v in recorded_source.items()) or "unrecorded"
             raise ValueError(
-                f"{folder} holds parts of another embedding job ({details}; written by "
+                f"{folder} holds parts of another {job} job ({details}; written by "
                 f"{written_by}). Rerun with the same settings to resume it, or delete the "
                 f"folder to start again."
             )
         return
-    if any(folder.glob("part-*.safetensors")):
+    if any(folder.glob(part_pattern)):
         raise ValueError(f"{folder} holds parts but no manifest.json; delete the folder")
     with atomic_path(manifest_path) as tmp:
         tmp.write_text(json.dumps({**manifest, "source": source}, indent=2, default=str))
