@@ -146,3 +146,11 @@ def test_a_linear_projector_is_llava_v1_and_cannot_go_to_hf(hf_folder, tmp_path)
     assert not hasattr(model.projector, "linear_2")
     with pytest.raises(ValueError, match="only the mlp2x_gelu projector"):
         save_huggingface(model, tmp_path / "hf")
+
+
+def test_doctests():
+    import doctest
+
+    from mmcl.models.bridges import llava
+
+    assert doctest.testmod(llava).failed == 0
