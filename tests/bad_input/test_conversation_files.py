@@ -100,3 +100,13 @@ def test_a_tokenizer_that_cannot_spell_the_template_is_refused():
         _encoder(tokenizer)
     with pytest.raises(TemplateMismatchError, match="has no eos token"):
         _encoder(word_tokenizer(["sys", "USER:", "ASSISTANT:"], eos_token=None))
+
+
+def test_a_llava_recipe_naming_an_unknown_part_to_train_is_refused():
+    from torch import nn
+
+    from mmcl.recipe_llava import set_trainable
+
+    model = nn.Module()
+    with pytest.raises(ValueError, match=r"llava.yaml: model.trainable must list some of"):
+        set_trainable(model, ["projector", "lm"], "llava.yaml")

@@ -151,3 +151,29 @@ def _json(text: str, where: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise ConversationFormatError(f"{where}: not valid JSON: {error}") from None
+
+
+class ConversationImages:
+    """``(image, Conversation)`` items of a LLaVA-format file, the images read from
+    `image_folder` (the samples' "image" paths are relative to it) through `transform`.
+    Every sample needs an image: a text-only one is refused, naming it."""
+
+    def __init__(self, path: str | os.PathLike, image_folder: str | os.PathLike, transform):
+        self.conversations = read_llava_json(path)
+        self.image_folder, self.transform = Path(image_folder), transform
+        for index, conversation in enumerate(self.conversations):
+            if conversation.image is None:
+                raise ConversationFormatError(
+                    f"{path}: sample {index} (id {conversation.id!r}) has no image; mmcl "
+                    f"trains LLaVA models on one image a sample"
+                )
+
+    def __len__(self) -> int:
+        return len(self.conversations)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        conversation = self.conversations[index]
+        with Image.open(self.image_folder / conversation.image) as image:
+            return self.transform(image.convert("RGB")), conversation
