@@ -154,3 +154,66 @@ def test_doctests():
     from mmcl.models.bridges import llava
 
     assert doctest.testmod(llava).failed == 0
+
+
+def test_a_tied_lm_head_and_the_full_strategy_load_and_export_exactly(tmp_path):
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=16,
+    )
+    text = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=IMAGE_TOKEN,
+        tie_word_embeddings=True,
+        vision_feature_select_strategy="full",  # the class token kept
+        vision_feature_layer=-1,
+    )
+    torch.manual_seed(2)
+    reference = LlavaForConditionalGeneration(config).eval()
+    reference.save_pretrained(tmp_path / "hf")
+    model, _ = mmcl.load(tmp_path / "hf")
+    assert model.tokens_per_image == TOKENS_PER_IMAGE + 1
+    ids = torch.tensor([[1] + [IMAGE_TOKEN] * (TOKENS_PER_IMAGE + 1) + [3, 4]])
+    pixels = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        expected = reference(input_ids=ids, pixel_values=pixels).logits
+        assert (model(ids, pixels).logits - expected).abs().max() < 1e-5
+    save_huggingface(model, tmp_path / "out")
+    original = load_file(tmp_path / "hf" / "model.safetensors")
+    exported = load_file(tmp_path / "out" / "model.safetensors")
+    assert "language_model.lm_head.weight" not in exported  # tied: left out, as HF leaves it
+    assert sorted(exported) == sorted(original)
+    assert all(torch.equal(exported[key], original[key]) for key in original)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(hf_folder):
+    model, _ = mmcl.load(hf_folder[0])
+    pixels, ids, mask = _inputs()
+
+    def gradients():
+        model.zero_grad()
+        model(ids, pixels, mask).logits.square().mean().backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    model.train()
+    plain = gradients()
+    model.set_grad_checkpointing(True)
+    checkpointed = gradients()
+    model.set_grad_checkpointing(False)
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+    assert sorted(plain) == sorted(checkpointed) and any(k.startswith("visual.") for k in plain)
+    assert all(torch.allclose(plain[k], checkpointed[k], atol=1e-6) for k in plain)

@@ -10,6 +10,7 @@ batches decode as they do there.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -33,6 +34,9 @@ class CausalLMStep:
         self.embed_prompt = embed_prompt
         self.attention_mask = attention_mask
         self.lm_cache = None  # the LM's own cache object, created by its first call
+        # transformers 5 names the cache argument `cache`; earlier versions `past_key_values`.
+        parameters = inspect.signature(language_model.forward).parameters
+        self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
 
     def __call__(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         rows = tokens.shape[0]
@@ -52,10 +56,10 @@ class CausalLMStep:
             inputs_embeds=embeddings,
             attention_mask=mask,
             position_ids=positions[:, -tokens.shape[1] :],
-            cache=self.lm_cache,
             use_cache=True,
+            **{self.cache_argument: self.lm_cache},
         )
-        self.lm_cache = output.cache
+        self.lm_cache = getattr(output, self.cache_argument)
         self._rows = torch.arange(rows, device=tokens.device)
         cache.put(self, (mask, self._rows))  # the loop selects rows of both with its own
         return output.logits[:, -1]

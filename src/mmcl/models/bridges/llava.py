@@ -106,7 +106,12 @@ class LlavaProjector(nn.Module):
 class Llava(nn.Module):
     def __init__(self, config: LlavaConfig, output_dict: bool = False):
         super().__init__()
-        from transformers import AutoConfig, AutoModelForCausalLM  # slow import: only here
+        try:  # a slow import: only here
+            from transformers import AutoConfig, AutoModelForCausalLM
+        except ImportError:
+            raise ImportError(
+                "LLaVA models hold a transformers language model: pip install 'mmcl[llm]'"
+            ) from None
 
         self.config = config
         vision = config.llava_vision
@@ -131,6 +136,28 @@ class Llava(nn.Module):
     def tokens_per_image(self) -> int:
         grid = self.image_size // self.config.llava_vision.patch_size
         return grid * grid + int(self.config.keep_class_token)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute activations in the backward pass: the tower's blocks and the LM's layers
+        (through transformers' own switch)."""
+        self.visual.transformer.grad_checkpointing = enable
+        lm = self.language_model
+        if hasattr(lm, "activation_checkpointing_enable"):  # transformers 5's name for it
+            enable_lm, disable_lm = (
+                lm.activation_checkpointing_enable,
+                lm.activation_checkpointing_disable,
+            )
+            options = {"activation_checkpointing_kwargs": {"use_reentrant": False}}
+        else:
+            enable_lm, disable_lm = (
+                lm.gradient_checkpointing_enable,
+                lm.gradient_checkpointing_disable,
+            )
+            options = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
+        if enable:
+            enable_lm(**options)
+        else:
+            disable_lm()
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Images ``(batch, 3, H, W)`` -> projected image tokens ``(batch, tokens, lm width)``."""
