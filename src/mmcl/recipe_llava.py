@@ -12,7 +12,8 @@ the projector and the language model on conversations, both on the one engine.
             trainable: [projector]  # the parts trained; all others are frozen and left out
                                     # of the optimizer
     data:   kind: scene_conversations, stage: captions | instructions, size, max_turns
-            or kind: llava_json, path: FILE, images: FOLDER;  max_length: tokens per sample
+            or kind: llava_json, path: FILE, images: FOLDER;  max_length: tokens per sample;
+            system: the chat template's system text (default Vicuna's, as LLaVA-1.5's)
     eval:   vqa_size: N (held-out scene questions), scene_split: test
 
 The run's folder gets the engine's `model.safetensors` and checkpoints, and ``hf/``: the
@@ -29,7 +30,12 @@ from typing import Any
 
 import torch
 
-from mmcl.data.chat_template import ConversationEncoder, collate_for_training
+from mmcl.data.chat_template import (
+    VICUNA_SYSTEM,
+    ChatTemplate,
+    ConversationEncoder,
+    collate_for_training,
+)
 from mmcl.data.conversations import ConversationImages
 from mmcl.data.scene_conversations import (
     CAPTION_INSTRUCTIONS,
@@ -70,20 +76,23 @@ def run_llava_recipe(recipe) -> FitResult:
     spec.pop("kind")
     resume_checkpoint(recipe.train.resume, recipe.train.output_dir)
     torch.manual_seed(recipe.train.seed)
-    model, tokenizer = build_llava(spec, recipe.source)
+    data = dict(recipe.data)
+    template = ChatTemplate(system=data.pop("system", VICUNA_SYSTEM))
+    model, tokenizer = build_llava(spec, recipe.source, template)
     set_trainable(model, spec.pop("trainable", ["projector"]), recipe.source)
     if spec:
         raise ValueError(f"{recipe.source}: unknown model entries {sorted(spec)}")
-    data = dict(recipe.data)
     encoder = ConversationEncoder(
         tokenizer,
         model.image_token_id,
         model.tokens_per_image,
+        template,
         max_length=data.pop("max_length", None),
     )
-    train_data = EncodedConversations(
-        build_conversations(data, model.image_size, recipe.source), encoder
-    )
+    conversations = build_conversations(data, model.image_size, recipe.source)
+    if data:
+        raise ValueError(f"{recipe.source}: unknown data entries {sorted(data)}")
+    train_data = EncodedConversations(conversations, encoder)
     evaluate = None
     spec_eval = dict(recipe.eval)
     if "vqa_size" in spec_eval:
@@ -108,9 +117,9 @@ def run_llava_recipe(recipe) -> FitResult:
     return result
 
 
-def build_llava(spec: dict[str, Any], source: str):
+def build_llava(spec: dict[str, Any], source: str, template: ChatTemplate | None = None):
     """`(model, tokenizer)`: loaded from `spec["init"]`, or new (the tokenizer trained on the
-    built-in scene text); the entries used are removed from `spec`."""
+    built-in scene text and `template`'s words); the entries used are removed from `spec`."""
     from transformers import AutoTokenizer
 
     if "init" in spec:
@@ -130,7 +139,7 @@ def build_llava(spec: dict[str, Any], source: str):
         folder = spec.pop("init")
         model = load(folder)[0]
         return model, AutoTokenizer.from_pretrained(folder)
-    texts = _scene_text(spec.pop("tokenizer_text_size", 1000))
+    texts = _scene_text(spec.pop("tokenizer_text_size", 1000), template)
     tokenizer = train_lm_tokenizer(texts, spec.pop("vocab_size", 512))
     tower = create_model(spec.pop("tower", "tiny-vit")).config
     lm = {**DEFAULT_LM, **spec.pop("lm", {})}
@@ -247,20 +256,19 @@ def _vision_dict(vision) -> dict[str, Any]:
     }
 
 
-def _scene_text(size: int) -> list[str]:
+def _scene_text(size: int, template: ChatTemplate | None = None) -> list[str]:
     """The built-in text the tokenizer learns: `size` scene captions, questions and answers
     and conversations (their text as the template lays it out, without the placeholder),
     and the chat template's words."""
-    from mmcl.data.chat_template import ChatTemplate
     from mmcl.data.conversations import IMAGE_PLACEHOLDER
 
-    template = ChatTemplate()
+    template = template or ChatTemplate()
     conversations = SceneConversations("train", size, transform=lambda image: image)
     texts = scene_texts(size)
     for index in range(size):
         for turn in conversations.conversation(index).turns:
             texts += [text.replace(IMAGE_PLACEHOLDER, "") for text in turn]
     # Every sample holds the template's words: weigh them so, and they become few tokens.
-    template_words = [template.system, template.user, template.assistant]
+    template_words = [w for w in (template.system, template.user, template.assistant) if w]
     instructions = list(CAPTION_INSTRUCTIONS + DESCRIBE_INSTRUCTIONS)
     return texts + template_words * max(1, size // 4) + instructions

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 import mmcl
+from mmcl.data.chat_template import ChatTemplate
 from mmcl.recipe import load_recipe, run_recipe
 from mmcl.recipe_llava import build_llava, set_trainable
 from mmcl.train.optim import build_optimizer
@@ -16,6 +17,7 @@ TINY = [
     "model.tokenizer_text_size=40",
     "data.size=4",
     "data.max_length=200",
+    "data.system=''",  # no system text: shorter samples
     "train.steps=1",
     "train.batch_size=2",
     "train.warmup_steps=0",
@@ -52,7 +54,7 @@ def test_stage_one_then_stage_two_train_what_they_say(tmp_path):
     stage1 = load_recipe("llava-scenes-stage1", [*TINY, f"train.output_dir={tmp_path / 'one'}"])
     torch.manual_seed(stage1.train.seed)  # the run builds its model after this same seed
     spec = {k: v for k, v in stage1.model.items() if k not in ("kind", "trainable")}
-    initial, _ = build_llava(spec, "test")
+    initial, _ = build_llava(spec, "test", ChatTemplate(system=""))
     run_recipe(stage1)
     after_one = mmcl.load(tmp_path / "one" / "hf")[0]
     for part in ("visual", "language_model"):
