@@ -39,3 +39,11 @@ def test_model_and_tokenizer_are_one_hugging_face_folder(tmp_path):
     with torch.no_grad():
         expected = reference(input_ids=ids, pixel_values=pixels).logits
         assert (loaded(ids, pixels).logits - expected).abs().max() < 1e-5
+
+
+def test_doctests():
+    import doctest
+
+    from mmcl.io import lm_tokenizer
+
+    assert doctest.testmod(lm_tokenizer).failed == 0
