@@ -97,7 +97,8 @@ class Ranks:
         try:
             # Rank 0 names the ranks that did not arrive in time; the collective then moves
             # only small pickled objects.
-            dist.monitored_barrier(self.group, wait_all_ranks=True)
+            wait = datetime.timedelta(seconds=self.timeout)  # not the group's: PyTorch's default
+            dist.monitored_barrier(self.group, timeout=wait, wait_all_ranks=True)
             collective(*args, **kwargs)
         except RuntimeError as error:  # gloo's timeouts and lost connections
             raise RankFailedError(
