@@ -101,8 +101,8 @@ def test_a_rank_that_stops_answering_stops_the_others_after_rank_timeout(
     assert as_rank_0_with(monkeypatch, rank_1, command(folder, timeout=2)) == 1
     assert time.time() - started < 30
     error = capsys.readouterr().err
-    assert error.startswith("mmcl embed: error: rank 0 of 2: the ranks did not meet")
-    assert "within 2 s: a rank died or hangs" in error and "Ranks 1 failed" in error
+    assert error.startswith("mmcl embed: error: rank 0 of 2: lost the other ranks at loading")
+    assert "did not arrive within 2 s" in error and "Ranks 1 failed" in error
 
 
 def test_ranks_that_see_different_image_files_are_refused(folder, monkeypatch, capsys):

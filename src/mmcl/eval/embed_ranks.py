@@ -102,8 +102,8 @@ class Ranks:
             collective(*args, **kwargs)
         except RuntimeError as error:  # gloo's timeouts and lost connections
             raise RankFailedError(
-                f"rank {self.rank} of {self.size}: the ranks did not meet at {step} within "
-                f"{self.timeout:g} s: a rank died or hangs ({_first_line(error)}).{self.hint}"
+                f"rank {self.rank} of {self.size}: lost the other ranks at {step}: a rank died, "
+                f"or did not arrive within {self.timeout:g} s ({_first_line(error)}).{self.hint}"
             ) from None
 
     def _raise_failures(self, step: str, failures: list) -> None:
