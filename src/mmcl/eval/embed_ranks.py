@@ -126,7 +126,8 @@ def check_same_job(ranks: Ranks, manifest: dict) -> None:
             raise ValueError(
                 f"rank {rank} sees another job than rank 0 ({', '.join(keys)} differ): every "
                 f"rank must see the same image files under the same paths (a filesystem that "
-                f"every node shares), the same checkpoint and the same settings"
+                f"every node shares), the same checkpoint (without one, each rank draws its own random "
+                f"weights) and the same settings"
             )
 
 
