@@ -26,15 +26,15 @@ TORCHRUN += ["--standalone", "-m", "mmcl.cli"]
 
 @pytest.fixture
 def job(tmp_path):
-    """A checkpoint, 12 small images (12 parts of 1: 6 rounds of the 2 ranks), the command's
+    """A checkpoint, 20 small images (20 parts of 1: 10 rounds of the 2 ranks), the command's
     arguments, and what one process writes for them."""
     torch.manual_seed(0)
     save_safetensors(mmcl.create_model("tiny-vit"), tmp_path / "tiny.safetensors")
     images = tmp_path / "images"
     (images / "sub").mkdir(parents=True)
-    for i in range(12):
+    for i in range(20):
         folder = images / "sub" if i % 3 == 0 else images
-        Image.new("RGB", (32 + i, 30), (20 * i, 255 - 20 * i, 7 * i)).save(folder / f"{i:02d}.png")
+        Image.new("RGB", (32 + i, 30), (12 * i, 255 - 12 * i, 7 * i)).save(folder / f"{i:02d}.png")
     args = ["embed", "--pretrained", str(tmp_path / "tiny.safetensors"), "--images", str(images)]
     args += ["--quiet", "--part-size", "1", "--batch-size", "1"]
     threads = torch.get_num_threads()
@@ -65,7 +65,7 @@ def test_two_ranks_write_what_one_process_writes(job, tmp_path):
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert_same_output(output, reference)
-    assert run.stdout.count("wrote 12 x 64 features") == 1  # rank 0 reports for the job
+    assert run.stdout.count("wrote 20 x 64 features") == 1  # rank 0 reports for the job
     assert not Path(f"{output}.parts").exists()
 
 
@@ -99,7 +99,7 @@ def test_a_rank_killed_mid_run_then_resumed_writes_what_one_process_writes(job, 
     deadline = time.time() + 240
     rank1 = rank_pid(launcher, 1, deadline)
     # Rank 1 owns the odd parts; kill it once its first one is written. The ranks meet after
-    # each round of parts, so the job cannot end before its 6th round.
+    # each round of parts, so the job cannot end before its 10th round.
     while not (parts / "part-000001.safetensors").exists() and time.time() < deadline:
         time.sleep(0.002)
     os.kill(rank1, signal.SIGKILL)
@@ -107,7 +107,7 @@ def test_a_rank_killed_mid_run_then_resumed_writes_what_one_process_writes(job, 
     assert launcher.returncode != 0
     assert not output.exists()
     finished = len(list(parts.glob("part-*.safetensors")))
-    assert 2 <= finished < 12, errors[-3000:]
+    assert 2 <= finished < 20, errors[-3000:]
 
     # Resumed by one process: parts are the job's, whichever rank wrote them.
     capsys.readouterr()
