@@ -99,8 +99,9 @@ def embed_folder_in_ranks(args: argparse.Namespace) -> int:
     try:
         if info.world_size > 1 and args.device == "cuda":
             args.device = str(info.device)  # one GPU a rank: cuda:LOCAL_RANK
-        ranks = Ranks(args.rank_timeout)
-        model, paths = ranks.each("loading the model and listing the images", lambda: prepare(args))
+        with Ranks(args.rank_timeout) as ranks:
+            step = "loading the model and listing the images"
+            model, paths = ranks.each(step, lambda: prepare(args))
         return embed_folder(args, model, paths, main=info.is_main)
     except RankFailedError as error:
         print(f"mmcl {args.command}: error: {error}", file=sys.stderr)

@@ -128,44 +128,42 @@ def embed_image_folder(
         (start, min(start + part_size, len(paths))) for start in range(0, len(paths), part_size)
     ]
     # Under torchrun the ranks share the missing parts; every step below is taken together.
-    ranks = Ranks(
+    with Ranks(
         rank_timeout,
         hint=f" Finished parts stay in {folder}: rerun the same command to compute the rest",
-    )
-    check_same_job(ranks, manifest)
-    missing = ranks.first(
-        "opening the parts folder",
-        lambda: _open_missing_parts(folder, manifest, dict(source or {}), len(spans)),
-    )
-    if ranks.size > 1:
-        ranks.each("finding the parts folder", lambda: check_visible(folder))
-    # Deterministic shares: the k-th missing part goes to rank k % size, so that the ranks
-    # finish each round of `size` parts together (a resumed job is balanced again).
-    mine = missing[ranks.rank :: ranks.size]
-    rounds = -(-len(missing) // ranks.size)
-    share = sum(spans[part][1] - spans[part][0] for part in mine)
-    done = len(paths) - share if ranks.size == 1 else 0
-    with progress_bar(
-        total=share + done,
-        initial=done,
-        desc="embedding images"
-        if ranks.size == 1
-        else f"embedding images (rank 0 of {ranks.size})",
-        unit="image",
-        disable=not progress or ranks.rank != 0,
-    ) as bar:
-        encoded = _encode_parts(
-            model, dataset, mine, spans, folder, batch_size, workers, device, streams, bar
+    ) as ranks:
+        check_same_job(ranks, manifest)
+        missing = ranks.first(
+            "opening the parts folder",
+            lambda: _open_missing_parts(folder, manifest, dict(source or {}), len(spans)),
         )
-        for round_ in range(rounds):
-            ranks.each(f"round {round_ + 1} of {rounds} of parts", lambda: next(encoded, None))
+        if ranks.size > 1:
+            ranks.each("finding the parts folder", lambda: check_visible(folder))
+        # Deterministic shares: the k-th missing part goes to rank k % size, so that the ranks
+        # finish each round of `size` parts together (a resumed job is balanced again).
+        mine = missing[ranks.rank :: ranks.size]
+        rounds = -(-len(missing) // ranks.size)
+        share = sum(spans[part][1] - spans[part][0] for part in mine)
+        done = len(paths) - share if ranks.size == 1 else 0
+        with progress_bar(
+            total=share + done,
+            initial=done,
+            desc="embedding images" + (f" (rank 0 of {ranks.size})" if ranks.size > 1 else ""),
+            unit="image",
+            disable=not progress or ranks.rank != 0,
+        ) as bar:
+            encoded = _encode_parts(
+                model, dataset, mine, spans, folder, batch_size, workers, device, streams, bar
+            )
+            for round_ in range(rounds):
+                ranks.each(f"round {round_ + 1} of {rounds} of parts", lambda: next(encoded, None))
 
-    def join() -> FolderEmbedding:
-        result = _join_parts(folder, output, paths, spans, len(missing), keep_parts)
-        _write_record(output, manifest, dict(source or {}))
-        return result
+        def join() -> FolderEmbedding:
+            result = _join_parts(folder, output, paths, spans, len(missing), keep_parts)
+            _write_record(output, manifest, dict(source or {}))
+            return result
 
-    return ranks.first("joining the parts", join)
+        return ranks.first("joining the parts", join)
 
 
 def _encode_parts(

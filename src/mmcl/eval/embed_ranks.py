@@ -30,8 +30,8 @@ class Ranks:
 
     `hint` ends every error about another rank (what the user can do next).
 
-    >>> ranks = Ranks(timeout=60)  # no process group: one rank
-    >>> ranks.rank, ranks.size, ranks.each("adding", lambda: 1 + 1)
+    >>> with Ranks(timeout=60) as ranks:  # no process group: one rank
+    ...     ranks.rank, ranks.size, ranks.each("adding", lambda: 1 + 1)
     (0, 1, 2)
     """
 
@@ -46,6 +46,14 @@ class Ranks:
         self.group = None
         if self.size > 1:
             self.group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout))
+
+    def __enter__(self) -> Ranks:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.group is not None:  # this object's own group, not the job's
+            dist.destroy_process_group(self.group)
+            self.group = None
 
     def each(self, step: str, work: Callable[[], T]) -> T:
         """Every rank runs `work`; then all learn whether every rank succeeded.
