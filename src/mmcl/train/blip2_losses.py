@@ -7,6 +7,9 @@
   over the query outputs (`QFormerPretrainer.itm_logits`).
 - LM: next-token cross-entropy of the image-grounded text generation
   (`mmcl.train.blip_losses.lm_loss`).
+
+Stage 2 (`stage2_loss`): the frozen LM's next-token cross-entropy on the text after the soft
+prompts, only the Q-Former and the projection learning.
 """
 
 from __future__ import annotations
@@ -15,7 +18,14 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from mmcl.train.blip_losses import itm_loss, itm_pairs, lm_loss, lm_targets, sample_hard_negatives
+from mmcl.train.blip_losses import (
+    IGNORE,
+    itm_loss,
+    itm_pairs,
+    lm_loss,
+    lm_targets,
+    sample_hard_negatives,
+)
 
 
 def itc_similarity(query_features: Tensor, text_features: Tensor) -> Tensor:
@@ -59,3 +69,22 @@ def stage1_losses(
         "itm": itm_loss(model.itm_logits(images, texts), labels),
         "lm": lm_loss(model.lm_logits(image_features, caption), targets),
     }
+
+
+def stage2_loss(
+    model,
+    images: Tensor,
+    input_ids: Tensor,
+    labels: Tensor,
+    attention_mask: Tensor | None = None,
+) -> Tensor:
+    """BLIP-2 stage 2: the LM's next-token cross-entropy over `labels` ``(batch, text)`` (the
+    targets of `input_ids`' positions, `IGNORE` where no loss is taken: prompts, padding,
+    image placeholders). The soft prompts before the text take no loss."""
+    logits = model(images, input_ids, attention_mask)[:, -labels.shape[1] :]
+    vocab = logits.shape[-1]
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, vocab).float(),
+        labels[:, 1:].reshape(-1),
+        ignore_index=IGNORE,
+    )
