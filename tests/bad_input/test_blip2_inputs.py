@@ -7,6 +7,10 @@
   the one class it reads.
 - A stage-1 model (the Q-Former with its text part) exported to Hugging Face is refused,
   naming the way out (mmcl safetensors).
+- A BLIP-2 given an instruction, or an InstructBLIP given none, says which it is and what it
+  takes.
+- An InstructBLIP training sample with an empty answer is an error naming the sample, not a
+  row that silently takes no loss.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 import mmcl
 from mmcl.io.checkpoints import CheckpointError, save_huggingface
 from mmcl.models.bridges.blip2 import Blip2, Blip2Config
+from mmcl.train.instruction_packing import pack_for_training
 
 CONFIG = {
     "blip_vision": {
@@ -83,3 +88,17 @@ def test_a_stage1_qformer_is_not_exported_to_hugging_face(tmp_path):
     with pytest.raises(CheckpointError, match="mmcl safetensors"):
         save_huggingface(model, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+def test_an_empty_answer_is_an_error_not_a_silent_zero_loss():
+    with pytest.raises(ValueError, match="answer 1 is empty"):
+        pack_for_training([[1], [2]], [[3], []], 4, 4, pad_id=0)
+
+
+def test_a_blip2_refuses_an_instruction_and_an_instructblip_needs_one():
+    images, text = torch.randn(1, 3, 16, 16), torch.tensor([[5, 6]])
+    with pytest.raises(ValueError, match="reads no instruction"):
+        tiny()(images, text, instruction=torch.tensor([[3, 4]]))
+    instruct = tiny(instruct=True, qformer={**CONFIG["qformer"], "vocab_size": 40})
+    with pytest.raises(ValueError, match="InstructBLIP needs the instruction"):
+        instruct(images, text)

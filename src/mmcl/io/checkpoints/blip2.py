@@ -1,5 +1,5 @@
-"""Hugging Face's `Blip2ForConditionalGeneration` folders to and from
-`mmcl.models.bridges.blip2.Blip2`'s layout.
+"""Hugging Face's `Blip2ForConditionalGeneration` and `InstructBlipForConditionalGeneration`
+folders to and from `mmcl.models.bridges.blip2.Blip2`'s layout.
 
 - `vision_model.*` -> `visual.*` as BLIP's (`mmcl.io.checkpoints.blip`), except its
   `post_layernorm`, which is BLIP-2's LayerNorm over the tower's features (LAVIS's
@@ -8,6 +8,9 @@
   `qformer.layernorm` -> `qformer.embed_norm`; the layers through `mmcl.io.checkpoints.bert`
   (Hugging Face's `attention.attention.*` is BERT's `attention.self.*`), the queries' FFN
   (`intermediate_query`, `output_query`) -> `query_mlp`, `query_mlp_norm`.
+- InstructBLIP's Q-Former has text embeddings: `qformer.embeddings.{word,position}_embeddings`
+  -> `qformer.{word,position}_embeddings`, its `qformer.embeddings.layernorm` (there in place
+  of `qformer.layernorm`) -> `qformer.embed_norm`, and the text FFN of every layer.
 - `language_projection.*` and `language_model.*` keep their names: the LM is the
   transformers model itself. A tied LM head left out of the file is filled from the input
   embeddings.
@@ -30,11 +33,24 @@ _QUERY_FFN = (  # (Hugging Face, mmcl) inside a layer
     ("output_query.LayerNorm", "query_mlp_norm"),
 )
 _BLOCK = re.compile(r"encoder\.blocks\.\d+\.")
-_HF_CLASS = "Blip2ForConditionalGeneration"
+_EMBEDDINGS = (  # (Hugging Face, mmcl) after "qformer."; InstructBLIP's
+    ("embeddings.word_embeddings.", "word_embeddings."),
+    ("embeddings.position_embeddings.", "position_embeddings."),
+    ("embeddings.layernorm.", "embed_norm."),
+)
+_MODEL_TYPES = {  # Hugging Face model_type: (class, vision model_type, qformer model_type)
+    "blip-2": ("Blip2ForConditionalGeneration", "blip_2_vision_model", "blip_2_qformer"),
+    "instructblip": (
+        "InstructBlipForConditionalGeneration",
+        "instructblip_vision_model",
+        "instructblip_qformer",
+    ),
+}
 
 
 def is_blip2_config(hf_config: dict[str, Any]) -> bool:
-    return hf_config.get("model_type") == "blip-2"
+    """A BLIP-2 or an InstructBLIP."""
+    return hf_config.get("model_type") in _MODEL_TYPES
 
 
 def blip2_from_huggingface(
@@ -53,6 +69,8 @@ def blip2_from_huggingface(
             out["qformer.queries.query"] = value.reshape(value.shape[-2:])
         elif key.startswith("qformer.layernorm."):
             out["qformer.embed_norm." + key.rsplit(".", 1)[1]] = value
+        elif key.startswith("qformer.embeddings."):
+            out["qformer." + _renamed(key.removeprefix("qformer."), _EMBEDDINGS)] = value
         elif key.startswith("qformer.encoder.layer."):
             name = key.removeprefix("qformer.").replace("attention.attention.", "attention.self.")
             for hf_name, our_name in _QUERY_FFN:
@@ -74,6 +92,7 @@ def blip2_to_huggingface(state_dict: dict[str, torch.Tensor]) -> dict[str, torch
     `from_pretrained` accepts)."""
     out: dict[str, torch.Tensor] = {}
     blocks: dict[str, torch.Tensor] = {}
+    instruct = "qformer.word_embeddings.weight" in state_dict
     for key, value in state_dict.items():
         if key.startswith("qformer.ln_vision."):
             out["vision_model.post_layernorm." + key.rsplit(".", 1)[1]] = value
@@ -81,8 +100,11 @@ def blip2_to_huggingface(state_dict: dict[str, torch.Tensor]) -> dict[str, torch
             out.update(_vision_tensor(key.removeprefix("visual."), value, reverse=True))
         elif key == "qformer.queries.query":
             out["query_tokens"] = value.unsqueeze(0)
-        elif key.startswith("qformer.embed_norm."):
+        elif key.startswith("qformer.embed_norm.") and not instruct:
             out["qformer.layernorm." + key.rsplit(".", 1)[1]] = value
+        elif key.startswith(("qformer.embed_norm.", "qformer.word_", "qformer.position_")):
+            reverse = [(ours, hf) for hf, ours in _EMBEDDINGS]
+            out["qformer." + _renamed(key.removeprefix("qformer."), reverse)] = value
         elif key.startswith("qformer.blocks."):
             name = "encoder." + key.removeprefix("qformer.")
             for hf_name, our_name in _QUERY_FFN:
@@ -98,13 +120,16 @@ def blip2_to_huggingface(state_dict: dict[str, torch.Tensor]) -> dict[str, torch
 
 
 def config_from_huggingface(hf: dict[str, Any], source: str) -> dict[str, Any]:
-    """An mmcl `Blip2Config` dict for a Hugging Face BLIP-2 config.json."""
+    """An mmcl `Blip2Config` dict for a Hugging Face BLIP-2 or InstructBLIP config.json."""
+    model_type = hf.get("model_type")
+    hf_class = _MODEL_TYPES[model_type][0]
     architectures = hf.get("architectures") or []
-    if _HF_CLASS not in architectures:
+    if hf_class not in architectures:
         raise CheckpointError(
-            f"{source}: config.json's architectures {architectures} do not name {_HF_CLASS}, "
-            f"the one BLIP-2 class mmcl reads"
+            f"{source}: config.json's architectures {architectures} do not name {hf_class}, "
+            f"the one {model_type} class mmcl reads"
         )
+    instruct = model_type == "instructblip"
     try:
         vision, qformer, text = hf["vision_config"], hf["qformer_config"], hf["text_config"]
         for where, part in (("vision", vision), ("qformer", qformer)):
@@ -116,6 +141,11 @@ def config_from_huggingface(hf: dict[str, Any], source: str) -> dict[str, Any]:
             raise CheckpointError(f"{source}: qformer_config.layer_norm_eps other than 1e-12")
         if qformer.get("use_qformer_text_input", False):
             raise CheckpointError(f"{source}: qformer_config.use_qformer_text_input is not read")
+        text_part = {
+            "vocab_size": qformer.get("vocab_size", 30522) if instruct else None,
+            "max_positions": qformer.get("max_position_embeddings", 512),
+            "pad_id": qformer.get("pad_token_id") or 0,
+        }
         return {
             "blip_vision": {
                 "image_size": vision["image_size"],
@@ -133,32 +163,44 @@ def config_from_huggingface(hf: dict[str, Any], source: str) -> dict[str, Any]:
                 "mlp_width": qformer["intermediate_size"],
                 "queries": hf.get("num_query_tokens", 32),
                 "cross_attention_freq": qformer.get("cross_attention_frequency", 2),
-                "vocab_size": None,
                 "embed_dim": hf.get("image_text_hidden_size", 256),
+                **text_part,
             },
             "text_config": text,
             "image_token_id": hf.get("image_token_index"),
+            "instruct": instruct,
         }
     except KeyError as error:
         raise CheckpointError(f"{source}: config.json lacks {error}") from error
 
 
 def config_to_huggingface(config: dict[str, Any]) -> dict[str, Any]:
-    """A Hugging Face BLIP-2 config.json for an mmcl `Blip2Config` dict."""
+    """A Hugging Face BLIP-2 (or, with `instruct`, InstructBLIP) config.json for an mmcl
+    `Blip2Config` dict."""
     vision, qformer = config["blip_vision"], config["qformer"]
-    if qformer.get("vocab_size") is not None:
+    instruct = config.get("instruct", False)
+    if qformer.get("vocab_size") is not None and not instruct:
         raise CheckpointError(
             "this BLIP-2 has the Q-Former's text part (stage 1), which "
-            f"{_HF_CLASS} does not hold; export it as mmcl safetensors instead"
+            "Blip2ForConditionalGeneration does not hold; export it as mmcl safetensors instead"
         )
+    model_type = "instructblip" if instruct else "blip-2"
+    hf_class, vision_type, qformer_type = _MODEL_TYPES[model_type]
+    text_part = {}
+    if instruct:
+        text_part = {
+            "vocab_size": qformer["vocab_size"],
+            "max_position_embeddings": qformer["max_positions"],
+            "pad_token_id": qformer["pad_id"],
+        }
     return {
-        "architectures": [_HF_CLASS],
-        "model_type": "blip-2",
+        "architectures": [hf_class],
+        "model_type": model_type,
         "num_query_tokens": qformer["queries"],
         "image_text_hidden_size": qformer["embed_dim"],
         "image_token_index": config["image_token_id"],
         "vision_config": {
-            "model_type": "blip_2_vision_model",
+            "model_type": vision_type,
             "image_size": vision["image_size"],
             "patch_size": vision["patch_size"],
             "hidden_size": vision["width"],
@@ -170,7 +212,7 @@ def config_to_huggingface(config: dict[str, Any]) -> dict[str, Any]:
             "qkv_bias": True,
         },
         "qformer_config": {
-            "model_type": "blip_2_qformer",
+            "model_type": qformer_type,
             "hidden_size": qformer["width"],
             "num_hidden_layers": qformer["layers"],
             "num_attention_heads": qformer["heads"],
@@ -179,10 +221,18 @@ def config_to_huggingface(config: dict[str, Any]) -> dict[str, Any]:
             "encoder_hidden_size": vision["width"],
             "hidden_act": "gelu",
             "layer_norm_eps": 1e-12,
+            **text_part,
         },
         "text_config": config["text_config"],
         "use_decoder_only_language_model": True,
     }
+
+
+def _renamed(name: str, renames) -> str:
+    for old, new in renames:
+        if name.startswith(old):
+            return new + name[len(old) :]
+    return name
 
 
 def _block(match: re.Match) -> str:

@@ -3,6 +3,10 @@ features, and a linear projection of the query outputs into a frozen Hugging Fac
 (`transformers.AutoModelForCausalLM`, held as it is), where they are soft prompts before the
 text.
 
+InstructBLIP (Dai et al. 2023; `instruct=True`) feeds the instruction to the Q-Former too,
+as text beside the queries (each sees the other, as in BLIP-2's ITM), and still only the
+query outputs go to the LM.
+
 The prompts go where the text has the image placeholder token (`image_token_id`, one per
 query, as Hugging Face's `Blip2Processor` writes them), or, when the text has none, before
 it. Only the Q-Former and the projection train (`trainable_parameters`); the tower and the LM
@@ -39,19 +43,22 @@ from mmcl.models.bridges.lm_step import lm_generate
 from mmcl.models.config import parse_fields
 from mmcl.models.qformer import QFormerConfig, build_qformer
 from mmcl.nn.generation import Generated
+from mmcl.nn.qformer import itm_mask
 
 
 @dataclass
 class Blip2Config:
     """`blip_vision` (the tower), `vision_eps` (its LayerNorms' and the Q-Former's LayerNorm
     over its features), `qformer`, `text_config` (a transformers config dict of any causal LM,
-    with its `model_type`) and `image_token_id` (None: the prompts go before the text)."""
+    with its `model_type`), `image_token_id` (None: the prompts go before the text) and
+    `instruct` (InstructBLIP: the Q-Former reads the instruction; it needs its text part)."""
 
     blip_vision: BlipVisionConfig = field(default_factory=BlipVisionConfig)
     vision_eps: float = 1e-6
     qformer: QFormerConfig = field(default_factory=lambda: QFormerConfig(vocab_size=None))
     text_config: dict[str, Any] = field(default_factory=lambda: {"model_type": "opt"})
     image_token_id: int | None = None
+    instruct: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> Blip2Config:
@@ -71,6 +78,10 @@ class Blip2Config:
                 f"blip_vision.width {vision.width}"
             )
         config.qformer.vision_eps = config.vision_eps
+        if config.instruct and config.qformer.vocab_size is None:
+            raise ValueError(
+                f"{source}: instruct needs the Q-Former's text part: qformer.vocab_size"
+            )
         if "model_type" not in config.text_config:
             raise ValueError(f"{source}: text_config needs a model_type (e.g. 'opt', 'llama')")
         return config
@@ -116,24 +127,40 @@ class Blip2(nn.Module):
         are frozen, whatever their `requires_grad`)."""
         return [*self.qformer.parameters(), *self.language_projection.parameters()]
 
-    def image_prompts(self, images: torch.Tensor) -> torch.Tensor:
-        """The soft prompts ``(batch, queries, lm_width)``: projected query outputs."""
+    def image_prompts(
+        self,
+        images: torch.Tensor,
+        instruction: torch.Tensor | None = None,
+        instruction_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The soft prompts ``(batch, queries, lm_width)``: projected query outputs.
+        InstructBLIP: `instruction` ``(batch, length)`` (the Q-Former's own token ids) and its
+        `instruction_mask` (1 at real tokens) go through the Q-Former beside the queries."""
         with torch.no_grad():
             features = self.visual(images)
-        queries, _ = self.qformer(features)
+        if self.config.instruct != (instruction is not None):
+            raise ValueError(
+                "instruction: an InstructBLIP needs the instruction's Q-Former token ids, a "
+                "BLIP-2 takes none"
+                if self.config.instruct
+                else "instruction: this BLIP-2's Q-Former reads no instruction; give none"
+            )
+        mask = None
+        if instruction is not None:
+            if instruction_mask is None:
+                instruction_mask = torch.ones_like(instruction)
+            mask = itm_mask(self.qformer.num_queries, instruction_mask == 0)
+        queries, _ = self.qformer(features, instruction, mask)
         return self.language_projection(queries)
 
     def lm_inputs(
         self,
-        images: torch.Tensor | None,
+        prompts: torch.Tensor,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        prompts: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The LM's input embeddings and attention mask: the text's, with the prompts (of
-        `images`, or given) written at its image placeholders or put before it."""
-        if prompts is None:
-            prompts = self.image_prompts(images)
+        """The LM's input embeddings and attention mask: the text's, with the `prompts`
+        (`image_prompts`) written at its image placeholders or put before it."""
         embeddings = self.language_model.get_input_embeddings()(input_ids)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -150,10 +177,14 @@ class Blip2(nn.Module):
         images: torch.Tensor,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        instruction: torch.Tensor | None = None,
+        instruction_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The LM's logits ``(batch, length, vocab)`` over the prompts and the text (its
-        length counts the prompts when the text has no placeholders for them)."""
-        embeddings, mask = self.lm_inputs(images, input_ids, attention_mask)
+        length counts the prompts when the text has no placeholders for them).
+        `instruction`, `instruction_mask`: InstructBLIP's (`image_prompts`)."""
+        prompts = self.image_prompts(images, instruction, instruction_mask)
+        embeddings, mask = self.lm_inputs(prompts, input_ids, attention_mask)
         return self.language_model(inputs_embeds=embeddings, attention_mask=mask).logits
 
     @torch.no_grad()
@@ -164,22 +195,25 @@ class Blip2(nn.Module):
         attention_mask: torch.Tensor | None = None,
         max_new_tokens: int = 30,
         end_token: int | None = None,
+        instruction: torch.Tensor | None = None,
+        instruction_mask: torch.Tensor | None = None,
         **options,
     ) -> Generated:
         """Text after the prompt (`mmcl.nn.generation`: greedy by default, `top_p` samples),
         ending at `end_token` (default: the LM's `eos_token_id`). Without `input_ids`, the prompt is the LM's start token
         (after the placeholders, if the config has `image_token_id`), as Hugging Face's
-        `Blip2ForConditionalGeneration.generate` starts."""
-        prompts = self.image_prompts(images)
+        `Blip2ForConditionalGeneration.generate` starts. `instruction`, `instruction_mask`:
+        InstructBLIP's (`image_prompts`)."""
+        prompts = self.image_prompts(images, instruction, instruction_mask)
         if input_ids is None:
             start = [self.language_model.config.bos_token_id]
             if self.config.image_token_id is not None:
                 start = [self.config.image_token_id] * prompts.shape[1] + start
             input_ids = torch.tensor([start] * len(images), device=images.device)
-        _, mask = self.lm_inputs(None, input_ids, attention_mask, prompts)
+        _, mask = self.lm_inputs(prompts, input_ids, attention_mask)
         return lm_generate(
             self.language_model,
-            lambda tokens: self.lm_inputs(None, tokens, attention_mask, prompts)[0],
+            lambda tokens: self.lm_inputs(prompts, tokens, attention_mask)[0],
             input_ids,
             mask,
             max_new_tokens,
