@@ -105,6 +105,9 @@ def test_loaded_folder_gives_huggingface_logits(saved):
     real = full_mask.bool()
     torch.testing.assert_close(logits[real], expected.logits[real], atol=1e-5, rtol=0)
     torch.testing.assert_close(prepended[real], expected.logits[real], atol=1e-5, rtol=0)
+    lm = ours.language_model  # OPT ties its LM head to its input embeddings; LLaMA here does not
+    tied = lm.get_output_embeddings().weight is lm.get_input_embeddings().weight
+    assert tied == hf.config.text_config.tie_word_embeddings
 
 
 def test_stage2_loss_equals_huggingface_loss_and_trains_only_qformer_and_projection(saved_llama):

@@ -117,6 +117,11 @@ class Blip2(nn.Module):
         self.language_projection = nn.Linear(config.qformer.width, lm_width)
         self.visual.requires_grad_(False)
         self.language_model.requires_grad_(False)
+        # Loading with `assign=True` (as `mmcl.load` does) puts the LM head and the input
+        # embeddings in as two tensors: tie them again where the LM's config ties them.
+        self.register_load_state_dict_post_hook(
+            lambda module, _: module.language_model.tie_weights()
+        )
 
     @property
     def image_size(self) -> int:
