@@ -8,51 +8,9 @@ import torch
 import transformers
 
 import mmcl
+from blip2_configs import IMAGE_TOKEN, LMS, QFORMER, QUERIES, VISION, randomised
 from mmcl.cli import main as cli_main
 from mmcl.train.blip2_losses import stage2_loss
-
-IMAGE_TOKEN, QUERIES = 59, 3
-VISION = dict(  # 24 wide: the Q-Former's cross-attention has a context of another width
-    hidden_size=24,
-    intermediate_size=48,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    image_size=32,
-    patch_size=16,
-)
-QFORMER = dict(  # cross-attention in layer 0 only of 2
-    hidden_size=32,
-    intermediate_size=48,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    cross_attention_frequency=2,
-)
-LMS = {
-    "opt": lambda: transformers.OPTConfig(
-        vocab_size=60,
-        hidden_size=16,
-        ffn_dim=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        max_position_embeddings=40,
-        word_embed_proj_dim=16,
-        pad_token_id=1,
-        bos_token_id=2,
-        eos_token_id=2,
-    ),
-    "llama": lambda: transformers.LlamaConfig(
-        vocab_size=60,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=40,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    ),
-}
 
 
 @pytest.fixture(scope="module", params=sorted(LMS))
@@ -75,10 +33,7 @@ def hf_folder(lm: str, tmp_path_factory):
         num_query_tokens=QUERIES,
         image_token_index=IMAGE_TOKEN,
     )
-    model = transformers.Blip2ForConditionalGeneration(config).eval()
-    with torch.no_grad():  # HF starts LayerNorms, biases and queries at constants: randomise all
-        for parameter in model.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
+    model = randomised(transformers.Blip2ForConditionalGeneration(config))
     folder = tmp_path_factory.mktemp(lm) / "hf"
     model.save_pretrained(folder)
     return model, folder

@@ -8,51 +8,21 @@ import torch
 import transformers
 
 import mmcl
+from blip2_configs import IMAGE_TOKEN, LMS, QFORMER, QUERIES, VISION, randomised
 from mmcl.cli import main as cli_main
-
-IMAGE_TOKEN, QUERIES = 59, 3
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     torch.manual_seed(0)
     config = transformers.InstructBlipConfig(
-        vision_config=dict(
-            hidden_size=24,
-            intermediate_size=48,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=16,
-        ),
-        qformer_config=dict(
-            hidden_size=32,
-            intermediate_size=48,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            cross_attention_frequency=2,
-            vocab_size=50,
-            max_position_embeddings=20,
-        ),
-        text_config=transformers.LlamaConfig(
-            vocab_size=60,
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            max_position_embeddings=40,
-            pad_token_id=0,
-            bos_token_id=1,
-            eos_token_id=2,
-        ).to_dict(),
+        vision_config=VISION,
+        qformer_config=dict(QFORMER, vocab_size=50, max_position_embeddings=20),
+        text_config=LMS["llama"]().to_dict(),
         num_query_tokens=QUERIES,
         image_token_index=IMAGE_TOKEN,
     )
-    model = transformers.InstructBlipForConditionalGeneration(config).eval()
-    with torch.no_grad():  # HF starts LayerNorms, biases and queries at constants: randomise all
-        for parameter in model.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
+    model = randomised(transformers.InstructBlipForConditionalGeneration(config))
     folder = tmp_path_factory.mktemp("instructblip") / "hf"
     model.save_pretrained(folder)
     return model, folder
