@@ -119,9 +119,7 @@ class Blip2(nn.Module):
         self.language_model.requires_grad_(False)
         # Loading with `assign=True` (as `mmcl.load` does) puts the LM head and the input
         # embeddings in as two tensors: tie them again where the LM's config ties them.
-        self.register_load_state_dict_post_hook(
-            lambda module, _: module.language_model.tie_weights()
-        )
+        self.register_load_state_dict_post_hook(_tie_language_model)
 
     @property
     def image_size(self) -> int:
@@ -240,3 +238,7 @@ class Blip2(nn.Module):
                 f"{counts.tolist()}"
             )
         return placeholders
+
+
+def _tie_language_model(model: Blip2, incompatible_keys) -> None:
+    model.language_model.tie_weights()
