@@ -95,3 +95,37 @@ def test_a_step_trains_the_qformer_and_never_the_frozen_tower():
     assert model.qformer.queries.query.grad.abs().sum() > 0
     optimizer.step()
     assert all(torch.equal(a, b) for a, b in zip(before, tower.parameters(), strict=True))
+
+
+def test_stage2_starts_from_the_stage1_qformer_without_its_text_part():
+    from mmcl.models.bridges.blip2 import Blip2, Blip2Config
+
+    stage1 = QFormerPretrainer(CONFIG)
+    stage2 = Blip2(
+        Blip2Config.from_dict(
+            {
+                "blip_vision": {
+                    "image_size": 16,
+                    "patch_size": 8,
+                    "width": 12,
+                    "layers": 1,
+                    "heads": 2,
+                    "mlp_width": 24,
+                },
+                "qformer": {**CONFIG.to_dict(), "vocab_size": None},
+                "text_config": {
+                    "model_type": "llama",
+                    "vocab_size": 30,
+                    "hidden_size": 16,
+                    "intermediate_size": 32,
+                    "num_hidden_layers": 1,
+                    "num_attention_heads": 2,
+                },
+            }
+        )
+    )
+    stage2.load_stage1(stage1.qformer)
+    assert stage2.qformer.word_embeddings is None  # the text part stays behind
+    features = torch.randn(2, 5, 12)
+    with torch.no_grad():  # the queries alone: the same computation in both stages
+        torch.testing.assert_close(stage2.qformer(features)[0], stage1.qformer(features)[0])

@@ -130,6 +130,19 @@ class Blip2(nn.Module):
         are frozen, whatever their `requires_grad`)."""
         return [*self.qformer.parameters(), *self.language_projection.parameters()]
 
+    def load_stage1(self, qformer: nn.Module) -> None:
+        """Start stage 2 from a stage-1 Q-Former (`QFormerPretrainer.qformer`): its weights,
+        less the text part (embeddings, text FFN) when this model's Q-Former has none."""
+        ours = self.qformer.state_dict()
+        given = {k: v for k, v in qformer.state_dict().items() if k in ours}
+        missing = sorted(set(ours) - set(given))
+        if missing:
+            raise ValueError(
+                f"load_stage1: the stage-1 Q-Former lacks {missing[:3]} (built with another "
+                f"shape?); give the Q-Former of a QFormerPretrainer of this model's qformer config"
+            )
+        self.qformer.load_state_dict(given)
+
     def image_prompts(
         self,
         images: torch.Tensor,
