@@ -200,6 +200,10 @@ def config_from_dict(
         from mmcl.models.bridges.llava import LlavaConfig  # which builds on this module
 
         return LlavaConfig.from_dict(data, source=source)
+    if "qformer" in data:  # BLIP-2
+        from mmcl.models.bridges.blip2 import Blip2Config
+
+        return Blip2Config.from_dict(data, source=source)
     if "blip_text" in data:
         from mmcl.models.blip_config import BlipConfig  # which builds on this module
 

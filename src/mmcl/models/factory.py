@@ -15,6 +15,7 @@ from mmcl.io.hub import is_hub_reference
 from mmcl.io.transforms import get_preprocess
 from mmcl.models.blip import Blip
 from mmcl.models.blip_config import BlipConfig
+from mmcl.models.bridges.blip2 import Blip2, Blip2Config
 from mmcl.models.bridges.llava import Llava, LlavaConfig
 from mmcl.models.clip import CLIP
 from mmcl.models.coca import CoCa
@@ -311,6 +312,8 @@ def _model_class(config: CLIPConfig | CoCaConfig | BlipConfig) -> type[CLIP | Co
         return Blip
     if isinstance(config, LlavaConfig):
         return Llava
+    if isinstance(config, Blip2Config):
+        return Blip2
     return CoCa if isinstance(config, CoCaConfig) else CLIP
 
 
