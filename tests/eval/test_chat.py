@@ -8,6 +8,7 @@ import io
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 import mmcl
 from mmcl.cli import main as cli_main
@@ -106,3 +107,35 @@ def test_an_edited_history_cuts_the_cache_back_and_answers_as_one_shot(tiny):
     answer = chat.ask(SECOND)
     assert answer == one_shot(tiny, [(f"<image>\n{FIRST}", "two red circles")], SECOND, 6)[2]
     assert len(chat.cached_ids) == chat.lm_cache.get_seq_length()
+
+
+def test_ask_answers_from_the_folder_a_llava_recipe_writes(tmp_path, capsys):
+    from mmcl.recipe import load_recipe, run_recipe
+
+    options = [
+        "model.lm={hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1}",
+        "model.vocab_size=200",
+        "model.tokenizer_text_size=40",
+        "data.size=2",
+        "data.system=''",  # the recipe's system text, which ask must then be given
+        "train.steps=1",
+        "train.batch_size=2",
+        "train.warmup_steps=0",
+        "train.progress=false",
+        "train.tensorboard=false",
+        "train.checkpoint_every=null",
+        f"train.output_dir={tmp_path / 'run'}",
+    ]
+    run_recipe(load_recipe("llava-scenes-stage1", options))
+    folder, image = tmp_path / "run" / "hf", image_file(tmp_path / "x.png")
+    argv = ["ask", "--model", folder, "--image", image, "--system", "", FIRST]
+    assert cli_main([*map(str, argv), "--max-new-tokens", "5"]) == 0
+    model, preprocess = mmcl.load(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    encoder = ConversationEncoder(
+        tokenizer, model.image_token_id, model.tokens_per_image, ChatTemplate(system="")
+    )
+    ids = torch.tensor([encoder.encode_prompt([], f"<image>\n{FIRST}")])
+    new = model.generate(ids, preprocess(load_image(image))[None], max_new_tokens=5)
+    expected = tokenizer.decode(new[0], skip_special_tokens=True).strip()
+    assert expected and capsys.readouterr().out.splitlines() == [expected]
