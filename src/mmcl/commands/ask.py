@@ -28,9 +28,12 @@ def add_parser(commands) -> None:
         "--model",
         type=Path,
         required=True,
+        metavar="FOLDER",
         help="a LLaVA folder with its tokenizer (e.g. runs/<name>/hf/ of the llava-scenes recipe)",
     )
-    ask.add_argument("--image", type=Path, required=True, help="the image asked about")
+    ask.add_argument(
+        "--image", type=Path, required=True, metavar="FILE", help="the image asked about"
+    )
     ask.add_argument("--precision", default="fp32", choices=PRECISION_NAMES)
     ask.add_argument("--device", default="cpu")
     add_input_arguments(ask)
