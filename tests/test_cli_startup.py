@@ -36,6 +36,7 @@ def run_cli(*argv: str) -> subprocess.CompletedProcess:
         ["embed", "--help"],
         ["caption", "--help"],
         ["capfilt", "--help"],
+        ["ask", "--help"],
         ["index", "--help"],
         ["index", "--kind", "lsh"],
         ["serve", "--help"],

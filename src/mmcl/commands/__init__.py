@@ -16,6 +16,7 @@ COMMANDS = (
     "retrieval",
     "caption",
     "capfilt",
+    "ask",
     "convert",
     "train",
     "continual",

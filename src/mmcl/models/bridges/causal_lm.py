@@ -29,11 +29,15 @@ class CausalLMStep:
         language_model: torch.nn.Module,
         embed_prompt: Callable[[torch.Tensor], torch.Tensor],
         attention_mask: torch.Tensor | None = None,
+        lm_cache=None,
     ):
         self.language_model = language_model
         self.embed_prompt = embed_prompt
         self.attention_mask = attention_mask
-        self.lm_cache = None  # the LM's own cache object, created by its first call
+        # The LM's own cache object, created by its first call; or given, holding the keys and
+        # values of tokens before the prompt (an earlier turn of a chat), which
+        # `attention_mask` then covers too.
+        self.lm_cache = lm_cache
         # transformers 5 names the cache argument `cache`; earlier versions `past_key_values`.
         parameters = inspect.signature(language_model.forward).parameters
         self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
