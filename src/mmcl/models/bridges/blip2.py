@@ -39,7 +39,7 @@ from torch import nn
 
 from mmcl.models.blip import BlipVisionTower
 from mmcl.models.blip_config import BlipVisionConfig
-from mmcl.models.bridges.lm_step import lm_generate
+from mmcl.models.bridges.causal_lm import lm_generate
 from mmcl.models.config import parse_fields
 from mmcl.models.qformer import QFormerConfig, build_qformer
 from mmcl.nn.generation import Generated

@@ -6,6 +6,9 @@ loop's `KVCache` holds this step's attention mask and row order as a constant en
 the loop drops finished rows the step drops the same rows from the LM's cache. Positions are
 counted over the attention mask, as `transformers`' `generate` counts them, so left-padded
 batches decode as they do there.
+
+Beam search is not offered over it: the loop reorders only growing entries between beams, so
+the LM's cache would not follow them (`lm_generate` refuses ``beams > 1``).
 """
 
 from __future__ import annotations
@@ -15,14 +18,16 @@ from collections.abc import Callable
 
 import torch
 
+from mmcl.nn.generation import Generated, generate
 from mmcl.nn.kv_cache import KVCache
 
 
 class CausalLMStep:
     """``step(new_tokens, cache) -> next-token logits`` for `mmcl.nn.generation.generate`.
 
-    `embed_prompt` maps the prompt's ids ``(rows, length)`` to input embeddings; `attention_mask`
-    ``(rows, length)`` marks the prompt's real tokens (None: all are)."""
+    `embed_prompt` maps the prompt's ids ``(rows, length)`` to input embeddings (a bridge may
+    put image prompts before them, so they may be longer); `attention_mask` ``(rows, embedded
+    length)`` marks the real positions (None: all are)."""
 
     def __init__(
         self,
@@ -45,10 +50,10 @@ class CausalLMStep:
     def __call__(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         rows = tokens.shape[0]
         if cache.advance(tokens) == 0:
+            embeddings = self.embed_prompt(tokens)
             mask = self.attention_mask
             if mask is None:
-                mask = torch.ones_like(tokens)
-            embeddings = self.embed_prompt(tokens)
+                mask = torch.ones(embeddings.shape[:2], dtype=torch.long, device=tokens.device)
         else:
             mask, kept = cache.constant(self, lambda: None)
             if len(kept) != len(self._rows) or not torch.equal(kept, self._rows):
@@ -59,7 +64,7 @@ class CausalLMStep:
         output = self.language_model(
             inputs_embeds=embeddings,
             attention_mask=mask,
-            position_ids=positions[:, -tokens.shape[1] :],
+            position_ids=positions[:, -embeddings.shape[1] :],
             use_cache=True,
             **{self.cache_argument: self.lm_cache},
         )
@@ -67,3 +72,28 @@ class CausalLMStep:
         self._rows = torch.arange(rows, device=tokens.device)
         cache.put(self, (mask, self._rows))  # the loop selects rows of both with its own
         return output.logits[:, -1]
+
+
+def lm_generate(
+    language_model: torch.nn.Module,
+    embed_prompt: Callable[[torch.Tensor], torch.Tensor],
+    prompt: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    max_new_tokens: int = 30,
+    end_token: int | None = None,
+    beams: int = 1,
+    **options,
+) -> Generated:
+    """`generate` over the LM (greedy, or nucleus sampling with `top_p`), ending at
+    `end_token` (default: its config's `eos_token_id`) and padding with its `pad_token_id`.
+    `attention_mask` covers what `embed_prompt` gives."""
+    if beams != 1:
+        raise ValueError(
+            "beams: beam search over a Hugging Face language model is not supported yet; use "
+            "beams=1 (greedy) or top_p (sampling)"
+        )
+    config = language_model.config
+    end = config.eos_token_id if end_token is None else end_token
+    pad = config.pad_token_id if config.pad_token_id is not None else 0
+    step = CausalLMStep(language_model, embed_prompt, attention_mask)
+    return generate(step, prompt, KVCache(), max_new_tokens, end, pad, **options)
