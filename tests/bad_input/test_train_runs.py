@@ -14,6 +14,8 @@
 - A wrong type for a training setting (`--set train.lr=abc`, or in a YAML recipe) fails when the
   recipe is read, in one line naming the key, the value and the type it needs.
 - An unknown training setting names the nearest valid ones (or lists them all).
+- `train.loss: albef` with a model that is not an ALBEF is refused in one line naming the model
+  kind and a model that fits, before any step.
 - Training progress written to a log (stderr not a terminal) is whole lines, without
   carriage returns.
 """
@@ -33,7 +35,7 @@ from mmcl.continual.heads import ImageClassifier
 from mmcl.continual.methods import build_method
 from mmcl.continual.runner import run_continual
 from mmcl.continual.scenarios import class_incremental
-from mmcl.train import TrainConfig
+from mmcl.train import TrainConfig, Trainer
 
 RECIPE = (
     "model: {name: tiny-vit}\n"
@@ -227,3 +229,20 @@ def test_training_progress_in_a_log_is_whole_lines(recipe, tmp_path, capsys):
     assert status == 0
     assert "\r" not in err
     assert err.splitlines()[-1].startswith("training: 100% 3/3")
+
+
+def test_loss_albef_on_a_model_that_is_not_albef_is_refused(tmp_path):
+    import mmcl
+
+    pairs = [(torch.randn(3, 32, 32), mmcl.tokenize(["a red circle"])[0])] * 4
+    config = TrainConfig(
+        loss="albef",
+        steps=1,
+        batch_size=2,
+        progress=False,
+        tensorboard=False,
+        output_dir=str(tmp_path),
+    )
+    trainer = Trainer(mmcl.create_model("tiny-vit"), pairs, config)
+    with pytest.raises(ValueError, match="loss 'albef' needs an ALBEF model .*tiny-albef.*CLIP"):
+        trainer.fit()

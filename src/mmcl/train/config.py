@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from mmcl.choices import Precision
 
-Loss = Literal["clip", "siglip", "coca"]  # coca: contrastive + captioning (a CoCa model)
+Loss = Literal["clip", "siglip", "coca", "albef"]  # coca: CoCa model; albef: ITC+ITM+MLM
 Optimizer = Literal["adamw", "sgd"]
 Schedule = Literal["cosine", "step"]
 PRECISIONS = typing.get_args(Precision)

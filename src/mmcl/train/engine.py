@@ -176,6 +176,9 @@ class Trainer:
         )
         if hasattr(self.objective, "check"):
             self.objective.check(model)
+        if hasattr(self.objective, "set_epoch_steps"):  # ALBEF ramps alpha over epoch 1
+            epoch = self.total_steps if self.streaming else self.steps_per_epoch
+            self.objective.set_epoch_steps(epoch * config.accumulation_steps)
         self.ddp_model = model
         # Gradient caching calls the towers directly and averages gradients itself.
         if self.info.world_size > 1 and not config.grad_cache_chunk:

@@ -76,7 +76,11 @@ class CoCaObjective:
 
 
 def default_objective(loss: str):
-    """The objective a run's `loss` setting names: "clip", "siglip" or "coca"."""
+    """The objective a run's `loss` setting names: "clip", "siglip", "coca" or "albef"."""
+    if loss == "albef":
+        from mmcl.train.albef_objective import AlbefObjective
+
+        return AlbefObjective()
     return CoCaObjective() if loss == "coca" else ContrastiveObjective(loss)
 
 
