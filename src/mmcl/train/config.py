@@ -48,6 +48,7 @@ class TrainConfig:
     lr_decay: float = 0.1
     grad_clip_norm: float | None = None
     loss: Loss = "clip"
+    albef_queue_size: int = 65536  # loss albef: features in each ITC queue (ALBEF's 65,536)
     grad_cache_chunk: int | None = None  # embed in chunks of this size (gradient caching)
     # numerics and memory
     precision: Precision = (
@@ -85,7 +86,14 @@ class TrainConfig:
         if wrong:  # range checks below assume the types are right
             raise ValueError("invalid training settings: " + "; ".join(wrong))
         problems = []
-        for name in ("epochs", "batch_size", "accumulation_steps", "keep_checkpoints", "log_every"):
+        for name in (
+            "epochs",
+            "batch_size",
+            "accumulation_steps",
+            "keep_checkpoints",
+            "log_every",
+            "albef_queue_size",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("steps", "eval_every", "checkpoint_every", "grad_cache_chunk"):
