@@ -263,6 +263,21 @@ def test_alpha_is_zero_at_the_first_step_of_a_ramped_run():
     assert alphas == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
 
 
+def test_masks_depend_on_the_seed_the_step_and_the_rank_only(monkeypatch):
+    images, tokens = batch(8)
+
+    def targets(rank, calls):
+        monkeypatch.setattr(albef_objective, "rank", lambda: rank)
+        objective = AlbefObjective(queue_size=8, mlm_probability=0.5)
+        objective.check(tiny())
+        objective.seed, objective.calls = 7, calls
+        return objective(tiny(), images, tokens)[1]["mlm_targets"]
+
+    assert torch.equal(targets(0, 3), targets(0, 3))  # a resumed rank draws the same
+    assert not torch.equal(targets(0, 3), targets(1, 3))  # ranks draw their own
+    assert not torch.equal(targets(0, 3), targets(0, 4))  # and each step anew
+
+
 # --- resume ------------------------------------------------------------------------------------
 
 

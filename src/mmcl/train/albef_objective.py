@@ -4,7 +4,7 @@ model and feature queues, ITM with hard negatives, and MLM distilled from the mo
 The pure pieces (`distillation_weight`, `soft_targets`, `queue_contrastive_loss`,
 `mask_tokens`, `mlm_distillation_loss`, `momentum_update`, `enqueue`) are tested on hand-worked
 cases; `AlbefObjective` puts them together on the one engine and keeps the momentum model, the
-queues its call count and its random generator as its state, so a checkpoint resumes exactly.
+queues, its call count and its seed as its state, so a checkpoint resumes exactly.
 
 The details ALBEF's code fixes and that we match on purpose:
 - the temperature is clamped to [0.001, 0.5] at the start of every step;
@@ -186,6 +186,7 @@ class AlbefObjective:
         self.image_queue = self.text_queue = None
         self.queue_pointer = 0
         self.calls = 0
+        self.seed: int | None = None
         self.generator: torch.Generator | None = None
         self.ramp_calls: int | None = None  # the first epoch's steps, set by the engine
 
@@ -205,11 +206,12 @@ class AlbefObjective:
         )
         self.text_queue = F.normalize(torch.randn(self.queue_size, embed_dim, device=device), dim=1)
         self.queue_pointer = 0
-        # Masks and negatives draw from a generator of our own, saved with the state: the
-        # global one is also drawn by whatever runs between steps (a new DataLoader iterator
-        # on resume), so a resume would not draw the same masks from it.
-        seed = int(torch.randint(2**62, ())) + rank()
-        self.generator = torch.Generator(device=device).manual_seed(seed)
+        # Masks and negatives draw from a generator of our own, seeded each step from (run
+        # seed, step, rank): the global generator is also drawn by whatever runs between
+        # steps (a new DataLoader iterator on resume), and only rank 0's state is saved, so
+        # neither would give every rank the same draws after a resume.
+        self.seed = int(torch.randint(2**62, ()))  # the same on every rank (seeded run)
+        self.generator = torch.Generator(device=device)
 
     def set_epoch_steps(self, calls: int) -> None:
         """The number of calls in the first epoch, over which alpha ramps up."""
@@ -224,6 +226,7 @@ class AlbefObjective:
             unwrapped.temp.clamp_(*TEMPERATURE_RANGE)
         temperature = unwrapped.temp
         alpha = distillation_weight(self.calls, self.ramp_calls, self.alpha)
+        self.generator.manual_seed(hash((self.seed, self.calls, rank())) % 2**63)
         masked, targets = mask_tokens(
             texts,
             text_config.vocab_size,
@@ -272,7 +275,7 @@ class AlbefObjective:
             enqueue(self.image_queue, self.queue_pointer, image_rows)
             self.queue_pointer = enqueue(self.text_queue, self.queue_pointer, text_rows)
         self.calls += 1
-        outputs["alpha"] = alpha
+        outputs["alpha"], outputs["mlm_targets"] = alpha, targets
         return terms, outputs
 
     def state_dict(self) -> dict[str, Any]:
@@ -284,7 +287,7 @@ class AlbefObjective:
             "text_queue": self.text_queue,
             "queue_pointer": self.queue_pointer,
             "calls": self.calls,
-            "generator": self.generator.get_state(),
+            "seed": self.seed,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -301,4 +304,4 @@ class AlbefObjective:
         self.text_queue.copy_(state["text_queue"])
         self.queue_pointer = int(state["queue_pointer"])
         self.calls = int(state["calls"])
-        self.generator.set_state(state["generator"])
+        self.seed = int(state["seed"])
