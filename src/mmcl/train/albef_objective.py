@@ -69,9 +69,13 @@ def queue_contrastive_loss(
 ) -> Tensor:
     """ALBEF's ITC: each image against the momentum texts of the batch and the text queue
     (and each text against images), with `soft_targets` from the momentum similarities.
-    Features are normalised rows; queues ``(queue_size, embed_dim)``."""
-    all_images = torch.cat([momentum_image_features, image_queue])
-    all_texts = torch.cat([momentum_text_features, text_queue])
+    Features are normalised rows; queues ``(queue_size, embed_dim)``. Computed in float32
+    (the logits reach 1 / 0.001 at the clamp's end)."""
+    image_features, text_features = image_features.float(), text_features.float()
+    momentum_image_features = momentum_image_features.float()
+    momentum_text_features = momentum_text_features.float()
+    all_images = torch.cat([momentum_image_features, image_queue.float()])
+    all_texts = torch.cat([momentum_text_features, text_queue.float()])
     with torch.no_grad():
         image_targets = soft_targets(momentum_image_features @ all_texts.T / temperature, alpha)
         text_targets = soft_targets(momentum_text_features @ all_images.T / temperature, alpha)
