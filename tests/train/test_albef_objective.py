@@ -278,6 +278,13 @@ def test_masks_depend_on_the_seed_the_step_and_the_rank_only(monkeypatch):
     assert not torch.equal(targets(0, 3), targets(0, 4))  # and each step anew
 
 
+def test_the_run_settings_choose_the_queue_and_the_momentum():
+    config = TrainConfig(loss="albef", albef_queue_size=6, albef_momentum=0.9, batch_size=2)
+    objective = Trainer(tiny(), list(zip(*batch(), strict=True)), config).objective
+    assert isinstance(objective, AlbefObjective)
+    assert (objective.queue_size, objective.momentum) == (6, 0.9)
+
+
 # --- resume ------------------------------------------------------------------------------------
 
 

@@ -84,7 +84,9 @@ class Trainer:
                 )
         elif len(train_data) == 0:
             raise ValueError("the training data set is empty")
-        self.objective = objective or default_objective(config.loss, config.albef_queue_size)
+        self.objective = objective or default_objective(
+            config.loss, config.albef_queue_size, config.albef_momentum
+        )
         if config.grad_cache_chunk and not isinstance(self.objective, ContrastiveObjective):
             raise ValueError("gradient caching applies to the contrastive objective only")
         plugins = check_plugins(plugins)
