@@ -351,7 +351,7 @@ def test_low_precision_on_a_cpu_without_its_instructions_warns_that_fp32_is_fast
 def test_the_cli_accelerates_bf16_models_for_its_inference_commands(precision):
     import argparse
 
-    from mmcl import cli
+    from mmcl.commands import options as cli
     from mmcl.nn import is_accelerated
 
     args = argparse.Namespace(

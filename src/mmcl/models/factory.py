@@ -17,6 +17,8 @@ from mmcl.models.albef import Albef
 from mmcl.models.albef_config import AlbefConfig
 from mmcl.models.blip import Blip
 from mmcl.models.blip_config import BlipConfig
+from mmcl.models.bridges.blip2 import Blip2, Blip2Config
+from mmcl.models.bridges.llava import Llava, LlavaConfig
 from mmcl.models.clip import CLIP
 from mmcl.models.coca import CoCa
 from mmcl.models.config import CLIPConfig, CoCaConfig, config_from_dict
@@ -312,6 +314,10 @@ def _model_class(config: CLIPConfig | CoCaConfig | BlipConfig) -> type[CLIP | Co
         return Blip
     if isinstance(config, AlbefConfig):
         return Albef
+    if isinstance(config, LlavaConfig):
+        return Llava
+    if isinstance(config, Blip2Config):
+        return Blip2
     return CoCa if isinstance(config, CoCaConfig) else CLIP
 
 
