@@ -1,7 +1,8 @@
 """Training recipes: one YAML file says which model, which data, which evaluation, which settings.
 
     model:  {name: tiny-vit, pretrained: null, <config overrides such as init_logit_bias>}
-    data:   {kind: scenes | csv | folder | dataset | shards, ...}
+    data:   {kind: scenes | csv | folder | dataset | shards, tokenizer: clip | scenes-wordpiece,
+             ...}
     eval:   {scene_views: [...], folder: ..., dataset: ..., split: ..., ...}
     train:  TrainConfig fields
 
@@ -28,6 +29,7 @@ from mmcl.train import FitResult, TrainConfig, Trainer
 from mmcl.train.run_folder import resume_checkpoint
 
 SECTIONS = ("model", "data", "eval", "train")
+TOKENIZERS = ("clip", "scenes-wordpiece")  # data.tokenizer; BERT-style models read WordPiece
 
 
 @dataclass
@@ -102,28 +104,45 @@ def build_model(recipe: Recipe):
     return create_model(name, pretrained=pretrained, **options)
 
 
+def recipe_tokenizer(recipe: Recipe):
+    """The tokenizer `data.tokenizer` names: "clip" (CLIP's BPE; the default) or
+    "scenes-wordpiece" (`mmcl.data.scene_wordpiece`, for ALBEF on the built-in scenes)."""
+    name = recipe.data.get("tokenizer", "clip")
+    if name == "clip":
+        return tokenize
+    if name == "scenes-wordpiece":
+        from mmcl.data.scene_wordpiece import scene_wordpiece_ids
+
+        return scene_wordpiece_ids
+    raise ValueError(f"{recipe.source}: data.tokenizer must be one of {TOKENIZERS}, got {name!r}")
+
+
 def build_train_data(
     recipe: Recipe, image_size: int, data_root: str | Path | None = None, download: bool = False
 ):
     """The training data set and its collate function (None: the default)."""
     data = dict(recipe.data)
     kind = data.pop("kind", None)
+    data.pop("tokenizer", None)
+    tokenizer = recipe_tokenizer(recipe)
     transform = image_transform(image_size, is_train=True)
     if kind == "scenes":
         from mmcl.data.scenes import SceneCaptions
 
         size = data.pop("size", 100_000)
-        return SceneCaptions("train", size, image_size=image_size, tokenizer=tokenize, **data), None
+        return SceneCaptions(
+            "train", size, image_size=image_size, tokenizer=tokenizer, **data
+        ), None
     if kind == "csv":
         from mmcl.data.captions import CaptionedImages, collate_pairs
 
         return CaptionedImages(
-            transform=transform, tokenizer=tokenize, **_renamed(data)
+            transform=transform, tokenizer=tokenizer, **_renamed(data)
         ), collate_pairs
     if kind == "folder":
         from mmcl.data.captions import ClassCaptions, collate_pairs
 
-        return ClassCaptions(transform=transform, tokenizer=tokenize, **data), collate_pairs
+        return ClassCaptions(transform=transform, tokenizer=tokenizer, **data), collate_pairs
     if kind == "dataset":
         from mmcl.data.captions import DatasetCaptions, collate_pairs
         from mmcl.data.datasets import find_dataset
@@ -131,7 +150,7 @@ def build_train_data(
         if "name" not in data:
             raise ValueError(f"{recipe.source}: data.kind dataset needs data.name (e.g. cifar10)")
         images = find_dataset(data.pop("name"), data.pop("split", "train"), data_root, download)
-        return DatasetCaptions(images, transform, tokenize, **data), collate_pairs
+        return DatasetCaptions(images, transform, tokenizer, **data), collate_pairs
     if kind == "shards":
         from mmcl.data.shards import ShardStream
         from mmcl.train.distributed import init_from_env
@@ -140,7 +159,7 @@ def build_train_data(
         return ShardStream(
             data.pop("urls"),
             transform,
-            tokenize,
+            tokenizer,
             rank=info.rank,
             world_size=info.world_size,
             seed=recipe.train.seed,
@@ -168,12 +187,15 @@ def build_evaluation(
     from mmcl.io.transforms import get_preprocess
 
     spec = dict(recipe.eval)
+    tokenizer = recipe_tokenizer(recipe)
     parts = []
     split, size = spec.pop("scene_split", "test"), spec.pop("size", 500)
     if "scene_views" in spec:
-        parts.append(suites.scene_views_suite(spec.pop("scene_views"), split, size, image_size))
+        views = spec.pop("scene_views")
+        parts.append(suites.scene_views_suite(views, split, size, image_size, tokenizer=tokenizer))
     if "retrieval_size" in spec:
-        parts.append(suites.scene_retrieval_suite(split, spec.pop("retrieval_size"), image_size))
+        texts = spec.pop("retrieval_size")
+        parts.append(suites.scene_retrieval_suite(split, texts, image_size, tokenizer=tokenizer))
     if "folder" in spec:
         parts.append(
             suites.folder_suite(
@@ -214,6 +236,18 @@ def run_recipe(
     resume_checkpoint(recipe.train.resume, recipe.train.output_dir)
     torch.manual_seed(recipe.train.seed)  # the same initial weights on every rank and rerun
     model = build_model(recipe)
+    wordpiece = recipe.data.get("tokenizer", "clip") == "scenes-wordpiece"
+    if getattr(model.config, "albef_text", None) is not None and not wordpiece:
+        raise ValueError(
+            f"{recipe.source}: {recipe.model.get('name')} reads BERT WordPiece ids, not CLIP's: "
+            f"set data.tokenizer: scenes-wordpiece"
+        )
     train_data, collate = build_train_data(recipe, model.image_size, data_root, download)
     evaluate = build_evaluation(recipe, model.image_size, data_root, download)
-    return Trainer(model, train_data, recipe.train, collate_fn=collate, evaluate=evaluate).fit()
+    trainer = Trainer(model, train_data, recipe.train, collate_fn=collate, evaluate=evaluate)
+    result = trainer.fit()
+    if wordpiece and trainer.info.is_main:  # beside model.safetensors: one self-contained folder
+        from mmcl.data.scene_wordpiece import scene_wordpiece
+
+        scene_wordpiece().save(recipe.train.output_dir)
+    return result

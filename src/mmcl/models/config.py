@@ -195,7 +195,7 @@ def config_from_dict(
     data: dict[str, Any], source: str = "config"
 ) -> CLIPConfig | CoCaConfig | BlipConfig:
     """The config an open_clip-style dict describes: CoCa's when it has a `multimodal_cfg`,
-    BLIP's when it has a `blip_text`."""
+    BLIP's when it has a `blip_text`, ALBEF's when it has an `albef_text`."""
     if "llava_vision" in data:
         from mmcl.models.bridges.llava import LlavaConfig  # which builds on this module
 
@@ -208,5 +208,9 @@ def config_from_dict(
         from mmcl.models.blip_config import BlipConfig  # which builds on this module
 
         return BlipConfig.from_dict(data, source=source)
+    if "albef_text" in data:
+        from mmcl.models.albef_config import AlbefConfig  # which builds on this module
+
+        return AlbefConfig.from_dict(data, source=source)
     kind = CoCaConfig if "multimodal_cfg" in data else CLIPConfig
     return kind.from_dict(data, source=source)

@@ -13,6 +13,8 @@ from mmcl.choices import PRECISION_NAMES
 from mmcl.io.checkpoints import CheckpointError, describe_mismatch, load_checkpoint
 from mmcl.io.hub import is_hub_reference
 from mmcl.io.transforms import get_preprocess
+from mmcl.models.albef import Albef
+from mmcl.models.albef_config import AlbefConfig
 from mmcl.models.blip import Blip
 from mmcl.models.blip_config import BlipConfig
 from mmcl.models.bridges.blip2 import Blip2, Blip2Config
@@ -310,6 +312,8 @@ def _dtype(precision: str) -> torch.dtype:
 def _model_class(config: CLIPConfig | CoCaConfig | BlipConfig) -> type[CLIP | CoCa | Blip]:
     if isinstance(config, BlipConfig):
         return Blip
+    if isinstance(config, AlbefConfig):
+        return Albef
     if isinstance(config, LlavaConfig):
         return Llava
     if isinstance(config, Blip2Config):
@@ -334,7 +338,7 @@ def _same_shapes(config: CLIPConfig) -> list[str]:
     matches = [
         name
         for name in available_models()
-        if "multimodal_cfg" not in get_model_config(name)
+        if not {"multimodal_cfg", "albef_text"} & set(get_model_config(name))
         and shape(CLIPConfig.from_dict(get_model_config(name), source=name)) == shape(config)
     ]
     return sorted(matches, key=lambda name: (name.endswith("-quickgelu"), name))
