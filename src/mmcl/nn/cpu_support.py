@@ -27,6 +27,20 @@ def onednn_bf16() -> bool:
 
 
 @functools.cache
+def onednn_fp32() -> bool:
+    """Whether oneDNN's fused linear ops (`onednn_bf16`'s) run and agree in float32, for
+    `accelerate(..., pack_fp32=True)`."""
+    ops = torch.ops.mkldnn
+    needed = ("_linear_pointwise", "_reorder_linear_weight", "_convolution_pointwise")
+    if not torch.backends.mkldnn.is_available() or not all(hasattr(ops, n) for n in needed):
+        return False
+    try:
+        return _fused_ops_agree(ops, torch.float32)
+    except Exception:  # an internal op that fails here would fail in a model too
+        return False
+
+
+@functools.cache
 def native_on_cpu(dtype: torch.dtype) -> bool:
     """Whether this CPU has matmul instructions for `dtype`: bf16 needs AVX-512 BF16 or AMX,
     fp16 AVX-512 FP16 or AMX-FP16 (as oneDNN reports it); float32 always. Without them 16-bit
@@ -49,10 +63,10 @@ def onednn_supports(check_name: str) -> bool:
         return False
 
 
-def _fused_ops_agree(ops) -> bool:
-    x = torch.linspace(-2, 2, 24).view(2, 3, 4).to(torch.bfloat16)
-    weight = torch.linspace(-1, 1, 20).view(5, 4).to(torch.bfloat16)
-    bias = torch.linspace(0, 1, 5).to(torch.bfloat16)
+def _fused_ops_agree(ops, dtype: torch.dtype = torch.bfloat16) -> bool:
+    x = torch.linspace(-2, 2, 24).view(2, 3, 4).to(dtype)
+    weight = torch.linspace(-1, 1, 20).view(5, 4).to(dtype)
+    bias = torch.linspace(0, 1, 5).to(dtype)
     linear = F.linear(x.float(), weight.float(), bias.float())
     packed = ops._reorder_linear_weight(weight, None)
     gelu = ops._linear_pointwise(x, packed, bias, "gelu", [], "none")
@@ -68,4 +82,5 @@ def _fused_ops_agree(ops) -> bool:
         (summed, linear + F.gelu(linear)),
         (relu, F.relu(F.conv2d(images.float(), kernel.float()))),
     ]
-    return all(torch.allclose(fast.float(), plain, atol=0.1) for fast, plain in pairs)
+    tolerance = 1e-5 if dtype == torch.float32 else 0.1
+    return all(torch.allclose(fast.float(), plain, atol=tolerance) for fast, plain in pairs)
