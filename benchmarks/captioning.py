@@ -235,7 +235,7 @@ def check_targets(rows: list[dict]) -> list[tuple[str, bool, str]]:
     return checks
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny model, one repeat")
     parser.add_argument("--layers", type=int, help="in each tower (default 4; quick 2)")
@@ -245,7 +245,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, help="timed repeats per row (default 3; quick 1)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, help="also write the rows and targets here")
-    args = parser.parse_args()
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per row first")
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     quick = args.quick
@@ -275,8 +276,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         models = build_models(config, Path(scratch))
         for beams in (1, 3):
-            rows += caption_rows(models, images, beams, new_tokens, 1, repeats)
-        rows += train_rows(models, images, tokens, 1, repeats)
+            rows += caption_rows(models, images, beams, new_tokens, args.warmup, repeats)
+        rows += train_rows(models, images, tokens, args.warmup, repeats)
     add_ratios(rows)
     print()
     print_table(*table(rows))
