@@ -103,11 +103,10 @@ class MultiheadAttention(nn.Module):
                 key, value = cache.extend(self, key, value)
         else:
             (query,) = self._heads(self._projection(x, 0, 1), 1)
-
-            def project_context() -> tuple[torch.Tensor, ...]:
-                return self._heads(self._projection(context, 1, 3), 2)
-
-            key, value = cache.constant(self, project_context) if cache else project_context()
+            if cache is None:
+                key, value = self._context_keys_values(context)
+            else:
+                key, value = cache.constant(self, lambda: self._context_keys_values(context))
         out = self._attention(query, key, value, mask, causal)
         return self.out_proj(out.transpose(1, 2).reshape(batch, queries, width))
 
@@ -121,6 +120,10 @@ class MultiheadAttention(nn.Module):
     ) -> torch.Tensor:
         """`attend` (`accelerate` swaps in a version for a decoding step's few queries)."""
         return attend(query, key, value, mask, causal)
+
+    def _context_keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The keys and values of `context`, ``(batch, heads, keys, head_dim)`` each."""
+        return self._heads(self._projection(context, 1, 3), 2)
 
     def _projection(self, x: torch.Tensor, first: int, stop: int) -> torch.Tensor:
         """`x` through the projections `first` to `stop` (0: query, 1: key, 2: value), side

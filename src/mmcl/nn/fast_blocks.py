@@ -163,6 +163,14 @@ class FastAttention(InferenceOnly, MultiheadAttention):
         packed = self._packed.setdefault((first, stop), DerivedTensor())
         return packed_linear(x, packed.get(sources, lambda: pack(self._weight(first, stop))), bias)
 
+    def _context_keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # Computed once per caption and read at every step: laid out for the matmuls once
+        # (as views of the projection, each step's matmul would copy them).
+        keys_values = super()._context_keys_values(context)
+        if not on_fast_path(self, context, self.in_proj_bias):
+            return keys_values
+        return tuple(t.contiguous() for t in keys_values)
+
     def _attention(
         self,
         query: torch.Tensor,
