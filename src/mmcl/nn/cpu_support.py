@@ -14,28 +14,26 @@ def onednn_bf16() -> bool:
     """Whether this PyTorch build and CPU run oneDNN's fused bf16 ops (native on AVX-512 BF16
     and AMX). The ops are PyTorch internals (Inductor's), so they are tried once on tiny
     inputs against plain ops; any failure or disagreement means the plain ops throughout."""
-    ops = torch.ops.mkldnn
-    needed = ("_linear_pointwise", "_reorder_linear_weight", "_convolution_pointwise")
-    if not torch.backends.mkldnn.is_available() or not all(hasattr(ops, n) for n in needed):
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    if not (torch.backends.mkldnn.is_available() and supported is not None and supported()):
         return False
-    if not (hasattr(ops, "_is_mkldnn_bf16_supported") and ops._is_mkldnn_bf16_supported()):
-        return False
-    try:
-        return _fused_ops_agree(ops)
-    except Exception:  # an internal op that fails here would fail in a model too
-        return False
+    return _fused_ops_work(torch.bfloat16)
 
 
 @functools.cache
 def onednn_fp32() -> bool:
-    """Whether oneDNN's fused linear ops (`onednn_bf16`'s) run and agree in float32, for
+    """Whether oneDNN's fused ops (`onednn_bf16`'s) run and agree in float32, for
     `accelerate(..., pack_fp32=True)`."""
+    return _fused_ops_work(torch.float32)
+
+
+def _fused_ops_work(dtype: torch.dtype) -> bool:
     ops = torch.ops.mkldnn
     needed = ("_linear_pointwise", "_reorder_linear_weight", "_convolution_pointwise")
     if not torch.backends.mkldnn.is_available() or not all(hasattr(ops, n) for n in needed):
         return False
     try:
-        return _fused_ops_agree(ops, torch.float32)
+        return _fused_ops_agree(ops, dtype)
     except Exception:  # an internal op that fails here would fail in a model too
         return False
 
