@@ -67,3 +67,13 @@ def test_retrieval_with_a_blip_without_vocabulary_asks_for_tokenizer(tmp_path, c
     error = run(capsys, "retrieval", "--pretrained", tmp_path / "blip", "--images",
                 tmp_path / "images", "--captions", tmp_path / "c.csv")  # fmt: skip
     assert "the BLIP model needs its WordPiece vocabulary" in error and "--tokenizer" in error
+
+
+def test_tokenizer_for_a_clip_model_is_refused_rather_than_ignored(tmp_path, capsys):
+    blip_folder(tmp_path / "blip", "BlipForImageTextRetrieval")
+    error = run(capsys, "embed", "--model", "tiny-vit", "--tokenizer", tmp_path / "blip",
+                "--texts", texts_file(tmp_path), "--output", tmp_path / "t.npy")  # fmt: skip
+    assert error == (
+        "mmcl embed: error: --tokenizer is for models that read WordPiece ids (BLIP, ALBEF); "
+        "tiny-vit (CLIP) reads CLIP's built-in tokenizer: drop --tokenizer"
+    )

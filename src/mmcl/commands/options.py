@@ -75,7 +75,14 @@ def command_text(args: argparse.Namespace, model):
     --pretrained."""
     from mmcl.eval.model_text import model_text, tokenizer_folder
 
-    return model_text(model, args.tokenizer or tokenizer_folder(args.pretrained))
+    text = model_text(model, args.tokenizer or tokenizer_folder(args.pretrained))
+    if args.tokenizer is not None and text.fingerprint == "clip-bpe":
+        raise ValueError(
+            f"--tokenizer is for models that read WordPiece ids (BLIP, ALBEF); "
+            f"{args.model or args.pretrained} ({type(model).__name__}) reads CLIP's built-in "
+            f"tokenizer: drop --tokenizer"
+        )
+    return text
 
 
 def image_reading(args: argparse.Namespace) -> contextlib.AbstractContextManager:
