@@ -1,5 +1,6 @@
-"""Tiny random BLIP folders (Hugging Face layout, with a WordPiece vocabulary) and image
-folders, for the tests of `mmcl caption`, `mmcl capfilt` and `mmcl retrieval --rerank`."""
+"""Tiny random BLIP folders (Hugging Face layout, with a WordPiece vocabulary), ALBEF run
+folders and image folders, for the tests of the commands that read a model's own tokenizer
+(`mmcl caption`, `capfilt`, `retrieval`, `embed --texts`, `zeroshot`)."""
 
 from __future__ import annotations
 
@@ -97,3 +98,35 @@ def coca_file(path: Path, seed: int = 0):
     model = CoCa(CoCaConfig.from_dict(COCA)).eval()
     save_safetensors(model, path)
     return model
+
+
+def albef_folder(folder: Path, seed: int = 0, vocab: bool = True):
+    """A tiny random ALBEF saved as `folder/model.safetensors`, with the WordPiece vocabulary
+    of `WORDS` beside it (ids as tiny-albef's: [PAD] 0, [CLS] 2, [SEP] 3, [MASK] 4), as a
+    `mmcl train` run folder holds them; returns the model and its tokenizer."""
+    from mmcl.io.checkpoints.export import save_safetensors
+    from mmcl.io.wordpiece import train_wordpiece
+    from mmcl.models.albef import Albef
+    from mmcl.models.albef_config import AlbefConfig
+
+    tokenizer = train_wordpiece([" ".join(WORDS)], vocab_size=200)  # 35 ids, the model 20
+    torch.manual_seed(seed)
+    config = AlbefConfig.from_dict(
+        {
+            "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1,
+                           "heads": 2, "mlp_width": 48},
+            "albef_text": {"vocab_size": tokenizer.vocab_size, "width": 32, "text_layers": 1,
+                           "fusion_layers": 1, "heads": 2, "mlp_width": 48, "max_positions": 20,
+                           "cls_id": 2, "sep_id": 3, "mask_id": 4},
+            "embed_dim": 16,
+        }
+    )  # fmt: skip
+    model = Albef(config).eval()
+    with torch.no_grad():  # BERT's 0.02 init makes every text look alike; spread them out
+        for parameter in model.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    folder.mkdir(parents=True, exist_ok=True)
+    save_safetensors(model, folder / "model.safetensors")
+    if vocab:
+        tokenizer.save(folder)
+    return model, tokenizer

@@ -14,7 +14,9 @@ from pathlib import Path
 from mmcl.commands.options import (
     add_input_arguments,
     add_model_arguments,
+    add_tokenizer_argument,
     check_output_file,
+    command_text,
     image_reading,
     load_model,
 )
@@ -25,6 +27,7 @@ def add_parser(commands) -> None:
     embed = commands.add_parser("embed", help="images or texts -> .npy / .safetensors")
     add_model_arguments(embed)
     add_input_arguments(embed)
+    add_tokenizer_argument(embed)
     source = embed.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", type=Path, help="folder of images (searched recursively)")
     source.add_argument("--texts", type=Path, help="text file, one text per line")
@@ -57,7 +60,6 @@ def add_parser(commands) -> None:
 
 def run_embed(args: argparse.Namespace) -> int:
     from mmcl.eval.embed import embed_texts, save_features
-    from mmcl.io.tokenizer import get_tokenizer
 
     if args.output.suffix not in (".npy", ".safetensors"):
         raise ValueError(f"--output must end in .npy or .safetensors, got {args.output}")
@@ -73,11 +75,12 @@ def run_embed(args: argparse.Namespace) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("--texts runs in one process: run it without torchrun")
     model = load_model(args)
+    text = command_text(args, model)
     texts = read_text(args.texts, "texts file").splitlines()
     features = embed_texts(
         model,
         texts,
-        get_tokenizer(model.context_length),
+        text.tokens,
         args.batch_size,
         args.device,
         progress=not args.quiet,

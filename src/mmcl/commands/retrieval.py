@@ -9,7 +9,9 @@ from pathlib import Path
 from mmcl.commands.options import (
     add_input_arguments,
     add_model_arguments,
+    add_tokenizer_argument,
     check_output_file,
+    command_text,
     embed_image_files,
     image_reading,
     load_model,
@@ -38,12 +40,7 @@ def add_parser(commands) -> None:
         help="BLIP: the image-text matching (ITM) head re-ranks the top K of the contrastive "
         "(ITC) ranking, in both directions; both recalls are reported",
     )
-    retrieval.add_argument(
-        "--tokenizer",
-        type=Path,
-        help="BLIP: folder of its WordPiece vocabulary (tokenizer.json or vocab.txt); default: "
-        "the --pretrained folder, or the folder of the --pretrained file",
-    )
+    add_tokenizer_argument(retrieval)
     retrieval.set_defaults(handler=run_retrieval)
 
 
@@ -52,7 +49,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
 
     from mmcl.data.captions import read_caption_table
     from mmcl.eval.embed import embed_texts
-    from mmcl.eval.model_text import has_itm_head, model_text, tokenizer_folder
+    from mmcl.eval.model_text import has_itm_head
     from mmcl.eval.retrieval import retrieval_recall
 
     caption_paths, captions = read_caption_table(args.captions, image_root=args.images)
@@ -70,7 +67,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
             f"({type(model).__name__}) has none: use a BLIP retrieval checkpoint "
             f"(BlipForImageTextRetrieval), or drop --rerank"
         )
-    text = model_text(model, args.tokenizer or tokenizer_folder(args.pretrained))
+    text = command_text(args, model)
     with reading:
         if args.rerank is None:
             images = embed_image_files(args, model, list(image_index))
