@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mmcl-installed
 
-.PHONY: demo test lint setup clean
+.PHONY: demo test lint setup clean chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,7 +14,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+# Debian's Chromium, for the search page's browser test (tests/serve/test_browser.py).
+chromium:
+	command -v chromium >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+setup: $(STAMP) chromium
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
@@ -29,7 +34,7 @@ ACCELERATION_TESTS := tests/nn/test_accelerate.py tests/nn/test_inference_shortc
 	tests/nn/test_kernels.py tests/nn/test_linear_kernel.py tests/nn/test_streams.py \
 	tests/models/test_inference_paths.py
 
-test: lint
+test: lint chromium
 	$(PY) -m pytest -q
 	MMCL_NATIVE_KERNELS=0 ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 $(PY) -m pytest -q \
 		-k "not compiled and not benchmark and not RN50" $(ACCELERATION_TESTS)

@@ -1,10 +1,14 @@
-"""The `mmcl` command: models, embed, index, zeroshot, retrieval, convert, train, continual.
+"""The `mmcl` command: models, embed, index, serve, zeroshot, retrieval, caption, capfilt, ...
 
 mmcl models
 mmcl embed --model tiny-vit --images photos/ --output photos.npy
 mmcl index --features photos.npy --output photos.index
+mmcl serve --index photos.index
 mmcl zeroshot --model ViT-B-32 --pretrained ViT-B-32.pt --data cifar10/test --dataset cifar10
 mmcl retrieval --model ViT-B-32 --pretrained ViT-B-32.pt --captions captions.csv
+mmcl retrieval --pretrained blip-retrieval/ --captions captions.csv --images photos --rerank 16
+mmcl caption --pretrained blip-captioning/ --images photos --output captions.csv --beams 3
+mmcl capfilt --captions web.csv --images photos --captioner blip-cap/ --filter blip-itm/ --output clean.csv
 mmcl convert ViT-B-32.pt clip-vit-b32-hf --to hf
 mmcl train --config demo
 mmcl continual --scenario mini-mtil --method zscl

@@ -1,7 +1,8 @@
 """Training recipes: one YAML file says which model, which data, which evaluation, which settings.
 
     model:  {name: tiny-vit, pretrained: null, <config overrides such as init_logit_bias>}
-    data:   {kind: scenes | csv | folder | dataset | shards, ...}
+    data:   {kind: scenes | csv | folder | dataset | shards, tokenizer: clip | scenes-wordpiece,
+             ...}
     eval:   {scene_views: [...], folder: ..., dataset: ..., split: ..., ...}
     train:  TrainConfig fields
 
@@ -28,6 +29,7 @@ from mmcl.train import FitResult, TrainConfig, Trainer
 from mmcl.train.run_folder import resume_checkpoint
 
 SECTIONS = ("model", "data", "eval", "train")
+TOKENIZERS = ("clip", "scenes-wordpiece")  # data.tokenizer; BERT-style models read WordPiece
 
 
 @dataclass
@@ -102,6 +104,19 @@ def build_model(recipe: Recipe):
     return create_model(name, pretrained=pretrained, **options)
 
 
+def recipe_tokenizer(recipe: Recipe):
+    """The tokenizer `data.tokenizer` names: "clip" (CLIP's BPE; the default) or
+    "scenes-wordpiece" (`mmcl.data.scene_wordpiece`, for ALBEF on the built-in scenes)."""
+    name = recipe.data.get("tokenizer", "clip")
+    if name == "clip":
+        return tokenize
+    if name == "scenes-wordpiece":
+        from mmcl.data.scene_wordpiece import scene_wordpiece_ids
+
+        return scene_wordpiece_ids
+    raise ValueError(f"{recipe.source}: data.tokenizer must be one of {TOKENIZERS}, got {name!r}")
+
+
 def build_train_data(
     recipe: Recipe,
     image_size: int,
@@ -110,28 +125,32 @@ def build_train_data(
     model=None,
 ):
     """The training data set and its collate function (None: the default); texts are
-    tokenized with the model's own tokenizer when it has one (BLIP's WordPiece), else CLIP's."""
+    tokenized with the model's own tokenizer when it has one (BLIP's WordPiece), else with
+    `data.tokenizer`'s."""
     data = dict(recipe.data)
     kind = data.pop("kind", None)
+    data.pop("tokenizer", None)
+    tokenizer = recipe_tokenizer(recipe)
+    if getattr(model, "tokenizer", None) is not None:  # the model's own (BLIP's WordPiece)
+        tokenizer = text_tokenizer(model)
     transform = image_transform(image_size, is_train=True)
-    texts_to_ids = text_tokenizer(model)
     if kind == "scenes":
         from mmcl.data.scenes import SceneCaptions
 
         size = data.pop("size", 100_000)
         return SceneCaptions(
-            "train", size, image_size=image_size, tokenizer=texts_to_ids, **data
+            "train", size, image_size=image_size, tokenizer=tokenizer, **data
         ), None
     if kind == "csv":
         from mmcl.data.captions import CaptionedImages, collate_pairs
 
         return CaptionedImages(
-            transform=transform, tokenizer=texts_to_ids, **_renamed(data)
+            transform=transform, tokenizer=tokenizer, **_renamed(data)
         ), collate_pairs
     if kind == "folder":
         from mmcl.data.captions import ClassCaptions, collate_pairs
 
-        return ClassCaptions(transform=transform, tokenizer=texts_to_ids, **data), collate_pairs
+        return ClassCaptions(transform=transform, tokenizer=tokenizer, **data), collate_pairs
     if kind == "dataset":
         from mmcl.data.captions import DatasetCaptions, collate_pairs
         from mmcl.data.datasets import find_dataset
@@ -139,7 +158,7 @@ def build_train_data(
         if "name" not in data:
             raise ValueError(f"{recipe.source}: data.kind dataset needs data.name (e.g. cifar10)")
         images = find_dataset(data.pop("name"), data.pop("split", "train"), data_root, download)
-        return DatasetCaptions(images, transform, texts_to_ids, **data), collate_pairs
+        return DatasetCaptions(images, transform, tokenizer, **data), collate_pairs
     if kind == "shards":
         from mmcl.data.shards import ShardStream
         from mmcl.train.distributed import init_from_env
@@ -148,7 +167,7 @@ def build_train_data(
         return ShardStream(
             data.pop("urls"),
             transform,
-            texts_to_ids,
+            tokenizer,
             rank=info.rank,
             world_size=info.world_size,
             seed=recipe.train.seed,
@@ -191,12 +210,15 @@ def build_evaluation(
     from mmcl.io.transforms import get_preprocess
 
     spec = dict(recipe.eval)
+    tokenizer = recipe_tokenizer(recipe)
     parts = []
     split, size = spec.pop("scene_split", "test"), spec.pop("size", 500)
     if "scene_views" in spec:
-        parts.append(suites.scene_views_suite(spec.pop("scene_views"), split, size, image_size))
+        views = spec.pop("scene_views")
+        parts.append(suites.scene_views_suite(views, split, size, image_size, tokenizer=tokenizer))
     if "retrieval_size" in spec:
-        parts.append(suites.scene_retrieval_suite(split, spec.pop("retrieval_size"), image_size))
+        texts = spec.pop("retrieval_size")
+        parts.append(suites.scene_retrieval_suite(split, texts, image_size, tokenizer=tokenizer))
     if "caption_size" in spec:  # a captioner (BLIP) on held-out scenes, beside copying
         from mmcl.eval.scene_captioning import SceneCaptioningSuite
 
@@ -234,10 +256,26 @@ def run_recipe(
     $MMCL_DATA_ROOT), fetched by torchvision if `download` and not there."""
     import torch
 
+    if recipe.model.get("kind") == "llava":  # a bridge into a language model: its own recipe
+        from mmcl.recipe_llava import run_llava_recipe
+
+        return run_llava_recipe(recipe)
     # A run into another run's folder, or `latest` with nothing to resume: say so before work.
     resume_checkpoint(recipe.train.resume, recipe.train.output_dir)
     torch.manual_seed(recipe.train.seed)  # the same initial weights on every rank and rerun
     model = build_model(recipe)
+    wordpiece = recipe.data.get("tokenizer", "clip") == "scenes-wordpiece"
+    if getattr(model.config, "albef_text", None) is not None and not wordpiece:
+        raise ValueError(
+            f"{recipe.source}: {recipe.model.get('name')} reads BERT WordPiece ids, not CLIP's: "
+            f"set data.tokenizer: scenes-wordpiece"
+        )
     train_data, collate = build_train_data(recipe, model.image_size, data_root, download, model)
     evaluate = build_evaluation(recipe, model.image_size, data_root, download)
-    return Trainer(model, train_data, recipe.train, collate_fn=collate, evaluate=evaluate).fit()
+    trainer = Trainer(model, train_data, recipe.train, collate_fn=collate, evaluate=evaluate)
+    result = trainer.fit()
+    if wordpiece and trainer.info.is_main:  # beside model.safetensors: one self-contained folder
+        from mmcl.data.scene_wordpiece import scene_wordpiece
+
+        scene_wordpiece().save(recipe.train.output_dir)
+    return result

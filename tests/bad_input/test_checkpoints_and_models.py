@@ -356,3 +356,12 @@ def test_create_model_without_weights_stays_quiet():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         mmcl.create_model("tiny-vit")  # how training from scratch starts
+
+
+def test_an_albef_config_with_a_special_id_outside_its_vocabulary_is_refused():
+    from mmcl.models.albef_config import AlbefConfig
+
+    with pytest.raises(ValueError, match=r"tiny\.json: albef_text ids \{'mask_id': 103\}"):
+        AlbefConfig.from_dict(
+            {"albef_text": {"vocab_size": 50, "cls_id": 2, "sep_id": 3}}, source="tiny.json"
+        )

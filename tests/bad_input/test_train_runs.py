@@ -14,6 +14,10 @@
 - A wrong type for a training setting (`--set train.lr=abc`, or in a YAML recipe) fails when the
   recipe is read, in one line naming the key, the value and the type it needs.
 - An unknown training setting names the nearest valid ones (or lists them all).
+- `train.loss: albef` with a model that is not an ALBEF is refused in one line naming the model
+  kind and a model that fits, before any step.
+- A recipe whose model reads WordPiece ids (tiny-albef) with CLIP's tokenizer, or an unknown
+  `data.tokenizer`, is one line naming the setting and what to write there.
 - Training progress written to a log (stderr not a terminal) is whole lines, without
   carriage returns.
 """
@@ -33,7 +37,7 @@ from mmcl.continual.heads import ImageClassifier
 from mmcl.continual.methods import build_method
 from mmcl.continual.runner import run_continual
 from mmcl.continual.scenarios import class_incremental
-from mmcl.train import TrainConfig
+from mmcl.train import TrainConfig, Trainer
 
 RECIPE = (
     "model: {name: tiny-vit}\n"
@@ -227,3 +231,38 @@ def test_training_progress_in_a_log_is_whole_lines(recipe, tmp_path, capsys):
     assert status == 0
     assert "\r" not in err
     assert err.splitlines()[-1].startswith("training: 100% 3/3")
+
+
+def test_loss_albef_on_a_model_that_is_not_albef_is_refused(tmp_path):
+    import mmcl
+
+    pairs = [(torch.randn(3, 32, 32), mmcl.tokenize(["a red circle"])[0])] * 4
+    config = TrainConfig(
+        loss="albef",
+        steps=1,
+        batch_size=2,
+        progress=False,
+        tensorboard=False,
+        output_dir=str(tmp_path),
+    )
+    trainer = Trainer(mmcl.create_model("tiny-vit"), pairs, config)
+    with pytest.raises(ValueError, match="loss 'albef' needs an ALBEF model .*tiny-albef.*CLIP"):
+        trainer.fit()
+
+
+def test_an_albef_recipe_without_its_wordpiece_tokenizer_names_the_setting(tmp_path, capsys):
+    overrides = ["data.tokenizer=clip", "train.steps=1", "train.batch_size=2", "data.size=4"]
+    args = ["train", "--config", "albef-scenes", "--output-dir", str(tmp_path), "--quiet"]
+    assert main(args + [a for o in overrides for a in ("--set", o)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "mmcl train: error: recipe 'albef-scenes': tiny-albef reads BERT WordPiece ids, not "
+        "CLIP's: set data.tokenizer: scenes-wordpiece"
+    ]
+
+
+def test_an_unknown_data_tokenizer_lists_the_known_ones(tmp_path, capsys):
+    args = ["train", "--config", "demo", "--output-dir", str(tmp_path), "--quiet"]
+    assert main(args + ["--set", "data.tokenizer=bert"]) != 0
+    err = capsys.readouterr().err
+    assert "data.tokenizer must be one of ('clip', 'scenes-wordpiece'), got 'bert'" in err

@@ -7,4 +7,17 @@ commands share (model and image-reading options, loading the named model) is in 
 """
 
 # The order `mmcl --help` lists them in.
-COMMANDS = ("models", "embed", "index", "zeroshot", "retrieval", "convert", "train", "continual")
+COMMANDS = (
+    "models",
+    "embed",
+    "index",
+    "serve",
+    "zeroshot",
+    "retrieval",
+    "caption",
+    "capfilt",
+    "ask",
+    "convert",
+    "train",
+    "continual",
+)

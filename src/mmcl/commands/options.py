@@ -58,6 +58,33 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_tokenizer_argument(parser: argparse.ArgumentParser) -> None:
+    """Where a BLIP's or ALBEF's WordPiece vocabulary is (embed, zeroshot, retrieval)."""
+    parser.add_argument(
+        "--tokenizer",
+        type=Path,
+        metavar="FOLDER",
+        help="BLIP or ALBEF: folder of the model's WordPiece vocabulary (tokenizer.json or "
+        "vocab.txt); default: the --pretrained folder, or the folder of the --pretrained file. "
+        "CLIP and CoCa use CLIP's tokenizer",
+    )
+
+
+def command_text(args: argparse.Namespace, model):
+    """The model's own tokenizer (`mmcl.eval.model_text`), found from --tokenizer or
+    --pretrained."""
+    from mmcl.eval.model_text import model_text, tokenizer_folder
+
+    text = model_text(model, args.tokenizer or tokenizer_folder(args.pretrained))
+    if args.tokenizer is not None and text.fingerprint == "clip-bpe":
+        raise ValueError(
+            f"--tokenizer is for models that read WordPiece ids (BLIP, ALBEF); "
+            f"{args.model or args.pretrained} ({type(model).__name__}) reads CLIP's built-in "
+            f"tokenizer: drop --tokenizer"
+        )
+    return text
+
+
 def image_reading(args: argparse.Namespace) -> contextlib.AbstractContextManager:
     """The pixel limit of --max-image-pixels, in force while the command reads images."""
     from mmcl.data.images import pixel_limit

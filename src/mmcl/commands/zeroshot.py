@@ -8,7 +8,9 @@ from pathlib import Path
 from mmcl.commands.options import (
     add_input_arguments,
     add_model_arguments,
+    add_tokenizer_argument,
     check_output_file,
+    command_text,
     embed_image_files,
     image_reading,
     load_model,
@@ -22,6 +24,7 @@ def add_parser(commands) -> None:
     zeroshot = commands.add_parser("zeroshot", help="class-folder images -> accuracy table")
     add_model_arguments(zeroshot)
     add_input_arguments(zeroshot)
+    add_tokenizer_argument(zeroshot)
     zeroshot.add_argument("--data", type=Path, required=True, help="folder of class subfolders")
     zeroshot.add_argument(
         "--dataset",
@@ -43,7 +46,6 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     from mmcl.data.images import class_folders
     from mmcl.data.zeroshot import load_zero_shot_metadata
     from mmcl.eval.zero_shot import accuracy, build_zero_shot_classifier
-    from mmcl.io.tokenizer import get_tokenizer
 
     paths, labels, folders = class_folders(args.data)
     classnames = [folder.replace("_", " ") for folder in folders]
@@ -66,7 +68,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     model = load_model(args)
     classifier = build_zero_shot_classifier(
         model,
-        get_tokenizer(model.context_length),
+        command_text(args, model).tokens,
         classnames,
         templates,
         device=args.device,

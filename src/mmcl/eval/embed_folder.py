@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 
 from mmcl.data.images import ImageFiles
 from mmcl.eval.embed import check_feature_suffix, image_loader, write_row_index
+from mmcl.eval.embed_ranks import Ranks, check_same_job, check_visible
 from mmcl.io.atomic import atomic_path
 from mmcl.io.progress import progress as progress_bar
 from mmcl.io.transforms import get_preprocess, streamlined
@@ -68,6 +69,7 @@ def embed_image_folder(
     progress: bool = True,
     streams: int = 1,
     high_bit_depth: str = "scale",
+    rank_timeout: float = 1800.0,
 ) -> FolderEmbedding:
     """Embed image files into `output` (.npy or .safetensors) with a row-name index beside it.
 
@@ -87,6 +89,12 @@ def embed_image_folder(
     in the manifest.
     `streams` > 1 encodes each batch as that many parts side by side on the CPU (see
     `mmcl.nn.streams`; like the batch size, it changes low-precision results only by rounding).
+
+    Under torchrun (a process group is initialised) the ranks share the missing parts, the
+    k-th to rank k % world size, and rank 0 joins them: the output is the one process's, bit
+    for bit. Every rank must see the same files and `output` (across nodes, a shared
+    filesystem). The ranks meet after each round of parts (see `mmcl.eval.embed_ranks`), and
+    all stop, naming the rank, when one fails or does not answer within `rank_timeout` s.
 
     >>> import mmcl, tempfile, pathlib
     >>> from PIL import Image
@@ -116,39 +124,78 @@ def embed_image_folder(
     reading = {"high_bit_depth": high_bit_depth, "max_image_pixels": dataset.max_image_pixels}
     folder = parts_folder(output)
     manifest = _manifest(model, paths, part_size, transform, settings, reading)
-    _open_parts_folder(folder, manifest, dict(source or {}))
-
     spans = [
         (start, min(start + part_size, len(paths))) for start in range(0, len(paths), part_size)
     ]
-    missing = [part for part in range(len(spans)) if not _part_path(folder, part).exists()]
+    # Under torchrun the ranks share the missing parts; every step below is taken together.
+    with Ranks(
+        rank_timeout,
+        hint=f" Finished parts stay in {folder}: rerun the same command to compute the rest",
+    ) as ranks:
+        check_same_job(ranks, manifest)
+        missing = ranks.first(
+            "opening the parts folder",
+            lambda: _open_missing_parts(folder, manifest, dict(source or {}), len(spans)),
+        )
+        if ranks.size > 1:
+            ranks.each("finding the parts folder", lambda: check_visible(folder))
+        # Deterministic shares: the k-th missing part goes to rank k % size, so that the ranks
+        # finish each round of `size` parts together (a resumed job is balanced again).
+        mine = missing[ranks.rank :: ranks.size]
+        rounds = -(-len(missing) // ranks.size)
+        share = sum(spans[part][1] - spans[part][0] for part in mine)
+        done = len(paths) - share if ranks.size == 1 else 0
+        with progress_bar(
+            total=share + done,
+            initial=done,
+            desc="embedding images" + (f" (rank 0 of {ranks.size})" if ranks.size > 1 else ""),
+            unit="image",
+            disable=not progress or ranks.rank != 0,
+        ) as bar:
+            encoded = _encode_parts(
+                model, dataset, mine, spans, folder, batch_size, workers, device, streams, bar
+            )
+            for round_ in range(rounds):
+                ranks.each(f"round {round_ + 1} of {rounds} of parts", lambda: next(encoded, None))
+
+        def join() -> FolderEmbedding:
+            result = _join_parts(folder, output, paths, spans, len(missing), keep_parts)
+            _write_record(output, manifest, dict(source or {}))
+            return result
+
+        return ranks.first("joining the parts", join)
+
+
+def _encode_parts(
+    model, dataset, parts, spans, folder, batch_size, workers, device, streams, bar
+) -> Iterator[int]:
+    """Encode and write `parts`, one after another; yields each part once it is on disk."""
     batches, plan = [], []  # plan: (part, is it the part's last batch) for each batch
     # ranges, not lists: a few bytes per batch however many millions of images
-    for part in missing:
+    for part in parts:
         start, stop = spans[part]
         for first in range(start, stop, batch_size):
             batches.append(range(first, min(first + batch_size, stop)))
             plan.append((part, first + batch_size >= stop))
     loader = image_loader(dataset, device, workers if batches else 0, batch_sampler=batches)
-    done = len(paths) - sum(len(batch) for batch in batches)
     features, rows = [], []
     encode = functools.partial(model.encode_image, normalize=True)
-    with progress_bar(
-        total=len(paths), initial=done, desc="embedding images", unit="image", disable=not progress
-    ) as bar:
-        for (part, last), batch, (images, _, indices, _) in zip(plan, batches, loader, strict=True):
-            if len(indices):
-                # Kept on the device until the part is written: one synchronisation per part.
-                images = images.to(device, non_blocking=True)
-                features.append(in_streams(encode, images, streams).float())
-                rows.append(indices)
-            bar.update(len(batch))
-            if last:
-                _write_part(folder, part, spans[part], features, rows)
-                features, rows = [], []
-    result = _join_parts(folder, output, paths, spans, len(missing), keep_parts)
-    _write_record(output, manifest, dict(source or {}))
-    return result
+    for (part, last), batch, (images, _, indices, _) in zip(plan, batches, loader, strict=True):
+        if len(indices):
+            # Kept on the device until the part is written: one synchronisation per part.
+            images = images.to(device, non_blocking=True)
+            features.append(in_streams(encode, images, streams).float())
+            rows.append(indices)
+        bar.update(len(batch))
+        if last:
+            _write_part(folder, part, spans[part], features, rows)
+            features, rows = [], []
+            yield part
+
+
+def _open_missing_parts(folder: Path, manifest: dict, source: dict, count: int) -> list[int]:
+    open_parts_folder(folder, manifest, source)
+    return [part for part in range(count) if not _part_path(folder, part).exists()]
 
 
 RECORD_FORMAT = 1
@@ -240,8 +287,15 @@ def _manifest(model, paths: list[Path], part_size: int, transform, settings, rea
     }
 
 
-def _open_parts_folder(folder: Path, manifest: dict, source: dict) -> None:
-    """Create the parts folder with its manifest, or check an existing one matches."""
+def open_parts_folder(
+    folder: Path,
+    manifest: dict,
+    source: dict,
+    job: str = "embedding",
+    part_pattern: str = "part-*.safetensors",
+) -> None:
+    """Create the parts folder with its manifest, or check an existing one matches (also for
+    `mmcl caption`'s parts: `job` names the work in errors)."""
     manifest_path = folder / "manifest.json"
     if manifest_path.exists():
         found = json.loads(manifest_path.read_text())
@@ -256,12 +310,12 @@ def _open_parts_folder(folder: Path, manifest: dict, source: dict) -> None:
             )
             written_by = ", ".join(f"{k}={v}" for k, v in recorded_source.items()) or "unrecorded"
             raise ValueError(
-                f"{folder} holds parts of another embedding job ({details}; written by "
+                f"{folder} holds parts of another {job} job ({details}; written by "
                 f"{written_by}). Rerun with the same settings to resume it, or delete the "
                 f"folder to start again."
             )
         return
-    if any(folder.glob("part-*.safetensors")):
+    if any(folder.glob(part_pattern)):
         raise ValueError(f"{folder} holds parts but no manifest.json; delete the folder")
     with atomic_path(manifest_path) as tmp:
         tmp.write_text(json.dumps({**manifest, "source": source}, indent=2, default=str))

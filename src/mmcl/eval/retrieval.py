@@ -20,11 +20,11 @@ lower. Similarities are computed ``chunk_size`` rows at a time, so at most
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
-__all__ = ["retrieval_recall"]
+__all__ = ["recall_from_scores", "retrieval_recall"]
 
 
 def retrieval_recall(
@@ -52,21 +52,73 @@ def retrieval_recall(
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     images, texts, owner = _validated_inputs(image_features, text_features, text_to_image)
 
-    image_hits = _image_to_text_hits(images, texts, owner, ks, chunk_size)
-    text_hits = _text_to_image_hits(images, texts, owner, ks, chunk_size)
+    image_hits = _image_to_text_hits(
+        lambda start, stop: images[start:stop] @ texts.T, len(images), owner, ks, chunk_size
+    )
+    text_hits = _text_to_image_hits(
+        lambda start, stop: texts[start:stop] @ images.T, len(images), owner, ks, chunk_size
+    )
+    return _recalls(image_hits, text_hits, len(images), len(texts), ks)
+
+
+def recall_from_scores(
+    image_to_text: torch.Tensor,
+    text_to_image_scores: torch.Tensor,
+    text_to_image: torch.Tensor | Sequence[int],
+    ks: Sequence[int] = (1, 5, 10),
+) -> dict[str, float]:
+    """`retrieval_recall` from given scores rather than features: `image_to_text`
+    ``(num_images, num_texts)`` ranks each image's captions, `text_to_image_scores`
+    ``(num_texts, num_images)`` each caption's images (e.g. ITM re-ranked, where the two
+    directions are scored apart). Same keys, same tie-breaking.
+
+    >>> scores = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+    >>> recall_from_scores(scores, scores.T.flip(1), [0, 1], ks=(1,))
+    {'image_to_text_R@1': 1.0, 'text_to_image_R@1': 0.0}
+    """
+    ks = _validated_ks(ks)
+    image_to_text = image_to_text.float()
+    num_images, num_texts = image_to_text.shape
+    if text_to_image_scores.shape != (num_texts, num_images):
+        raise ValueError(
+            f"text_to_image_scores must have shape ({num_texts}, {num_images}), the transpose "
+            f"of image_to_text's, got {tuple(text_to_image_scores.shape)}"
+        )
+    # The owner checks of the feature path, on stand-in features of the right counts.
+    _, _, owner = _validated_inputs(
+        torch.zeros(num_images, 1, device=image_to_text.device),
+        torch.zeros(num_texts, 1),
+        text_to_image,
+    )
+    text_scores = text_to_image_scores.to(device=image_to_text.device, dtype=torch.float32)
+    chunk = max(num_images, num_texts)
+    image_hits = _image_to_text_hits(
+        lambda start, stop: image_to_text[start:stop], num_images, owner, ks, chunk
+    )
+    text_hits = _text_to_image_hits(
+        lambda start, stop: text_scores[start:stop], num_images, owner, ks, chunk
+    )
+    return _recalls(image_hits, text_hits, num_images, num_texts, ks)
+
+
+def _recalls(image_hits, text_hits, num_images, num_texts, ks) -> dict[str, float]:
     return {
-        **{f"image_to_text_R@{k}": image_hits[k] / len(images) for k in ks},
-        **{f"text_to_image_R@{k}": text_hits[k] / len(texts) for k in ks},
+        **{f"image_to_text_R@{k}": image_hits[k] / num_images for k in ks},
+        **{f"text_to_image_R@{k}": text_hits[k] / num_texts for k in ks},
     }
 
 
 def _text_to_image_hits(
-    images: torch.Tensor, texts: torch.Tensor, owner: torch.Tensor, ks: tuple[int, ...], chunk: int
+    scores_of: Callable[[int, int], torch.Tensor],
+    num_images: int,
+    owner: torch.Tensor,
+    ks: tuple[int, ...],
+    chunk: int,
 ) -> dict[int, int]:
     hits = dict.fromkeys(ks, 0)
-    image_index = torch.arange(len(images), device=images.device)
-    for start in range(0, len(texts), chunk):
-        scores = texts[start : start + chunk] @ images.T  # (chunk, num_images)
+    image_index = torch.arange(num_images, device=owner.device)
+    for start in range(0, len(owner), chunk):
+        scores = scores_of(start, start + chunk)  # (chunk, num_images)
         target = owner[start : start + chunk, None]
         target_score = scores.gather(1, target)
         rank = (scores > target_score).sum(1) + (
@@ -78,13 +130,17 @@ def _text_to_image_hits(
 
 
 def _image_to_text_hits(
-    images: torch.Tensor, texts: torch.Tensor, owner: torch.Tensor, ks: tuple[int, ...], chunk: int
+    scores_of: Callable[[int, int], torch.Tensor],
+    num_images: int,
+    owner: torch.Tensor,
+    ks: tuple[int, ...],
+    chunk: int,
 ) -> dict[int, int]:
     hits = dict.fromkeys(ks, 0)
-    text_index = torch.arange(len(texts), device=texts.device)
-    for start in range(0, len(images), chunk):
-        scores = images[start : start + chunk] @ texts.T  # (chunk, num_texts)
-        image_index = torch.arange(start, start + len(scores), device=images.device)
+    text_index = torch.arange(len(owner), device=owner.device)
+    for start in range(0, num_images, chunk):
+        scores = scores_of(start, start + chunk)  # (chunk, num_texts)
+        image_index = torch.arange(start, start + len(scores), device=owner.device)
         own = owner[None, :] == image_index[:, None]
         # The image's best-ranked caption is its highest-scoring one, the lowest index among
         # equals; the image is a hit at k exactly when that caption is.

@@ -34,21 +34,30 @@ def _encode_images(model, images: torch.Tensor, batch_size: int = 256) -> torch.
 class ZeroShotSuite:
     """Zero-shot top-1 accuracy on fixed labelled image sets, one per named task."""
 
-    def __init__(self, tasks: dict[str, tuple[torch.Tensor, torch.Tensor, list[str], list[str]]]):
+    def __init__(
+        self,
+        tasks: dict[str, tuple[torch.Tensor, torch.Tensor, list[str], list[str]]],
+        tokenizer=tokenize,
+    ):
         # name -> (images, labels, class names, templates)
-        self.tasks = tasks
+        self.tasks, self.tokenizer = tasks, tokenizer
 
     def __call__(self, model) -> dict[str, float]:
         metrics = {}
         for name, (images, labels, classnames, templates) in self.tasks.items():
-            classifier = build_zero_shot_classifier(model, tokenize, classnames, templates)
+            classifier = build_zero_shot_classifier(model, self.tokenizer, classnames, templates)
             logits = _encode_images(model, images) @ classifier.float()
             metrics[f"zeroshot/{name}"] = accuracy(logits.cpu(), labels, topk=(1,))["top1"]
         return metrics
 
 
 def scene_views_suite(
-    views: Sequence[str], split: str = "test", size: int = 500, image_size: int = 32, seed: int = 0
+    views: Sequence[str],
+    split: str = "test",
+    size: int = 500,
+    image_size: int = 32,
+    seed: int = 0,
+    tokenizer=tokenize,
 ) -> ZeroShotSuite:
     tasks = {}
     for view in views:
@@ -56,7 +65,7 @@ def scene_views_suite(
         images = torch.stack([data[i][0] for i in range(len(data))])
         labels = torch.tensor([data.label(i) for i in range(len(data))])
         tasks[f"scenes-{view}"] = (images, labels, view_classnames(view), view_templates(view))
-    return ZeroShotSuite(tasks)
+    return ZeroShotSuite(tasks, tokenizer)
 
 
 def folder_suite(
@@ -127,11 +136,11 @@ class RetrievalSuite:
 
 
 def scene_retrieval_suite(
-    split: str = "test", size: int = 500, image_size: int = 32, seed: int = 0
+    split: str = "test", size: int = 500, image_size: int = 32, seed: int = 0, tokenizer=tokenize
 ) -> RetrievalSuite:
     data = SceneCaptions(split, size, image_size=image_size, seed=seed)
     images = torch.stack([data[i][0] for i in range(size)])
-    tokens = tokenize([data.caption(i) for i in range(size)])
+    tokens = tokenizer([data.caption(i) for i in range(size)])
     return RetrievalSuite("scenes", images, tokens, list(range(size)))
 
 

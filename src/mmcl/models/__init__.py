@@ -10,6 +10,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _PUBLIC = {
+    "Albef": "mmcl.models.albef",
+    "AlbefConfig": "mmcl.models.albef_config",
     "CLIP": "mmcl.models.clip",
     "CLIPConfig": "mmcl.models.config",
     "CoCa": "mmcl.models.coca",
@@ -25,6 +27,8 @@ _PUBLIC = {
 }
 
 __all__ = [
+    "Albef",
+    "AlbefConfig",
     "CLIP",
     "CLIPConfig",
     "CoCa",
@@ -40,6 +44,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from mmcl.models.albef import Albef
+    from mmcl.models.albef_config import AlbefConfig
     from mmcl.models.clip import CLIP
     from mmcl.models.coca import CoCa
     from mmcl.models.config import CLIPConfig, CoCaConfig, TextConfig, VisionConfig

@@ -32,7 +32,7 @@ from torch.nn import functional as F
 
 from mmcl.models.blip_config import BlipConfig, BlipTextConfig, BlipVisionConfig
 from mmcl.nn import BertEmbeddings, BertEncoder, BertLMHead, KVCache, LayerNorm, Transformer
-from mmcl.nn.generation import Generated, generate
+from mmcl.nn.generation import Captioner
 from mmcl.nn.masks import key_padding_mask
 
 
@@ -101,9 +101,10 @@ class BlipText(nn.Module):
         return self.encoder(x, mask, causal, context, context_mask, cache)
 
 
-class Blip(nn.Module):
+class Blip(nn.Module, Captioner):
     """BLIP's parts over one image tower; see the module docstring. Token ids come from
-    `mmcl.io.wordpiece` ([CLS] ... [SEP], padded with `pad_id`)."""
+    `mmcl.io.wordpiece` ([CLS] ... [SEP], padded with `pad_id`). Captions: `generate`
+    (`mmcl.nn.generation.Captioner`)."""
 
     def __init__(self, config: BlipConfig, output_dict: bool = False):
         super().__init__()
@@ -216,45 +217,20 @@ class Blip(nn.Module):
         states = decoder(answer, self._padding(answer), question_states, question_mask, causal=True)
         return decoder.lm_head(states)
 
-    @torch.no_grad()
-    def generate(
-        self,
-        images: torch.Tensor,
-        prompt: torch.Tensor | None = None,
-        max_new_tokens: int = 30,
-        beams: int = 1,
-        length_penalty: float = 1.0,
-        top_p: float | None = None,
-        temperature: float = 1.0,
-        min_new_tokens: int = 0,
-        generator: torch.Generator | None = None,
-    ) -> Generated:
-        """Captions through `mmcl.nn.generation.generate`, stopping at [SEP]. `prompt`
-        ``(batch, length)`` (e.g. "[DEC] a picture of", no padding): its first token becomes
-        [DEC]; by default [DEC] alone."""
+    def caption_prompt(
+        self, images: torch.Tensor, prompt: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, int, int]:
+        """`generate`'s start, stopping at [SEP]: `prompt` ``(batch, length)`` (e.g.
+        "[DEC] a picture of", no padding), whose first token becomes [DEC]; by default [DEC]
+        alone."""
         text = self.config.blip_text
         if prompt is None:
             prompt = torch.full((len(images), 1), text.dec_id, device=images.device)
-        return generate(
-            self.caption_step,
-            _with_start(prompt, text.dec_id),
-            self.start_captions(images),
-            max_new_tokens,
-            text.sep_id,
-            text.pad_id,
-            beams,
-            length_penalty,
-            top_p,
-            temperature,
-            min_new_tokens,
-            generator,
-        )
+        return _with_start(prompt, text.dec_id), text.sep_id, text.pad_id
 
-    def start_captions(self, images: torch.Tensor) -> KVCache:
-        """A cache holding the image tokens, encoded once for every step."""
-        cache = KVCache()
-        cache.put(self, self.visual(images))
-        return cache
+    def caption_context(self, images: torch.Tensor) -> torch.Tensor:
+        """What the decoder cross-attends to while captioning: the image tokens."""
+        return self.visual(images)
 
     def caption_step(self, new_tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """The generation loop's step: next-token logits ``(rows, vocab)`` after `new_tokens`."""
@@ -263,7 +239,7 @@ class Blip(nn.Module):
         mask = None
         if (history == self.config.blip_text.pad_id).any():
             mask = key_padding_mask(history, self.config.blip_text.pad_id)
-        image_tokens = cache.constant(self, _no_image)
+        image_tokens = self.cached_context(cache)
         decoder = self._part("text_decoder")
         states = decoder(new_tokens, mask, image_tokens, causal=True, cache=cache, offset=offset)
         return decoder.lm_head(states[:, -1])
@@ -286,7 +262,3 @@ def _with_start(tokens: torch.Tensor, start_id: int) -> torch.Tensor:
     tokens = tokens.clone()
     tokens[:, 0] = start_id
     return tokens
-
-
-def _no_image():
-    raise ValueError("caption_step needs a cache from start_captions(images)")

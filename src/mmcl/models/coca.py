@@ -17,15 +17,16 @@ from mmcl.models.clip import CLIP, LOGIT_SCALE_INIT, LOGIT_SCALE_MAX, _init_tran
 from mmcl.models.coca_towers import CoCaTextTransformer, CoCaVisionTransformer
 from mmcl.models.config import CoCaConfig
 from mmcl.nn import CausalDecoder, KVCache
-from mmcl.nn.generation import Generated, generate
+from mmcl.nn.generation import Captioner
 
 # The CLIP tokenizer's start and end tokens, open_clip's defaults for CoCa's generate.
 SOT_TOKEN, EOT_TOKEN = 49406, 49407
 
 
-class CoCa(nn.Module):
+class CoCa(nn.Module, Captioner):
     """Contrastive captioner. Features as CLIP gives them (`encode_image`, `encode_text`,
-    ``forward``), plus `caption_logits` and `generate`.
+    ``forward``), plus `caption_logits` and `generate` (`mmcl.nn.generation.Captioner`: greedy,
+    `beams`, nucleus with `top_p`; CoCa's own options in `caption_prompt`).
 
     >>> import mmcl, torch
     >>> model = mmcl.create_model("tiny-coca")  # or "coca_ViT-B-32", ...
@@ -150,61 +151,33 @@ class CoCa(nn.Module):
             outputs["caption_logits"] = self.caption_logits(image_tokens, token_states)
         return outputs
 
-    @torch.no_grad()
-    def generate(
+    def caption_prompt(
         self,
         images: torch.Tensor,
-        max_new_tokens: int = 30,
-        beams: int = 1,
-        length_penalty: float = 1.0,
-        top_p: float | None = None,
-        temperature: float = 1.0,
-        min_new_tokens: int = 0,
-        generator: torch.Generator | None = None,
         start_token: int = SOT_TOKEN,
         end_token: int | Sequence[int] = EOT_TOKEN,
         pad_token: int | None = None,
-    ) -> Generated:
-        """Captions of `images` through `mmcl.nn.generation.generate` (greedy; `beams`;
-        nucleus with `top_p`): the image is encoded once, each step decodes one token with the
-        KV cache, and finished captions stop. Token ids: decode them with the tokenizer.
+    ) -> tuple[torch.Tensor, int | Sequence[int], int]:
+        """`generate`'s start: every caption begins with `start_token` and stops at
+        `end_token`, padded with `pad_token` (default: the text config's `pad_id`).
 
         open_clip's `generate` stops a caption at `pad_id` (0, the token "!") as well as at
         the end token; pass ``end_token=(EOT_TOKEN, 0)`` to do the same.
         """
         prompt = torch.full((len(images), 1), start_token, device=images.device)
-        return generate(
-            self.caption_step,
-            prompt,
-            self.start_captions(images),
-            max_new_tokens,
-            end_token,
-            self.pad_id if pad_token is None else pad_token,
-            beams,
-            length_penalty,
-            top_p,
-            temperature,
-            min_new_tokens,
-            generator,
-        )
+        return prompt, end_token, self.pad_id if pad_token is None else pad_token
 
-    def start_captions(self, images: torch.Tensor) -> KVCache:
-        """A cache holding the images' captioning tokens, encoded once for every step."""
-        cache = KVCache()
-        cache.put(self, self.visual.forward_tokens(images)[1])
-        return cache
+    def caption_context(self, images: torch.Tensor) -> torch.Tensor:
+        """What the multimodal decoder cross-attends to: the images' captioning tokens."""
+        return self.visual.forward_tokens(images)[1]
 
     def caption_step(self, new_tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """The generation loop's step (`mmcl.nn.generation.Step`): next-token logits
         ``(rows, vocab)`` after `new_tokens`, on a cache from `start_captions`."""
         cache.advance(new_tokens)
         token_states = self.text.step(new_tokens, cache)
-        image_tokens = cache.constant(self, _no_image)
+        image_tokens = self.cached_context(cache)
         return self.text_decoder(token_states, image_tokens, cache=cache)[:, -1]
-
-
-def _no_image():
-    raise ValueError("caption_step needs a cache from start_captions(images)")
 
 
 def _init_cross_block(block: nn.Module, width: int, layers: int) -> None:

@@ -195,10 +195,22 @@ def config_from_dict(
     data: dict[str, Any], source: str = "config"
 ) -> CLIPConfig | CoCaConfig | BlipConfig:
     """The config an open_clip-style dict describes: CoCa's when it has a `multimodal_cfg`,
-    BLIP's when it has a `blip_text`."""
+    BLIP's when it has a `blip_text`, ALBEF's when it has an `albef_text`."""
+    if "llava_vision" in data:
+        from mmcl.models.bridges.llava import LlavaConfig  # which builds on this module
+
+        return LlavaConfig.from_dict(data, source=source)
+    if "qformer" in data:  # BLIP-2
+        from mmcl.models.bridges.blip2 import Blip2Config
+
+        return Blip2Config.from_dict(data, source=source)
     if "blip_text" in data:
         from mmcl.models.blip_config import BlipConfig  # which builds on this module
 
         return BlipConfig.from_dict(data, source=source)
+    if "albef_text" in data:
+        from mmcl.models.albef_config import AlbefConfig  # which builds on this module
+
+        return AlbefConfig.from_dict(data, source=source)
     kind = CoCaConfig if "multimodal_cfg" in data else CLIPConfig
     return kind.from_dict(data, source=source)

@@ -13,9 +13,13 @@ from mmcl.choices import PRECISION_NAMES
 from mmcl.io.checkpoints import CheckpointError, describe_mismatch, load_checkpoint
 from mmcl.io.hub import is_hub_reference
 from mmcl.io.transforms import get_preprocess
+from mmcl.models.albef import Albef
+from mmcl.models.albef_config import AlbefConfig
 from mmcl.models.blip import Blip
 from mmcl.models.blip_config import BlipConfig
 from mmcl.models.blip_vocab import blip_tokenizer
+from mmcl.models.bridges.blip2 import Blip2, Blip2Config
+from mmcl.models.bridges.llava import Llava, LlavaConfig
 from mmcl.models.clip import CLIP
 from mmcl.models.coca import CoCa
 from mmcl.models.config import CLIPConfig, CoCaConfig, config_from_dict
@@ -311,6 +315,12 @@ def _dtype(precision: str) -> torch.dtype:
 def _model_class(config: CLIPConfig | CoCaConfig | BlipConfig) -> type[CLIP | CoCa | Blip]:
     if isinstance(config, BlipConfig):
         return Blip
+    if isinstance(config, AlbefConfig):
+        return Albef
+    if isinstance(config, LlavaConfig):
+        return Llava
+    if isinstance(config, Blip2Config):
+        return Blip2
     return CoCa if isinstance(config, CoCaConfig) else CLIP
 
 
@@ -338,7 +348,7 @@ def _same_shapes(config: CLIPConfig) -> list[str]:
     matches = [
         name
         for name in available_models()
-        if not {"multimodal_cfg", "blip_text"} & set(get_model_config(name))
+        if not {"multimodal_cfg", "albef_text", "blip_text"} & set(get_model_config(name))
         and shape(CLIPConfig.from_dict(get_model_config(name), source=name)) == shape(config)
     ]
     return sorted(matches, key=lambda name: (name.endswith("-quickgelu"), name))

@@ -19,9 +19,10 @@ True
 What is swapped (each fast module computes what the plain one does, to bf16 rounding, and the
 plain way wherever its shortcut does not apply; see `mmcl.nn.fast_linear`, `mmcl.nn.fast_blocks`):
 `nn.Linear` -> `PackedLinear`; `Mlp` -> `FusedMlp`; `MultiheadSelfAttention` ->
-`FastSelfAttention`; `ResidualAttentionBlock` -> `FastResidualAttentionBlock`; `LayerNorm` ->
-`FastLayerNorm`; a patch-embedding `nn.Conv2d` (stride = kernel) -> `PatchConv2d`; and each
-convolution + BatchNorm (+ ReLU) that a module runs in a row (`nn.Sequential`, or a class's
+`FastSelfAttention`; `MultiheadAttention` (BERT blocks, decoders) -> `FastAttention`;
+`ResidualAttentionBlock` -> `FastResidualAttentionBlock`; `LayerNorm` -> `FastLayerNorm`; a
+patch-embedding `nn.Conv2d` (stride = kernel) -> `PatchConv2d`; and each convolution +
+BatchNorm (+ ReLU) that a module runs in a row (`nn.Sequential`, or a class's
 ``conv_bn_relu_chains``) -> `FoldedConv2d`, `FoldedBatchNorm2d` and `nn.Identity`.
 
 What is left alone, and listed in `model.acceleration_skipped` and in one warning: every
@@ -38,8 +39,9 @@ import weakref
 from torch import nn
 
 from mmcl.nn import kernels as native_kernels
-from mmcl.nn.attention import MultiheadSelfAttention
+from mmcl.nn.attention import MultiheadAttention, MultiheadSelfAttention
 from mmcl.nn.fast_blocks import (
+    FastAttention,
     FastLayerNorm,
     FastResidualAttentionBlock,
     FastSelfAttention,
@@ -57,6 +59,7 @@ FAST_CLASSES = (
     FusedMlp,
     PatchConv2d,
     FastLayerNorm,
+    FastAttention,
     FastSelfAttention,
     FastResidualAttentionBlock,
     FoldedConv2d,
@@ -65,7 +68,9 @@ FAST_CLASSES = (
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
-def accelerate(model: nn.Module, *, trainable: bool = False, kernels: bool = True) -> nn.Module:
+def accelerate(
+    model: nn.Module, *, trainable: bool = False, kernels: bool = True, pack_fp32: bool = False
+) -> nn.Module:
     """Swap `model`'s modules for fast ones, in place; returns the model.
 
     The model must be in eval mode with no parameter requiring gradients (`model.eval()`,
@@ -87,6 +92,7 @@ def accelerate(model: nn.Module, *, trainable: bool = False, kernels: bool = Tru
     for module in model.modules():
         if isinstance(module, FAST_CLASSES):
             module._inference_only = not trainable
+            module._pack_fp32 = pack_fp32
             module._accelerated_root = weakref.ref(model)
     model.acceleration_skipped = skipped
     if skipped:
@@ -164,6 +170,8 @@ def _replacement(module: nn.Module) -> nn.Module | None:
         return FusedMlp.replacing(module)
     if kind is MultiheadSelfAttention and type(module.out_proj) is PackedLinear:
         return FastSelfAttention.replacing(module)
+    if kind is MultiheadAttention and type(module.out_proj) is PackedLinear:
+        return FastAttention.replacing(module)
     if (
         kind is ResidualAttentionBlock
         and type(module.attn) is FastSelfAttention

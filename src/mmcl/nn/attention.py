@@ -92,25 +92,44 @@ class MultiheadAttention(nn.Module):
     ) -> torch.Tensor:
         """``(batch, queries, width)`` -> the same. `mask` and `causal`: see `attend`."""
         batch, queries, width = x.shape
-        bias = self.in_proj_bias
         if context is None:
             if not hasattr(self, "in_proj_weight"):
                 raise ValueError(
                     "this attention was built for a context of another width: call it with "
                     "context=..."
                 )
-            query, key, value = self._heads(F.linear(x, self.in_proj_weight, bias), 3)
+            query, key, value = self._heads(self._projection(x, 0, 3), 3)
             if cache is not None:
                 key, value = cache.extend(self, key, value)
         else:
-            (query,) = self._heads(F.linear(x, self._weight(0, 1), bias[:width]), 1)
-
-            def project_context() -> tuple[torch.Tensor, ...]:
-                return self._heads(F.linear(context, self._weight(1, 3), bias[width:]), 2)
-
-            key, value = cache.constant(self, project_context) if cache else project_context()
-        out = attend(query, key, value, mask, causal)
+            (query,) = self._heads(self._projection(x, 0, 1), 1)
+            if cache is None:
+                key, value = self._context_keys_values(context)
+            else:
+                key, value = cache.constant(self, lambda: self._context_keys_values(context))
+        out = self._attention(query, key, value, mask, causal)
         return self.out_proj(out.transpose(1, 2).reshape(batch, queries, width))
+
+    def _attention(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        mask: torch.Tensor | None,
+        causal: bool,
+    ) -> torch.Tensor:
+        """`attend` (`accelerate` swaps in a version for a decoding step's few queries)."""
+        return attend(query, key, value, mask, causal)
+
+    def _context_keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The keys and values of `context`, ``(batch, heads, keys, head_dim)`` each."""
+        return self._heads(self._projection(context, 1, 3), 2)
+
+    def _projection(self, x: torch.Tensor, first: int, stop: int) -> torch.Tensor:
+        """`x` through the projections `first` to `stop` (0: query, 1: key, 2: value), side
+        by side (`accelerate` swaps in a packed version)."""
+        bias = self.in_proj_bias[first * self.width : stop * self.width]
+        return F.linear(x, self._weight(first, stop), bias)
 
     def _weight(self, first: int, stop: int) -> torch.Tensor:
         """Rows of the projections `first` to `stop` (0: query, 1: key, 2: value), stacked."""

@@ -34,12 +34,12 @@ def beam_search(
     min_new_tokens: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(tokens, scores, lengths)`` of the best caption per input; see `mmcl.nn.generation`.
-    `cache` holds one row per input; it is expanded to ``batch * beams`` rows here."""
+    `cache` holds one row per input; it is expanded to ``batch * beams`` rows here, after the
+    prompt's step."""
     batch, prompt_length = prompt.shape
     device = prompt.device
     ends = torch.tensor(end_tokens, device=device)
     rows_of = torch.arange(beams, device=device)
-    cache.select(torch.arange(batch, device=device).repeat_interleave(beams))
     # Per input: the best `beams` finished captions (score -inf: none yet), as token rows.
     done_scores = torch.full((batch, beams), NEG_INF, device=device)
     done_tokens = torch.full((batch, beams, max_new_tokens), pad_token, device=device)
@@ -50,10 +50,17 @@ def beam_search(
     beam_scores = torch.full((batch, beams), NEG_INF, device=device)
     beam_scores[:, 0] = 0.0
     generated = torch.empty((batch * beams, 0), dtype=torch.long, device=device)
-    new = prompt.repeat_interleave(beams, dim=0)
+    new = prompt
     for position in range(max_new_tokens):
         length = position + 1  # of every caption that ends or is cut at this step
         logits = step(new, cache).float()
+        if position == 0:
+            # The beams of an input start as one prompt: it is decoded once per input (and
+            # whatever the step computes once, such as the image's cross-attention keys and
+            # values, once per input too), then copied to every beam.
+            expand = torch.arange(batch, device=device).repeat_interleave(beams)
+            cache.select(expand)
+            logits = logits[expand]
         if position < min_new_tokens:
             logits[:, ends] = NEG_INF
         inputs, vocab = len(alive), logits.shape[-1]

@@ -14,14 +14,26 @@ def onednn_bf16() -> bool:
     """Whether this PyTorch build and CPU run oneDNN's fused bf16 ops (native on AVX-512 BF16
     and AMX). The ops are PyTorch internals (Inductor's), so they are tried once on tiny
     inputs against plain ops; any failure or disagreement means the plain ops throughout."""
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    if not (torch.backends.mkldnn.is_available() and supported is not None and supported()):
+        return False
+    return _fused_ops_work(torch.bfloat16)
+
+
+@functools.cache
+def onednn_fp32() -> bool:
+    """Whether oneDNN's fused ops (`onednn_bf16`'s) run and agree in float32, for
+    `accelerate(..., pack_fp32=True)`."""
+    return _fused_ops_work(torch.float32)
+
+
+def _fused_ops_work(dtype: torch.dtype) -> bool:
     ops = torch.ops.mkldnn
     needed = ("_linear_pointwise", "_reorder_linear_weight", "_convolution_pointwise")
     if not torch.backends.mkldnn.is_available() or not all(hasattr(ops, n) for n in needed):
         return False
-    if not (hasattr(ops, "_is_mkldnn_bf16_supported") and ops._is_mkldnn_bf16_supported()):
-        return False
     try:
-        return _fused_ops_agree(ops)
+        return _fused_ops_agree(ops, dtype)
     except Exception:  # an internal op that fails here would fail in a model too
         return False
 
@@ -49,10 +61,10 @@ def onednn_supports(check_name: str) -> bool:
         return False
 
 
-def _fused_ops_agree(ops) -> bool:
-    x = torch.linspace(-2, 2, 24).view(2, 3, 4).to(torch.bfloat16)
-    weight = torch.linspace(-1, 1, 20).view(5, 4).to(torch.bfloat16)
-    bias = torch.linspace(0, 1, 5).to(torch.bfloat16)
+def _fused_ops_agree(ops, dtype: torch.dtype = torch.bfloat16) -> bool:
+    x = torch.linspace(-2, 2, 24).view(2, 3, 4).to(dtype)
+    weight = torch.linspace(-1, 1, 20).view(5, 4).to(dtype)
+    bias = torch.linspace(0, 1, 5).to(dtype)
     linear = F.linear(x.float(), weight.float(), bias.float())
     packed = ops._reorder_linear_weight(weight, None)
     gelu = ops._linear_pointwise(x, packed, bias, "gelu", [], "none")
@@ -68,4 +80,5 @@ def _fused_ops_agree(ops) -> bool:
         (summed, linear + F.gelu(linear)),
         (relu, F.relu(F.conv2d(images.float(), kernel.float()))),
     ]
-    return all(torch.allclose(fast.float(), plain, atol=0.1) for fast, plain in pairs)
+    tolerance = 1e-5 if dtype == torch.float32 else 0.1
+    return all(torch.allclose(fast.float(), plain, atol=tolerance) for fast, plain in pairs)

@@ -1,6 +1,9 @@
 """Fast transformer blocks, LayerNorms and folded convolutions, the modules `mmcl.nn.accelerate`
 swaps in (the linear layers: `mmcl.nn.fast_linear`).
 
+- Attention with masks, contexts and a KV cache (CPU bf16; float32 with ``pack_fp32``): the
+  projections packed once, and plain matmuls in place of flash attention for a decoding
+  step's one query a row.
 - Self-attention (CPU bf16): the fused QKV weight packed once, and mmcl's AMX kernel for short
   sequences (`mmcl.nn.kernels.short_attention`, up to 320 tokens) in place of PyTorch's flash
   attention, which is built for long ones.
@@ -24,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mmcl.nn import kernels
-from mmcl.nn.attention import MultiheadSelfAttention
+from mmcl.nn.attention import MultiheadAttention, MultiheadSelfAttention
 from mmcl.nn.fast_linear import (
     DerivedTensor,
     FusedMlp,
@@ -39,9 +42,11 @@ from mmcl.nn.fast_linear import (
     records_gradients,
 )
 from mmcl.nn.layers import LayerNorm
+from mmcl.nn.masks import causal_mask, merge_masks
 from mmcl.nn.transformer import ResidualAttentionBlock
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
+_FEW_QUERIES = 4  # up to this many queries a row, FastAttention attends with plain matmuls
 _NORM_MIN_ELEMENTS = 1 << 18  # below this, the fused norm's fixed checks cost more than it saves
 
 
@@ -132,6 +137,61 @@ class FastSelfAttention(InferenceOnly, MultiheadSelfAttention):
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=causal)
         out = out.transpose(1, 2).reshape(batch, query.shape[2], width)
         return linear_with(self.out_proj, out, residual=residual)
+
+
+class FastAttention(InferenceOnly, MultiheadAttention):
+    """`MultiheadAttention` (self or cross, any mask, a `KVCache`) with its projections packed
+    once: the fused QKV of self-attention; the query, and the keys and values of a context.
+    Decoding one token a step is nothing but small matmuls over these weights, so the
+    re-layout a plain `F.linear` does on every call is most of a step's cost there."""
+
+    @classmethod
+    def replacing(cls, attention: MultiheadAttention) -> FastAttention:
+        new = adopt(cls, attention)
+        new._packed = {}  # (first, stop) projection rows -> DerivedTensor
+        return new
+
+    def _projection(self, x: torch.Tensor, first: int, stop: int) -> torch.Tensor:
+        bias = self.in_proj_bias[first * self.width : stop * self.width]
+        if not on_fast_path(self, x, self.in_proj_bias, self.out_proj.weight):
+            return super()._projection(x, first, stop)
+        sources = tuple(
+            getattr(self, name)
+            for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+            if hasattr(self, name)
+        )
+        packed = self._packed.setdefault((first, stop), DerivedTensor())
+        return packed_linear(x, packed.get(sources, lambda: pack(self._weight(first, stop))), bias)
+
+    def _context_keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # Computed once per caption and read at every step: laid out for the matmuls once
+        # (as views of the projection, each step's matmul would copy them).
+        keys_values = super()._context_keys_values(context)
+        if not on_fast_path(self, context, self.in_proj_bias):
+            return keys_values
+        return tuple(t.contiguous() for t in keys_values)
+
+    def _attention(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        mask: torch.Tensor | None,
+        causal: bool,
+    ) -> torch.Tensor:
+        # PyTorch's CPU flash attention is blocked for many queries: with one query a row (a
+        # decoding step) two batched matmuls and a softmax are 2-10x faster (bf16 most).
+        queries = query.shape[2]
+        if queries > _FEW_QUERIES or not on_fast_path(self, query, self.in_proj_bias):
+            return super()._attention(query, key, value, mask, causal)
+        if causal and queries > 1:
+            mask = merge_masks(mask, causal_mask(queries, key.shape[2], device=query.device))
+        scores = (query @ key.transpose(-1, -2)).float() * query.shape[-1] ** -0.5
+        if mask is None:
+            return scores.softmax(dim=-1).to(value.dtype) @ value
+        probs = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+        blind = ~mask.any(dim=-1, keepdim=True)  # no key allowed: zeros, as `attend` gives
+        return probs.masked_fill(blind, 0.0).to(value.dtype) @ value
 
 
 class FastResidualAttentionBlock(InferenceOnly, ResidualAttentionBlock):

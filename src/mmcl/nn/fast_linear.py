@@ -6,7 +6,9 @@ residual addition each cost another pass over the output. Here each weight is re
 (and again only when it changes), and the bias, the activation or the residual addition are
 applied while the output tile is still in registers: by mmcl's AMX kernel
 (`mmcl.nn.kernels.linear`) where it was built and the sizes are multiples of 32, by oneDNN
-otherwise.
+otherwise. Float32 weights are packed for oneDNN only where `accelerate` is asked to
+(``pack_fp32``): PyTorch's float32 matmul goes to another library (MKL), whose sums oneDNN's
+do not equal bit for bit.
 
 Every module here computes exactly what the module it replaces computes; where its shortcut
 does not apply (another dtype or device, gradients being recorded, training, `torch.compile`)
@@ -23,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mmcl.nn import kernels
-from mmcl.nn.cpu_support import onednn_bf16
+from mmcl.nn.cpu_support import onednn_bf16, onednn_fp32
 from mmcl.nn.layers import QuickGELU
 from mmcl.nn.transformer import Mlp
 
@@ -84,6 +86,7 @@ class InferenceOnly:
     or accelerate with ``trainable=True``."""
 
     _inference_only = False
+    _pack_fp32 = False  # set by accelerate(..., pack_fp32=True)
 
     def train(self, mode: bool = True):
         if mode and self._inference_only:
@@ -114,14 +117,14 @@ def records_gradients(x: torch.Tensor, *tensors: torch.Tensor | None) -> bool:
 
 def on_fast_path(module: nn.Module, x: torch.Tensor, *tensors: torch.Tensor | None) -> bool:
     """Whether `module` may take its shortcut for input `x` and these tensors: bf16 on a CPU
-    with oneDNN's fused ops, in eval mode, no gradients recorded, not inside `torch.compile`
-    (Inductor packs and fuses by itself, and cannot trace the caches)."""
-    return not (
-        module.training
-        or is_compiling()
-        or not cpu_bf16(x, *tensors)
-        or records_gradients(x, *tensors)
-    )
+    with oneDNN's fused ops (float32 too where accelerate was asked to pack it), in eval mode,
+    no gradients recorded, not inside `torch.compile` (Inductor packs and fuses by itself, and
+    cannot trace the caches)."""
+    if module.training or is_compiling() or records_gradients(x, *tensors):
+        return False
+    if cpu_bf16(x, *tensors):
+        return True
+    return getattr(module, "_pack_fp32", False) and cpu_fp32(x, *tensors)
 
 
 def cpu_bf16(x: torch.Tensor, *tensors: torch.Tensor | None) -> bool:
@@ -134,9 +137,19 @@ def cpu_bf16(x: torch.Tensor, *tensors: torch.Tensor | None) -> bool:
     )
 
 
+def cpu_fp32(x: torch.Tensor, *tensors: torch.Tensor | None) -> bool:
+    """Whether oneDNN's fused float32 ops take these tensors."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and all(t is None or t.dtype == torch.float32 for t in tensors)
+        and onednn_fp32()
+    )
+
+
 def pack(weight: torch.Tensor) -> torch.Tensor | kernels.PackedLinearWeight:
-    """An ``(out, in)`` bf16 weight re-laid out once: for mmcl's AMX kernel where it was built
-    and takes the shape, for oneDNN otherwise."""
+    """An ``(out, in)`` bf16 (or float32) weight re-laid out once: for mmcl's AMX kernel where
+    it was built and takes the shape (bf16), for oneDNN otherwise."""
     weight = weight.detach()
     if kernels.linear_fits(weight) and kernels.linear_op() is not None:
         return kernels.pack_linear_weight(weight)

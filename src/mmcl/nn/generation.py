@@ -35,6 +35,7 @@ Step = Callable[[torch.Tensor, KVCache], torch.Tensor]
 """``step(new_tokens (rows, new), cache) -> next-token logits (rows, vocab)``."""
 
 __all__ = [
+    "Captioner",
     "Generated",
     "Step",
     "beam_search",
@@ -55,6 +56,66 @@ class Generated:
     tokens: torch.Tensor
     scores: torch.Tensor
     lengths: torch.Tensor
+
+
+class Captioner:
+    """What every captioner's `generate` shares (BLIP, CoCa): the image is encoded once into a
+    `KVCache` by `start_captions`, and `generate` runs the one loop on `caption_step`.
+
+    A model mixes it in and supplies three methods: `caption_context(images)` (the tensor its
+    decoder cross-attends to), ``caption_step(new_tokens, cache)`` (a `Step`, reading that
+    tensor with `cached_context`), and ``caption_prompt(images, **options)`` returning
+    ``(prompt, end_token, pad_token)`` from the model's own options (BLIP's `prompt`, CoCa's
+    start, end and pad tokens): any keyword `generate` does not know goes there.
+    """
+
+    @torch.no_grad()
+    def generate(
+        self,
+        images: torch.Tensor,
+        max_new_tokens: int = 30,
+        beams: int = 1,
+        length_penalty: float = 1.0,
+        top_p: float | None = None,
+        temperature: float = 1.0,
+        min_new_tokens: int = 0,
+        generator: torch.Generator | None = None,
+        **prompt_options,
+    ) -> Generated:
+        """Captions of `images`: greedy by default, beam search with ``beams > 1``, nucleus
+        sampling with `top_p` (see `generate`, the function). The image is encoded once, each
+        step decodes one token per row with the KV cache, and finished captions stop. Token
+        ids: decode them with the model's tokenizer. `prompt_options`: see the model's
+        `caption_prompt`."""
+        prompt, end_token, pad_token = self.caption_prompt(images, **prompt_options)
+        return generate(
+            self.caption_step,
+            prompt,
+            self.start_captions(images),
+            max_new_tokens,
+            end_token,
+            pad_token,
+            beams,
+            length_penalty,
+            top_p,
+            temperature,
+            min_new_tokens,
+            generator,
+        )
+
+    def start_captions(self, images: torch.Tensor) -> KVCache:
+        """A cache holding what the decoder cross-attends to, encoded once for every step."""
+        cache = KVCache()
+        cache.put(self, self.caption_context(images))
+        return cache
+
+    def cached_context(self, cache: KVCache) -> torch.Tensor:
+        """The `caption_context` that `start_captions` put in `cache`."""
+        return cache.constant(self, _no_context)
+
+
+def _no_context():
+    raise ValueError("caption_step needs a cache from start_captions(images)")
 
 
 def generate(

@@ -19,7 +19,9 @@ from typing import Any, Literal
 
 from mmcl.choices import Precision
 
-Loss = Literal["clip", "siglip", "coca", "blip"]  # coca / blip: with captioning (CoCa / BLIP)
+Loss = Literal[
+    "clip", "siglip", "coca", "albef", "blip"
+]  # coca / blip: CoCa / BLIP; albef: ITC+ITM+MLM
 Optimizer = Literal["adamw", "sgd"]
 Schedule = Literal["cosine", "step"]
 PRECISIONS = typing.get_args(Precision)
@@ -48,6 +50,8 @@ class TrainConfig:
     lr_decay: float = 0.1
     grad_clip_norm: float | None = None
     loss: Loss = "clip"
+    albef_queue_size: int = 65536  # loss albef: features in each ITC queue (ALBEF's 65,536)
+    albef_momentum: float = 0.995  # loss albef: of the momentum model (ALBEF's 0.995)
     grad_cache_chunk: int | None = None  # embed in chunks of this size (gradient caching)
     # numerics and memory
     precision: Precision = (
@@ -85,7 +89,14 @@ class TrainConfig:
         if wrong:  # range checks below assume the types are right
             raise ValueError("invalid training settings: " + "; ".join(wrong))
         problems = []
-        for name in ("epochs", "batch_size", "accumulation_steps", "keep_checkpoints", "log_every"):
+        for name in (
+            "epochs",
+            "batch_size",
+            "accumulation_steps",
+            "keep_checkpoints",
+            "log_every",
+            "albef_queue_size",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("steps", "eval_every", "checkpoint_every", "grad_cache_chunk"):
@@ -94,8 +105,9 @@ class TrainConfig:
                 problems.append(f"{name} must be at least 1 (or unset), got {value}")
         if self.lr <= 0:
             problems.append(f"lr must be positive, got {self.lr}")
-        if not 0 <= self.momentum < 1:
-            problems.append(f"momentum must be in [0, 1), got {self.momentum}")
+        for name in ("momentum", "albef_momentum"):
+            if not 0 <= getattr(self, name) < 1:
+                problems.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if any(not 0 < x < 1 for x in self.lr_decay_at) or list(self.lr_decay_at) != sorted(
             self.lr_decay_at
         ):

@@ -9,6 +9,7 @@ contrastive losses; see its docstring and `mmcl.train.losses`.
 
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -134,13 +135,14 @@ class DistributedInfo:
         return self.rank == 0
 
 
-def init_from_env(backend: str | None = None) -> DistributedInfo:
+def init_from_env(backend: str | None = None, timeout: float | None = None) -> DistributedInfo:
     """Join the process group described by torchrun's environment, if any.
 
     torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT. Without
     WORLD_SIZE (or with WORLD_SIZE=1) this is a single-process run and no group is created.
     The backend defaults to NCCL with CUDA and gloo without; with CUDA each process uses
-    `cuda:LOCAL_RANK`. Calling it again after the group exists just reports.
+    `cuda:LOCAL_RANK`. `timeout` (seconds) bounds the group's waits (default: PyTorch's).
+    Calling it again after the group exists just reports.
 
     >>> info = init_from_env()  # a plain `python train.py`
     >>> info.rank, info.world_size
@@ -160,6 +162,7 @@ def init_from_env(backend: str | None = None) -> DistributedInfo:
             rank=global_rank,
             world_size=size,
             device_id=device if backend == "nccl" else None,
+            timeout=None if timeout is None else datetime.timedelta(seconds=timeout),
         )
     if is_distributed():
         global_rank, size = dist.get_rank(), dist.get_world_size()

@@ -84,7 +84,9 @@ class Trainer:
                 )
         elif len(train_data) == 0:
             raise ValueError("the training data set is empty")
-        self.objective = objective or default_objective(config.loss)
+        self.objective = objective or default_objective(
+            config.loss, config.albef_queue_size, config.albef_momentum
+        )
         if config.grad_cache_chunk and not isinstance(self.objective, ContrastiveObjective):
             raise ValueError("gradient caching applies to the contrastive objective only")
         plugins = check_plugins(plugins)
@@ -176,6 +178,9 @@ class Trainer:
         )
         if hasattr(self.objective, "check"):
             self.objective.check(model)
+        if hasattr(self.objective, "set_epoch_steps"):  # ALBEF ramps alpha over epoch 1
+            epoch = self.total_steps if self.streaming else self.steps_per_epoch
+            self.objective.set_epoch_steps(epoch * config.accumulation_steps)
         self.ddp_model = model
         # Gradient caching calls the towers directly and averages gradients itself.
         if self.info.world_size > 1 and not config.grad_cache_chunk:

@@ -76,10 +76,15 @@ class CoCaObjective:
         return terms, outputs
 
 
-def default_objective(loss: str):
-    """The objective a run's `loss` setting names: "clip", "siglip", "coca" or "blip"."""
+def default_objective(loss: str, albef_queue_size: int = 65536, albef_momentum: float = 0.995):
+    """The objective a run's `loss` setting names: "clip", "siglip", "coca", "albef" or
+    "blip"."""
     if loss == "blip":
         return BlipObjective()
+    if loss == "albef":
+        from mmcl.train.albef_objective import AlbefObjective
+
+        return AlbefObjective(queue_size=albef_queue_size, momentum=albef_momentum)
     return CoCaObjective() if loss == "coca" else ContrastiveObjective(loss)
 
 

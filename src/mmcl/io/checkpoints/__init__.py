@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from mmcl.io.checkpoints import blip, coca, huggingface, openai
+from mmcl.io.checkpoints import blip, blip2, coca, huggingface, llava, openai
 from mmcl.io.checkpoints.errors import CheckpointError, describe_mismatch
 from mmcl.io.checkpoints.export import (
     HF_EXPORT_FILES,
@@ -47,7 +47,8 @@ __all__ = [
 @dataclass
 class LoadedCheckpoint:
     path: Path
-    # "mmcl", "openai", "open_clip", "open_clip_coca", "huggingface" or "huggingface_blip"
+    # "mmcl", "openai", "open_clip", "open_clip_coca", "huggingface", "huggingface_blip" or
+    # "huggingface_llava" or "huggingface_blip2"
     format: str
     state_dict: dict[str, torch.Tensor]
     config: dict[str, Any] | None  # None when neither the file nor the weights tell it
@@ -66,6 +67,20 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
             "huggingface_blip",
             blip.blip_from_huggingface(raw.tensors, raw.metadata, source),
             blip.config_from_huggingface(raw.metadata, source),
+        )
+    if raw.container == "huggingface" and llava.is_llava_config(raw.metadata):
+        return LoadedCheckpoint(
+            raw.path,
+            "huggingface_llava",
+            llava.llava_from_huggingface(raw.tensors, raw.metadata, source),
+            llava.config_from_huggingface(raw.metadata, source),
+        )
+    if raw.container == "huggingface" and blip2.is_blip2_config(raw.metadata):
+        return LoadedCheckpoint(
+            raw.path,
+            "huggingface_blip2",
+            blip2.blip2_from_huggingface(raw.tensors, raw.metadata, source),
+            blip2.config_from_huggingface(raw.metadata, source),
         )
     if raw.container == "huggingface":
         return LoadedCheckpoint(

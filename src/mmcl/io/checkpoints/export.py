@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from mmcl.io.atomic import atomic_folder, atomic_path
-from mmcl.io.checkpoints import blip, coca, huggingface, openai
+from mmcl.io.checkpoints import blip, blip2, coca, huggingface, llava, openai
 from mmcl.io.checkpoints.errors import CheckpointError
 from mmcl.io.hf_processor import HF_PROCESSOR_FILES, processor_files
 
@@ -120,7 +120,16 @@ def save_huggingface(model, directory: str | os.PathLike, overwrite: bool = Fals
             f"{directory}: Hugging Face has no CoCa model class; export a CoCa as mmcl "
             f"safetensors or in open_clip's layout (a .pt, .bin or .safetensors file)"
         )
-    if is_blip:  # a BLIP: its model files only (its tokenizer is WordPiece)
+    if "llava_vision" in config_dict:  # a LLaVA: its model files (its tokenizer is the LM's)
+        config = llava.config_to_huggingface(config_dict)
+        tied = config["tie_word_embeddings"]
+        tensors = _plain_tensors(llava.llava_to_huggingface(model.state_dict(), tied))
+        texts = {}
+    elif "qformer" in config_dict:  # a BLIP-2: its model files only (the LM's tokenizer is apart)
+        config = blip2.config_to_huggingface(config_dict)
+        tensors = _plain_tensors(blip2.blip2_to_huggingface(model.state_dict()))
+        texts = {}
+    elif is_blip:  # a BLIP: its model files only (its tokenizer is WordPiece)
         config = blip.config_to_huggingface(config_dict)
         tensors = _plain_tensors(blip.blip_to_huggingface(model.state_dict()))
         texts = {}

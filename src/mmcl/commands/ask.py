@@ -1,0 +1,135 @@
+"""`mmcl ask`: questions about one image to a LLaVA-style model folder (a Hugging Face LLaVA
+folder with its tokenizer, as the llava-scenes recipes write into runs/<name>/hf/). One
+question on the command line gets one answer; without one, questions are read from stdin a
+line at a time until its end, as one conversation (`mmcl.eval.chat.ImageChat`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mmcl.choices import PRECISION_NAMES
+from mmcl.commands.options import add_input_arguments, image_reading
+
+# The files `save_pretrained` writes for a tokenizer; one of them must be in the folder.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+
+
+def add_parser(commands) -> None:
+    ask = commands.add_parser(
+        "ask",
+        help="answer questions about an image (LLaVA folders)",
+        description="Answer a question about an image; without QUESTION, read questions from "
+        "stdin a line at a time, as one conversation, until its end.",
+    )
+    ask.add_argument("question", nargs="?", help="the question (default: read stdin)")
+    ask.add_argument(
+        "--model",
+        type=Path,
+        required=True,
+        metavar="FOLDER",
+        help="a LLaVA folder with its tokenizer (e.g. runs/<name>/hf/ of the llava-scenes recipe)",
+    )
+    ask.add_argument(
+        "--image", type=Path, required=True, metavar="FILE", help="the image asked about"
+    )
+    ask.add_argument("--precision", default="fp32", choices=PRECISION_NAMES)
+    ask.add_argument("--device", default="cpu")
+    add_input_arguments(ask)
+    decoding = ask.add_argument_group("decoding (greedy unless --top-p)")
+    decoding.add_argument(
+        "--max-new-tokens", type=int, default=64, help="most tokens an answer gets (default 64)"
+    )
+    decoding.add_argument(
+        "--top-p",
+        type=float,
+        help="nucleus sampling from the most probable tokens of this total probability",
+    )
+    decoding.add_argument(
+        "--seed", type=int, default=0, help="seed of --top-p sampling (same seed, same answers)"
+    )
+    decoding.add_argument(
+        "--system",
+        help="the chat template's system text (default: Vicuna's, as LLaVA-1.5 and the "
+        "llava-scenes recipes use; give the recipe's data.system if it set one)",
+    )
+    ask.set_defaults(handler=run_ask)
+
+
+def run_ask(args: argparse.Namespace) -> int:
+    from mmcl.data.chat_template import ChatTemplate, TemplateMismatchError
+    from mmcl.data.images import load_image
+    from mmcl.eval.chat import ImageChat
+
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
+        raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.question is not None and not args.question.strip():
+        raise ValueError("the question is empty; give one, or none to read questions from stdin")
+    with image_reading(args):  # before the model loads: a bad image fails at once
+        image = load_image(args.image, args.high_bit_depth)
+    model, preprocess, tokenizer = load_llava_folder(args.model, args.device, args.precision)
+    template = ChatTemplate() if args.system is None else ChatTemplate(system=args.system)
+    try:
+        chat = ImageChat(
+            model,
+            tokenizer,
+            preprocess(image).unsqueeze(0).to(args.device),
+            template,
+            args.max_new_tokens,
+            args.top_p,
+            args.seed,
+        )
+    except TemplateMismatchError as error:
+        raise ValueError(
+            f"--model {args.model}: {error} (here: --system with the system text the model was "
+            f"trained with, '' for none)"
+        ) from None
+    if args.question is not None:
+        print(chat.ask(args.question))
+        return 0
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:  # end of input
+            return 0
+        if line.strip():
+            print(chat.ask(line.strip()), flush=True)
+
+
+def load_llava_folder(folder: Path, device: str, precision: str):
+    """`(model, preprocess, tokenizer)` of a LLaVA folder, each way it can be wrong refused in
+    one line that says what to give instead."""
+    import warnings
+
+    import mmcl
+    from mmcl.models.bridges.llava import Llava
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a CLIP checkpoint's activation warning: refused below
+        model, preprocess = mmcl.load(folder, device=device, precision=precision)
+    if not isinstance(model, Llava):
+        raise ValueError(
+            f"--model {folder}: a {type(model).__name__} model, not LLaVA; mmcl ask answers "
+            f"with LLaVA folders (e.g. runs/<name>/hf/ of the llava-scenes recipe)"
+        )
+    if not folder.is_dir() or not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ValueError(
+            f"--model {folder}: no tokenizer ({' or '.join(TOKENIZER_FILES)}); give the LLaVA "
+            f"folder the recipes write (runs/<name>/hf/, model and tokenizer), or save the "
+            f"model's tokenizer into it with tokenizer.save_pretrained(FOLDER)"
+        )
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    vocabulary = model.language_model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > vocabulary:
+        raise ValueError(
+            f"--model {folder}: the tokenizer has {len(tokenizer)} tokens but the model's "
+            f"language model only {vocabulary}: not this model's tokenizer"
+        )
+    return model, preprocess, tokenizer

@@ -1,0 +1,47 @@
+"""The language-modelling loss of a bridge into a causal LM (LLaVA): cross-entropy of each
+next token where a label is given, i.e. on the assistant's answers only (the labels come
+from `mmcl.data.chat_template`, `IGNORE_INDEX` elsewhere).
+
+The engine moves one tensor of targets per batch; here it is ``(batch, 3, length)``: the
+input ids, the labels and the attention mask, stacked by `pack_targets`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from mmcl.data.chat_template import IGNORE_INDEX
+
+
+def pack_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """`collate_for_training`'s ids, labels and mask as one ``(batch, 3, length)`` tensor."""
+    return torch.stack([batch["input_ids"], batch["labels"], batch["attention_mask"]], dim=1)
+
+
+def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the token at t+1 predicted at t, over labelled positions."""
+    if not (labels[:, 1:] != IGNORE_INDEX).any():
+        raise ValueError(
+            "a batch without a single labelled answer token: its loss would be zero (check "
+            "the labels: every one is IGNORE_INDEX)"
+        )
+    return F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
+    )
+
+
+class CausalLMObjective:
+    """``terms, outputs = objective(model, images, packed_targets)``: {"lm": answer loss}."""
+
+    def check(self, model) -> None:
+        if not hasattr(model, "language_model"):
+            raise ValueError(
+                "this objective trains a bridge into a language model (e.g. a LLaVA model), "
+                f"not a {type(model).__name__}"
+            )
+
+    def __call__(self, model, images, targets):
+        input_ids, labels, attention_mask = targets.unbind(1)
+        outputs = model(input_ids, images, attention_mask)
+        return {"lm": answer_loss(outputs.logits, labels)}, {"logits": outputs.logits}

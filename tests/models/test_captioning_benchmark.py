@@ -1,0 +1,31 @@
+"""`benchmarks/captioning.py --quick`: the benchmark runs, and what it compares is the same
+function (correctness only; no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def test_quick_captioning_benchmark_greedy_tokens_and_losses_equal_huggingface(tmp_path):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import captioning
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    output = tmp_path / "captioning.json"
+    captioning.main(["--quick", "--warmup", "0", "--repeats", "1", "--json", str(output)])
+    rows = json.loads(output.read_text())["rows"]
+    assert {(r["task"], r["library"], r["precision"]) for r in rows} >= {
+        (task, library, precision)
+        for task in ("greedy", "beam 3")
+        for library in ("hf", "mmcl", "mmcl plain")
+        for precision in ("fp32", "bf16")
+    }
+    greedy = [r for r in rows if r["task"] == "greedy" and r["precision"] == "fp32"]
+    assert all(r["same"] == 1.0 and r["length"] >= 1 for r in greedy)
+    losses = {(r["library"], r["precision"]): r["loss"] for r in rows if r["task"] == "train step"}
+    assert abs(losses[("mmcl", "fp32")] - losses[("hf", "fp32")]) < 1e-4

@@ -1,0 +1,125 @@
+"""`accelerate` on decoders: `FastAttention` (packed projections; plain matmuls for a decoding
+step's few queries) and ``pack_fp32``.
+
+Promises checked here, each against the plain (un-accelerated) computation:
+- the attention of masks, contexts and a KV cache computes the plain layer's function, blind
+  rows (no key allowed) included: to float32 rounding with ``pack_fp32``, to bf16 rounding in
+  bf16;
+- by default a float32 model stays bit-equal to the plain one (nothing packed);
+- with ``pack_fp32`` a BLIP's captions (greedy and beam) are the plain model's, token for token.
+"""
+
+import copy
+
+import torch
+from torch import nn
+
+from mmcl.models.blip import Blip
+from mmcl.models.blip_config import BlipConfig
+from mmcl.nn import KVCache, MultiheadAttention, accelerate
+from mmcl.nn.fast_blocks import FastAttention
+
+TINY_BLIP = {
+    "blip_vision": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "heads": 2},
+    "blip_text": {
+        "vocab_size": 50,
+        "width": 32,
+        "layers": 2,
+        "heads": 2,
+        "max_positions": 24,
+        "dec_id": 48,
+        "enc_id": 49,
+    },
+    "embed_dim": 16,
+}
+
+
+def plain_and_fast(module: nn.Module, dtype: torch.dtype, pack_fp32: bool):
+    """The module with random biases (float32, plain), and an accelerated copy in `dtype`."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    plain = module.eval().requires_grad_(False)
+    holder = nn.Sequential(copy.deepcopy(plain)).to(dtype).eval()
+    return plain, accelerate(holder, pack_fp32=pack_fp32)[0]
+
+
+def attention_outputs(attention: nn.Module, dtype: torch.dtype, context_width: int):
+    """Self-attention over a cache (a two-token prompt, then one token; row 1 padded at its
+    first position), where the layer has one; cross-attention over a context whose mask
+    leaves row 2 blind."""
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 3, 16, generator=generator).to(dtype)
+    context = torch.randn(3, 5, context_width, generator=generator).to(dtype)
+    outputs = []
+    if context_width == 16:
+        padding = torch.ones(3, 1, 1, 3, dtype=torch.bool)
+        padding[1, ..., 0] = False
+        cache = KVCache()
+        outputs.append(attention(x[:, :2], mask=padding[..., :2], causal=True, cache=cache))
+        outputs.append(attention(x[:, 2:], mask=padding, causal=True, cache=cache))
+    context_mask = torch.ones(3, 1, 1, 5, dtype=torch.bool)
+    context_mask[2] = False
+    context_mask[0, ..., 3:] = False
+    outputs.append(attention(x[:, 2:], context=context, mask=context_mask))
+    return [out.float() for out in outputs]
+
+
+def test_packed_fp32_attention_with_cache_masks_and_blind_rows_equals_the_plain_layer():
+    # context as wide as the layer: one fused in_proj; narrower: separate q/k/v weights
+    for context_width in (16, 12):
+        layer = MultiheadAttention(16, 2, context_width=context_width)
+        plain, fast = plain_and_fast(layer, torch.float32, pack_fp32=True)
+        assert type(fast) is FastAttention
+        with torch.no_grad():
+            wanted = attention_outputs(plain, torch.float32, context_width)
+            got = attention_outputs(fast, torch.float32, context_width)
+        for a, b in zip(got, wanted, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+        blind = got[-1][2]  # row 2 of the cross-attention: zeros (the bias of out_proj)
+        torch.testing.assert_close(blind, plain.out_proj.bias.expand_as(blind))
+
+
+def test_bf16_attention_is_within_bf16_rounding_of_the_plain_float32_layer():
+    layer = MultiheadAttention(16, 2)
+    plain, fast = plain_and_fast(layer, torch.bfloat16, pack_fp32=False)
+    with torch.no_grad():
+        wanted = attention_outputs(plain, torch.float32, 16)
+        got = attention_outputs(fast, torch.bfloat16, 16)
+    for a, b in zip(got, wanted, strict=True):
+        torch.testing.assert_close(a, b, atol=0.05, rtol=0.05)
+
+
+def tiny_blip() -> Blip:
+    torch.manual_seed(0)
+    model = Blip(BlipConfig.from_dict(TINY_BLIP))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    return model.eval().requires_grad_(False)
+
+
+def test_default_acceleration_leaves_a_float32_blip_bit_equal():
+    plain = tiny_blip()
+    fast = accelerate(tiny_blip())
+    assert type(fast.text_decoder.encoder.blocks[0].cross_attn) is FastAttention
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    tokens = torch.tensor([[48, 5, 6, 7, 3], [48, 8, 3, 0, 0]])
+    with torch.no_grad():
+        wanted = plain.caption_logits(plain.encode_image_tokens(images), tokens)
+        got = fast.caption_logits(fast.encode_image_tokens(images), tokens)
+    assert torch.equal(got, wanted)
+    captions = fast.generate(images, max_new_tokens=6).tokens
+    assert torch.equal(captions, plain.generate(images, max_new_tokens=6).tokens)
+
+
+def test_pack_fp32_blip_captions_equal_the_plain_models_greedy_and_beam():
+    plain = tiny_blip()
+    fast = accelerate(tiny_blip(), pack_fp32=True)
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    for beams in (1, 3):
+        wanted = plain.generate(images, max_new_tokens=8, beams=beams)
+        got = fast.generate(images, max_new_tokens=8, beams=beams)
+        assert torch.equal(got.tokens, wanted.tokens)
+        torch.testing.assert_close(got.scores, wanted.scores, atol=1e-4, rtol=0)
