@@ -34,7 +34,10 @@ def test_values_of_the_right_type_are_kept_or_converted_losslessly(values, expec
         ({"steps": "10"}, "steps='10' is not an integer or null"),
         ({"progress": "yes"}, "progress='yes' is not true or false"),
         ({"progress": 1}, "progress=1 is not true or false"),
-        ({"loss": "triplet"}, "loss='triplet' is not one of 'clip', 'siglip', 'coca', 'albef'"),
+        (
+            {"loss": "triplet"},
+            "loss='triplet' is not one of 'clip', 'siglip', 'coca', 'albef', 'blip'",
+        ),
         ({"output_dir": 2024}, "output_dir=2024 is not a string"),
         ({"lr_decay_at": [0.5, "x"]}, r"lr_decay_at=\[0.5, 'x'\] is not a list of numbers"),
     ],

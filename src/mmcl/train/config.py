@@ -19,9 +19,8 @@ from typing import Any, Literal
 
 from mmcl.choices import Precision
 
-Loss = Literal[
-    "clip", "siglip", "coca", "albef", "blip"
-]  # coca / blip: CoCa / BLIP; albef: ITC+ITM+MLM
+# coca, albef, blip: each model's own objective (contrastive plus captioning / ITM / MLM / LM)
+Loss = Literal["clip", "siglip", "coca", "albef", "blip"]
 Optimizer = Literal["adamw", "sgd"]
 Schedule = Literal["cosine", "step"]
 PRECISIONS = typing.get_args(Precision)
