@@ -3,7 +3,6 @@ adapter-only files, bf16."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 from safetensors import safe_open
 from torch import nn
@@ -149,16 +148,3 @@ def test_bf16_forward_and_backward_reach_the_adapters_only():
     assert all(g is not None and g.dtype == torch.bfloat16 for g in grads.values())
     assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads.values())
     assert all(p.grad is None for n, p in model.named_parameters() if "lora_" not in n)
-
-
-@pytest.mark.parametrize(
-    "entries, message",
-    [
-        ({"target": "lm", "modules": ["nope_proj"]}, "match nothing in language_model"),
-        ({"target": "decoder"}, "has no part 'decoder'"),
-        ({"rank": 4}, "unknown LoRA entries"),
-    ],
-)
-def test_bad_lora_settings_are_named(entries, message):
-    with pytest.raises(ValueError, match=message):
-        add_lora(tiny_llava(), LoraSpec.from_dict(entries, "recipe.yaml: model.lora"))
