@@ -4,6 +4,8 @@
 - Resuming when the frozen-weights file a checkpoint refers to is missing is an error naming
   that file and the checkpoint, not a model with random frozen parts.
 - Resuming when that file has changed since (another SHA-256) is an error naming it.
+- Loading such a run's model.safetensors (trainable weights only) is an error naming the
+  frozen file and saying what to load instead.
 """
 
 from __future__ import annotations
@@ -53,3 +55,9 @@ def test_resume_names_a_changed_frozen_weights_file(tmp_path):
     frozen.write_bytes(frozen.read_bytes()[:-4] + b"\x00\x00\x00\x00")
     with pytest.raises(ResumeError, match=rf"{frozen}.*has changed"):
         Trainer(mmcl.create_model("tiny-vit"), pairs(), config(tmp_path, resume="latest")).fit()
+
+
+def test_loading_a_runs_trainable_only_model_file_names_the_frozen_file_and_the_way_out(tmp_path):
+    frozen = trained_run(tmp_path)
+    with pytest.raises(mmcl.io.checkpoints.CheckpointError, match=rf"trainable.*{frozen}.*whole"):
+        mmcl.load(tmp_path / "run" / "model.safetensors")
