@@ -11,6 +11,9 @@ the projector and the language model on conversations, both on the one engine.
             tokenizer_text_size: 1000  # scenes whose text it is trained on
             trainable: [projector]  # the parts trained; all others are frozen and left out
                                     # of the optimizer
+            lora: {target: lm, r: 8, alpha: 16, modules: [q_proj, v_proj]}
+                                    # optional: LoRA (peft) on lm, projector or tower; that
+                                    # part's own weights are frozen, its adapters train
     data:   kind: scene_conversations, stage: captions | instructions, size, max_turns
             or kind: llava_json, path: FILE, images: FOLDER;  max_length: tokens per sample;
             system: the chat template's system text (default Vicuna's, as LLaVA-1.5's)
@@ -18,7 +21,7 @@ the projector and the language model on conversations, both on the one engine.
 
 The run's folder gets the engine's `model.safetensors` and checkpoints, and ``hf/``: the
 model as a Hugging Face LLaVA folder with its tokenizer (what the next stage's `init` and
-`mmcl.load` read).
+`mmcl.load` read; LoRA merged into it), and with LoRA ``lora.safetensors``: the adapter alone.
 """
 
 from __future__ import annotations
@@ -50,11 +53,13 @@ from mmcl.io.lm_tokenizer import train_lm_tokenizer
 from mmcl.io.transforms import image_transform
 from mmcl.models.bridges.llava import Llava, LlavaConfig
 from mmcl.models.factory import create_model, load
+from mmcl.nn.lora import LoraSpec, add_lora, save_lora_adapter, unload_lora
 from mmcl.train import FitResult, Trainer
 from mmcl.train.lm_objective import CausalLMObjective, pack_targets
 from mmcl.train.run_folder import resume_checkpoint
 
 PARTS = ("visual", "projector", "language_model")
+LORA_FILE = "lora.safetensors"
 DEFAULT_LM = {
     "model_type": "llama",
     "hidden_size": 64,
@@ -80,6 +85,10 @@ def run_llava_recipe(recipe) -> FitResult:
     template = ChatTemplate(system=data.pop("system", VICUNA_SYSTEM))
     model, tokenizer = build_llava(spec, recipe.source, template)
     set_trainable(model, spec.pop("trainable", ["projector"]), recipe.source)
+    lora = spec.pop("lora", None)
+    if lora is not None:
+        lora = LoraSpec.from_dict(lora, f"{recipe.source}: model.lora")
+        add_lora(model, lora, f"{recipe.source}: model.lora")
     if spec:
         raise ValueError(f"{recipe.source}: unknown model entries {sorted(spec)}")
     encoder = ConversationEncoder(
@@ -113,6 +122,9 @@ def run_llava_recipe(recipe) -> FitResult:
         objective=CausalLMObjective(),
     )
     result = trainer.fit()
+    if lora is not None:
+        save_lora_adapter(model, lora, Path(recipe.train.output_dir) / LORA_FILE)
+        unload_lora(model)  # the Hugging Face folder holds the merged weights
     save_llava_folder(model, tokenizer, Path(recipe.train.output_dir) / "hf")
     return result
 

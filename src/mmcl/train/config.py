@@ -57,6 +57,9 @@ class TrainConfig:
         "fp32"  # bf16: autocast on CPU and GPU; fp16: autocast + grad scaler (GPU)
     )
     grad_checkpointing: bool = False
+    # False: frozen parameters go once to frozen.safetensors; checkpoints and model.safetensors
+    # keep the trainable ones and a reference (path + SHA-256) to that file (train/frozen_weights)
+    checkpoint_frozen: bool = True
     # freezing (LiT: lock_image=True)
     lock_image: bool = False
     lock_image_unlocked_groups: int = 0

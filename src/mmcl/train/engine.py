@@ -28,6 +28,7 @@ from mmcl.models.clip import LOGIT_SCALE_MAX
 from mmcl.train import distributed
 from mmcl.train.config import TrainConfig
 from mmcl.train.freezing import freeze
+from mmcl.train.frozen_weights import save_trainable_safetensors, write_frozen_weights
 from mmcl.train.grad_cache import grad_cache_step
 from mmcl.train.objectives import ContrastiveObjective, default_objective
 from mmcl.train.optim import build_optimizer, build_schedule
@@ -110,6 +111,7 @@ class Trainer:
         self.epoch = 0
         self.items_consumed = 0  # of this rank's share of the current epoch
         self.skipped = 0
+        self.frozen_reference = None  # where the frozen weights are, when kept out of checkpoints
         if not self.streaming:
             _ = self.steps_per_epoch  # too few items for one step: say so, never loop forever
 
@@ -200,6 +202,8 @@ class Trainer:
             )
         if self.resume_path is not None:
             restore_trainer_state(self, self.resume_path)
+        elif not config.checkpoint_frozen and self.info.is_main:
+            self.frozen_reference = write_frozen_weights(model, config.output_dir)
         self.log = (
             RunLog(config.output_dir, self.step if self.resume_path else None, config.tensorboard)
             if self.info.is_main
@@ -276,7 +280,10 @@ class Trainer:
             metrics = self._evaluate()
             if not config.checkpoint_every or self.step % config.checkpoint_every:
                 checkpoint = self.save_checkpoint()
-            if self.info.is_main:
+            if self.info.is_main and self.frozen_reference is not None:
+                path = Path(config.output_dir) / MODEL_FILE
+                save_trainable_safetensors(self.model, path, self.frozen_reference)
+            elif self.info.is_main:
                 save_safetensors(self.model, Path(config.output_dir) / MODEL_FILE)
                 if getattr(self.model, "tokenizer", None) is not None:  # a self-contained folder
                     self.model.tokenizer.save(config.output_dir)

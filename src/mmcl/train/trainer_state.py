@@ -1,6 +1,7 @@
 """What a `Trainer` saves in each checkpoint, and how a resumed run takes it back.
 
-A checkpoint holds the model, optimiser, scheduler, grad scaler, every RNG state, the data
+A checkpoint holds the model (or, with `checkpoint_frozen=False`, its trainable weights and a
+reference to the frozen ones: `mmcl.train.frozen_weights`), optimiser, scheduler, grad scaler, every RNG state, the data
 position, the schedule it was made under, the objective's state and each plugin's state under
 the plugin's name. Restoring it makes the resumed run compute exactly what the uninterrupted
 one would have (the resume tests compare the two loss curves).
@@ -11,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mmcl.train.frozen_weights import load_model_state, trainable_state
 from mmcl.train.plugins import load_plugin_states, plugin_states
 from mmcl.train.state import (
     ResumeError,
@@ -26,8 +28,10 @@ if TYPE_CHECKING:
 
 def capture_trainer_state(trainer: Trainer) -> dict[str, Any]:
     objective = trainer.objective
+    frozen = trainer.frozen_reference
     return {
-        "model": trainer.model.state_dict(),
+        "model": trainer.model.state_dict() if frozen is None else trainable_state(trainer.model),
+        "frozen": frozen,
         "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict(),
         "scaler": trainer.scaler.state_dict(),
@@ -55,9 +59,10 @@ def restore_trainer_state(trainer: Trainer, path: Path) -> None:
     if not config.allow_schedule_change:
         check_schedule(state["schedule"], trainer.schedule(), str(path))
     try:
-        trainer.model.load_state_dict(state["model"])
+        load_model_state(trainer.model, state, str(path))
     except RuntimeError as error:
         raise ResumeError(f"{path}: the checkpoint's model does not fit: {error}") from error
+    trainer.frozen_reference = state.get("frozen")
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
     if config.allow_schedule_change:

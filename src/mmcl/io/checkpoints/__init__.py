@@ -89,6 +89,12 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
             huggingface.from_huggingface(raw.tensors),
             huggingface.config_from_huggingface(raw.metadata, source),
         )
+    if "mmcl_frozen" in raw.metadata:  # a run's trainable weights (train.checkpoint_frozen)
+        frozen = json.loads(raw.metadata["mmcl_frozen"]).get("path")
+        raise CheckpointError(
+            f"{source}: holds only a run's trainable weights (the frozen ones are in {frozen}); "
+            f"load the run's whole model instead (a LLaVA run's hf/ folder)"
+        )
     if MMCL_CONFIG_KEY in raw.metadata:
         try:
             config = json.loads(raw.metadata[MMCL_CONFIG_KEY])
