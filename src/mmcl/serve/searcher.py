@@ -59,14 +59,17 @@ class Searcher:
         root: str | os.PathLike | None = None,
         image_root: str | os.PathLike | None = None,
     ):
+        from mmcl.eval.model_text import model_text, tokenizer_folder
         from mmcl.io.transforms import get_preprocess
-        from mmcl.models.processing import get_tokenizer
 
         self.index: SearchIndex = open_index(index_folder)
         self.index.check_model(model)
         self.model = model.eval()
         self.device = device
-        self.tokenizer = get_tokenizer(model)
+        # CLIP's tokenizer for CLIP models; a BLIP's or ALBEF's WordPiece vocabulary from the
+        # folder of the checkpoint the index records.
+        pretrained = self.index.meta["model"].get("pretrained")
+        self.tokens = model_text(model, tokenizer_folder(pretrained)).tokens
         self.preprocess = get_preprocess(model)
         self.high_bit_depth = self.index.meta["embedding"]["image_reading"]["high_bit_depth"]
         root = Path(root or ".").absolute()
@@ -86,7 +89,7 @@ class Searcher:
         if not text.strip():
             raise QueryError("the query is empty: type some words to search for")
         with self._lock, torch.inference_mode():
-            tokens = self.tokenizer([text]).to(self.device)
+            tokens = self.tokens([text]).to(self.device)
             features = self.model.encode_text(tokens, normalize=True)
         return self._search(features, k)
 
