@@ -47,6 +47,21 @@ def test_hard_negatives_never_draw_the_positive():
         assert (texts != torch.arange(4)).all() and (images != torch.arange(4)).all()
 
 
+def test_a_floor_keeps_rows_drawable_when_the_softmax_underflows():
+    # At a temperature this low every weight but the positive's is 0 in float32: without a
+    # floor `multinomial` has nothing to draw; with ALBEF's 1e-4 each other row is equally
+    # likely, and same-image pairs stay excluded.
+    similarity = torch.eye(3) * 1e4
+    with pytest.raises(RuntimeError):
+        sample_hard_negatives(similarity)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.tensor([0, 0, 1])  # rows 0 and 1 show one image: each may only draw row 2
+    for _ in range(20):
+        texts, images = sample_hard_negatives(similarity, ids, generator, floor=1e-4)
+        assert texts.tolist()[:2] == [2, 2] and images.tolist()[:2] == [2, 2]
+        assert texts[2] in (0, 1) and images[2] in (0, 1)
+
+
 def test_hard_negatives_refuse_a_batch_of_one_image():
     with pytest.raises(ValueError, match="no negative"):
         sample_hard_negatives(torch.zeros(2, 2), torch.tensor([7, 7]))

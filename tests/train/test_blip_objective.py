@@ -23,9 +23,10 @@ from mmcl.train.blip_losses import (
     itm_pairs,
     lm_loss,
     lm_targets,
+    pair_ids,
     sample_hard_negatives,
 )
-from mmcl.train.blip_objective import BlipObjective, pair_ids, trim_padding, with_prompt
+from mmcl.train.blip_objective import BlipObjective, trim_padding, with_prompt
 from mmcl.train.objectives import default_objective
 
 TINY = {

@@ -29,7 +29,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from mmcl.train.blip_losses import IGNORE, itm_loss, itm_pairs, sample_hard_negatives
+from mmcl.train.blip_losses import (
+    IGNORE,
+    itm_loss,
+    itm_pairs,
+    pair_ids,
+    sample_hard_negatives,
+)
 from mmcl.train.distributed import all_gather_with_grad, rank
 
 TEMPERATURE_RANGE = (0.001, 0.5)
@@ -131,18 +137,15 @@ def mlm_distillation_loss(
 
 @torch.no_grad()
 def hard_negatives(
-    similarity: Tensor, floor: float = 1e-4, generator: torch.Generator | None = None
+    similarity: Tensor,
+    image_ids: Tensor | None = None,
+    floor: float = 1e-4,
+    generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """`sample_hard_negatives` with ALBEF's weights ``softmax(row) + floor`` (positive and
-    same-image pairs still 0). The floor keeps a row drawable when its softmax puts all the
-    mass on the positive: at the clamp's low temperatures the others underflow to 0.
-    ``log(softmax + floor)`` as logits gives those weights up to a row's scale, which
-    `multinomial` ignores; the image side softmaxes the columns, hence two calls."""
-    by_row = torch.log(F.softmax(similarity.float(), dim=1) + floor)
-    by_column = torch.log(F.softmax(similarity.float(), dim=0) + floor)
-    negative_texts, _ = sample_hard_negatives(by_row, generator=generator)
-    _, negative_images = sample_hard_negatives(by_column, generator=generator)
-    return negative_texts, negative_images
+    """`sample_hard_negatives` with ALBEF's weights ``softmax(row) + floor`` (the positive and
+    pairs sharing an image id still 0). The floor keeps a row drawable when its softmax puts
+    all the mass on the positive: at the clamp's low temperatures the others underflow to 0."""
+    return sample_hard_negatives(similarity, image_ids, generator, floor=floor)
 
 
 @torch.no_grad()
@@ -247,7 +250,9 @@ class AlbefObjective:
 
         def pick_pairs(image_features: Tensor, text_features: Tensor):
             similarity = image_features @ text_features.T / temperature.detach()
-            negative_texts, negative_images = hard_negatives(similarity, generator=self.generator)
+            negative_texts, negative_images = hard_negatives(
+                similarity, pair_ids(images, texts), generator=self.generator
+            )
             index = torch.arange(len(image_features), device=image_features.device)
             image_index, text_index, labels = itm_pairs(
                 index, index, negative_texts, negative_images

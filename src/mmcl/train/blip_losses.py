@@ -27,15 +27,32 @@ def contrastive_loss(image_features: Tensor, text_features: Tensor, temperature:
     return ClipLoss()(image_features, text_features, 1.0 / temperature)
 
 
+def pair_ids(images: Tensor, texts: Tensor) -> Tensor:
+    """A group id per row: rows with equal images or equal texts (and, by chaining, those
+    linked through them) share one, so no pair of a group is an ITM negative."""
+    same = _equal_rows(images.flatten(1)) | _equal_rows(texts)
+    for _ in range(max(1, len(same)).bit_length()):  # transitive closure by squaring
+        same = (same.float() @ same.float()) > 0
+    return same.float().argmax(dim=1)  # the group's first row
+
+
+def _equal_rows(rows: Tensor) -> Tensor:
+    inverse = torch.unique(rows, dim=0, return_inverse=True)[1]
+    return inverse.view(-1, 1) == inverse.view(1, -1)
+
+
 def sample_hard_negatives(
     similarity: Tensor,
     image_ids: Tensor | None = None,
     generator: torch.Generator | None = None,
+    floor: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
     """For ``similarity`` ``(batch, batch)`` (image i against text j, logits), the index of a
     negative text for each image and of a negative image for each text, each drawn from the
     softmax over its row with the positive and every pair sharing an image id (`image_ids`
-    ``(batch,)``; default: every row its own) given weight 0."""
+    ``(batch,)``; default: every row its own) given weight 0. `floor` is added to the softmax
+    before that (ALBEF's 1e-4): at low temperatures the other weights underflow to 0 and a row
+    would have nothing left to draw."""
     batch = similarity.shape[0]
     if image_ids is None:
         image_ids = torch.arange(batch, device=similarity.device)
@@ -47,8 +64,8 @@ def sample_hard_negatives(
         )
     with torch.no_grad():
         similarity = similarity.float()
-        text_weights = F.softmax(similarity, dim=1).masked_fill(same, 0.0)
-        image_weights = F.softmax(similarity.t(), dim=1).masked_fill(same, 0.0)
+        text_weights = (F.softmax(similarity, dim=1) + floor).masked_fill(same, 0.0)
+        image_weights = (F.softmax(similarity.t(), dim=1) + floor).masked_fill(same, 0.0)
         negative_texts = torch.multinomial(text_weights, 1, generator=generator).squeeze(1)
         negative_images = torch.multinomial(image_weights, 1, generator=generator).squeeze(1)
     return negative_texts, negative_images

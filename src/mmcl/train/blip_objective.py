@@ -26,6 +26,7 @@ from mmcl.train.blip_losses import (
     itm_loss,
     lm_loss,
     lm_targets,
+    pair_ids,
     sample_hard_negatives,
 )
 
@@ -122,17 +123,3 @@ def with_prompt(tokens: Tensor, prompt_ids: list[int]) -> Tensor:
     """``[CLS] p1 .. pk caption [SEP] [PAD]..``: the prompt's ids after each row's first token."""
     prompt = torch.tensor(prompt_ids, dtype=tokens.dtype, device=tokens.device)
     return torch.cat([tokens[:, :1], prompt.expand(len(tokens), -1), tokens[:, 1:]], dim=1)
-
-
-def pair_ids(images: Tensor, texts: Tensor) -> Tensor:
-    """A group id per row: rows with equal images or equal texts (and, by chaining, those
-    linked through them) share one, so no pair of a group is an ITM negative."""
-    same = _equal_rows(images.flatten(1)) | _equal_rows(texts)
-    for _ in range(max(1, len(same)).bit_length()):  # transitive closure by squaring
-        same = (same.float() @ same.float()) > 0
-    return same.float().argmax(dim=1)  # the group's first row
-
-
-def _equal_rows(rows: Tensor) -> Tensor:
-    inverse = torch.unique(rows, dim=0, return_inverse=True)[1]
-    return inverse.view(-1, 1) == inverse.view(1, -1)
