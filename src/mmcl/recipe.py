@@ -256,10 +256,10 @@ def run_recipe(
     $MMCL_DATA_ROOT), fetched by torchvision if `download` and not there."""
     import torch
 
-    if recipe.model.get("kind") == "llava":  # a bridge into a language model: its own recipe
-        from mmcl.recipe_llava import run_llava_recipe
+    if recipe.model.get("kind") in ("llava", "blip2", "minigpt4"):  # a bridge into an LM
+        from mmcl.recipe_bridges import run_bridge_recipe
 
-        return run_llava_recipe(recipe)
+        return run_bridge_recipe(recipe)
     # A run into another run's folder, or `latest` with nothing to resume: say so before work.
     resume_checkpoint(recipe.train.resume, recipe.train.output_dir)
     torch.manual_seed(recipe.train.seed)  # the same initial weights on every rank and rerun

@@ -8,7 +8,7 @@ from transformers import AutoTokenizer, LlavaForConditionalGeneration
 import mmcl
 from mmcl.data.scene_conversations import SceneConversations
 from mmcl.io.lm_tokenizer import SPECIAL_TOKENS, train_lm_tokenizer
-from mmcl.recipe_llava import _scene_text, build_llava, save_llava_folder
+from mmcl.recipe_bridges import _scene_text, build_llava, save_llava_folder
 
 
 def test_the_tokenizer_spells_the_scene_text_and_keeps_llamas_special_ids():

@@ -1,5 +1,6 @@
-"""`mmcl ask`: questions about one image to a LLaVA-style model folder (a Hugging Face LLaVA
-folder with its tokenizer, as the llava-scenes recipes write into runs/<name>/hf/). One
+"""`mmcl ask`: questions about one image to a bridge's model folder with its tokenizer (a
+Hugging Face LLaVA or BLIP-2 folder, or mmcl's MiniGPT-4 folder, as the llava-scenes,
+blip2-scenes and minigpt4-scenes recipes write into runs/<name>/hf/). One
 question on the command line gets one answer; without one, questions are read from stdin a
 line at a time until its end, as one conversation (`mmcl.eval.chat.ImageChat`)."""
 
@@ -19,7 +20,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 def add_parser(commands) -> None:
     ask = commands.add_parser(
         "ask",
-        help="answer questions about an image (LLaVA folders)",
+        help="answer questions about an image (LLaVA, BLIP-2, MiniGPT-4 folders)",
         description="Answer a question about an image; without QUESTION, read questions from "
         "stdin a line at a time, as one conversation, until its end.",
     )
@@ -29,7 +30,8 @@ def add_parser(commands) -> None:
         type=Path,
         required=True,
         metavar="FOLDER",
-        help="a LLaVA folder with its tokenizer (e.g. runs/<name>/hf/ of the llava-scenes recipe)",
+        help="a LLaVA, BLIP-2 or MiniGPT-4 folder with its tokenizer (e.g. runs/<name>/hf/ of "
+        "the llava-scenes, blip2-scenes or minigpt4-scenes recipe)",
     )
     ask.add_argument(
         "--image", type=Path, required=True, metavar="FILE", help="the image asked about"
@@ -102,20 +104,34 @@ def run_ask(args: argparse.Namespace) -> int:
 
 
 def load_llava_folder(folder: Path, device: str, precision: str):
-    """`(model, preprocess, tokenizer)` of a LLaVA folder, each way it can be wrong refused in
-    one line that says what to give instead."""
+    """`(model, preprocess, tokenizer)` of a bridge's folder (LLaVA, BLIP-2 with an image
+    placeholder, MiniGPT-4), each way it can be wrong refused in one line that says what to
+    give instead."""
     import warnings
 
     import mmcl
+    from mmcl.models.bridges.blip2 import Blip2
     from mmcl.models.bridges.llava import Llava
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a CLIP checkpoint's activation warning: refused below
         model, preprocess = mmcl.load(folder, device=device, precision=precision)
-    if not isinstance(model, Llava):
+    if not isinstance(model, (Llava, Blip2)):
         raise ValueError(
-            f"--model {folder}: a {type(model).__name__} model, not LLaVA; mmcl ask answers "
-            f"with LLaVA folders (e.g. runs/<name>/hf/ of the llava-scenes recipe)"
+            f"--model {folder}: a {type(model).__name__} model, not LLaVA, BLIP-2 or MiniGPT-4; "
+            f"mmcl ask answers with LLaVA folders and those (e.g. runs/<name>/hf/ of the "
+            f"llava-scenes, blip2-scenes or minigpt4-scenes recipe)"
+        )
+    if isinstance(model, Blip2) and (model.config.instruct or model.config.image_token_id is None):
+        raise ValueError(
+            f"--model {folder}: "
+            + (
+                "an InstructBLIP, whose Q-Former reads the question too, which mmcl ask does not "
+                "give it yet"
+                if model.config.instruct
+                else "a BLIP-2 without an image_token_index: the chat needs a placeholder for "
+                "its query tokens in the prompt (the blip2-scenes recipe's folders have one)"
+            )
         )
     if not folder.is_dir() or not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise ValueError(

@@ -1,4 +1,4 @@
-"""A conversation with a LLaVA-style model about one image (what `mmcl ask` runs).
+"""A conversation with a bridge (LLaVA, BLIP-2, MiniGPT-4) about one image (what `mmcl ask` runs).
 
 The image is encoded once, when the chat starts. Each question is answered from the chat
 template's prompt over the whole conversation so far (`ConversationEncoder.encode_prompt`:
@@ -22,7 +22,7 @@ from mmcl.data.conversations import IMAGE_PLACEHOLDER
 class ImageChat:
     """``chat.ask(question) -> answer``, remembering the turns in `history`.
 
-    `model`: a `Llava`; `tokenizer`: its transformers tokenizer; `pixel_values` ``(1, 3, H, W)``:
+    `model`: a `Llava`, `Blip2` or `MiniGPT4`; `tokenizer`: its transformers tokenizer; `pixel_values` ``(1, 3, H, W)``:
     the preprocessed image. `history` may be edited between questions (the next prompt
     spells it, and the cache follows the prompt). `template`: the chat template (Vicuna v1's by default). Greedy answers unless `top_p` (nucleus sampling, seeded by `seed`).
     """

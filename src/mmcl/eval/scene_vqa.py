@@ -2,8 +2,9 @@
 model answers each `SceneQuestions` item from the chat template's prompt, greedily, and the
 answer is scored with the VQA v2 normalisation against the known answer.
 
-Prompts are padded on the left and answered a batch at a time through the model's own
-`generate` (mmcl's generation loop: the image encoded once, the LM's cache reused).
+Prompts are padded on the left and answered a batch at a time through mmcl's generation loop
+(`answer_tokens`: the image encoded once, the LM's cache reused), for any chatting bridge
+(LLaVA, BLIP-2, MiniGPT-4).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from mmcl.data.conversations import IMAGE_PLACEHOLDER
 from mmcl.data.scene_qa import SceneQuestions
 from mmcl.eval.vqa import vqa_scores
 from mmcl.io.transforms import image_transform
+from mmcl.models.bridges.causal_lm import answer_tokens
 
 
 class SceneVQASuite:
@@ -49,13 +51,14 @@ class SceneVQASuite:
         for start in range(0, len(self.prompts), self.batch_size):
             ids, mask = left_pad(self.prompts[start : start + self.batch_size], pad)
             images = self.images[start : start + self.batch_size].to(device)
-            new = model.generate(
+            new = answer_tokens(
+                model,
                 ids.to(device),
                 images,
                 mask.to(device),
-                max_new_tokens=self.max_new_tokens,
-                end_token=self.tokenizer.eos_token_id,
-                pad_token=pad,
+                self.max_new_tokens,
+                self.tokenizer.eos_token_id,
+                pad,
             )
             answers += self.tokenizer.batch_decode(new.cpu(), skip_special_tokens=True)
         return [answer.strip() for answer in answers]

@@ -200,6 +200,10 @@ def config_from_dict(
         from mmcl.models.bridges.llava import LlavaConfig  # which builds on this module
 
         return LlavaConfig.from_dict(data, source=source)
+    if data.get("architecture") == "minigpt4":  # a BLIP-2 assembly of its own
+        from mmcl.models.bridges.minigpt4 import MiniGPT4Config
+
+        return MiniGPT4Config.from_dict(data, source=source)
     if "qformer" in data:  # BLIP-2
         from mmcl.models.bridges.blip2 import Blip2Config
 

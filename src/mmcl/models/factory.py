@@ -20,6 +20,7 @@ from mmcl.models.blip_config import BlipConfig
 from mmcl.models.blip_vocab import blip_tokenizer
 from mmcl.models.bridges.blip2 import Blip2, Blip2Config
 from mmcl.models.bridges.llava import Llava, LlavaConfig
+from mmcl.models.bridges.minigpt4 import MiniGPT4, MiniGPT4Config
 from mmcl.models.clip import CLIP
 from mmcl.models.coca import CoCa
 from mmcl.models.config import CLIPConfig, CoCaConfig, config_from_dict
@@ -319,6 +320,8 @@ def _model_class(config: CLIPConfig | CoCaConfig | BlipConfig) -> type[CLIP | Co
         return Albef
     if isinstance(config, LlavaConfig):
         return Llava
+    if isinstance(config, MiniGPT4Config):  # before Blip2Config, which it extends
+        return MiniGPT4
     if isinstance(config, Blip2Config):
         return Blip2
     return CoCa if isinstance(config, CoCaConfig) else CLIP

@@ -31,8 +31,17 @@ def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     )
 
 
+def llava_logits(model, input_ids, images, attention_mask) -> torch.Tensor:
+    return model(input_ids, images, attention_mask).logits
+
+
 class CausalLMObjective:
-    """``terms, outputs = objective(model, images, packed_targets)``: {"lm": answer loss}."""
+    """``terms, outputs = objective(model, images, packed_targets)``: {"lm": answer loss}.
+    `logits_of(model, input_ids, images, attention_mask)` calls the model's forward (the
+    engine's, DDP-wrapped in a distributed run): LLaVA's by default."""
+
+    def __init__(self, logits_of=llava_logits):
+        self.logits_of = logits_of
 
     def check(self, model) -> None:
         if not hasattr(model, "language_model"):
@@ -43,5 +52,5 @@ class CausalLMObjective:
 
     def __call__(self, model, images, targets):
         input_ids, labels, attention_mask = targets.unbind(1)
-        outputs = model(input_ids, images, attention_mask)
-        return {"lm": answer_loss(outputs.logits, labels)}, {"logits": outputs.logits}
+        logits = self.logits_of(model, input_ids, images, attention_mask)
+        return {"lm": answer_loss(logits, labels)}, {"logits": logits}

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from mmcl.io.checkpoints import blip, blip2, coca, huggingface, llava, openai
+from mmcl.io.checkpoints import blip, blip2, coca, huggingface, llava, minigpt4, openai
 from mmcl.io.checkpoints.errors import CheckpointError, describe_mismatch
 from mmcl.io.checkpoints.export import (
     HF_EXPORT_FILES,
@@ -100,6 +100,8 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
             config = json.loads(raw.metadata[MMCL_CONFIG_KEY])
         except json.JSONDecodeError as error:
             raise CheckpointError(f"{source}: its embedded model config is not JSON") from error
+        if minigpt4.is_minigpt4_config(config):
+            minigpt4.check_parts(raw.tensors, source)
         return LoadedCheckpoint(raw.path, "mmcl", raw.tensors, config)
     if coca.is_coca_layout(raw.tensors):  # open_clip's CoCa: mmcl's own layout
         config = coca.infer_coca_config(raw.tensors, source)

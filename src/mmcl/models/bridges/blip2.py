@@ -39,7 +39,7 @@ from torch import nn
 
 from mmcl.models.blip import BlipVisionTower
 from mmcl.models.blip_config import BlipVisionConfig
-from mmcl.models.bridges.causal_lm import lm_generate
+from mmcl.models.bridges.causal_lm import lm_generate, splice_image_tokens
 from mmcl.models.config import parse_fields
 from mmcl.models.qformer import QFormerConfig, build_qformer
 from mmcl.nn.generation import Generated
@@ -124,6 +124,33 @@ class Blip2(nn.Module):
     @property
     def image_size(self) -> int:
         return self.visual.image_size
+
+    @property
+    def image_token_id(self) -> int:
+        """The LM's image placeholder id (chat and the bridges recipes need one)."""
+        if self.config.image_token_id is None:
+            raise ValueError(
+                "this model's config has no image_token_id: its prompts go before the text, "
+                "and a chat template needs a placeholder for them; set image_token_id"
+            )
+        return self.config.image_token_id
+
+    @property
+    def tokens_per_image(self) -> int:
+        return self.qformer.num_queries
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The chat interface's name for `image_prompts` (BLIP-2: no instruction)."""
+        return self.image_prompts(pixel_values)
+
+    def embed(
+        self, input_ids: torch.Tensor, image_tokens: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The LM's input embeddings, `image_tokens` (`encode_image`'s, or the last of them)
+        written over the placeholders (`mmcl.models.bridges.causal_lm.splice_image_tokens`)."""
+        return splice_image_tokens(
+            self.language_model, input_ids, self.image_token_id, image_tokens, self.tokens_per_image
+        )
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The Q-Former's and the projection's: what the optimizer gets (the tower and the LM
@@ -251,6 +278,12 @@ class Blip2(nn.Module):
                 f"{counts.tolist()}"
             )
         return placeholders
+
+
+def query_prompt_logits(model: Blip2, input_ids, images, attention_mask) -> torch.Tensor:
+    """The LM's logits for the bridges' LM objective (`mmcl.train.lm_objective`), for a model
+    whose forward takes the images first (BLIP-2, MiniGPT-4)."""
+    return model(images, input_ids, attention_mask)
 
 
 def _tie_language_model(model: Blip2, incompatible_keys) -> None:

@@ -9,6 +9,11 @@ batches decode as they do there.
 
 Beam search is not offered over it: the loop reorders only growing entries between beams, so
 the LM's cache would not follow them (`lm_generate` refuses ``beams > 1``).
+
+A bridge that chats (`mmcl.eval.chat`, the scene VQA suite, the bridges recipes) answers
+the same few questions whatever is inside it: `image_size`, `image_token_id`,
+`tokens_per_image`, `encode_image(pixel_values)` (the LM-wide image tokens) and
+`embed(input_ids, image_tokens)` (`splice_image_tokens`). LLaVA, BLIP-2 and MiniGPT-4 do.
 """
 
 from __future__ import annotations
@@ -72,6 +77,53 @@ class CausalLMStep:
         self._rows = torch.arange(rows, device=tokens.device)
         cache.put(self, (mask, self._rows))  # the loop selects rows of both with its own
         return output.logits[:, -1]
+
+
+def splice_image_tokens(
+    language_model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    image_token_id: int,
+    image_tokens: torch.Tensor | None,
+    tokens_per_image: int,
+) -> torch.Tensor:
+    """The LM's input embeddings of `input_ids`, with `image_tokens` ``(images, tokens,
+    width)`` written over the placeholders (`image_token_id`), in order, row by row."""
+    placeholders = input_ids == image_token_id
+    # A placeholder id may lie outside the vocabulary (LLaVA's original -200): look up 0.
+    embeddings = language_model.get_input_embeddings()(input_ids.masked_fill(placeholders, 0))
+    found = int(placeholders.sum())
+    given = 0 if image_tokens is None else image_tokens.shape[0] * image_tokens.shape[1]
+    if found != given:
+        raise ValueError(
+            f"input_ids hold {found} image placeholders (id {image_token_id}) but "
+            f"{given // tokens_per_image} image(s) give {given} image tokens; each image needs "
+            f"{tokens_per_image} placeholders (expand <image> into that many)"
+        )
+    if found == 0:
+        return embeddings
+    flat = image_tokens.reshape(-1, image_tokens.shape[-1]).to(embeddings.dtype)
+    return embeddings.masked_scatter(placeholders.unsqueeze(-1), flat)
+
+
+@torch.no_grad()
+def answer_tokens(
+    bridge: torch.nn.Module,
+    input_ids: torch.Tensor,
+    pixel_values: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    max_new_tokens: int,
+    end_token: int,
+    pad_token: int,
+    **options,
+) -> torch.Tensor:
+    """A chatting bridge's answer ids ``(batch, new)`` after (left-padded) prompts: the images
+    encoded once, then mmcl's loop over the LM (greedy unless `options` say ``top_p``)."""
+    image_tokens = bridge.encode_image(pixel_values)
+    step = CausalLMStep(
+        bridge.language_model, lambda ids: bridge.embed(ids, image_tokens), attention_mask
+    )
+    result = generate(step, input_ids, KVCache(), max_new_tokens, end_token, pad_token, **options)
+    return result.tokens[:, input_ids.shape[1] :]
 
 
 def lm_generate(

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmcl.models.bridges.causal_lm import splice_image_tokens
 from mmcl.models.config import VisionConfig, parse_fields
 from mmcl.models.vision_transformer import VisionTransformer
 
@@ -180,24 +181,9 @@ class Llava(nn.Module):
     ) -> torch.Tensor:
         """The LM's input embeddings, with `image_tokens` ``(images, tokens, width)`` written
         over the placeholders, in order (row by row)."""
-        placeholders = input_ids == self.image_token_id
-        # A placeholder id may lie outside the vocabulary (LLaVA's original -200): look up 0.
-        embeddings = self.language_model.get_input_embeddings()(
-            input_ids.masked_fill(placeholders, 0)
+        return splice_image_tokens(
+            self.language_model, input_ids, self.image_token_id, image_tokens, self.tokens_per_image
         )
-        found = int(placeholders.sum())
-        given = 0 if image_tokens is None else image_tokens.shape[0] * image_tokens.shape[1]
-        if found != given:
-            per_image = self.tokens_per_image
-            raise ValueError(
-                f"input_ids hold {found} image placeholders (id {self.image_token_id}) but "
-                f"{given // per_image} image(s) give {given} image tokens; each image needs "
-                f"{per_image} placeholders (expand <image> into that many)"
-            )
-        if found == 0:
-            return embeddings
-        flat = image_tokens.reshape(-1, image_tokens.shape[-1]).to(embeddings.dtype)
-        return embeddings.masked_scatter(placeholders.unsqueeze(-1), flat)
 
     def forward(
         self,
