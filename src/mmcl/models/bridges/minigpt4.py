@@ -73,6 +73,10 @@ class MiniGPT4Config(Blip2Config):
 class MiniGPT4(Blip2):
     """See the module docstring."""
 
+    def __init__(self, config: MiniGPT4Config, output_dict: bool = False):
+        super().__init__(config, output_dict)
+        self.qformer.requires_grad_(False)  # BLIP-2's, frozen: only the projection trains
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The projection's: MiniGPT-4 trains that one layer (the tower, the Q-Former and the
         LM are frozen, whatever their `requires_grad`)."""
