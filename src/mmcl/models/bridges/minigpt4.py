@@ -58,15 +58,15 @@ class MiniGPT4Config(Blip2Config):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> MiniGPT4Config:
-        data = {**data, "qformer": {"vocab_size": None, **data.get("qformer", {})}}
-        config = super().from_dict(data, source)
-        if config.architecture != ARCHITECTURE:
-            raise ValueError(f"{source}: architecture {config.architecture!r} is not a MiniGPT-4")
-        if config.instruct or config.qformer.vocab_size is not None:
+        qformer = {"vocab_size": None, **data.get("qformer", {})}
+        if data.get("instruct") or qformer["vocab_size"] is not None:
             raise ValueError(
                 f"{source}: MiniGPT-4's Q-Former is BLIP-2's stage-2 one, without a text part "
                 f"(qformer.vocab_size null) and without instructions (instruct false)"
             )
+        config = super().from_dict({**data, "qformer": qformer}, source)
+        if config.architecture != ARCHITECTURE:
+            raise ValueError(f"{source}: architecture {config.architecture!r} is not a MiniGPT-4")
         return config
 
 
