@@ -256,7 +256,7 @@ def run_recipe(
     $MMCL_DATA_ROOT), fetched by torchvision if `download` and not there."""
     import torch
 
-    if recipe.model.get("kind") in ("llava", "blip2", "minigpt4"):  # a bridge into an LM
+    if "kind" in recipe.model:  # a bridge into an LM (mmcl.recipe_bridges.BRIDGES)
         from mmcl.recipe_bridges import run_bridge_recipe
 
         return run_bridge_recipe(recipe)

@@ -228,7 +228,13 @@ def is_bridge_recipe(recipe) -> bool:
 
 def run_bridge_recipe(recipe) -> FitResult:
     spec = dict(recipe.model)
-    bridge = BRIDGES[spec.pop("kind")]
+    kind = spec.pop("kind")
+    if kind not in BRIDGES:
+        raise ValueError(
+            f"{recipe.source}: model.kind {kind!r} is unknown; the bridges are {sorted(BRIDGES)} "
+            f"(a CLIP-family model is named with model.name instead)"
+        )
+    bridge = BRIDGES[kind]
     resume_checkpoint(recipe.train.resume, recipe.train.output_dir)
     torch.manual_seed(recipe.train.seed)
     data = dict(recipe.data)

@@ -13,6 +13,7 @@ from mmcl.cli import main
 from mmcl.data.shards import ShardStream, write_shards
 from mmcl.io.transforms import get_preprocess
 from mmcl.recipe import load_recipe, shipped_recipes
+from mmcl.recipe_bridges import BRIDGES
 from mmcl.train import TrainConfig, Trainer, TrainingPlugin
 
 TINY_TRAIN = (
@@ -28,7 +29,7 @@ def write(path, text):
 @pytest.mark.parametrize("name", shipped_recipes())
 def test_shipped_recipes_parse(name):
     recipe = load_recipe(name)
-    if recipe.model.get("kind") == "llava":  # a bridge into an LM: tests/train/test_llava_recipe.py
+    if recipe.model.get("kind") in BRIDGES:  # into an LM: tests/train/test_*_recipe(s).py
         assert recipe.data["kind"] in ("scene_conversations", "llava_json")
         return
     assert recipe.model["name"] in mmcl.available_models()
