@@ -103,3 +103,23 @@ def test_a_blip2_recipe_training_a_part_it_lacks_lists_its_parts(tmp_path):
     expected = "model.trainable must list some of ['visual', 'qformer', 'language_projection'"
     with pytest.raises(ValueError, match=expected.replace("[", r"\[")):
         run_recipe(recipe)
+
+
+def test_ask_with_a_blip2_folder_without_an_image_token_says_the_chat_needs_one(tmp_path, capsys):
+    import transformers
+
+    from blip2_configs import LMS, QFORMER, VISION
+
+    config = transformers.Blip2Config(
+        vision_config=VISION,
+        qformer_config=QFORMER,
+        text_config=LMS["llama"]().to_dict(),
+        num_query_tokens=2,
+        image_token_index=None,
+    )
+    transformers.Blip2ForConditionalGeneration(config).save_pretrained(tmp_path / "hf")
+    image = image_file(tmp_path / "x.png")
+    capsys.readouterr()  # save_pretrained's progress bar
+    assert main(["ask", "--model", str(tmp_path / "hf"), "--image", str(image), "q?"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("mmcl ask: error: ") and "without an image_token_index" in error

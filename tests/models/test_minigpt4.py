@@ -12,7 +12,7 @@ import mmcl
 from blip2_configs import IMAGE_TOKEN, LMS, QFORMER, QUERIES, VISION, randomised
 from mmcl.data.chat_template import IGNORE_INDEX, ChatTemplate, ConversationEncoder
 from mmcl.data.conversations import Conversation
-from mmcl.io.checkpoints import load_checkpoint
+from mmcl.io.checkpoints import load_checkpoint, save_huggingface
 from mmcl.io.checkpoints.minigpt4 import save_minigpt4_folder
 from mmcl.models.bridges.blip2 import query_prompt_logits
 from mmcl.models.bridges.minigpt4 import MiniGPT4, MiniGPT4Config
@@ -130,3 +130,15 @@ def test_folder_round_trip_gives_the_same_model_and_tokenizer(pair, tmp_path):
         assert torch.equal(loaded(images, ids, mask), ours(images, ids, mask))
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     assert tokenizer.encode("how many?", add_special_tokens=False) == [4, 5]
+
+
+def test_hugging_face_export_is_a_blip2_folder_with_the_same_logits(pair, tmp_path):
+    _, ours = pair
+    save_huggingface(ours, tmp_path / "hf")
+    exported = transformers.Blip2ForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
+    images, ids, mask = prompt_batch()
+    with torch.no_grad():
+        expected = exported(pixel_values=images, input_ids=ids, attention_mask=mask).logits
+        got = ours(images, ids, mask)
+    real = mask.bool()
+    torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=0)
