@@ -11,7 +11,10 @@ The prompts go where the text has the image placeholder token (`image_token_id`,
 query, as Hugging Face's `Blip2Processor` writes them), or, when the text has none, before
 it. Only the Q-Former and the projection train (`trainable_parameters`); the tower and the LM
 are frozen. `mmcl.io.checkpoints.blip2` reads and writes `Blip2ForConditionalGeneration`
-folders.
+folders. MiniGPT-4 (`mmcl.models.bridges.minigpt4`) is this assembly with another training.
+
+A BLIP-2 with an `image_token_id` chats as LLaVA does (`image_token_id`, `tokens_per_image`,
+`encode_image`, `embed`: `mmcl ask`, the scene VQA suite, the blip2-scenes recipes).
 
 >>> import torch
 >>> from mmcl.models.bridges.blip2 import Blip2, Blip2Config
