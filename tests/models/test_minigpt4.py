@@ -4,6 +4,8 @@ tower, Q-Former, one linear projection, LLaMA), a hand-worked loss mask, and its
 
 from __future__ import annotations
 
+import doctest
+
 import pytest
 import torch
 import transformers
@@ -14,6 +16,7 @@ from mmcl.data.chat_template import IGNORE_INDEX, ChatTemplate, ConversationEnco
 from mmcl.data.conversations import Conversation
 from mmcl.io.checkpoints import load_checkpoint, save_huggingface
 from mmcl.io.checkpoints.minigpt4 import save_minigpt4_folder
+from mmcl.models.bridges import minigpt4 as minigpt4_module
 from mmcl.models.bridges.blip2 import query_prompt_logits
 from mmcl.models.bridges.minigpt4 import MiniGPT4, MiniGPT4Config
 from mmcl.train.lm_objective import CausalLMObjective
@@ -142,3 +145,7 @@ def test_hugging_face_export_is_a_blip2_folder_with_the_same_logits(pair, tmp_pa
         got = ours(images, ids, mask)
     real = mask.bool()
     torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=0)
+
+
+def test_module_example_runs():
+    assert doctest.testmod(minigpt4_module).failed == 0
