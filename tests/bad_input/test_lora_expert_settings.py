@@ -9,6 +9,7 @@
   model is refused, naming the target.
 - Prompts before a language model need a bridge: a model without one is one error.
 - O-LoRA's weights must be numbers >= 0.
+- Two methods that both choose where a row runs (a task selector) cannot be combined.
 """
 
 from __future__ import annotations
@@ -62,3 +63,10 @@ def test_modal_prompt_refuses_a_model_without_a_language_model():
 def test_o_lora_weights_must_be_non_negative_numbers():
     with pytest.raises(ValueError, match="o_lora: lambda_orth must be >= 0, got -1"):
         build_method("o_lora", lambda_orth=-1.0)
+
+
+def test_two_task_selectors_cannot_be_combined():
+    with pytest.raises(
+        ValueError, match=r"\['task_lora', 'modal_prompt'\] both compute the routes"
+    ):
+        build_method("task_lora+modal_prompt")

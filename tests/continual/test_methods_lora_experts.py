@@ -4,13 +4,15 @@ what stays, the task selector's routes, and exact resume from the states."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import doctest
 from types import SimpleNamespace
 
 import torch
 
-from mmcl.continual.methods import build_method
-from mmcl.continual.methods.task_keys import image_keys, run_routes
+from mmcl.continual.methods import build_method, task_keys
+from mmcl.continual.methods.task_keys import TaskKeys, image_keys, run_routes
 from mmcl.data.chat_template import IGNORE_INDEX
 from mmcl.models.bridges.llava import Llava, LlavaConfig
 from mmcl.nn.lora import lora_layers, merge_lora
@@ -82,8 +84,9 @@ def mixed_batch():
 @torch.no_grad()
 def answer_logits(model, method, images, ids):
     """The logits the method's inference gives (its routes, when it has them)."""
-    routes = method.routes(model, images) if hasattr(method, "routes") else None
-    return run_routes(routes, len(ids), lambda rows: model(ids[rows], images[rows]).logits)
+    return run_routes(
+        method.routes(model, images), len(ids), lambda rows: model(ids[rows], images[rows]).logits
+    )
 
 
 def resumed(name: str, model, method, **arguments):
@@ -173,6 +176,18 @@ def test_task_lora_selects_each_images_task_and_gives_exactly_its_lora():
             with task_loras(model, [f"task_{index}"]):
                 alone = model(ids[rows], images[rows]).logits
             assert torch.equal(routed[rows], alone)
+    # Generation through the routes: each row's answer is its task's LoRA's, padded.
+    with torch.no_grad():
+        answers = run_routes(
+            method.routes(model, images),
+            len(ids),
+            lambda rows: model.generate(ids[rows], images[rows], max_new_tokens=3, end_token=0),
+            pad=0,
+        )
+        for index, rows in ((0, [0, 2]), (1, [1, 3])):
+            with task_loras(model, [f"task_{index}"]):
+                alone = model.generate(ids[rows], images[rows], max_new_tokens=3, end_token=0)
+            assert torch.equal(answers[rows, : alone.shape[1]], alone)
     fresh_model, fresh = resumed("task_lora", model, method, r=4)
     assert torch.equal(answer_logits(fresh_model, fresh, images, ids), routed)
 
@@ -199,3 +214,33 @@ def test_modal_prompt_trains_one_tasks_prompts_and_matches_keys_at_test_time():
     assert not torch.allclose(routed, plain, atol=1e-4)
     fresh_model, fresh = resumed("modal_prompt", model, method, length=3)
     assert torch.equal(answer_logits(fresh_model, fresh, images, ids), routed)
+
+
+def test_task_keys_choose_the_nearest_task_mean_and_sum_across_calls():
+    keys = TaskKeys()
+    keys.add(3, torch.tensor([[1.0, 0.0], [1.0, 2.0]]))  # mean (1, 1)
+    keys.add(5, torch.tensor([[-1.0, 0.0]]))
+    keys.add(5, torch.tensor([[-3.0, 0.0]]))  # mean (-2, 0)
+    assert keys.counts == {3: 2, 5: 2}
+    # (0.1, 1) is nearest (1, 1) in angle; (-1, 0.5) nearest (-1, 0)
+    assert keys.choose(torch.tensor([[0.1, 1.0], [-1.0, 0.5]])).tolist() == [3, 5]
+    copied = TaskKeys()
+    copied.load_state_dict(copy.deepcopy(keys.state_dict()))
+    assert torch.equal(copied.keys(), keys.keys())
+
+
+def test_run_routes_puts_results_back_in_row_order_padding_shorter_ones():
+    routes = [
+        (torch.tensor([1]), contextlib.nullcontext()),
+        (torch.tensor([0, 2]), contextlib.nullcontext()),
+    ]
+
+    def compute(rows):  # route 1 gives one token per row, route 2 two
+        return torch.stack([rows * 10 + k for k in range(1 if len(rows) == 1 else 2)], dim=1)
+
+    result = run_routes(routes, 3, compute, pad=-1)
+    assert result.tolist() == [[0, 1], [10, -1], [20, 21]]
+
+
+def test_task_keys_doctests():
+    assert doctest.testmod(task_keys).failed == 0

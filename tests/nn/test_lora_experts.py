@@ -4,12 +4,16 @@ before a language model's input embeddings."""
 
 from __future__ import annotations
 
+import doctest
+
 import pytest
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
 from mmcl.models.bridges.llava import Llava, LlavaConfig
+from mmcl.nn import lm_prompts, lora_experts
+from mmcl.nn import task_loras as task_loras_module
 from mmcl.nn.lm_prompts import TaskPrompts, attach_lm_prompts
 from mmcl.nn.lora import LoraSpec, merge_lora
 from mmcl.nn.lora_experts import LoraExpertsLinear, add_lora_experts
@@ -209,3 +213,8 @@ def test_cached_generation_with_prompts_equals_greedy_over_full_forwards():
         end = next(t for t in range(50) if t not in by_hand)
         generated = model.generate(IDS, images(), max_new_tokens=3, end_token=end)
     assert torch.equal(generated, by_hand)
+
+
+@pytest.mark.parametrize("module", [lora_experts, task_loras_module, lm_prompts])
+def test_doctests(module):
+    assert doctest.testmod(module).failed == 0

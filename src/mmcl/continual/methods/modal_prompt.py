@@ -60,8 +60,9 @@ class ModalPrompt(Method):
         self._switch()
 
     def extra_losses(self, model, batch, outputs) -> dict:
-        if self.task is not None:
-            self.keys.add(self.task, image_keys(model, batch[0]))
+        images = batch[0]
+        if self.task is not None and images is not None and len(images):
+            self.keys.add(self.task, image_keys(model, images))
         return {}
 
     def after_task(self, task, model, run) -> None:
@@ -72,7 +73,7 @@ class ModalPrompt(Method):
     def routes(self, model, images):
         """One route: every row, under the prompts of its nearest task's key (None while a
         task trains or before any has)."""
-        if self.task is not None or not self.keys.tasks:
+        if images is None or self.task is not None or not self.keys.tasks:
             return None
         choice = self.keys.choose(image_keys(model, images))
         return [(choice.new_tensor(range(len(images))), self.prompts.choosing(choice))]

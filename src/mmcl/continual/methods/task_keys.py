@@ -92,10 +92,16 @@ def routes_by_task(
     ]
 
 
-def run_routes(routes, rows: int, compute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def run_routes(
+    routes,
+    rows: int,
+    compute: Callable[[torch.Tensor], torch.Tensor],
+    pad: int | float | None = None,
+) -> torch.Tensor:
     """`compute(row_indices)` for each route under its context, the results put back in row
-    order (`routes` None: one call on every row). Results are tensors with one row per input
-    row and the same shape after it (pad generated tokens to a common length first)."""
+    order (`routes` None: one call on every row). Each result has one row per input row;
+    results of different lengths (generated tokens) are right-padded with `pad` to the
+    longest."""
     if routes is None:
         return compute(torch.arange(rows))
     parts = []
@@ -103,10 +109,21 @@ def run_routes(routes, rows: int, compute: Callable[[torch.Tensor], torch.Tensor
         with context:
             parts.append((indices, compute(indices)))
     first = parts[0][1]
+    if first.ndim > 1 and len({values.shape[1] for _, values in parts}) > 1:
+        if pad is None:
+            raise ValueError("run_routes: the routes' results differ in length; give pad")
+        length = max(values.shape[1] for _, values in parts)
+        parts = [(i, _pad_to(values, length, pad)) for i, values in parts]
+        first = parts[0][1]
     result = first.new_empty(rows, *first.shape[1:])
     for indices, values in parts:
         result[indices.to(result.device)] = values
     return result
+
+
+def _pad_to(values: torch.Tensor, length: int, pad) -> torch.Tensor:
+    extra = values.new_full((values.shape[0], length - values.shape[1], *values.shape[2:]), pad)
+    return torch.cat([values, extra], dim=1)
 
 
 __all__ = ["TaskKeys", "image_keys", "routes_by_task", "run_routes"]

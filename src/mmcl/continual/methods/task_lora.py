@@ -60,8 +60,9 @@ class TaskLoRA(Method):
         self._switch()
 
     def extra_losses(self, model, batch, outputs) -> dict:
-        if self.task is not None:
-            self.keys.add(self.task, image_keys(model, batch[0]))
+        images = batch[0]
+        if self.task is not None and images is not None and len(images):
+            self.keys.add(self.task, image_keys(model, images))
         return {}
 
     def after_task(self, task, model, run) -> None:
@@ -72,7 +73,7 @@ class TaskLoRA(Method):
     def routes(self, model, images):
         """``[(rows, context)]``: each row under the LoRA of its nearest task (`run_routes`
         runs them); None while a task trains or before any has (the model as it is)."""
-        if self.task is not None or not self.keys.tasks:
+        if images is None or self.task is not None or not self.keys.tasks:
             return None
         choice = self.keys.choose(image_keys(model, images))
         return routes_by_task(choice, lambda t: task_loras(model, [task_adapter(t)]))
