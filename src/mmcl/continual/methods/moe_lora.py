@@ -64,6 +64,8 @@ class MoELoRA(Method):
             if top_k > experts:
                 raise ValueError(f"moe_lora: top_k ({top_k}) exceeds experts ({experts})")
         self.spec = lora_spec(self.name, target, modules, r, alpha)
+        # Under the constructor's names, as `method_arguments` reads a method built directly.
+        self.r, self.alpha, self.target, self.modules = r, alpha, target, self.spec.modules
         self.experts, self.top_k = experts, top_k
         self.layers: dict[str, LoraExpertsLinear] = {}
 

@@ -59,6 +59,8 @@ class OLoRA(Method):
                 raise ValueError(f"o_lora: {what} must be >= 0, got {value}")
         check_int(self.name, "r", r, 1)
         self.spec = lora_spec(self.name, target, modules, r, alpha)
+        # Under the constructor's names, as `method_arguments` reads a method built directly.
+        self.r, self.alpha, self.target, self.modules = r, alpha, target, self.spec.modules
         self.lambda_orth, self.lambda_l2 = float(lambda_orth), float(lambda_l2)
         self.task: int | None = None  # the task being trained
         self.trained = 0  # tasks finished

@@ -1,10 +1,12 @@
 """A task selector for bridge models: one key per task (the mean of its training images'
 features), and, at test time, the task whose key is nearest (by cosine similarity) to an
-image's feature. HiDe-LLaVA and MoE adapters' selector choose an expert per input this way
-(see `task_lora` and `modal_prompt`).
+image's feature: the simplest form of the task identification that HiDe-LLaVA (feature
+similarity to task prototypes) and MoE adapters (an autoencoder per task) do before choosing
+a task's parameters (see `task_lora` and `modal_prompt`).
 
 The feature of an image is the mean of its image tokens as the bridge hands them to the LM
-(`model.encode_image`), under the frozen tower and projector, normalised. Keys are
+(`model.encode_image(images) -> (images, tokens, width)`), under the frozen tower and
+projector, normalised. Keys are
 accumulated from the training batches themselves (`add`), so the selector needs no second
 pass over the data and works for any stream whose batches carry images; the sums are part of
 the state, so a run resumed mid-task ends with the same keys.

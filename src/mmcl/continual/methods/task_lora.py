@@ -40,6 +40,8 @@ class TaskLoRA(Method):
     ):
         check_int(self.name, "r", r, 1)
         self.spec = lora_spec(self.name, target, modules, r, alpha)
+        # Under the constructor's names, as `method_arguments` reads a method built directly.
+        self.r, self.alpha, self.target, self.modules = r, alpha, target, self.spec.modules
         if self.spec.target != "language_model":
             raise ValueError(
                 f"task_lora: target must be language_model (the selector reads the image "
