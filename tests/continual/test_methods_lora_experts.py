@@ -244,3 +244,41 @@ def test_run_routes_puts_results_back_in_row_order_padding_shorter_ones():
 
 def test_task_keys_doctests():
     assert doctest.testmod(task_keys).failed == 0
+
+
+def test_task_lora_resumed_mid_task_by_the_trainer_ends_with_the_same_keys_and_weights(
+    tmp_path,
+):
+    """The keys grow with every training batch: a run resumed from a mid-task checkpoint must
+    end with the same sums as the run that never stopped."""
+    images, ids, labels = batch(0, seed=3)
+    items = [
+        (images[i], torch.stack([ids[i], labels[i], torch.ones_like(ids[i])])) for i in range(4)
+    ]
+
+    def run(folder, resume=None):
+        model, method = tiny_llava(), build_method("task_lora", r=4)
+        method.setup(model, RUN)
+        method.before_task(task(0), model, RUN)
+        config = TrainConfig(
+            steps=2,
+            batch_size=2,
+            lr=1e-2,
+            checkpoint_every=1,
+            progress=False,
+            tensorboard=False,
+            output_dir=str(folder),
+            resume=resume,
+        )
+        Trainer(model, items, config, objective=CausalLMObjective(), plugins=[method]).fit()
+        return model, method
+
+    whole_model, whole = run(tmp_path / "whole")
+    middle = tmp_path / "whole" / "checkpoints" / "step_00000001.pt"
+    resumed_model, again = run(tmp_path / "resumed", resume=str(middle))
+    assert again.keys.counts == whole.keys.counts == {0: 4}
+    assert torch.equal(again.keys.sums[0], whole.keys.sums[0])
+    assert all(
+        torch.equal(p, tensors(whole_model, "lora_")[n])
+        for n, p in tensors(resumed_model, "lora_").items()
+    )
