@@ -9,9 +9,9 @@ import doctest
 import pytest
 import torch
 from peft import LoraConfig, inject_adapter_in_model
+from test_lora import IDS, LM, images, tiny_llava
 from torch import nn
 
-from mmcl.models.bridges.llava import Llava, LlavaConfig
 from mmcl.nn import lm_prompts, lora_experts
 from mmcl.nn import task_loras as task_loras_module
 from mmcl.nn.lm_prompts import TaskPrompts, attach_lm_prompts
@@ -24,31 +24,6 @@ from mmcl.nn.task_loras import (
     orthogonality_loss,
     use_task_loras,
 )
-
-LM = {
-    "model_type": "llama",
-    "vocab_size": 50,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-}
-VISION = {"image_size": 32, "patch_size": 16, "width": 32, "layers": 2, "head_width": 16}
-IDS = torch.tensor([[1, 49, 49, 49, 49, 7, 8, 9], [2, 49, 49, 49, 49, 3, 4, 5]])
-
-
-def tiny_llava(seed: int = 0) -> Llava:
-    torch.manual_seed(seed)
-    config = LlavaConfig.from_dict(
-        {"llava_vision": VISION, "language_model": LM, "image_token_id": 49}
-    )
-    return Llava(config).eval()
-
-
-def images(seed: int = 1) -> torch.Tensor:
-    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-
 
 # --- MoE-LoRA ----------------------------------------------------------------------------------
 
@@ -100,7 +75,7 @@ def test_zero_b_leaves_the_base_model_outputs_exactly():
     model, base = tiny_llava(), tiny_llava()
     spec = LoraSpec(target="language_model", modules=["q_proj", "v_proj"], r=4)
     layers = add_lora_experts(model, spec, experts=2)
-    assert len(layers) == 2  # q_proj and v_proj of the one LM layer
+    assert len(layers) == 2 * LM["num_hidden_layers"]  # q_proj and v_proj of each layer
     with torch.no_grad():
         assert torch.equal(model(IDS, images()).logits, base(IDS, images()).logits)
 
@@ -125,8 +100,9 @@ def test_only_expert_tensors_train_and_bad_modules_are_named():
     model = tiny_llava()
     model.requires_grad_(False)
     add_lora_experts(model, LoraSpec(modules=["q_proj"], r=4), experts=2)
-    trainable = sorted(n.rsplit(".", 1)[-1] for n, p in model.named_parameters() if p.requires_grad)
-    assert trainable == ["lora_A", "lora_B", "weight"]  # the router's weight
+    trainable = {n.rsplit(".", 1)[-1] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"lora_A", "lora_B", "weight"}  # "weight": the routers'
+    assert sum(p.requires_grad for p in model.parameters()) == 3 * LM["num_hidden_layers"]
     with pytest.raises(ValueError, match="match nothing.*q_proj"):
         add_lora_experts(tiny_llava(), LoraSpec(modules=["nope"], r=4), experts=2)
     with pytest.raises(ValueError, match="multiple of the number of experts"):
