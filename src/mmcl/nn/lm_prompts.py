@@ -111,7 +111,10 @@ def attach_lm_prompts(language_model: nn.Module, prompts: TaskPrompts) -> list:
     def after(module, args, kwargs, output):
         if prompts.choice is None or cache_of(kwargs) is not None:
             return None
-        output["logits"] = output.logits[:, prompts.length :]
+        # Only logits of every position hold the prompts' (not those of the last few that
+        # `logits_to_keep` asks for).
+        if output.logits.shape[1] == kwargs["inputs_embeds"].shape[1]:
+            output["logits"] = output.logits[:, prompts.length :]
         return output
 
     return [
