@@ -70,9 +70,12 @@ def _part(model: nn.Module, target: str, source: str) -> nn.Module:
         ) from None
 
 
-def add_lora(model: nn.Module, spec: LoraSpec, source: str = "lora") -> None:
+def add_lora(
+    model: nn.Module, spec: LoraSpec, source: str = "lora", adapter_name: str = "default"
+) -> None:
     """Inject LoRA layers into `model`'s `spec.target` in place; that part's own weights are
-    frozen (other parts keep their `requires_grad`)."""
+    frozen (other parts keep their `requires_grad`). A second call with another
+    `adapter_name` adds a second adapter to the same layers (see `mmcl.nn.task_loras`)."""
     try:
         from peft import LoraConfig, inject_adapter_in_model
     except ImportError:
@@ -86,7 +89,7 @@ def add_lora(model: nn.Module, spec: LoraSpec, source: str = "lora") -> None:
         bias="none",
     )
     try:
-        inject_adapter_in_model(config, part)
+        inject_adapter_in_model(config, part, adapter_name=adapter_name)
     except ValueError as error:  # peft: "Target modules {...} not found in the base model"
         linears = sorted({n.rsplit(".", 1)[-1] for n, m in part.named_modules() if _linear(m)})
         raise ValueError(

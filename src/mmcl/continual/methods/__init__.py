@@ -31,9 +31,13 @@ from mmcl.continual.methods.kdr import KDR
 from mmcl.continual.methods.l2p import L2P
 from mmcl.continual.methods.lwf import LwF
 from mmcl.continual.methods.mod_x import ModX
+from mmcl.continual.methods.modal_prompt import ModalPrompt
 from mmcl.continual.methods.moe_adapters import MoEAdapters
+from mmcl.continual.methods.moe_lora import MoELoRA
+from mmcl.continual.methods.o_lora import OLoRA
 from mmcl.continual.methods.replay import ExperienceReplay
 from mmcl.continual.methods.s_prompts import SPrompts
+from mmcl.continual.methods.task_lora import TaskLoRA
 from mmcl.continual.methods.wise_ft import WiseFT
 from mmcl.continual.methods.zscl import ZSCL
 
@@ -57,6 +61,11 @@ METHODS: dict[str, type[Method]] = {
     "kdr": KDR,
     # architecture
     "moe_adapters": MoEAdapters,
+    # LoRA experts and prompts for bridge models (instruction streams)
+    "moe_lora": MoELoRA,
+    "o_lora": OLoRA,
+    "task_lora": TaskLoRA,
+    "modal_prompt": ModalPrompt,
     # prompts
     "coop": CoOp,
     "l2p": L2P,

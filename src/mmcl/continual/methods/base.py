@@ -11,6 +11,8 @@ A method subclasses `Method` (one level, no deeper) and overrides only the hooks
     predict(model, images, space, run) -> logits or None     where inference changes
     image_features(model, images) -> (features, terms) or None   images encoded the method's way
     class_features(model, space) -> (features, terms) or None    classes embedded the method's way
+    routes(model, images) -> [(rows, context)] or None   which rows of a bridge's batch run
+                                        under which setting (a task's LoRA, its prompts)
     state_dict() / load_state_dict()    everything needed to resume exactly
 
 `run` is the `ContinualRun` in progress (`mmcl.continual.runner`): the scenario, the task
@@ -72,6 +74,13 @@ class Method(TrainingPlugin):
         classes of `space` (a `ClassSpace`; in training, one template per class and step),
         computed the method's way (CoOp's learned context), with loss terms as in
         `image_features`. None: the text tower on each class's prompts."""
+        return None
+
+    def routes(self, model, images):
+        """``[(rows, context), ...]``: for a bridge model's inference (answers, LM scores),
+        which rows of the batch run under which context manager (e.g. the LoRA of the task
+        a selector sent them to); `mmcl.continual.methods.task_keys.run_routes` runs them.
+        None: every row under the model as it is."""
         return None
 
     def __repr__(self) -> str:

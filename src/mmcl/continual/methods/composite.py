@@ -13,7 +13,7 @@ class Composite(Method):
         if len(data_parts) > 1:
             names = [p.name for p in data_parts]
             raise ValueError(f"methods {names} both choose the training data; combine only one")
-        for hook in ("image_features", "class_features"):
+        for hook in ("image_features", "class_features", "routes"):
             owners = [p.name for p in parts if getattr(type(p), hook) is not getattr(Method, hook)]
             if len(owners) > 1:
                 raise ValueError(
@@ -79,6 +79,13 @@ class Composite(Method):
             computed = part.class_features(model, space)
             if computed is not None:
                 return computed
+        return None
+
+    def routes(self, model, images):
+        for part in self.parts:  # at most one part routes (see __init__)
+            routes = part.routes(model, images)
+            if routes is not None:
+                return routes
         return None
 
     def state_dict(self):

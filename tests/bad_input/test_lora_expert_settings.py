@@ -1,0 +1,72 @@
+"""Bad settings of the LoRA-expert and prompt methods for bridge models (`moe_lora`,
+`o_lora`, `task_lora`, `modal_prompt`): what mmcl promises.
+
+- MoE-LoRA splits the rank among the experts: a rank that is not a multiple of the number of
+  experts, or a top_k above it, is one error saying which.
+- LoRA modules that match no layer of the language model are one error listing its linear
+  layers' names.
+- The task selector reads the image tokens, so a per-task LoRA anywhere but the language
+  model is refused, naming the target.
+- Prompts before a language model need a bridge: a model without one is one error.
+- O-LoRA's weights must be numbers >= 0.
+- Two methods that both choose where a row runs (a task selector) cannot be combined.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from mmcl.continual.methods import build_method
+from mmcl.models.bridges.llava import Llava, LlavaConfig
+
+LM = {"model_type": "llama", "vocab_size": 50, "hidden_size": 32, "intermediate_size": 64}
+LM |= {"num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2}
+VISION = {"image_size": 32, "patch_size": 16, "width": 32, "layers": 2, "head_width": 16}
+RUN = SimpleNamespace(scenario=[0, 1])
+
+
+def tiny_llava() -> Llava:
+    torch.manual_seed(0)
+    return Llava(
+        LlavaConfig.from_dict({"llava_vision": VISION, "language_model": LM, "image_token_id": 49})
+    )
+
+
+def test_moe_lora_rank_must_split_evenly_among_the_experts():
+    with pytest.raises(ValueError, match="r=6 is split among the experts.*experts=4"):
+        build_method("moe_lora", experts=4, r=6)
+    with pytest.raises(ValueError, match=r"top_k \(3\) exceeds experts \(2\)"):
+        build_method("moe_lora", experts=2, r=4, top_k=3)
+
+
+@pytest.mark.parametrize("name", ["moe_lora", "o_lora", "task_lora"])
+def test_lora_modules_that_match_nothing_list_the_linear_layers(name):
+    method = build_method(name, r=4, modules=["query"])
+    with pytest.raises(ValueError, match=r"\['query'\] match nothing.*'q_proj'"):
+        method.setup(tiny_llava(), RUN)
+
+
+def test_task_lora_refuses_a_target_other_than_the_language_model():
+    with pytest.raises(ValueError, match="target must be language_model.*'projector'"):
+        build_method("task_lora", target="projector", modules=["linear_1"])
+
+
+def test_modal_prompt_refuses_a_model_without_a_language_model():
+    with pytest.raises(ValueError, match="modal_prompt: .* a Sequential has none"):
+        build_method("modal_prompt").setup(nn.Sequential(nn.Linear(2, 2)), RUN)
+
+
+def test_o_lora_weights_must_be_non_negative_numbers():
+    with pytest.raises(ValueError, match="o_lora: lambda_orth must be >= 0, got -1"):
+        build_method("o_lora", lambda_orth=-1.0)
+
+
+def test_two_task_selectors_cannot_be_combined():
+    with pytest.raises(
+        ValueError, match=r"\['task_lora', 'modal_prompt'\] both compute the routes"
+    ):
+        build_method("task_lora+modal_prompt")
