@@ -256,6 +256,10 @@ def run_recipe(
     $MMCL_DATA_ROOT), fetched by torchvision if `download` and not there."""
     import torch
 
+    if recipe.model.get("kind") == "cogvlm":  # CogVLM's visual expert: its own recipe
+        from mmcl.recipe_cogvlm import run_cogvlm_recipe
+
+        return run_cogvlm_recipe(recipe)
     if recipe.model.get("kind") == "llava":  # a bridge into a language model: its own recipe
         from mmcl.recipe_llava import run_llava_recipe
 

@@ -83,11 +83,15 @@ class ExpertLinear(nn.Linear):
             device=language.weight.device,
             dtype=language.weight.dtype,
         )
-        with torch.no_grad():
-            self.expert.weight.copy_(language.weight)
-            if language.bias is not None:
-                self.expert.bias.copy_(language.bias)
+        self.copy_language_weights()
         self.route = route
+
+    @torch.no_grad()
+    def copy_language_weights(self) -> None:
+        """The expert's weights := the language ones (CogVLM's initialisation)."""
+        self.expert.weight.copy_(self.weight)
+        if self.bias is not None:
+            self.expert.bias.copy_(self.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         mask = self.route.mask_for(hidden)
@@ -140,3 +144,10 @@ def expert_parameters(module: nn.Module) -> list[nn.Parameter]:
     return [
         p for m in module.modules() if isinstance(m, ExpertLinear) for p in m.expert.parameters()
     ]
+
+
+def copy_language_weights_to_expert(module: nn.Module) -> None:
+    """Every `ExpertLinear` in `module` starts again from its language weights."""
+    for layer in module.modules():
+        if isinstance(layer, ExpertLinear):
+            layer.copy_language_weights()
