@@ -121,16 +121,21 @@ def build_cogvlm(spec: dict[str, Any], source: str, template: ChatTemplate | Non
                 f"{source}: model.init loads the model and tokenizer as they are; drop {given}"
             )
         start = load(folder)[0]
+        if not isinstance(start, Llava):  # a CogVLM is one too
+            raise ValueError(
+                f"{source}: model.init {folder} holds a {type(start).__name__} model; give a "
+                f"LLaVA or CogVLM folder with its tokenizer (e.g. runs/llava-scenes/hf)"
+            )
+        if not (Path(folder) / "tokenizer_config.json").is_file():
+            raise ValueError(
+                f"{source}: model.init {folder} has no tokenizer (tokenizer_config.json); give "
+                f"the folder a recipe wrote (model and tokenizer)"
+            )
         tokenizer = AutoTokenizer.from_pretrained(folder)
         if isinstance(start, CogVLM):
             if adapter_width is not None:
                 raise ValueError(f"{source}: model.init is a CogVLM folder; drop adapter_width")
             return start, tokenizer
-        if not isinstance(start, Llava):
-            raise ValueError(
-                f"{source}: model.init {folder} holds a {type(start).__name__} model; give a "
-                f"LLaVA or CogVLM folder with its tokenizer (e.g. runs/llava-scenes/hf)"
-            )
         config = {
             "cogvlm_vision": _vision_dict(start.config.llava_vision),
             "language_model": start.config.language_model,

@@ -126,6 +126,26 @@ def test_d_greedy_generation_with_the_kv_cache_equals_generation_without_it():
     cached = model.generate(ids, images, max_new_tokens=8, end_token=2)
     assert cached.shape[1] == 8  # no early end: all 8 steps are compared
     assert torch.equal(cached, _greedy_without_cache(model, ids, images, 8, end=2))
+    # transformers' own generate over the routed LM, its cache and all: the armed mask is the
+    # prompt's (its first forward), every later step runs text only.
+    with torch.no_grad():
+        embeddings = model.embed(ids, model.encode_image(images))
+        hf = model.language_model.generate(
+            inputs_embeds=embeddings, max_new_tokens=8, do_sample=False, eos_token_id=2
+        )
+    assert torch.equal(hf, cached)
+
+
+def test_gradient_checkpointing_routes_the_recomputed_layers_as_the_forward_did():
+    ids, images = prompt()
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny().train()
+        model.set_grad_checkpointing(checkpointing)
+        model(ids, images).logits.square().mean().backward()
+        grads.append([p.grad for p in model.expert_parameters()])
+    for plain, checkpointed in zip(*grads, strict=True):
+        torch.testing.assert_close(checkpointed, plain, rtol=1e-5, atol=1e-7)
 
 
 def test_e_gradient_reaches_the_expert_from_image_positions_only():

@@ -126,10 +126,10 @@ class CogVLM(Llava):
         lm_fields = dict(config.language_model)
         lm_config = AutoConfig.for_model(lm_fields.pop("model_type"), **lm_fields)
         self.language_model = AutoModelForCausalLM.from_config(lm_config)
+        self.route = TokenRoute()
+        add_visual_expert(self.language_model, self.route)  # first: it checks the LM's family
         inner = config.adapter_width or lm_config.intermediate_size
         self.projector = GLUAdapter(vision.width, lm_config.hidden_size, inner)
-        self.route = TokenRoute()
-        add_visual_expert(self.language_model, self.route)
 
     @property
     def image_size(self) -> int:
