@@ -96,3 +96,10 @@ def test_recipe_init_from_a_model_that_is_neither_llava_nor_cogvlm_says_what_to_
     )
     with pytest.raises(ValueError, match=r"holds a CLIP model; give a LLaVA or CogVLM folder"):
         run_recipe(recipe)
+
+
+def test_export_to_hugging_face_says_there_is_no_cogvlm_class_and_what_to_use(tmp_path):
+    from mmcl.io.checkpoints import save_huggingface
+
+    with pytest.raises(CheckpointError, match=r"no CogVLM model class.*--to mmcl"):
+        save_huggingface(tiny(), tmp_path / "hf")

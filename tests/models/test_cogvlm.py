@@ -207,3 +207,23 @@ def test_a_deep_copy_routes_through_its_own_experts():
     with torch.no_grad():
         assert not torch.equal(model(ids, images).logits, twin(ids, images).logits)
         assert twin.route is not model.route
+
+
+def test_saved_as_mmcl_safetensors_or_as_a_folder_it_loads_with_the_same_logits(tmp_path):
+    import mmcl
+    from mmcl.io.checkpoints import save_safetensors
+    from mmcl.io.checkpoints.cogvlm import save_cogvlm_folder
+
+    model = tiny(layers=1)
+    with torch.no_grad():
+        for parameter in model.expert_parameters():
+            parameter.add_(0.1)
+    ids, images = prompt()
+    save_safetensors(model, tmp_path / "cogvlm.safetensors")
+    save_cogvlm_folder(model, tmp_path / "folder")
+    with torch.no_grad():
+        expected = model(ids, images).logits
+        for path in (tmp_path / "cogvlm.safetensors", tmp_path / "folder"):
+            loaded = mmcl.load(path)[0].eval()
+            assert isinstance(loaded, CogVLM)
+            assert torch.equal(loaded(ids, images).logits, expected)

@@ -13,7 +13,8 @@ from mmcl.cli import main
 from mmcl.data.chat_template import ChatTemplate, ConversationEncoder
 from mmcl.data.images import load_image
 from mmcl.models.bridges.cogvlm import CogVLM
-from tiny_llava import image_file
+from mmcl.recipe_cogvlm import build_cogvlm
+from tiny_llava import image_file, llava_folder
 
 TINY = [
     "model.init=null",  # a new tiny model, not the trained LLaVA the recipe starts from
@@ -109,3 +110,21 @@ def test_ask_answers_from_the_trained_folder(tmp_path, capsys):
     pixels = preprocess(load_image(image)).unsqueeze(0)
     expected = _greedy_without_cache(model.eval(), ids, pixels, tokenizer.eos_token_id)
     assert answer == tokenizer.decode(expected, skip_special_tokens=True).strip()
+
+
+def test_init_from_a_llava_folder_takes_its_tower_lm_and_tokenizer_and_copies_the_expert(
+    tmp_path,
+):
+    folder, _, words = llava_folder(tmp_path / "hf")
+    llava = mmcl.load(folder)[0]
+    model, tokenizer = build_cogvlm({"init": str(folder)}, "test")
+    assert len(tokenizer) == len(words)
+    assert model.image_token_id == llava.image_token_id
+    for part in ("visual", "language_model"):
+        theirs = getattr(llava, part).state_dict()
+        ours = getattr(model, part).state_dict()
+        assert set(ours) - set(theirs) == {k for k in ours if ".expert." in k}
+        assert all(torch.equal(ours[k], v) for k, v in theirs.items())
+    for key, value in model.language_model.state_dict().items():
+        if ".expert." in key:
+            assert torch.equal(value, model.language_model.state_dict()[key.replace(".expert", "")])

@@ -96,7 +96,8 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         frozen = json.loads(raw.metadata["mmcl_frozen"]).get("path")
         raise CheckpointError(
             f"{source}: holds only a run's trainable weights (the frozen ones are in {frozen}); "
-            f"load the run's whole model instead (a LLaVA run's hf/ folder)"
+            f"load the run's whole model instead (a LLaVA run's hf/ folder, a CogVLM run's "
+            f"model/ folder)"
         )
     if MMCL_CONFIG_KEY in raw.metadata:
         try:
