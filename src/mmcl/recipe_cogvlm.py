@@ -120,6 +120,12 @@ def build_cogvlm(spec: dict[str, Any], source: str, template: ChatTemplate | Non
             raise ValueError(
                 f"{source}: model.init loads the model and tokenizer as they are; drop {given}"
             )
+        if not Path(folder).exists():
+            raise FileNotFoundError(
+                f"{source}: model.init {folder} does not exist; train the LLaVA it starts from "
+                f"(mmcl train --config llava-scenes-stage1, then --config llava-scenes), or "
+                f"--set model.init=null for a new model"
+            )
         start = load(folder)[0]
         if not isinstance(start, Llava):  # a CogVLM is one too
             raise ValueError(

@@ -103,3 +103,12 @@ def test_export_to_hugging_face_says_there_is_no_cogvlm_class_and_what_to_use(tm
 
     with pytest.raises(CheckpointError, match=r"no CogVLM model class.*--to mmcl"):
         save_huggingface(tiny(), tmp_path / "hf")
+
+
+def test_recipe_started_before_the_llava_it_starts_from_says_which_runs_come_first(tmp_path):
+    recipe = load_recipe(
+        "cogvlm-scenes",
+        [f"model.init={tmp_path / 'none'}", f"train.output_dir={tmp_path / 'run'}"],
+    )
+    with pytest.raises(FileNotFoundError, match=r"does not exist; .*--config llava-scenes-stage1"):
+        run_recipe(recipe)
