@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from greedy_decoding import greedy_by_full_forwards
 from mmcl.models.bridges.cogvlm import CogVLM, CogVLMConfig
 from mmcl.nn.visual_expert import ExpertLinear
 
@@ -106,17 +107,6 @@ def test_c_zero_expert_queries_change_exactly_the_image_positions_as_hand_worked
         torch.testing.assert_close(seen["o_in"][0, position], expected, rtol=0, atol=1e-6)
 
 
-def _greedy_without_cache(model, ids, images, steps, end):
-    tokens = ids
-    for _ in range(steps):
-        with torch.no_grad():
-            following = model(tokens, images).logits[:, -1].argmax(-1, keepdim=True)
-        tokens = torch.cat([tokens, following], dim=1)
-        if int(following) == end:
-            break
-    return tokens[:, ids.shape[1] :]
-
-
 def test_d_greedy_generation_with_the_kv_cache_equals_generation_without_it():
     model = tiny(seed=3)
     with torch.no_grad():  # a changed expert: image tokens' cached K/V must be the expert's
@@ -125,7 +115,7 @@ def test_d_greedy_generation_with_the_kv_cache_equals_generation_without_it():
     ids, images = prompt()
     cached = model.generate(ids, images, max_new_tokens=8, end_token=2)
     assert cached.shape[1] == 8  # no early end: all 8 steps are compared
-    assert torch.equal(cached, _greedy_without_cache(model, ids, images, 8, end=2))
+    assert cached[0].tolist() == greedy_by_full_forwards(model, ids, images, end=2, steps=8)
     # transformers' own generate over the routed LM, its cache and all: the armed mask is the
     # prompt's (its first forward), every later step runs text only.
     with torch.no_grad():

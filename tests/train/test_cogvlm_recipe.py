@@ -9,6 +9,7 @@ import torch
 from safetensors import safe_open
 
 import mmcl
+from greedy_decoding import greedy_by_full_forwards
 from mmcl.cli import main
 from mmcl.data.chat_template import ChatTemplate, ConversationEncoder
 from mmcl.data.images import load_image
@@ -76,17 +77,6 @@ def test_cli_trains_adapter_and_expert_only_refers_to_frozen_weights_and_resumes
     assert all(torch.equal(resumed[k], v) for k, v in weights(trained).items())
 
 
-def _greedy_without_cache(model, ids, images, end, steps=64):
-    tokens = ids
-    for _ in range(steps):
-        with torch.no_grad():
-            following = model(tokens, images).logits[:, -1].argmax(-1, keepdim=True)
-        if int(following) == end:
-            break
-        tokens = torch.cat([tokens, following], dim=1)
-    return tokens[0, ids.shape[1] :].tolist()
-
-
 def test_ask_answers_from_the_trained_folder(tmp_path, capsys):
     assert train(tmp_path / "run", 1) == 0
     image = image_file(tmp_path / "x.png")
@@ -108,7 +98,7 @@ def test_ask_answers_from_the_trained_folder(tmp_path, capsys):
     )
     ids = torch.tensor([encoder.encode_prompt([], f"<image>\n{question}")])
     pixels = preprocess(load_image(image)).unsqueeze(0)
-    expected = _greedy_without_cache(model.eval(), ids, pixels, tokenizer.eos_token_id)
+    expected = greedy_by_full_forwards(model.eval(), ids, pixels, tokenizer.eos_token_id)
     assert answer == tokenizer.decode(expected, skip_special_tokens=True).strip()
 
 

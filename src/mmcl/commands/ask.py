@@ -29,7 +29,8 @@ def add_parser(commands) -> None:
         type=Path,
         required=True,
         metavar="FOLDER",
-        help="a LLaVA folder with its tokenizer (e.g. runs/<name>/hf/ of the llava-scenes recipe)",
+        help="a LLaVA or CogVLM folder with its tokenizer (e.g. runs/<name>/hf/ of the "
+        "llava-scenes recipes, runs/cogvlm-scenes/model/)",
     )
     ask.add_argument(
         "--image", type=Path, required=True, metavar="FILE", help="the image asked about"
