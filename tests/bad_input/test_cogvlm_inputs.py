@@ -112,3 +112,14 @@ def test_recipe_started_before_the_llava_it_starts_from_says_which_runs_come_fir
     )
     with pytest.raises(FileNotFoundError, match=r"does not exist; .*--config llava-scenes-stage1"):
         run_recipe(recipe)
+
+
+def test_saving_a_folder_that_refers_to_frozen_weights_the_model_no_longer_holds_is_refused(
+    tmp_path,
+):
+    folder, frozen = folder_with_frozen_weights(tmp_path)
+    model = mmcl.load(folder)[0]
+    with torch.no_grad():
+        model.language_model.model.norm.weight.add_(1.0)
+    with pytest.raises(CheckpointError, match=r"model.norm.weight'\] differ from the file's"):
+        save_cogvlm_folder(model, tmp_path / "again", frozen)

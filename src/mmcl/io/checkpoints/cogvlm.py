@@ -87,9 +87,18 @@ def save_cogvlm_folder(
         frozen_file = Path(frozen_file)
         with safe_open(str(frozen_file), framework="pt") as handle:
             keys = sorted(handle.keys())
-        unknown = sorted(set(keys) - set(state))
-        if unknown:
-            raise CheckpointError(f"{frozen_file}: {unknown[:3]} are not the model's parameters")
+            unknown = sorted(set(keys) - set(state))
+            if unknown:
+                raise CheckpointError(
+                    f"{frozen_file}: {unknown[:3]} are not the model's parameters"
+                )
+            # One tensor at a time: a reference must stand for the model's values as they are.
+            changed = [k for k in keys if not torch.equal(handle.get_tensor(k), state[k].cpu())]
+        if changed:
+            raise CheckpointError(
+                f"{frozen_file}: the model's {changed[:3]} differ from the file's; save the "
+                f"folder without frozen_file (all weights in it)"
+            )
         config["frozen"] = {
             "file": os.path.relpath(frozen_file.resolve(), folder.resolve()),
             "sha256": _sha256(frozen_file),
