@@ -256,6 +256,10 @@ def run_recipe(
     $MMCL_DATA_ROOT), fetched by torchvision if `download` and not there."""
     import torch
 
+    if recipe.model.get("kind") == "cogvlm":  # CogVLM's visual expert: its own recipe
+        from mmcl.recipe_cogvlm import run_cogvlm_recipe
+
+        return run_cogvlm_recipe(recipe)
     if "kind" in recipe.model:  # a bridge into an LM (mmcl.recipe_bridges.BRIDGES)
         from mmcl.recipe_bridges import run_bridge_recipe
 

@@ -30,8 +30,8 @@ def add_parser(commands) -> None:
         type=Path,
         required=True,
         metavar="FOLDER",
-        help="a LLaVA, BLIP-2 or MiniGPT-4 folder with its tokenizer (e.g. runs/<name>/hf/ of "
-        "the llava-scenes, blip2-scenes or minigpt4-scenes recipe)",
+        help="a LLaVA, BLIP-2, MiniGPT-4 or CogVLM folder with its tokenizer (e.g. runs/<name>/hf/ "
+        "of the llava-scenes, blip2-scenes or minigpt4-scenes recipe, runs/cogvlm-scenes/model/)",
     )
     ask.add_argument(
         "--image", type=Path, required=True, metavar="FILE", help="the image asked about"

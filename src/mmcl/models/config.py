@@ -196,6 +196,10 @@ def config_from_dict(
 ) -> CLIPConfig | CoCaConfig | BlipConfig:
     """The config an open_clip-style dict describes: CoCa's when it has a `multimodal_cfg`,
     BLIP's when it has a `blip_text`, ALBEF's when it has an `albef_text`."""
+    if "cogvlm_vision" in data:
+        from mmcl.models.bridges.cogvlm import CogVLMConfig  # which builds on this module
+
+        return CogVLMConfig.from_dict(data, source=source)
     if "llava_vision" in data:
         from mmcl.models.bridges.llava import LlavaConfig  # which builds on this module
 

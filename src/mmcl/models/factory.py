@@ -19,6 +19,7 @@ from mmcl.models.blip import Blip
 from mmcl.models.blip_config import BlipConfig
 from mmcl.models.blip_vocab import blip_tokenizer
 from mmcl.models.bridges.blip2 import Blip2, Blip2Config
+from mmcl.models.bridges.cogvlm import CogVLM, CogVLMConfig
 from mmcl.models.bridges.llava import Llava, LlavaConfig
 from mmcl.models.bridges.minigpt4 import MiniGPT4, MiniGPT4Config
 from mmcl.models.clip import CLIP
@@ -318,6 +319,8 @@ def _model_class(config: CLIPConfig | CoCaConfig | BlipConfig) -> type[CLIP | Co
         return Blip
     if isinstance(config, AlbefConfig):
         return Albef
+    if isinstance(config, CogVLMConfig):
+        return CogVLM
     if isinstance(config, LlavaConfig):
         return Llava
     if isinstance(config, MiniGPT4Config):  # before Blip2Config, which it extends

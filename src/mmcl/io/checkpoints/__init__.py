@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from mmcl.io.checkpoints import blip, blip2, coca, huggingface, llava, minigpt4, openai
+from mmcl.io.checkpoints import blip, blip2, coca, cogvlm, huggingface, llava, minigpt4, openai
 from mmcl.io.checkpoints.errors import CheckpointError, describe_mismatch
 from mmcl.io.checkpoints.export import (
     HF_EXPORT_FILES,
@@ -48,7 +48,7 @@ __all__ = [
 class LoadedCheckpoint:
     path: Path
     # "mmcl", "openai", "open_clip", "open_clip_coca", "huggingface", "huggingface_blip" or
-    # "huggingface_llava" or "huggingface_blip2"
+    # "huggingface_llava" or "huggingface_blip2" or "mmcl_cogvlm"
     format: str
     state_dict: dict[str, torch.Tensor]
     config: dict[str, Any] | None  # None when neither the file nor the weights tell it
@@ -82,6 +82,9 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
             blip2.blip2_from_huggingface(raw.tensors, raw.metadata, source),
             blip2.config_from_huggingface(raw.metadata, source),
         )
+    if raw.container == "huggingface" and cogvlm.is_cogvlm_folder(raw.metadata):
+        tensors, config = cogvlm.cogvlm_from_folder(raw.tensors, raw.metadata, raw.path)
+        return LoadedCheckpoint(raw.path, "mmcl_cogvlm", tensors, config)
     if raw.container == "huggingface":
         return LoadedCheckpoint(
             raw.path,
@@ -93,7 +96,8 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         frozen = json.loads(raw.metadata["mmcl_frozen"]).get("path")
         raise CheckpointError(
             f"{source}: holds only a run's trainable weights (the frozen ones are in {frozen}); "
-            f"load the run's whole model instead (a LLaVA run's hf/ folder)"
+            f"load the run's whole model instead (a LLaVA run's hf/ folder, a CogVLM run's "
+            f"model/ folder)"
         )
     if MMCL_CONFIG_KEY in raw.metadata:
         try:

@@ -120,6 +120,11 @@ def save_huggingface(model, directory: str | os.PathLike, overwrite: bool = Fals
             f"{directory}: Hugging Face has no CoCa model class; export a CoCa as mmcl "
             f"safetensors or in open_clip's layout (a .pt, .bin or .safetensors file)"
         )
+    if "cogvlm_vision" in config_dict:
+        raise CheckpointError(
+            f"{directory}: Hugging Face has no CogVLM model class (its checkpoints run their "
+            f"own code); export a CogVLM as mmcl safetensors (--to mmcl), or as a CogVLM folder"
+        )
     if "llava_vision" in config_dict:  # a LLaVA: its model files (its tokenizer is the LM's)
         config = llava.config_to_huggingface(config_dict)
         tied = config["tie_word_embeddings"]
