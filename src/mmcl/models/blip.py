@@ -126,6 +126,12 @@ class Blip(nn.Module, Captioner):
             self.text_proj = nn.Linear(text.width, config.embed_dim)
         if "itm" in config.parts:
             self.itm_head = nn.Linear(text.width, 2)
+        # (encoder name, decoder name) of every tied state-dict entry, checked on each load.
+        self.tied_names: list[tuple[str, str]] = []
+        if config.share_text_weights and None not in (self.text_encoder, self.text_decoder):
+            share_all_but_self_attention(self.text_encoder, self.text_decoder)
+            self.tied_names = _tied_names(self)
+            self.register_load_state_dict_pre_hook(_refuse_untied_weights)
 
     @property
     def image_size(self) -> int:
@@ -256,6 +262,44 @@ class Blip(nn.Module, Captioner):
                 f"checkpoint that has it"
             )
         return part
+
+
+def share_all_but_self_attention(encoder: BlipText, decoder: BlipText) -> None:
+    """Ties `decoder` to `encoder` as BLIP's pre-training does: the embeddings, and in every
+    block the cross-attention, the feed-forward layers and their LayerNorms become the same
+    modules (the same tensors); each keeps its own self-attention and the LayerNorm after it
+    (BERT's ``attention`` module, which BLIP's ``tie_encoder_decoder_weights`` skips). The
+    decoder's LM head stays its own."""
+    decoder.embeddings = encoder.embeddings
+    for ours, theirs in zip(encoder.encoder.blocks, decoder.encoder.blocks, strict=True):
+        theirs.cross_attn, theirs.cross_norm = ours.cross_attn, ours.cross_norm
+        theirs.mlp, theirs.mlp_norm = ours.mlp, ours.mlp_norm
+
+
+def _tied_names(model: nn.Module) -> list[tuple[str, str]]:
+    first: dict[int, str] = {}
+    pairs = []
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) in first:
+            pairs.append((first[id(tensor)], name))
+        else:
+            first[id(tensor)] = name
+    return pairs
+
+
+def _refuse_untied_weights(module: Blip, state_dict, prefix: str, *_) -> None:
+    """A load into a tied model whose checkpoint holds two different tensors where the model
+    has one would keep one of them silently: refuse it."""
+    for encoder_name, decoder_name in module.tied_names:
+        ours, theirs = state_dict.get(prefix + encoder_name), state_dict.get(prefix + decoder_name)
+        if ours is None or theirs is None or ours is theirs:
+            continue
+        if ours.shape != theirs.shape or not torch.equal(ours, theirs.to(ours.device)):
+            raise ValueError(
+                f"this checkpoint holds separate weights at {encoder_name} and {decoder_name}, "
+                f"which this BLIP shares (share_text_weights); load it into a model whose config "
+                f"says share_text_weights: false"
+            )
 
 
 def _with_start(tokens: torch.Tensor, start_id: int) -> torch.Tensor:

@@ -143,6 +143,7 @@ def config_from_huggingface(hf: dict[str, Any], source: str) -> dict[str, Any]:
             },
             "embed_dim": hf.get("image_text_hidden_size", 256),
             "parts": list(_HF_CLASSES[kinds[0]]),
+            "share_text_weights": False,  # Hugging Face's classes keep two copies
         }
     except KeyError as error:
         raise CheckpointError(f"{source}: config.json lacks {error}") from error
