@@ -99,7 +99,9 @@ def test_rows_sharing_an_image_or_a_caption_form_one_group():
 
 def test_each_term_equals_the_pure_losses_on_the_same_draws():
     model, images = tiny_blip(), torch.randn(4, 3, 16, 16)
-    objective = BlipObjective(prompt_ids=PROMPT, temperature=0.1, label_smoothing=0.0)
+    objective = BlipObjective(prompt_ids=PROMPT, label_smoothing=0.0)
+    with torch.no_grad():
+        model.temp.fill_(0.1)
     recording = Recording(model)
     torch.manual_seed(3)
     terms, _ = objective(recording, images, TEXTS)
@@ -135,6 +137,42 @@ def test_each_term_equals_the_pure_losses_on_the_same_draws():
     assert terms["itc"].item() == pytest.approx(itc.item(), abs=1e-5)
     assert terms["itm"].item() == pytest.approx(itm.item(), abs=1e-5)
     assert terms["lm"].item() == pytest.approx(lm.item(), abs=1e-5)
+
+
+@pytest.mark.parametrize(("start", "clamped"), [(1.0, 0.5), (1e-5, 0.001), (0.2, 0.2)])
+def test_the_temperature_is_clamped_to_blips_range_before_the_step_uses_it(start, clamped):
+    model, images = tiny_blip(), torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        model.temp.fill_(start)
+    terms, outputs = BlipObjective(prompt_ids=PROMPT)(model, images, TEXTS)
+    assert model.temp.item() == pytest.approx(clamped)
+    with torch.no_grad():
+        itc = contrastive_loss(
+            outputs["image_features"], outputs["text_features"], torch.tensor(clamped)
+        )
+    assert terms["itc"].item() == pytest.approx(itc.item(), rel=1e-5)
+
+
+def test_the_temperature_is_trained_by_the_itc_term_alone():
+    model, images = tiny_blip(), torch.randn(4, 3, 16, 16)
+    objective = BlipObjective(prompt_ids=PROMPT, itc_weight=2.0)
+    terms, outputs = objective(model, images, TEXTS)
+    sum(terms.values()).backward()
+    # d(2 * ITC)/dT by central differences of the pure loss: the ITM negatives and the other
+    # terms do not depend on T.
+    image, text = outputs["image_features"].detach(), outputs["text_features"].detach()
+    step = 1e-3
+    with torch.no_grad():
+        up, down = (
+            contrastive_loss(
+                image.double(), text.double(), torch.tensor(0.07 + s, dtype=torch.float64)
+            )
+            for s in (step, -step)
+        )
+    assert model.temp.grad.item() == pytest.approx(2 * (up - down).item() / (2 * step), rel=1e-3)
+    optimizer = torch.optim.SGD([model.temp], lr=1e-3)
+    optimizer.step()
+    assert model.temp.item() == pytest.approx(0.07 - 1e-3 * model.temp.grad.item())
 
 
 def test_itm_negatives_never_pair_an_image_with_its_own_caption_repeated():

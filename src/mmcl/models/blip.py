@@ -35,6 +35,8 @@ from mmcl.nn import BertEmbeddings, BertEncoder, BertLMHead, KVCache, LayerNorm,
 from mmcl.nn.generation import Captioner
 from mmcl.nn.masks import key_padding_mask
 
+INITIAL_TEMPERATURE = 0.07  # BLIP's `temp`: learned, clamped to [0.001, 0.5] in training
+
 
 class BlipVisionTower(nn.Module):
     """Hugging Face's `BlipVisionModel`: a conv patch embedding with a bias, a class token,
@@ -116,7 +118,7 @@ class Blip(nn.Module, Captioner):
         vision, text = config.blip_vision, config.blip_text
         self.visual = BlipVisionTower(vision)
         self.text_encoder = self.text_decoder = None
-        self.vision_proj = self.text_proj = self.itm_head = None
+        self.vision_proj = self.text_proj = self.itm_head = self.temp = None
         if "text_encoder" in config.parts:
             self.text_encoder = BlipText(text, vision.width)
         if "text_decoder" in config.parts:
@@ -124,6 +126,8 @@ class Blip(nn.Module, Captioner):
         if "itc" in config.parts:
             self.vision_proj = nn.Linear(vision.width, config.embed_dim)
             self.text_proj = nn.Linear(text.width, config.embed_dim)
+            # The ITC temperature, trained and clamped by `mmcl.train.blip_objective`.
+            self.temp = nn.Parameter(torch.tensor(INITIAL_TEMPERATURE))
         if "itm" in config.parts:
             self.itm_head = nn.Linear(text.width, 2)
         # (encoder name, decoder name) of every tied state-dict entry, checked on each load.

@@ -19,6 +19,8 @@ from torch.nn import functional as F
 from mmcl.train.losses import ClipLoss
 
 IGNORE = -100  # the target `cross_entropy` skips
+# BLIP's and ALBEF's learned ITC temperature is clamped into this range at every step.
+TEMPERATURE_RANGE = (0.001, 0.5)
 
 
 def contrastive_loss(image_features: Tensor, text_features: Tensor, temperature: Tensor) -> Tensor:

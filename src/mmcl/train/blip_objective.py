@@ -5,7 +5,8 @@ part used: the ITC features, the ITM pairs with hard negatives sampled inside th
 the features it has just computed, and the decoder's caption logits. The terms are the pure
 functions of `mmcl.train.blip_losses`:
 
-- ITC: InfoNCE at a fixed temperature, features gathered across ranks (`ClipLoss`);
+- ITC: InfoNCE at the model's learned temperature (`Blip.temp`), clamped to [0.001, 0.5]
+  before every step as BLIP does, features gathered across ranks (`ClipLoss`);
 - ITM: 1 positive to 2 hard negatives drawn from this rank's batch, with every pair that
   shares an image, or a caption, excluded (a caption repeated in the batch matches both
   images: it is no negative);
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor
 
 from mmcl.train.blip_losses import (
+    TEMPERATURE_RANGE,
     contrastive_loss,
     itm_loss,
     lm_loss,
@@ -44,18 +46,13 @@ class BlipObjective:
     def __init__(
         self,
         prompt: str = DEFAULT_PROMPT,
-        temperature: float = 0.07,
         itc_weight: float = 1.0,
         itm_weight: float = 1.0,
         lm_weight: float = 1.0,
         label_smoothing: float = 0.1,
         prompt_ids: list[int] | None = None,
     ):
-        if not 0.001 <= temperature <= 0.5:
-            raise ValueError(
-                f"temperature must be in [0.001, 0.5] (BLIP's range), got {temperature}"
-            )
-        self.prompt, self.temperature = prompt, temperature
+        self.prompt = prompt
         self.weights = {"itc": itc_weight, "itm": itm_weight, "lm": lm_weight}
         self.label_smoothing = label_smoothing
         self.prompt_ids = None if prompt_ids is None else list(prompt_ids)
@@ -92,16 +89,18 @@ class BlipObjective:
                 f"{text_config.max_positions} positions; tokenize with a shorter context_length"
             )
         ids = pair_ids(images, texts)
+        with torch.no_grad():
+            unwrapped.temp.clamp_(*TEMPERATURE_RANGE)
+        temperature = unwrapped.temp
 
         def negatives(image_features: Tensor, text_features: Tensor) -> tuple[Tensor, Tensor]:
-            similarity = image_features @ text_features.T / self.temperature
+            similarity = image_features @ text_features.T / temperature.detach()
             return sample_hard_negatives(similarity, ids)
 
         outputs = model(images, texts, negatives=negatives, caption_texts=caption_texts)
         batch = len(texts)
         itm_labels = torch.zeros(3 * batch, dtype=torch.long, device=texts.device)
         itm_labels[:batch] = 1
-        temperature = torch.tensor(self.temperature, device=images.device)
         targets = lm_targets(caption_texts, 1 + len(self.prompt_ids), text_config.pad_id)
         terms = {
             "itc": contrastive_loss(
