@@ -164,30 +164,28 @@ class Blip(nn.Module, Captioner):
         self,
         images: torch.Tensor,
         texts: torch.Tensor,
-        negatives: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-        | None = None,
+        negatives: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
         caption_texts: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Normalised ITC features of both, and ITM logits of each pair (row i with row i).
 
         For training, everything in one call (so DistributedDataParallel sees every part
-        used): with `negatives`, a function of the normalised image and text features that
-        returns a negative text index per image and a negative image index per text (no
-        gradient flows through it), "itm_logits" are ``(3 * batch, 2)``: the pairs, each
-        image with its negative text, each text with its negative image. With
-        `caption_texts`, "caption_logits" are the decoder's over them
-        (`caption_logits`)."""
+        used): with `negatives`, a function of the normalised image and text features
+        (detached), the image tokens and the texts that returns a negative text ``(batch,
+        length)`` for each image and a negative image's tokens for each text (e.g. drawn from
+        every rank's), "itm_logits" are ``(3 * batch, 2)``: the pairs, each image with its
+        negative text, each text with its negative image. With `caption_texts`,
+        "caption_logits" are the decoder's over them (`caption_logits`)."""
         image_tokens = self.visual(images)
         image_features = F.normalize(self._part("vision_proj")(image_tokens[:, 0]), dim=-1)
         text_features = self.encode_text(texts, normalize=True)
         itm_images, itm_texts = image_tokens, texts
         if negatives is not None:
-            with torch.no_grad():
-                negative_texts, negative_images = negatives(
-                    image_features.detach(), text_features.detach()
-                )
-            itm_images = torch.cat([image_tokens, image_tokens, image_tokens[negative_images]])
-            itm_texts = torch.cat([texts, texts[negative_texts], texts])
+            negative_texts, negative_images = negatives(
+                image_features.detach(), text_features.detach(), image_tokens, texts
+            )
+            itm_images = torch.cat([image_tokens, image_tokens, negative_images])
+            itm_texts = torch.cat([texts, negative_texts, texts])
         outputs = {
             "image_features": image_features,
             "text_features": text_features,
