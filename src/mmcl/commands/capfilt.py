@@ -36,7 +36,9 @@ def add_parser(commands) -> None:
     models = capfilt.add_argument_group("models")
     models.add_argument("--captioner", help="captioner checkpoint (a BLIP captioner or CoCa)")
     models.add_argument("--captioner-model", help="its model name, if the file does not say")
-    models.add_argument("--filter", help="filter checkpoint with an ITM head (BLIP retrieval)")
+    models.add_argument(
+        "--filter", help="filter checkpoint with an ITM head (BLIP retrieval, or ALBEF)"
+    )
     models.add_argument("--filter-model", help="its model name, if the file does not say")
     models.add_argument(
         "--filter-tokenizer",
@@ -98,7 +100,8 @@ def run_capfilt(args: argparse.Namespace) -> int:
     if not has_itm_head(filter_model):
         raise ValueError(
             f"--filter {filter_name} ({type(filter_model).__name__}) has no image-text matching "
-            f"(ITM) head; give a BLIP retrieval checkpoint (BlipForImageTextRetrieval)"
+            f"(ITM) head; give a BLIP retrieval checkpoint (BlipForImageTextRetrieval) or an "
+            f"ALBEF"
         )
     filter_text = model_text(filter_model, args.filter_tokenizer or tokenizer_folder(args.filter))
     model = load_named(args, args.captioner_model, args.captioner, "captioner")

@@ -106,7 +106,7 @@ def capfilt(
 ) -> CapFiltResult:
     """CapFilt over a caption table: web caption ``captions[t]`` describes image
     ``paths[t]`` (an image may have several). Each distinct image is read once, captioned by
-    `captioner` and, with its captions, scored by the ITM head of `filter_model` (a `Blip`);
+    `captioner` and, with its captions, scored by the ITM head of `filter_model` (a `Blip` or an `Albef`);
     a caption is kept when its match probability (the softmax of the ITM logits) is at least
     `threshold`. Returns the kept rows, the counts and the synthetic captions."""
     if not 0.0 <= threshold <= 1.0:
