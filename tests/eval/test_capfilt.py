@@ -11,11 +11,22 @@ from PIL import Image
 
 from mmcl.cli import main as cli_main
 from mmcl.eval.capfilt import CapFiltCounts, decide
+from mmcl.eval.captioner import Captioner
 from mmcl.io.transforms import get_preprocess
 from mmcl.io.wordpiece import load_wordpiece
 from mmcl.models.blip import Blip
 from mmcl.nn.generation import Generated
-from tiny_captioners import DEC, ENC, SEP, VOCAB, albef_folder, blip_folder, image_folder
+from tiny_captioners import (
+    DEC,
+    ENC,
+    SEP,
+    VOCAB,
+    albef_folder,
+    blip_folder,
+    capfilt_argv,
+    image_folder,
+    stopped_capfilt,
+)
 
 GOOD, BAD, STAR = VOCAB.index("good"), VOCAB.index("bad"), VOCAB.index("star")
 
@@ -178,3 +189,25 @@ def test_an_albef_filter_keeps_exactly_the_captions_its_own_itm_head_matches(tmp
         image = int(row["image"][0])
         expected = albef_match(pixels[[image]], [row["caption"]])[0]
         assert abs(float(row["match"]) - expected) < 1e-4 and expected >= threshold
+
+
+def test_a_stopped_capfilt_resumes_and_writes_what_an_uninterrupted_run_writes(
+    tmp_path, monkeypatch, capsys
+):
+    stopped_capfilt(tmp_path, monkeypatch, tmp_path / "resumed.csv")
+    parts = tmp_path / "resumed.csv.parts"
+    assert sorted(p.name for p in parts.iterdir()) == ["manifest.json", "part-000000.jsonl"]
+    captioned = []
+    caption = Captioner.caption
+    monkeypatch.setattr(
+        Captioner, "caption", lambda self, pixels, *a: captioned.append(len(pixels)) or
+        caption(self, pixels, *a)
+    )  # fmt: skip
+    assert cli_main(capfilt_argv(tmp_path, tmp_path / "resumed.csv")) == 0
+    assert sum(captioned) == 3  # images 2, 3 and 4: part 0's two were not captioned again
+    assert "reused 1 finished part(s)" in capsys.readouterr().out
+    assert not parts.exists()
+    assert cli_main(capfilt_argv(tmp_path, tmp_path / "whole.csv")) == 0
+    # Nucleus sampling (capfilt's default) draws from a seed per part: the same captions.
+    assert (tmp_path / "resumed.csv").read_text() == (tmp_path / "whole.csv").read_text()
+    assert any(row["source"] == "synthetic" for row in read_csv(tmp_path / "whole.csv"))
