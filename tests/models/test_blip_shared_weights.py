@@ -125,3 +125,20 @@ def test_export_writes_tied_weights_into_both_hugging_face_places(tmp_path):
     real = answer != 0
     torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=0)
     torch.testing.assert_close(again, got, atol=1e-6, rtol=0)
+
+
+def test_a_saved_shared_model_loads_back_shared_with_equal_outputs(tmp_path):
+    from mmcl.io.checkpoints import save_safetensors
+
+    model = tiny().eval()
+    save_safetensors(model, tmp_path / "blip.safetensors")
+    loaded = mmcl.load(tmp_path / "blip.safetensors")[0]
+    encoder, decoder = loaded.text_encoder.encoder.blocks[1], loaded.text_decoder.encoder.blocks[1]
+    assert encoder.mlp.c_fc.weight is decoder.mlp.c_fc.weight
+    assert encoder.attn.in_proj_weight is not decoder.attn.in_proj_weight
+    images, tokens = torch.randn(2, 3, 16, 16), torch.tensor([[2, 5, 6, SEP], [2, 7, SEP, 0]])
+    with torch.no_grad():
+        expected = model(images, tokens, caption_texts=tokens)
+        got = loaded(images, tokens, caption_texts=tokens)
+    for name in ("itm_logits", "caption_logits", "image_features"):
+        torch.testing.assert_close(got[name], expected[name], atol=0, rtol=0)
