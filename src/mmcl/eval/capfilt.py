@@ -119,9 +119,9 @@ def capfilt(
 ) -> CapFiltResult:
     """CapFilt over a caption table: web caption ``captions[t]`` describes image
     ``paths[t]`` (an image may have several). Each distinct image is read once, captioned by
-    `captioner` and, with its captions, scored by the ITM head of `filter_model` (a `Blip` or an `Albef`);
-    a caption is kept when its match probability (the softmax of the ITM logits) is at least
-    `threshold`. Returns the kept rows, the counts and the synthetic captions.
+    `captioner` and, with its captions, scored by the ITM head of `filter_model` (a `Blip` or
+    an `Albef`); a caption is kept when its match probability (the softmax of the ITM logits)
+    is at least `threshold`. Returns the kept rows, the counts and the synthetic captions.
 
     With `parts` (a folder), the distinct images are taken `part_size` at a time and each
     finished part (its synthetic captions and every match probability) is written there

@@ -133,7 +133,8 @@ def draw_global_negatives(
     """For this rank's normalised features ``(batch, dim)``, a negative caption for each image
     and a negative image for each caption, as indices into the global batch (every rank's rows
     in rank order): drawn from the softmax of the similarities to every rank's features, with
-    the pairs sharing a group id (`ids`, ``(global batch,)``, from `pair_ids`) excluded."""
+    the pairs sharing a group id (`ids`, ``(global batch,)``, from `pair_ids`) excluded.
+    Every rank holds the same number of rows (as `all_gather_with_grad` needs)."""
     all_images = all_gather_with_grad(image_features)
     all_texts = all_gather_with_grad(text_features)
     start = rank() * len(image_features)
@@ -148,8 +149,9 @@ def draw_global_negatives(
 
 def row_fingerprints(rows: Tensor) -> Tensor:
     """An int64 per row of `rows`, equal for equal rows: a random linear hash of the rows' bits
-    in exact (wrapping) integer arithmetic, so rows compare across ranks without gathering
-    the pixels. Distinct rows collide with a chance of about 2^-60."""
+    in exact (wrapping, modulo 2^64) integer arithmetic, the same on every device, so rows
+    compare across ranks without gathering the pixels; distinct rows collide with a negligible
+    chance. (A -0.0 and a 0.0 pixel differ here, where `torch.unique` makes them equal.)"""
     flat = rows.detach().flatten(1).contiguous()
     if flat.is_floating_point():
         flat = flat.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[flat.element_size()])
