@@ -211,3 +211,18 @@ def test_a_stopped_capfilt_resumes_and_writes_what_an_uninterrupted_run_writes(
     # Nucleus sampling (capfilt's default) draws from a seed per part: the same captions.
     assert (tmp_path / "resumed.csv").read_text() == (tmp_path / "whole.csv").read_text()
     assert any(row["source"] == "synthetic" for row in read_csv(tmp_path / "whole.csv"))
+
+
+def test_kept_parts_let_a_rerun_change_only_the_threshold_without_captioning_again(
+    tmp_path, monkeypatch
+):
+    stopped_capfilt(tmp_path, monkeypatch, tmp_path / "clean.csv")
+    output = tmp_path / "clean.csv"
+    assert cli_main(capfilt_argv(tmp_path, output, "--keep-parts", "--threshold", "1")) == 0
+    assert read_csv(output) == []  # no match probability reaches 1
+    captioned = []
+    monkeypatch.setattr(Captioner, "caption", lambda *a: captioned.append(a))
+    assert cli_main(capfilt_argv(tmp_path, output, "--keep-parts", "--threshold", "0")) == 0
+    rows = read_csv(output)
+    assert captioned == []  # every part was reused
+    assert len(rows) == 7 + 5  # every web caption and every image's synthetic one
