@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from mmcl.data.images import ImageFiles
+from mmcl.eval.caption_folder import part_batches
 from mmcl.eval.captioner import Captioner
 from mmcl.eval.embed import image_loader
 from mmcl.eval.embed_folder import open_parts_folder, weights_fingerprint
@@ -163,12 +164,7 @@ def capfilt(
         for part in range(len(spans))
         if folder is None or not _part_path(folder, part).exists()
     ]
-    batches, plan = [], []  # plan: (part, is it the part's first batch, its last) per batch
-    for part in missing:
-        start, stop = spans[part]
-        for first in range(start, stop, batch_size):
-            batches.append(range(first, min(first + batch_size, stop)))
-            plan.append((part, first == start, first + batch_size >= stop))
+    batches, plan = part_batches(spans, missing, batch_size)
     loader = image_loader(dataset, device, workers if batches else 0, batch_sampler=batches)
     done = len(images) - sum(len(batch) for batch in batches)
     part_verdicts: dict[int, dict] = {}
