@@ -130,3 +130,36 @@ def albef_folder(folder: Path, seed: int = 0, vocab: bool = True):
     if vocab:
         tokenizer.save(folder)
     return model, tokenizer
+
+
+def capfilt_argv(tmp_path, output, *extra):
+    return ["capfilt", "--captions", str(tmp_path / "web.csv"), "--images",
+            str(tmp_path / "images"), "--captioner", str(tmp_path / "captioner"), "--filter",
+            str(tmp_path / "filter"), "--output", str(output), "--part-size", "2",
+            "--max-length", "6", "--quiet", *extra]  # fmt: skip
+
+
+def stopped_capfilt(tmp_path, monkeypatch, output):
+    """`mmcl capfilt` on tiny random models and 5 images (7 web captions) in parts of 2,
+    stopped right after its first part was written."""
+    import pytest
+
+    import mmcl.eval.capfilt as capfilt_module
+    from mmcl.cli import main as cli_main
+
+    blip_folder(tmp_path / "captioner", seed=1)
+    blip_folder(tmp_path / "filter", "BlipForImageTextRetrieval", seed=2)
+    image_folder(tmp_path / "images", 5)
+    owner = [0, 0, 1, 2, 3, 3, 4]
+    rows = "".join(f"{i}.png,a red star {i}\n" for i in owner)
+    (tmp_path / "web.csv").write_text("image,caption\n" + rows)
+    write_part = capfilt_module._write_part
+
+    def write_then_stop(*args):
+        write_part(*args)
+        raise KeyboardInterrupt  # as if stopped right after the first part was written
+
+    monkeypatch.setattr(capfilt_module, "_write_part", write_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        cli_main(capfilt_argv(tmp_path, output))
+    monkeypatch.setattr(capfilt_module, "_write_part", write_part)

@@ -3,6 +3,8 @@ the keys, and nothing is half-loaded."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import transformers
@@ -61,3 +63,24 @@ def test_blip_folder_of_an_unknown_blip_class_is_refused_by_name(tmp_path):
     (folder / "config.json").write_text(text.replace("BlipForImageTextRetrieval", "BlipModel"))
     with pytest.raises(CheckpointError, match="config.json's architectures.*BlipModel"):
         mmcl.load(folder)
+
+
+def test_separate_encoder_decoder_weights_into_a_shared_blip_are_refused_naming_the_fix(tmp_path):
+    # An mmcl file written before `share_text_weights` existed: two copies, and a config that
+    # now reads as shared. Loading would keep one copy silently.
+    from safetensors import safe_open
+
+    from mmcl.io.checkpoints import save_safetensors
+    from mmcl.models.blip import Blip
+    from mmcl.models.blip_config import BlipConfig
+
+    config = mmcl.create_model("tiny-blip").config.to_dict() | {"share_text_weights": False}
+    save_safetensors(Blip(BlipConfig.from_dict(config)), tmp_path / "old.safetensors")
+    with safe_open(tmp_path / "old.safetensors", "pt") as file:
+        metadata, tensors = file.metadata(), {k: file.get_tensor(k) for k in file.keys()}
+    old = {
+        k: v for k, v in json.loads(metadata["mmcl_config"]).items() if k != "share_text_weights"
+    }
+    save_file(tensors, tmp_path / "old.safetensors", {**metadata, "mmcl_config": json.dumps(old)})
+    with pytest.raises(ValueError, match="separate weights at text_encoder.*share_text_weights"):
+        mmcl.load(tmp_path / "old.safetensors")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from mmcl.cli import main as cli_main
-from tiny_captioners import blip_folder, image_folder
+from tiny_captioners import blip_folder, capfilt_argv, image_folder, stopped_capfilt
 
 
 def run(capsys, *argv) -> str:
@@ -94,6 +94,17 @@ def test_caption_resume_with_other_decoding_settings_is_refused(tmp_path, capsys
     assert "c.csv.parts holds parts of another caption job (decoding differs" in error
     assert "delete the folder to start again" in error
     assert not (tmp_path / "c.csv").exists()
+
+
+def test_capfilt_resume_with_other_decoding_settings_is_refused(tmp_path, monkeypatch, capsys):
+    stopped_capfilt(tmp_path, monkeypatch, tmp_path / "clean.csv")
+    capsys.readouterr()
+    assert cli_main(capfilt_argv(tmp_path, tmp_path / "clean.csv", "--max-length", "5")) == 2
+    error = capsys.readouterr().err
+    assert "clean.csv.parts holds parts of another capfilt job (decoding differs" in error
+    assert "delete the folder to start again" in error
+    assert (tmp_path / "clean.csv.parts" / "part-000000.jsonl").exists()
+    assert not (tmp_path / "clean.csv").exists()
 
 
 def captions_table(tmp_path):

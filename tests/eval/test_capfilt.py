@@ -11,11 +11,22 @@ from PIL import Image
 
 from mmcl.cli import main as cli_main
 from mmcl.eval.capfilt import CapFiltCounts, decide
+from mmcl.eval.captioner import Captioner
 from mmcl.io.transforms import get_preprocess
 from mmcl.io.wordpiece import load_wordpiece
 from mmcl.models.blip import Blip
 from mmcl.nn.generation import Generated
-from tiny_captioners import DEC, ENC, SEP, VOCAB, blip_folder, image_folder
+from tiny_captioners import (
+    DEC,
+    ENC,
+    SEP,
+    VOCAB,
+    albef_folder,
+    blip_folder,
+    capfilt_argv,
+    image_folder,
+    stopped_capfilt,
+)
 
 GOOD, BAD, STAR = VOCAB.index("good"), VOCAB.index("bad"), VOCAB.index("star")
 
@@ -141,3 +152,77 @@ def test_random_tiny_models_end_to_end_keep_exactly_what_huggingface_itm_matches
     assert report["dropped"] == len(failing) - report["replaced"]
     assert report["synthetic_kept"] == len(synthetic_images)
     assert report["written"] == len(rows)
+
+
+def test_an_albef_filter_keeps_exactly_the_captions_its_own_itm_head_matches(tmp_path):
+    blip_folder(tmp_path / "captioner", seed=1)
+    albef, tokenizer = albef_folder(tmp_path / "filter", seed=2)
+    paths = image_folder(tmp_path / "images", 3, size=32)
+    owner = [0, 0, 1, 2]
+    captions = ["a red star", "a big dog", "two blue circles", "the sky"]
+    write_table(
+        tmp_path / "web.csv", [(f"{i}.png", c) for i, c in zip(owner, captions, strict=True)]
+    )
+    preprocess = get_preprocess(albef)
+    pixels = torch.stack([preprocess(Image.open(p)) for p in paths])
+
+    def albef_match(images, texts):  # [CLS] ... [SEP]: ALBEF keeps its start token
+        ids = tokenizer(texts, context_length=albef.context_length).input_ids
+        with torch.no_grad():
+            logits = albef.itm_logits(albef.encode_image_tokens(images), ids)
+        return logits.softmax(-1)[:, 1].tolist()
+
+    web = albef_match(pixels[owner], captions)
+    threshold = sum(sorted(web)[1:3]) / 2  # half the web captions pass
+    assert cli_main(["capfilt", "--captions", str(tmp_path / "web.csv"), "--images", str(tmp_path / "images"),
+                     "--captioner",
+                     str(tmp_path / "captioner"), "--filter",
+                     str(tmp_path / "filter" / "model.safetensors"), "--output",
+                     str(tmp_path / "clean.csv"), "--threshold", str(threshold),
+                     "--max-length", "6", "--quiet"]) == 0  # fmt: skip
+    rows = read_csv(tmp_path / "clean.csv")
+    passing = [t for t in range(4) if web[t] >= threshold]
+    assert [(r["image"], r["caption"]) for r in rows if r["source"] == "web"] == [
+        (f"{owner[t]}.png", captions[t]) for t in passing
+    ]
+    for row in rows:
+        image = int(row["image"][0])
+        expected = albef_match(pixels[[image]], [row["caption"]])[0]
+        assert abs(float(row["match"]) - expected) < 1e-4 and expected >= threshold
+
+
+def test_a_stopped_capfilt_resumes_and_writes_what_an_uninterrupted_run_writes(
+    tmp_path, monkeypatch, capsys
+):
+    stopped_capfilt(tmp_path, monkeypatch, tmp_path / "resumed.csv")
+    parts = tmp_path / "resumed.csv.parts"
+    assert sorted(p.name for p in parts.iterdir()) == ["manifest.json", "part-000000.jsonl"]
+    captioned = []
+    caption = Captioner.caption
+    monkeypatch.setattr(
+        Captioner, "caption", lambda self, pixels, *a: captioned.append(len(pixels)) or
+        caption(self, pixels, *a)
+    )  # fmt: skip
+    assert cli_main(capfilt_argv(tmp_path, tmp_path / "resumed.csv")) == 0
+    assert sum(captioned) == 3  # images 2, 3 and 4: part 0's two were not captioned again
+    assert "reused 1 finished part(s)" in capsys.readouterr().out
+    assert not parts.exists()
+    assert cli_main(capfilt_argv(tmp_path, tmp_path / "whole.csv")) == 0
+    # Nucleus sampling (capfilt's default) draws from a seed per part: the same captions.
+    assert (tmp_path / "resumed.csv").read_text() == (tmp_path / "whole.csv").read_text()
+    assert any(row["source"] == "synthetic" for row in read_csv(tmp_path / "whole.csv"))
+
+
+def test_kept_parts_let_a_rerun_change_only_the_threshold_without_captioning_again(
+    tmp_path, monkeypatch
+):
+    stopped_capfilt(tmp_path, monkeypatch, tmp_path / "clean.csv")
+    output = tmp_path / "clean.csv"
+    assert cli_main(capfilt_argv(tmp_path, output, "--keep-parts", "--threshold", "1")) == 0
+    assert read_csv(output) == []  # no match probability reaches 1
+    captioned = []
+    monkeypatch.setattr(Captioner, "caption", lambda *a: captioned.append(a))
+    assert cli_main(capfilt_argv(tmp_path, output, "--keep-parts", "--threshold", "0")) == 0
+    rows = read_csv(output)
+    assert captioned == []  # every part was reused
+    assert len(rows) == 7 + 5  # every web caption and every image's synthetic one

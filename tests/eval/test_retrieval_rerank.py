@@ -12,7 +12,7 @@ from mmcl.cli import main as cli_main
 from mmcl.eval.retrieval import recall_from_scores, retrieval_recall
 from mmcl.io.transforms import get_preprocess
 from mmcl.io.wordpiece import load_wordpiece
-from tiny_captioners import ENC, blip_folder, image_folder
+from tiny_captioners import ENC, albef_folder, blip_folder, image_folder
 
 CAPTIONS = [
     "a red star",
@@ -103,3 +103,31 @@ def test_rerank_reports_itc_and_itm_recalls_equal_to_a_ranking_of_huggingface_sc
     assert report["recall_reranked"] == expected
     assert report["recall_reranked"] != report["recall"]  # the ITM head changed the ranking
     assert report["rerank"] == 2
+
+
+def test_rerank_with_an_albef_folder_ranks_by_its_own_itc_and_itm_scores(tmp_path):
+    model, tokenizer = albef_folder(tmp_path / "albef", seed=3)
+    paths = image_folder(tmp_path / "images", 4, size=32)
+    table = tmp_path / "captions.csv"
+    table.write_text(
+        "image,caption\n" + "".join(f"{i}.png,{c}\n" for i, c in zip(OWNER, CAPTIONS, strict=True))
+    )
+    assert cli_main(["retrieval", "--pretrained", str(tmp_path / "albef" / "model.safetensors"),
+                     "--captions", str(table), "--images", str(tmp_path / "images"), "--rerank",
+                     "2", "--report", str(tmp_path / "r.json"), "--quiet"]) == 0  # fmt: skip
+    report = json.loads((tmp_path / "r.json").read_text())
+
+    preprocess = get_preprocess(model)
+    pixels = torch.stack([preprocess(Image.open(p)) for p in paths])
+    ids = tokenizer(CAPTIONS, context_length=model.context_length).input_ids  # [CLS] ... [SEP]
+    with torch.no_grad():  # every pair through ALBEF's fusion encoder, one at a time
+        itc = model.encode_image(pixels, normalize=True) @ model.encode_text(ids, normalize=True).T
+        tokens = model.encode_image_tokens(pixels)
+        itm = [[model.itm_logits(tokens[i : i + 1], ids[t : t + 1])[0, 1].item()
+                for t in range(6)] for i in range(4)]  # fmt: skip
+    itc = itc.tolist()
+    itc_t, itm_t = torch.tensor(itc).T.tolist(), torch.tensor(itm).T.tolist()
+    assert report["recall"] == by_hand_recall(itc, itc_t, (1, 5, 10))
+    expected = by_hand_recall(reranked(itc, itm, 2), reranked(itc_t, itm_t, 2), (1, 5, 10))
+    assert report["recall_reranked"] == expected
+    assert report["recall_reranked"] != report["recall"]  # ALBEF's ITM head changed it

@@ -26,7 +26,7 @@ from mmcl.train.blip_losses import (
     pair_ids,
     sample_hard_negatives,
 )
-from mmcl.train.blip_objective import BlipObjective, trim_padding, with_prompt
+from mmcl.train.blip_objective import BlipObjective, row_fingerprints, trim_padding, with_prompt
 from mmcl.train.objectives import default_objective
 
 TINY = {
@@ -48,21 +48,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 class Recording(nn.Module):
     """Passes the call to the BLIP it wraps (as DistributedDataParallel does, under
-    `.module`) and records the ITM negatives its `negatives` function returned."""
+    `.module`) and counts the calls."""
 
-    def __init__(self, blip: Blip, draws: int = 1):
+    def __init__(self, blip: Blip):
         super().__init__()
-        self.module, self.calls, self.drawn, self.draws = blip, 0, [], draws
+        self.module, self.calls = blip, 0
 
     def forward(self, images, texts, negatives, caption_texts):
         self.calls += 1
-
-        def recorded(image_features, text_features):
-            for _ in range(self.draws):  # more draws of the same step's sampler
-                self.drawn.append(negatives(image_features, text_features))
-            return self.drawn[-1]
-
-        return self.module(images, texts, negatives=recorded, caption_texts=caption_texts)
+        return self.module(images, texts, negatives=negatives, caption_texts=caption_texts)
 
 
 def tiny_blip() -> Blip:
@@ -97,12 +91,25 @@ def test_rows_sharing_an_image_or_a_caption_form_one_group():
     assert pair_ids(images, texts).tolist() == [0, 1, 0, 0, 4]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.uint8])
+def test_row_fingerprints_are_equal_for_equal_rows_and_differ_for_one_changed_value(dtype):
+    rows = torch.randint(0, 200, (4, 3, 2, 2)).to(dtype)
+    rows[2] = rows[0]
+    rows[3] = rows[0]
+    rows[3, 1, 1, 1] += 1  # one value of one channel differs
+    fingerprints = row_fingerprints(rows).tolist()
+    assert fingerprints[0] == fingerprints[2]
+    assert len({fingerprints[0], fingerprints[1], fingerprints[3]}) == 3
+
+
 def test_each_term_equals_the_pure_losses_on_the_same_draws():
     model, images = tiny_blip(), torch.randn(4, 3, 16, 16)
-    objective = BlipObjective(prompt_ids=PROMPT, temperature=0.1, label_smoothing=0.0)
+    objective = BlipObjective(prompt_ids=PROMPT, label_smoothing=0.0)
+    with torch.no_grad():
+        model.temp.fill_(0.1)
     recording = Recording(model)
     torch.manual_seed(3)
-    terms, _ = objective(recording, images, TEXTS)
+    terms, outputs = objective(recording, images, TEXTS)
     assert recording.calls == 1  # ONE forward call for all three terms
     assert sorted(terms) == ["itc", "itm", "lm"]
 
@@ -131,20 +138,60 @@ def test_each_term_equals_the_pure_losses_on_the_same_draws():
         lm = lm_loss(
             model.caption_logits(image_tokens, caption_texts), lm_targets(caption_texts, 4), 0.0
         )
-    assert recording.drawn[0][0].tolist() == negative_texts.tolist()
+    assert outputs["itm_negative_texts"].tolist() == negative_texts.tolist()
     assert terms["itc"].item() == pytest.approx(itc.item(), abs=1e-5)
     assert terms["itm"].item() == pytest.approx(itm.item(), abs=1e-5)
     assert terms["lm"].item() == pytest.approx(lm.item(), abs=1e-5)
 
 
+@pytest.mark.parametrize(("start", "clamped"), [(1.0, 0.5), (1e-5, 0.001), (0.2, 0.2)])
+def test_the_temperature_is_clamped_to_blips_range_before_the_step_uses_it(start, clamped):
+    model, images = tiny_blip(), torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        model.temp.fill_(start)
+    terms, outputs = BlipObjective(prompt_ids=PROMPT)(model, images, TEXTS)
+    assert model.temp.item() == pytest.approx(clamped)
+    with torch.no_grad():
+        itc = contrastive_loss(
+            outputs["image_features"], outputs["text_features"], torch.tensor(clamped)
+        )
+    assert terms["itc"].item() == pytest.approx(itc.item(), rel=1e-5)
+
+
+def test_the_temperature_is_trained_by_the_itc_term_alone():
+    model, images = tiny_blip(), torch.randn(4, 3, 16, 16)
+    objective = BlipObjective(prompt_ids=PROMPT, itc_weight=2.0)
+    terms, outputs = objective(model, images, TEXTS)
+    sum(terms.values()).backward()
+    # d(2 * ITC)/dT by central differences of the pure loss: the ITM negatives and the other
+    # terms do not depend on T.
+    image, text = outputs["image_features"].detach(), outputs["text_features"].detach()
+    step = 1e-3
+    with torch.no_grad():
+        up, down = (
+            contrastive_loss(
+                image.double(), text.double(), torch.tensor(0.07 + s, dtype=torch.float64)
+            )
+            for s in (step, -step)
+        )
+    assert model.temp.grad.item() == pytest.approx(2 * (up - down).item() / (2 * step), rel=1e-3)
+    optimizer = torch.optim.SGD([model.temp], lr=1e-3)
+    optimizer.step()
+    assert model.temp.item() == pytest.approx(0.07 - 1e-3 * model.temp.grad.item())
+
+
 def test_itm_negatives_never_pair_an_image_with_its_own_caption_repeated():
     model, images = tiny_blip(), torch.randn(4, 3, 16, 16)
-    recording = Recording(model, draws=200)
-    BlipObjective(prompt_ids=PROMPT)(recording, images, TEXTS)
+    objective = BlipObjective(prompt_ids=PROMPT)
     # Rows 1 and 3 hold one caption: text 3 is no negative of image 1, nor image 3 of text
     # 1 (and the other way round).
     groups = [{0}, {1, 3}, {2}, {1, 3}]
-    for negative_texts, negative_images in recording.drawn:
+    for _ in range(25):
+        _, outputs = objective(model, images, TEXTS)
+        negative_texts, negative_images = (
+            outputs["itm_negative_texts"],
+            outputs["itm_negative_images"],
+        )
         for row, group in enumerate(groups):
             assert negative_texts[row].item() not in group
             assert negative_images[row].item() not in group
@@ -153,7 +200,11 @@ def test_itm_negatives_never_pair_an_image_with_its_own_caption_repeated():
 def test_one_positive_to_two_negatives_in_the_model_call():
     model, images = tiny_blip(), torch.randn(4, 3, 16, 16)
     negatives = (torch.tensor([1, 0, 3, 2]), torch.tensor([2, 3, 0, 1]))
-    outputs = model(images, TEXTS, negatives=lambda i, t: negatives)
+    outputs = model(
+        images,
+        TEXTS,
+        negatives=lambda i, t, tokens, texts: (texts[negatives[0]], tokens[negatives[1]]),
+    )
     pair_images, pair_texts, _ = itm_pairs(model.encode_image_tokens(images), TEXTS, *negatives)
     expected = model.itm_logits(pair_images, pair_texts)
     assert outputs["itm_logits"].shape == (12, 2)

@@ -10,7 +10,15 @@ import os
 import pytest
 import torch
 import torch.multiprocessing as mp
-from blip_ddp_scenario import blip_ddp_scenario, blip_single_process_itc
+from blip_ddp_scenario import (
+    LOCAL_BATCH as BLIP_LOCAL_BATCH,
+)
+from blip_ddp_scenario import (
+    blip_ddp_scenario,
+    blip_hard_negative_scenario,
+    blip_single_process_itc,
+    hard_negative_problem,
+)
 from torch import nn
 from torch.nn import functional as F
 
@@ -124,6 +132,7 @@ def worker(rank: int, port: int, out_dir: str) -> None:
                     name, model, data["images"][rows], data["texts"][rows], chunk_size
                 )
         results["blip"] = blip_ddp_scenario(rank, WORLD_SIZE)
+        results["blip_negatives"] = blip_hard_negative_scenario(rank, WORLD_SIZE)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         distributed.cleanup()
@@ -188,3 +197,43 @@ def test_blip_objective_runs_under_ddp_and_its_itc_is_the_global_batchs(ranks):
     # fails the second step's forward); ITC gathered across ranks averages to one process's.
     mean_itc = sum(result["blip"]["itc"] for result in ranks) / WORLD_SIZE
     assert abs(mean_itc.item() - blip_single_process_itc(WORLD_SIZE).item()) < 1e-5
+
+
+def test_blip_itm_negatives_are_drawn_from_every_ranks_rows_as_in_one_process(ranks):
+    from mmcl.train.blip_losses import draw_negatives, itm_loss, pair_ids
+
+    model, images, texts = hard_negative_problem(WORLD_SIZE)
+    ids = pair_ids(images, texts)  # from the pixels: {1, 4} one image, {2, 5} one caption
+    assert ids.tolist() == [0, 1, 2, 3, 1, 2]
+    with torch.no_grad():
+        image_features = model.encode_image(images, normalize=True)
+        text_features = model.encode_text(texts, normalize=True)
+    similarity = image_features @ text_features.T / 0.07
+    for r, result in enumerate(ranks):
+        rows = slice(r * BLIP_LOCAL_BATCH, (r + 1) * BLIP_LOCAL_BATCH)
+        for seed, (negative_texts, negative_images) in enumerate(result["blip_negatives"]["draws"]):
+            generator = torch.Generator().manual_seed(seed)
+            expected_texts = draw_negatives(similarity[rows], ids[rows], ids, generator)
+            expected_images = draw_negatives(similarity.T[rows], ids[rows], ids, generator)
+            assert negative_texts.tolist() == expected_texts.tolist()
+            assert negative_images.tolist() == expected_images.tolist()
+    # One objective step: the ITM pairs each rank drew, scored in one process on the global
+    # batch, give the mean of the ranks' ITM terms and their averaged gradients.
+    negative_texts = torch.cat([r["blip_negatives"]["negative_texts"] for r in ranks])
+    negative_images = torch.cat([r["blip_negatives"]["negative_images"] for r in ranks])
+    assert any(n // BLIP_LOCAL_BATCH != i // BLIP_LOCAL_BATCH
+               for i, n in enumerate(negative_texts.tolist() + negative_images.tolist()))  # fmt: skip
+    everyone = torch.arange(len(texts))
+    texts = texts[:, :6]  # the global batch's longest caption
+    image_tokens = model.encode_image_tokens(images)
+    logits = model.itm_logits(
+        torch.cat([image_tokens, image_tokens, image_tokens[negative_images]]),
+        torch.cat([texts, texts[negative_texts], texts]),
+    )
+    labels = torch.cat([torch.ones_like(everyone), torch.zeros_like(everyone).repeat(2)])
+    loss = itm_loss(logits, labels)
+    loss.backward()
+    mean_itm = sum(r["blip_negatives"]["itm"] for r in ranks) / WORLD_SIZE
+    assert abs(mean_itm.item() - loss.item()) < 1e-5
+    for name, grad in ranks[0]["blip_negatives"]["grads"].items():
+        torch.testing.assert_close(grad, model.get_parameter(name).grad, atol=1e-5, rtol=1e-4)

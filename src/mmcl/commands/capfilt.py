@@ -4,6 +4,7 @@ captioner's synthetic captions added, and captions an ITM filter finds unmatched
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 from mmcl.choices import PRECISION_NAMES
@@ -33,10 +34,24 @@ def add_parser(commands) -> None:
         help="cleaned table .csv or .jsonl: image,caption,source (web or synthetic),match",
     )
     capfilt.add_argument("--report", type=Path, help="also write the counts as JSON here")
+    capfilt.add_argument(
+        "--part-size",
+        type=int,
+        default=1024,
+        help="write finished parts of this many images to <output>.parts/ as they come; a "
+        "rerun with the same settings after an interruption does only the missing parts",
+    )
+    capfilt.add_argument(
+        "--keep-parts",
+        action="store_true",
+        help="keep <output>.parts/ (a rerun may then change only --threshold, at no cost)",
+    )
     models = capfilt.add_argument_group("models")
     models.add_argument("--captioner", help="captioner checkpoint (a BLIP captioner or CoCa)")
     models.add_argument("--captioner-model", help="its model name, if the file does not say")
-    models.add_argument("--filter", help="filter checkpoint with an ITM head (BLIP retrieval)")
+    models.add_argument(
+        "--filter", help="filter checkpoint with an ITM head (BLIP retrieval, or ALBEF)"
+    )
     models.add_argument("--filter-model", help="its model name, if the file does not say")
     models.add_argument(
         "--filter-tokenizer",
@@ -81,6 +96,7 @@ def run_capfilt(args: argparse.Namespace) -> int:
     from mmcl.data.captions import read_caption_table
     from mmcl.eval.capfilt import capfilt
     from mmcl.eval.caption_folder import CAPTION_SUFFIXES, image_name, write_caption_rows
+    from mmcl.eval.embed_folder import parts_folder
     from mmcl.eval.model_text import has_itm_head, model_text, tokenizer_folder
 
     if args.output.suffix not in CAPTION_SUFFIXES:
@@ -89,6 +105,8 @@ def run_capfilt(args: argparse.Namespace) -> int:
     check_output_file(args.report, "--report")
     if not 0.0 <= args.threshold <= 1.0:
         raise ValueError(f"--threshold is a probability in [0, 1], got {args.threshold}")
+    if args.part_size < 1:
+        raise ValueError(f"--part-size must be positive, got {args.part_size}")
     if args.top_p is None and args.beams == 1:
         args.top_p = CAPFILT_TOP_P
     paths, captions = read_caption_table(args.captions, image_root=args.images)
@@ -98,13 +116,17 @@ def run_capfilt(args: argparse.Namespace) -> int:
     if not has_itm_head(filter_model):
         raise ValueError(
             f"--filter {filter_name} ({type(filter_model).__name__}) has no image-text matching "
-            f"(ITM) head; give a BLIP retrieval checkpoint (BlipForImageTextRetrieval)"
+            f"(ITM) head; give a BLIP retrieval checkpoint (BlipForImageTextRetrieval) or an "
+            f"ALBEF"
         )
     filter_text = model_text(filter_model, args.filter_tokenizer or tokenizer_folder(args.filter))
     model = load_named(args, args.captioner_model, args.captioner, "captioner")
     captioner = captioner_for(
         args, model, args.captioner_model or args.captioner, args.captioner, args.tokenizer
     )
+    # Sampled captions depend on which rows share a batch; greedy and beams do not.
+    sampling = {"batch_size": args.batch_size} if args.top_p is not None else {}
+    parts = parts_folder(args.output)
     with reading:
         result = capfilt(
             captioner,
@@ -119,6 +141,13 @@ def run_capfilt(args: argparse.Namespace) -> int:
             args.skip_bad,
             not args.quiet,
             args.high_bit_depth,
+            parts=parts,
+            part_size=args.part_size,
+            settings={"precision": args.precision, **sampling},
+            source={
+                "captioner": args.captioner_model or args.captioner,
+                "filter": filter_name,
+            },
         )
     root = args.images if args.images is not None else args.captions.parent
     images = list(dict.fromkeys(paths))
@@ -127,6 +156,10 @@ def run_capfilt(args: argparse.Namespace) -> int:
         for image, text, source, match in result.rows
     ]
     write_caption_rows(args.output, rows, ("image", "caption", "source", "match"))
+    if not args.keep_parts:
+        shutil.rmtree(parts)
+    if result.parts_reused:
+        print(f"reused {result.parts_reused} finished part(s) of an earlier run")
     counts = result.counts
     print(
         f"web captions: {counts.kept} kept, {counts.replaced} replaced by their image's "

@@ -37,7 +37,7 @@ def add_parser(commands) -> None:
         "--rerank",
         type=int,
         metavar="K",
-        help="BLIP: the image-text matching (ITM) head re-ranks the top K of the contrastive "
+        help="BLIP or ALBEF: the image-text matching (ITM) head re-ranks the top K of the contrastive "
         "(ITC) ranking, in both directions; both recalls are reported",
     )
     add_tokenizer_argument(retrieval)
@@ -65,7 +65,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--rerank needs an image-text matching (ITM) head; {args.model or args.pretrained} "
             f"({type(model).__name__}) has none: use a BLIP retrieval checkpoint "
-            f"(BlipForImageTextRetrieval), or drop --rerank"
+            f"(BlipForImageTextRetrieval) or an ALBEF, or drop --rerank"
         )
     text = command_text(args, model)
     with reading:

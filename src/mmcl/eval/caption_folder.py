@@ -36,6 +36,7 @@ __all__ = [
     "FolderCaptions",
     "caption_image_folder",
     "image_name",
+    "part_batches",
     "write_caption_rows",
 ]
 
@@ -118,12 +119,7 @@ def caption_image_folder(
         (start, min(start + part_size, len(paths))) for start in range(0, len(paths), part_size)
     ]
     missing = [part for part in range(len(spans)) if not _part_path(folder, part).exists()]
-    batches, plan = [], []  # plan: (part, is it the part's first batch, its last) per batch
-    for part in missing:
-        start, stop = spans[part]
-        for first in range(start, stop, batch_size):
-            batches.append(range(first, min(first + batch_size, stop)))
-            plan.append((part, first == start, first + batch_size >= stop))
+    batches, plan = part_batches(spans, missing, batch_size)
     loader = image_loader(dataset, device, workers if batches else 0, batch_sampler=batches)
     done = len(paths) - sum(len(batch) for batch in batches)
     rows: dict[int, str] = {}
@@ -155,6 +151,21 @@ def caption_image_folder(
     if not keep_parts:
         shutil.rmtree(folder)
     return FolderCaptions(output, len(captions), skipped, len(missing), len(spans) - len(missing))
+
+
+def part_batches(
+    spans: Sequence[tuple[int, int]], parts: Sequence[int], batch_size: int
+) -> tuple[list[range], list[tuple[int, bool, bool]]]:
+    """The batches of row indices that cover `parts` (each ``spans[part]``, a range of rows),
+    never crossing a part's end, and per batch (its part, whether it is the part's first
+    batch, whether its last): where a seeded part starts and where it is written."""
+    batches, plan = [], []
+    for part in parts:
+        start, stop = spans[part]
+        for first in range(start, stop, batch_size):
+            batches.append(range(first, min(first + batch_size, stop)))
+            plan.append((part, first == start, first + batch_size >= stop))
+    return batches, plan
 
 
 def write_caption_rows(

@@ -54,7 +54,9 @@ def has_caption_decoder(model) -> bool:
 
 
 def has_itm_head(model) -> bool:
-    return isinstance(model, Blip) and model.itm_head is not None
+    """Whether `model` scores image-text pairs (`itm_logits`): a BLIP with its ITM head, or an
+    ALBEF (whose fusion encoder always has one)."""
+    return isinstance(model, Albef) or (isinstance(model, Blip) and model.itm_head is not None)
 
 
 def tokenizer_folder(pretrained: str | os.PathLike | None) -> Path | None:

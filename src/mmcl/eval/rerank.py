@@ -63,7 +63,7 @@ def rerank_scores(
 def blip_match_scorer(
     model, image_tokens: torch.Tensor, tokens: torch.Tensor, text_queries: bool
 ) -> PairScorer:
-    """A `PairScorer` of a `Blip` with an ITM head: the match logit of image
+    """A `PairScorer` of a model with an ITM head (a `Blip` or an `Albef`): the match logit of image
     ``image_tokens[i]`` (from `encode_image_tokens`) and text ``tokens[t]``. With
     `text_queries`, queries are texts and candidates images (text-to-image); else the
     reverse."""
@@ -85,7 +85,7 @@ def encode_images_for_rerank(
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """One pass of a `Blip`'s image tower over `dataset` (`mmcl.data.images.ImageFiles`):
+    """One pass of a `Blip`'s (or an `Albef`'s) image tower over `dataset` (`mmcl.data.images.ImageFiles`):
     L2-normalised ITC features ``(kept, embed_dim)`` float32, the image tokens ITM reads
     ``(kept, tokens, width)`` (kept on `device`, so they must fit there), the kept rows'
     dataset indices, and how many unreadable files were skipped."""

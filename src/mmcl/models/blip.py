@@ -35,6 +35,8 @@ from mmcl.nn import BertEmbeddings, BertEncoder, BertLMHead, KVCache, LayerNorm,
 from mmcl.nn.generation import Captioner
 from mmcl.nn.masks import key_padding_mask
 
+INITIAL_TEMPERATURE = 0.07  # BLIP's `temp`: learned, clamped to [0.001, 0.5] in training
+
 
 class BlipVisionTower(nn.Module):
     """Hugging Face's `BlipVisionModel`: a conv patch embedding with a bias, a class token,
@@ -116,7 +118,7 @@ class Blip(nn.Module, Captioner):
         vision, text = config.blip_vision, config.blip_text
         self.visual = BlipVisionTower(vision)
         self.text_encoder = self.text_decoder = None
-        self.vision_proj = self.text_proj = self.itm_head = None
+        self.vision_proj = self.text_proj = self.itm_head = self.temp = None
         if "text_encoder" in config.parts:
             self.text_encoder = BlipText(text, vision.width)
         if "text_decoder" in config.parts:
@@ -124,8 +126,16 @@ class Blip(nn.Module, Captioner):
         if "itc" in config.parts:
             self.vision_proj = nn.Linear(vision.width, config.embed_dim)
             self.text_proj = nn.Linear(text.width, config.embed_dim)
+            # The ITC temperature, trained and clamped by `mmcl.train.blip_objective`.
+            self.temp = nn.Parameter(torch.tensor(INITIAL_TEMPERATURE))
         if "itm" in config.parts:
             self.itm_head = nn.Linear(text.width, 2)
+        # (encoder name, decoder name) of every tied state-dict entry, checked on each load.
+        self.tied_names: list[tuple[str, str]] = []
+        if config.share_text_weights and None not in (self.text_encoder, self.text_decoder):
+            share_all_but_self_attention(self.text_encoder, self.text_decoder)
+            self.tied_names = _tied_names(self)
+            self.register_load_state_dict_pre_hook(_refuse_untied_weights)
 
     @property
     def image_size(self) -> int:
@@ -154,30 +164,28 @@ class Blip(nn.Module, Captioner):
         self,
         images: torch.Tensor,
         texts: torch.Tensor,
-        negatives: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-        | None = None,
+        negatives: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
         caption_texts: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Normalised ITC features of both, and ITM logits of each pair (row i with row i).
 
         For training, everything in one call (so DistributedDataParallel sees every part
-        used): with `negatives`, a function of the normalised image and text features that
-        returns a negative text index per image and a negative image index per text (no
-        gradient flows through it), "itm_logits" are ``(3 * batch, 2)``: the pairs, each
-        image with its negative text, each text with its negative image. With
-        `caption_texts`, "caption_logits" are the decoder's over them
-        (`caption_logits`)."""
+        used): with `negatives`, a function of the normalised image and text features
+        (detached), the image tokens and the texts that returns a negative text ``(batch,
+        length)`` for each image and a negative image's tokens for each text (e.g. drawn from
+        every rank's), "itm_logits" are ``(3 * batch, 2)``: the pairs, each image with its
+        negative text, each text with its negative image. With `caption_texts`,
+        "caption_logits" are the decoder's over them (`caption_logits`)."""
         image_tokens = self.visual(images)
         image_features = F.normalize(self._part("vision_proj")(image_tokens[:, 0]), dim=-1)
         text_features = self.encode_text(texts, normalize=True)
         itm_images, itm_texts = image_tokens, texts
         if negatives is not None:
-            with torch.no_grad():
-                negative_texts, negative_images = negatives(
-                    image_features.detach(), text_features.detach()
-                )
-            itm_images = torch.cat([image_tokens, image_tokens, image_tokens[negative_images]])
-            itm_texts = torch.cat([texts, texts[negative_texts], texts])
+            negative_texts, negative_images = negatives(
+                image_features.detach(), text_features.detach(), image_tokens, texts
+            )
+            itm_images = torch.cat([image_tokens, image_tokens, negative_images])
+            itm_texts = torch.cat([texts, negative_texts, texts])
         outputs = {
             "image_features": image_features,
             "text_features": text_features,
@@ -256,6 +264,44 @@ class Blip(nn.Module, Captioner):
                 f"checkpoint that has it"
             )
         return part
+
+
+def share_all_but_self_attention(encoder: BlipText, decoder: BlipText) -> None:
+    """Ties `decoder` to `encoder` as BLIP's pre-training does: the embeddings, and in every
+    block the cross-attention, the feed-forward layers and their LayerNorms become the same
+    modules (the same tensors); each keeps its own self-attention and the LayerNorm after it
+    (BERT's ``attention`` module, which BLIP's ``tie_encoder_decoder_weights`` skips). The
+    decoder's LM head stays its own."""
+    decoder.embeddings = encoder.embeddings
+    for ours, theirs in zip(encoder.encoder.blocks, decoder.encoder.blocks, strict=True):
+        theirs.cross_attn, theirs.cross_norm = ours.cross_attn, ours.cross_norm
+        theirs.mlp, theirs.mlp_norm = ours.mlp, ours.mlp_norm
+
+
+def _tied_names(model: nn.Module) -> list[tuple[str, str]]:
+    first: dict[int, str] = {}
+    pairs = []
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) in first:
+            pairs.append((first[id(tensor)], name))
+        else:
+            first[id(tensor)] = name
+    return pairs
+
+
+def _refuse_untied_weights(module: Blip, state_dict, prefix: str, *_) -> None:
+    """A load into a tied model whose checkpoint holds two different tensors where the model
+    has one would keep one of them silently: refuse it."""
+    for encoder_name, decoder_name in module.tied_names:
+        ours, theirs = state_dict.get(prefix + encoder_name), state_dict.get(prefix + decoder_name)
+        if ours is None or theirs is None or ours is theirs:
+            continue
+        if ours.shape != theirs.shape or not torch.equal(ours, theirs.to(ours.device)):
+            raise ValueError(
+                f"this checkpoint holds separate weights at {encoder_name} and {decoder_name}, "
+                f"which this BLIP shares (share_text_weights); load it into a model whose config "
+                f"says share_text_weights: false"
+            )
 
 
 def _with_start(tokens: torch.Tensor, start_id: int) -> torch.Tensor:

@@ -47,12 +47,17 @@ class BlipTextConfig:
 
 @dataclass
 class BlipConfig:
-    """`blip_vision`, `blip_text`, `embed_dim` (the ITC space) and `parts` (`BLIP_PARTS`)."""
+    """`blip_vision`, `blip_text`, `embed_dim` (the ITC space), `parts` (`BLIP_PARTS`) and
+    `share_text_weights`."""
 
     blip_vision: BlipVisionConfig = field(default_factory=BlipVisionConfig)
     blip_text: BlipTextConfig = field(default_factory=BlipTextConfig)
     embed_dim: int = 256
     parts: tuple[str, ...] = BLIP_PARTS
+    # BLIP's pre-training: the image-grounded encoder and the decoder share every weight but
+    # the self-attention layers (Li et al. 2022, section 3.1), when a model holds both.
+    # Hugging Face's checkpoints keep them separate (their loader sets False).
+    share_text_weights: bool = True
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> BlipConfig:

@@ -25,7 +25,7 @@ from mmcl.io.wordpiece import (
 )
 from mmcl.models.blip_config import BlipConfig
 
-__all__ = ["blip_tokenizer", "shipped_vocabularies"]
+__all__ = ["blip_tokenizer", "shipped_vocabularies", "shipped_vocabulary"]
 
 
 SHIPPED = Path(__file__).parent / "vocabularies"
@@ -33,6 +33,18 @@ SHIPPED = Path(__file__).parent / "vocabularies"
 
 def shipped_vocabularies() -> list[str]:
     return sorted(entry.name for entry in SHIPPED.iterdir() if entry.is_dir())
+
+
+def shipped_vocabulary(name: str, context_length: int | None = None) -> WordPieceTokenizer:
+    """The WordPiece vocabulary shipped as `mmcl/models/vocabularies/NAME` (e.g. "scenes",
+    which every built-in scene model reads: tiny-blip, tiny-albef)."""
+    if name not in shipped_vocabularies():
+        raise ValueError(
+            f"vocabulary {name!r} is not a shipped vocabulary "
+            f"({', '.join(shipped_vocabularies())}); set it to one of them or to null and "
+            f"put the model's {VOCAB_TXT} beside its weights"
+        )
+    return load_wordpiece(SHIPPED / name, context_length)
 
 
 def blip_tokenizer(
@@ -48,13 +60,11 @@ def blip_tokenizer(
         source = tokenizer.source  # the file read
     elif config.blip_text.vocabulary is not None:
         name = config.blip_text.vocabulary
-        if name not in shipped_vocabularies():
-            raise ValueError(
-                f"blip_text.vocabulary {name!r} is not a shipped vocabulary "
-                f"({', '.join(shipped_vocabularies())}); set it to one of them or to null and "
-                f"put the model's {VOCAB_TXT} beside its weights"
-            )
-        tokenizer, source = load_wordpiece(SHIPPED / name), f"shipped vocabulary {name!r}"
+        try:
+            tokenizer = shipped_vocabulary(name)
+        except ValueError as error:
+            raise ValueError(f"blip_text.{error}") from None
+        source = f"shipped vocabulary {name!r}"
     else:
         return None
     _check_ids(config, tokenizer, source)

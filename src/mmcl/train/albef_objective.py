@@ -31,14 +31,13 @@ from torch.nn import functional as F
 
 from mmcl.train.blip_losses import (
     IGNORE,
+    TEMPERATURE_RANGE,
     itm_loss,
     itm_pairs,
     pair_ids,
     sample_hard_negatives,
 )
 from mmcl.train.distributed import all_gather_with_grad, rank
-
-TEMPERATURE_RANGE = (0.001, 0.5)
 
 
 def distillation_weight(calls: int, ramp_calls: int | None, alpha: float) -> float:

@@ -19,6 +19,8 @@ from torch.nn import functional as F
 from mmcl.train.losses import ClipLoss
 
 IGNORE = -100  # the target `cross_entropy` skips
+# BLIP's and ALBEF's learned ITC temperature is clamped into this range at every step.
+TEMPERATURE_RANGE = (0.001, 0.5)
 
 
 def contrastive_loss(image_features: Tensor, text_features: Tensor, temperature: Tensor) -> Tensor:
@@ -53,22 +55,32 @@ def sample_hard_negatives(
     ``(batch,)``; default: every row its own) given weight 0. `floor` is added to the softmax
     before that (ALBEF's 1e-4): at low temperatures the other weights underflow to 0 and a row
     would have nothing left to draw."""
-    batch = similarity.shape[0]
     if image_ids is None:
-        image_ids = torch.arange(batch, device=similarity.device)
-    same = image_ids.view(-1, 1) == image_ids.view(1, -1)  # includes the diagonal
+        image_ids = torch.arange(similarity.shape[0], device=similarity.device)
+    negative_texts = draw_negatives(similarity, image_ids, image_ids, generator, floor)
+    negative_images = draw_negatives(similarity.t(), image_ids, image_ids, generator, floor)
+    return negative_texts, negative_images
+
+
+@torch.no_grad()
+def draw_negatives(
+    similarity: Tensor,
+    row_ids: Tensor,
+    column_ids: Tensor,
+    generator: torch.Generator | None = None,
+    floor: float = 0.0,
+) -> Tensor:
+    """One column per row of ``similarity`` ``(rows, columns)`` (logits), drawn with
+    `multinomial` from ``softmax(row) + floor`` with weight 0 on every column whose id
+    (`column_ids`) is the row's (`row_ids`): the positive and the pairs sharing an image."""
+    same = row_ids.view(-1, 1) == column_ids.view(1, -1)
     if same.all(dim=1).any():
         raise ValueError(
             "sample_hard_negatives: a row shares its image id with every other row, so it has "
             "no negative; batch captions of more than one image"
         )
-    with torch.no_grad():
-        similarity = similarity.float()
-        text_weights = (F.softmax(similarity, dim=1) + floor).masked_fill(same, 0.0)
-        image_weights = (F.softmax(similarity.t(), dim=1) + floor).masked_fill(same, 0.0)
-        negative_texts = torch.multinomial(text_weights, 1, generator=generator).squeeze(1)
-        negative_images = torch.multinomial(image_weights, 1, generator=generator).squeeze(1)
-    return negative_texts, negative_images
+    weights = (F.softmax(similarity.float(), dim=1) + floor).masked_fill(same, 0.0)
+    return torch.multinomial(weights, 1, generator=generator).squeeze(1)
 
 
 def itm_pairs(

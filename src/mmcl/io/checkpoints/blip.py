@@ -19,6 +19,10 @@ from mmcl.io.checkpoints.bert import bert_from_huggingface, bert_to_huggingface
 from mmcl.io.checkpoints.errors import CheckpointError
 
 _HEADS = ("vision_proj.", "text_proj.", "itm_head.")
+# BLIP's learned ITC temperature at the start of training (mmcl's `Blip.temp`). Hugging Face's
+# classes have no place for it: a folder with the ITC heads loads with this value, and export
+# leaves it out. Nothing but training reads it (ITC ranks by cosine similarity).
+_INITIAL_TEMPERATURE = 0.07
 _VISION_RENAMES = (  # (Hugging Face, mmcl), after "vision_model." / "visual."
     ("embeddings.patch_embedding", "conv1"),
     ("post_layernorm", "ln_post"),
@@ -56,6 +60,8 @@ def blip_from_huggingface(
         bias = tensors.pop("text_decoder.cls.predictions.bias")
         tensors.setdefault("text_decoder.cls.predictions.decoder.bias", bias)
     out: dict[str, torch.Tensor] = {}
+    if "vision_proj.weight" in tensors and "temp" not in tensors:
+        out["temp"] = torch.tensor(_INITIAL_TEMPERATURE, dtype=tensors["vision_proj.weight"].dtype)
     groups: dict[str, dict[str, torch.Tensor]] = {"text_encoder.": {}, "text_decoder.": {}}
     for key, value in tensors.items():
         if key.startswith("vision_model."):
@@ -89,7 +95,7 @@ def blip_to_huggingface(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.
             groups[prefix + "."][rest] = value
         elif key.startswith(_HEADS):
             out[key] = value
-        else:
+        elif key != "temp":
             raise CheckpointError(f"no Hugging Face BLIP name for mmcl parameter {key!r}")
     out.update(
         {f"text_encoder.{k}": v for k, v in bert_to_huggingface(groups["text_encoder."]).items()}
@@ -143,6 +149,7 @@ def config_from_huggingface(hf: dict[str, Any], source: str) -> dict[str, Any]:
             },
             "embed_dim": hf.get("image_text_hidden_size", 256),
             "parts": list(_HF_CLASSES[kinds[0]]),
+            "share_text_weights": False,  # Hugging Face's classes keep two copies
         }
     except KeyError as error:
         raise CheckpointError(f"{source}: config.json lacks {error}") from error
