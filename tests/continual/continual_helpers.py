@@ -1,4 +1,8 @@
-"""Small shared pieces of the continual-learning tests: a tiny model, stream and settings."""
+"""Small shared pieces of the continual-learning tests: a tiny model, stream and settings,
+and what the process tests (resume, torchrun) read back from a run."""
+
+import json
+from pathlib import Path
 
 import torch
 from torch.utils.data import TensorDataset
@@ -57,3 +61,24 @@ def tiny_clip() -> torch.nn.Module:
     """A randomly initialised tiny ViT CLIP, the same weights on every call."""
     torch.manual_seed(0)
     return mmcl.create_model("tiny-vit")
+
+
+def losses(output: Path) -> dict[str, list[float]]:
+    """The training loss of every logged step, by task folder."""
+    curves = {}
+    for folder in sorted(output.glob("task_*")):
+        lines = (folder / "metrics.jsonl").read_text().splitlines()
+        curves[folder.name] = [r["loss"] for r in map(json.loads, lines) if r["kind"] == "train"]
+    return curves
+
+
+def flatten(state, prefix=""):
+    """`(dotted key, leaf)` of every leaf of nested dicts, lists and tuples."""
+    if isinstance(state, dict):
+        for key, value in state.items():
+            yield from flatten(value, f"{prefix}{key}.")
+    elif isinstance(state, list | tuple):
+        for index, value in enumerate(state):
+            yield from flatten(value, f"{prefix}{index}.")
+    else:
+        yield prefix, state

@@ -9,11 +9,11 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from continual_helpers import flatten, losses
 
 MMCL = [sys.executable, "-m", "mmcl.cli"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -41,14 +41,6 @@ RUN = [
     "1",
     "--quiet",
 ]
-
-
-def losses(output: Path) -> dict[str, list[float]]:
-    curves = {}
-    for folder in sorted(output.glob("task_*")):
-        lines = (folder / "metrics.jsonl").read_text().splitlines()
-        curves[folder.name] = [r["loss"] for r in map(json.loads, lines) if r["kind"] == "train"]
-    return curves
 
 
 @pytest.mark.slow
@@ -114,17 +106,6 @@ rank = distributed.rank()
 torch.save(method.state_dict(), f"{output}/method_rank{rank}.pt")
 distributed.cleanup()
 """
-
-
-def flatten(state, prefix=""):
-    if isinstance(state, dict):
-        for key, value in state.items():
-            yield from flatten(value, f"{prefix}{key}.")
-    elif isinstance(state, list | tuple):
-        for index, value in enumerate(state):
-            yield from flatten(value, f"{prefix}{index}.")
-    else:
-        yield prefix, state
 
 
 @pytest.mark.slow

@@ -138,7 +138,8 @@ def test_method_names_and_arguments_are_checked():
 def test_unknown_scenario_lists_the_valid_ones():
     with pytest.raises(
         ValueError,
-        match="Valid scenarios: cifar10-cil, mini-mtil, scene-styles, scenes-cil, seq-cifar10$",
+        match="Valid scenarios: cifar10-cil, instructions, llava-json, mini-mtil, scene-styles, "
+        "scenes-cil, seq-cifar10, vqa-functions, vqa-scenes$",
     ):
         build_scenario("scenes-dil")
 

@@ -4,6 +4,9 @@ mmcl continual --scenario mini-mtil --method zscl --output-dir runs/zscl
 mmcl continual --scenario scenes-cil --method er+lwf --method-args er.buffer_size=200,lwf.lambda_=1
 mmcl continual compare --scenario mini-mtil --methods frozen,finetune,lwf,zscl,moe_adapters
 mmcl continual compare --scenario scenes-cil --methods ewc,lwf+ewc --method-args ewc.lambda_=100
+mmcl continual --scenario vqa-functions --model runs/llava-scenes/hf --method finetune
+mmcl continual --scenario llava-json --task-files a.json,b.json --image-folder images \
+    --model llava-scenes-stage1 --method finetune
 mmcl continual list
 mmcl continual describe ewc
 """
@@ -76,7 +79,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         default="scenes-pretrained",
         help="scenes-pretrained (default: cached tiny CLIP), a checkpoint path, a model name, "
-        "or a plain classifier: cifar-resnet18 (-reduced: GEM's width 20)",
+        "or a plain classifier: cifar-resnet18 (-reduced: GEM's width 20); for an "
+        "instruction stream a LLaVA folder with its tokenizer, or a LLaVA recipe",
     )
     parser.add_argument("--output-dir", type=Path, help="where reports and checkpoints go")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -102,6 +106,22 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="let torchvision download CIFAR-10 / MNIST into the data root if they are not there",
     )
+    parser.add_argument(
+        "--tasks",
+        help="the tasks, in order, comma-separated (mini-mtil, scene-styles, vqa-functions, "
+        "vqa-scenes, instructions; see `mmcl continual list`)",
+    )
+    parser.add_argument(
+        "--task-files",
+        help="llava-json: LLaVA-format conversation files, one a task, comma-separated",
+    )
+    parser.add_argument("--image-folder", type=Path, help="llava-json: where their images are")
+    parser.add_argument(
+        "--general-size",
+        type=int,
+        help="instruction streams: items in each general set (held-out scene captioning and "
+        "scene VQA; default 100; 0: not measured)",
+    )
     parser.add_argument("--steps", type=int, help="optimizer steps per task (default 100)")
     parser.add_argument("--epochs", type=int, help="epochs per task (instead of --steps)")
     parser.add_argument("--batch-size", type=int, help="per process (default 64)")
@@ -115,6 +135,16 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, help="data loading processes")
     parser.add_argument("--seed", type=int, help="training seed (default 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+# --tasks: the scenario argument that chooses and orders its tasks.
+TASK_ARGUMENTS = {
+    "mini-mtil": "tasks",
+    "scene-styles": "styles",
+    "vqa-functions": "functions",
+    "vqa-scenes": "styles",
+    "instructions": "tasks",
+}
 
 
 def _options(args: argparse.Namespace) -> dict:
@@ -132,6 +162,20 @@ def _options(args: argparse.Namespace) -> dict:
     }
     if args.download:
         scenario_args["download"] = True
+    if args.general_size is not None:
+        scenario_args["general_size"] = args.general_size
+    if args.tasks:
+        if args.scenario not in TASK_ARGUMENTS:
+            raise ValueError(
+                f"--tasks: scenario {args.scenario!r} has a fixed task list; --tasks applies to "
+                f"{', '.join(TASK_ARGUMENTS)}"
+            )
+        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        scenario_args[TASK_ARGUMENTS[args.scenario]] = tasks
+    if args.task_files:
+        scenario_args["files"] = [f.strip() for f in args.task_files.split(",") if f.strip()]
+    if args.image_folder is not None:
+        scenario_args["images"] = args.image_folder
     return {
         "model": args.model,
         "training": training,

@@ -7,6 +7,9 @@ mini-mtil    the built-in multi-dataset sequence (see `mmcl.continual.builtin`)
 seq-cifar10  the DER protocol's sequential CIFAR-10 (natural class order, CIFAR normalisation,
              crop + flip; `mmcl.continual.protocols`), for plain classifiers such as
              `--model cifar-resnet18`
+vqa-functions, vqa-scenes, instructions, llava-json
+             instruction streams for a LLaVA-style bridge (`mmcl.continual.instruction_streams`;
+             `--model` a LLaVA folder or recipe)
 """
 
 from __future__ import annotations
@@ -22,6 +25,13 @@ import yaml
 
 from mmcl.continual.builtin import MINI_MTIL_TASKS, mini_mtil, shared_data_root
 from mmcl.continual.captioned import describe_stream, is_captioned_stream, scene_styles_stream
+from mmcl.continual.instruction_streams import (
+    instruction_sequence,
+    llava_json_stream,
+    vqa_functions,
+    vqa_scenes,
+)
+from mmcl.continual.instructions import describe_instruction_stream, is_instruction_stream
 from mmcl.continual.scenarios import class_incremental
 from mmcl.continual.tasks import Scenario, describe
 from mmcl.data.scenes import SceneClassification, view_classnames, view_templates
@@ -102,7 +112,13 @@ SCENARIOS: dict[str, Callable[..., Scenario]] = {
     "cifar10-cil": cifar10_cil,
     "mini-mtil": mini_mtil,
     "seq-cifar10": seq_cifar10_scenario,
+    "vqa-functions": vqa_functions,
+    "vqa-scenes": vqa_scenes,
+    "instructions": instruction_sequence,
+    "llava-json": llava_json_stream,
 }
+# Streams that train a LLaVA-style bridge (the model is a LLaVA folder or recipe).
+INSTRUCTION_SCENARIOS = ("vqa-functions", "vqa-scenes", "instructions", "llava-json")
 
 
 def build_scenario(name: str, **options) -> Scenario:
@@ -229,7 +245,7 @@ def plan_run(
 
 # Scenario arguments that say where the data are and whether they may be fetched, not what
 # they are: not recorded, so a run resumes (and compares) with its data moved.
-DATA_LOCATION = ("data_root", "download")
+DATA_LOCATION = ("data_root", "download", "images")
 
 
 def scenario_arguments(name: str, given: dict[str, Any]) -> dict[str, Any]:
@@ -265,13 +281,22 @@ def run_experiment(
     built_method, config, extra = plan_run(
         scenario, method, output_dir, method_args, model, training, scenario_args, progress
     )
-    network = starting_model(model, progress=progress)
+    tokenizer = None
+    if scenario in INSTRUCTION_SCENARIOS:
+        from mmcl.continual.generative import starting_bridge
+
+        network, tokenizer = starting_bridge(model)
+    else:
+        network = starting_model(model, progress=progress)
     location = {k: v for k, v in (scenario_args or {}).items() if k in DATA_LOCATION}
     stream = build_scenario(
         scenario, **extra["scenario_args"], **location, image_size=network.image_size
     )
     if progress:
-        print(describe_stream(stream) if is_captioned_stream(stream) else describe(stream))
+        if is_instruction_stream(stream):
+            print(describe_instruction_stream(stream))
+        else:
+            print(describe_stream(stream) if is_captioned_stream(stream) else describe(stream))
     return run_continual(
         network,
         stream,
@@ -281,4 +306,5 @@ def run_experiment(
         resume=resume,
         progress=progress,
         extra=extra,
+        tokenizer=tokenizer,
     )

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from mmcl.continual.generative_metrics import summarize_generative
 from mmcl.continual.metrics import (
     as_accuracy_matrix,
     as_initial_accuracy,
@@ -84,6 +85,20 @@ COMPARE_COLUMNS = (
     ("backward_transfer", "BWT"),
     ("forgetting_max", "Forgetting (max)"),
 )
+# Extra columns of compare_table when a report has them (instruction streams' retention).
+GENERATIVE_COLUMNS = (
+    ("general_retained", "General retained"),
+    ("format_retained", "Format retained"),
+)
+# (key, label, definition) of the instruction streams' retention metrics, in report.md.
+GENERATIVE_ROWS = (
+    ("general_initial", "General (initial)", "base model: mean of the general sets' scores"),
+    ("general_last", "General (last)", "the general sets after the last task"),
+    ("general_retained", "General retained", "General (last) / General (initial)"),
+    ("format_initial", "Format (initial)", "share of answers in the format asked, base model"),
+    ("format_retained", "Format retained", "that share after the last task, every task"),
+    ("format_bwt", "Format BWT", "BWT of the format matrix (alignment lost on old tasks)"),
+)
 MISSING = "—"
 
 
@@ -96,6 +111,7 @@ def write_report(
     times: Sequence[float] | None = None,
     peak_memory: Sequence[float] | None = None,
     initial: Any = None,
+    generative: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``report.json``, ``report.md`` and ``accuracy_matrix.png`` into ``folder``.
 
@@ -110,11 +126,16 @@ def write_report(
         times: seconds spent on each task (``T`` values), if measured.
         peak_memory: peak memory while each task ran, in MiB (``T`` values), if measured.
         initial: accuracies of the model before any training (``T`` values), if measured.
+        generative: an instruction stream's record (`mmcl.continual.generative_metrics`):
+            formats, CIDEr-D and general sets before training and after each task; adds the
+            retention metrics and a section of their own.
 
     Returns:
         The dictionary written to ``report.json`` (undefined metrics as None).
     """
-    report = build_report(matrix, task_names, method_name, extra, times, peak_memory, initial)
+    report = build_report(
+        matrix, task_names, method_name, extra, times, peak_memory, initial, generative
+    )
     json_text = json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     markdown = render_markdown(report)
     png = _heatmap_png(report)
@@ -137,6 +158,7 @@ def build_report(
     times: Sequence[float] | None = None,
     peak_memory: Sequence[float] | None = None,
     initial: Any = None,
+    generative: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON-ready content of ``report.json`` (see `write_report` for the arguments)."""
     array = as_accuracy_matrix(matrix)
@@ -149,14 +171,19 @@ def build_report(
     memory = _checked_per_task(peak_memory, num_tasks, "peak_memory")
     if extra is not None and not isinstance(extra, Mapping):
         raise TypeError(f"extra must be a mapping (a dict), got {type(extra).__name__}")
-    return _jsonable(
+    metrics = summarize(array, a0)
+    if generative is not None:
+        if len(generative["rows"]) != num_tasks:
+            raise ValueError(f"{len(generative['rows'])} generative rows for {num_tasks} tasks")
+        metrics |= summarize_generative(generative)
+    report = _jsonable(
         {
             "format_version": FORMAT_VERSION,
             "method": method_name,
             "tasks": names,
             "accuracy_matrix": array,
             "initial_accuracy": a0,
-            "metrics": summarize(array, a0),
+            "metrics": metrics,
             "per_task": per_task_metrics(array),
             "seconds_per_task": seconds,
             "total_seconds": None if seconds is None else sum(seconds),
@@ -165,6 +192,24 @@ def build_report(
         },
         "report",
     )
+    if generative is not None:
+        report["generative"] = _jsonable(_generative_record(generative), "generative")
+    return report
+
+
+def _generative_record(generative: Mapping[str, Any]) -> dict[str, Any]:
+    """The format and CIDEr-D matrices and the general sets, row by row."""
+    rows, initial = generative["rows"], generative.get("initial") or {}
+    return {
+        "format_matrix": [row["formats"] for row in rows],
+        "initial_formats": initial.get("formats"),
+        "cider_d_matrix": [row["cider_d"] for row in rows],
+        "initial_cider_d": initial.get("cider_d"),
+        "general": {
+            "initial": initial.get("general"),
+            "after_task": [row["general"] for row in rows],
+        },
+    }
 
 
 def read_report(path: str | os.PathLike) -> dict[str, Any]:
@@ -227,6 +272,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines.append(_row(["Peak memory", *(_memory(v) for v in report["peak_memory_mib"])]))
     lines.append("")
 
+    if report.get("generative"):
+        lines += _generative_markdown(report, names, number)
+
     if report.get("extra"):
         extra = json.dumps(report["extra"], indent=2, ensure_ascii=False, allow_nan=False)
         lines += ["## Extra", "", "```json", extra, "```", ""]
@@ -242,16 +290,44 @@ def compare_table(results: Mapping[str, Mapping[str, Any]]) -> str:
     if not results:
         raise ValueError("compare_table needs at least one result")
     metrics = {label: result.get("metrics", result) for label, result in results.items()}
-    decimals = _decimals([m.get(key) for m in metrics.values() for key, _ in COMPARE_COLUMNS])
-    headers = ["Method", *(header for _, header in COMPARE_COLUMNS), "Time"]
+    columns = COMPARE_COLUMNS
+    if any(GENERATIVE_COLUMNS[0][0] in m for m in metrics.values()):
+        columns = COMPARE_COLUMNS + GENERATIVE_COLUMNS
+    decimals = _decimals([m.get(key) for m in metrics.values() for key, _ in columns])
+    headers = ["Method", *(header for _, header in columns), "Time"]
     lines = _table_header(headers, align=("---", *["---:"] * (len(headers) - 1)))
     for label, result in results.items():
-        cells = [_number(metrics[label].get(key), decimals) for key, _ in COMPARE_COLUMNS]
+        cells = [_number(metrics[label].get(key), decimals) for key, _ in columns]
         seconds = result.get("total_seconds")
         lines.append(
             _row([_cell(label), *cells, MISSING if seconds is None else _duration(seconds)])
         )
     return "\n".join(lines)
+
+
+def _generative_markdown(report: Mapping[str, Any], names: list[str], number) -> list[str]:
+    """The retention metrics, the format shares and CIDEr-D of every task after the last
+    one, and the general sets row by row."""
+    record = report["generative"]
+    lines = ["## Instruction following and general ability", ""]
+    lines += _table_header(["Metric", "Value", "Definition"], align=("---", "---:", "---"))
+    for key, label, definition in GENERATIVE_ROWS:
+        lines.append(_row([label, number(report["metrics"].get(key)), definition]))
+    lines += ["", "After the last task:", ""]
+    lines += _table_header(["", *names])
+    lines.append(_row(["Format share", *(number(v) for v in record["format_matrix"][-1])]))
+    lines.append(_row(["CIDEr-D", *(number(v) for v in record["cider_d_matrix"][-1])]))
+    general = record["general"]
+    if general.get("initial"):
+        sets = list(general["initial"])
+        lines += ["", "General sets (the base model's abilities):", ""]
+        lines += _table_header(["", *sets])
+        rows = [("before training", general["initial"])]
+        rows += [(f"after task {i + 1}", g) for i, g in enumerate(general["after_task"])]
+        for label, scores in rows:
+            lines.append(_row([label, *(number(scores.get(name)) for name in sets)]))
+    lines.append("")
+    return lines
 
 
 # --- heat map -------------------------------------------------------------------------------

@@ -13,6 +13,11 @@ recorded when it started (`mmcl.continual.settings`).
 Under `torchrun` every rank runs this same function: the engine trains with DDP, every rank
 evaluates the same test sets, the method's state is broadcast from rank 0 after each task, and
 only rank 0 writes files.
+
+An instruction stream (`mmcl.continual.instructions`) trains a LLaVA-style bridge, given with
+its `tokenizer`, with the LM loss on the answers; its rows hold the tasks' scores, and beside
+them the share of answers in the format asked, CIDEr-D of caption tasks and the general sets'
+scores (``progress.json``'s "generative", the report's retention columns).
 """
 
 from __future__ import annotations
@@ -32,7 +37,14 @@ import torch
 from mmcl.continual import classes
 from mmcl.continual.captioned import is_captioned_stream, retrieval_recall_at_1
 from mmcl.continual.evaluation import task_accuracy
+from mmcl.continual.generative import (
+    INSTRUCTION_MEASURE,
+    check_bridge,
+    conversation_encoder,
+    training_parts,
+)
 from mmcl.continual.heads import classification_objective, is_classifier
+from mmcl.continual.instructions import evaluate_stream, is_instruction_stream
 from mmcl.continual.report import write_report
 from mmcl.continual.settings import differences, run_settings
 from mmcl.io.atomic import atomic_path
@@ -55,24 +67,30 @@ class ContinualRun:
     output_dir: Path
     initial_state: dict[str, torch.Tensor]
     task_index: int = 0
+    encoder: Any = None  # an instruction stream's `ConversationEncoder` (the bridge's tokenizer)
 
     @property
     def captioned(self) -> bool:
         """Whether the stream is captioned pairs (`mmcl.continual.captioned`), not classes."""
         return is_captioned_stream(self.scenario)
 
+    @property
+    def instructions(self) -> bool:
+        """Whether the stream is instruction tasks for a bridge (`mmcl.continual.instructions`)."""
+        return is_instruction_stream(self.scenario)
+
     def stream_data(self, index: int, split: str = "train"):
         """Task `index`'s data with stream labels (what the engine trains on); a captioned
-        stream's pairs as they are."""
-        if self.captioned:
+        stream's pairs as they are, an instruction stream's ``(image, Conversation)`` items."""
+        if self.captioned or self.instructions:
             task = self.scenario.tasks[index]
             return task.train if split == "train" else task.test
         return classes.stream_data(self.scenario, index, split)
 
     def training_space(self, index: int | None = None) -> classes.ClassSpace:
         """The classes the objective of task `index` (default: the current one) chooses from."""
-        if self.captioned:
-            raise ValueError("a captioned stream has no classes to choose from")
+        if self.captioned or self.instructions:
+            raise ValueError(f"a {self.scenario.kind} stream has no classes to choose from")
         index = self.task_index if index is None else index
         return classes.training_space(self.scenario, index, self.method.mixes_past_data)
 
@@ -112,11 +130,13 @@ def run_continual(
     eval_batch_size: int = 256,
     progress: bool = True,
     extra: dict[str, Any] | None = None,
+    tokenizer: Any = None,
 ) -> ContinualResult:
     """Train `method` on every task of `scenario` in turn; write the report into `output_dir`.
 
     `config` is the engine's per-task setting (steps or epochs, batch, lr, precision, ...);
-    each task trains in `output_dir/task_XX_name` with its own checkpoints.
+    each task trains in `output_dir/task_XX_name` with its own checkpoints. `tokenizer`: the
+    bridge's, for an instruction stream.
     """
     output_dir = Path(output_dir)
     info = distributed.init_from_env()
@@ -136,6 +156,9 @@ def run_continual(
         )
     if is_captioned_stream(scenario):  # the report says what its matrix holds
         extra = {**(extra or {}), "measure": RETRIEVAL_MEASURE}
+    if is_instruction_stream(scenario):
+        check_bridge(model, method, scenario, tokenizer)
+        extra = {**(extra or {}), "measure": INSTRUCTION_MEASURE}
     settings = run_settings(method, config, extra)
     per_step = config.batch_size * config.accumulation_steps * info.world_size
     small = [f"{t.name} ({len(t.train)})" for t in tasks if len(t.train) < per_step]
@@ -151,6 +174,8 @@ def run_continual(
     _barrier()
 
     run = ContinualRun(scenario, method, config, output_dir, {})
+    if run.instructions:
+        run.encoder = conversation_encoder(model, tokenizer)
     method.setup(model, run)  # adapters/prompts first, so the snapshot below includes them
     if saved is None:
         run.initial_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -167,6 +192,8 @@ def run_continual(
             "seconds": [],
             "peak_memory_mib": [],
         }
+        if run.instructions:  # the rows' extras: formats, CIDEr-D, general ability
+            saved["generative"] = {"initial": None, "rows": []}
     else:
         run.initial_state = torch.load(output_dir / INITIAL_FILE, weights_only=True)
     if resume and (output_dir / STATE_FILE).exists():
@@ -182,7 +209,11 @@ def run_continual(
             _save_progress(output_dir, saved, is_main)
 
     if saved["initial"] is None:
-        saved["initial"] = _evaluate_all(model, method, scenario, -1, run, eval_batch_size)
+        row = _evaluate_all(model, method, scenario, -1, run, eval_batch_size)
+        if run.instructions:
+            saved["generative"]["initial"] = row
+            row = row["scores"]
+        saved["initial"] = row
         _save_progress(output_dir, saved, is_main)
 
     for index in range(saved["completed"], len(tasks)):
@@ -199,14 +230,18 @@ def run_continual(
                 resume="latest-if-any" if resume else None,  # a task may have no checkpoint yet
                 progress=progress and config.progress,
             )
-            if run.captioned:
+            data, collate = method.train_data(task, run), None
+            if run.instructions:
+                data, collate, objective = training_parts(data, run.encoder)
+            elif run.captioned:
                 objective = ContrastiveObjective(config.loss)
             else:
                 objective = classification_objective(model, run.training_space(index), method)
             Trainer(
                 model,
-                method.train_data(task, run),
+                data,
                 task_config,
+                collate_fn=collate,
                 objective=objective,
                 plugins=[method],
             ).fit()
@@ -233,7 +268,7 @@ def run_continual(
                 output_dir / f"task_{index:02d}_{task.name}" / "checkpoints", ignore_errors=True
             )
         if progress and is_main:
-            shown = " ".join(f"{100 * a:5.1f}" for a in row)
+            shown = " ".join(f"{100 * a:5.1f}" for a in saved["matrix"][-1])
             print(f"after task {index} ({task.name}): {shown}  [{seconds:.0f}s]", flush=True)
 
     report = (
@@ -246,6 +281,7 @@ def run_continual(
             times=saved["seconds"],
             peak_memory=saved["peak_memory_mib"],
             initial=saved["initial"],
+            generative=saved.get("generative"),
         )
         if is_main
         else {}
@@ -297,7 +333,10 @@ def _check_model_fits(model, method, scenario) -> None:
         )
 
 
-def _evaluate_all(model, method, scenario, after: int, run, batch_size: int) -> list[float]:
+def _evaluate_all(model, method, scenario, after: int, run, batch_size: int):
+    """A row of the matrix; for an instruction stream, the row with its extras (a dict)."""
+    if run.instructions:
+        return evaluate_stream(model, run.encoder, scenario, min(batch_size, 64))
     if run.captioned:  # the matrix holds retrieval R@1
         return [retrieval_recall_at_1(model, task.test, batch_size) for task in scenario.tasks]
     return [
@@ -306,7 +345,10 @@ def _evaluate_all(model, method, scenario, after: int, run, batch_size: int) -> 
     ]
 
 
-def _record(saved: dict, row: list[float], seconds: float, peak: float) -> None:
+def _record(saved: dict, row, seconds: float, peak: float) -> None:
+    if isinstance(row, dict):  # an instruction stream's row with its extras
+        saved["generative"]["rows"].append(row)
+        row = row["scores"]
     saved["matrix"].append(row)
     saved["seconds"].append(seconds)
     saved["peak_memory_mib"].append(peak)

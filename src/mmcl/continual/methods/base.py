@@ -23,7 +23,9 @@ have one column per class of it, in its order.
 
 A captioned stream (`mmcl.continual.captioned`) trains image-caption pairs with the
 contrastive loss; only methods with `takes_captions = True` run on it, and their batches hold
-caption tokens where a classification stream's hold labels.
+caption tokens where a classification stream's hold labels. An instruction stream
+(`mmcl.continual.instructions`) trains a LLaVA-style bridge with the LM loss; only methods
+with `takes_instructions = True` run on it.
 
 Methods that train on past tasks' data too (joint training, replay) set
 `mixes_past_data = True`, so task- and multi-dataset streams train over all classes so far.
@@ -46,6 +48,10 @@ class Method(TrainingPlugin):
     # True: also trains on a captioned stream (contrastive loss, retrieval R@1; see
     # mmcl.continual.captioned), where there are no classes and no class prompts.
     takes_captions = False
+    # True: also trains a LLaVA-style bridge on an instruction stream (LM loss on answers,
+    # answers scored; see mmcl.continual.instructions), where batches hold encoded
+    # conversations: ``targets`` is ``(batch, 3, length)`` ids, labels and attention mask.
+    takes_instructions = False
 
     def setup(self, model, run) -> None:
         pass

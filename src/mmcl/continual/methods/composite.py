@@ -29,6 +29,10 @@ class Composite(Method):
         return all(p.takes_captions for p in self.parts)
 
     @property
+    def takes_instructions(self) -> bool:
+        return all(p.takes_instructions for p in self.parts)
+
+    @property
     def mixes_past_data(self) -> bool:
         return any(p.mixes_past_data for p in self.parts)
 

@@ -9,3 +9,4 @@ from mmcl.continual.methods.base import Method
 class Finetune(Method):
     name = "finetune"
     takes_captions = True
+    takes_instructions = True

@@ -11,3 +11,4 @@ class Frozen(Method):
     name = "frozen"
     trains = False
     takes_captions = True
+    takes_instructions = True

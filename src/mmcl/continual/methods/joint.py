@@ -12,6 +12,7 @@ from mmcl.continual.methods.base import Method
 class Joint(Method):
     name = "joint"
     mixes_past_data = True
+    takes_instructions = True
 
     def train_data(self, task, run):
         return ConcatDataset([run.stream_data(i) for i in range(task.index + 1)])

@@ -1,0 +1,100 @@
+"""What the continual runner needs to serve a LLaVA-style bridge on an instruction stream
+(`mmcl.continual.instructions`): the model and method checks, the training data, collate and
+objective of a task, and one evaluation row. Kept here so the runner reads the same for every
+kind of stream.
+"""
+
+from __future__ import annotations
+
+INSTRUCTION_MEASURE = (
+    "VQA accuracy (exact match of the normalised answer); caption tasks: attribute accuracy "
+    "of the captions (shape, colour, count), CIDEr-D beside it"
+)
+# Methods that run on an instruction stream today; the others are refused by name.
+INSTRUCTION_METHODS = "finetune, joint, frozen"
+
+
+def check_bridge(model, method, stream, tokenizer) -> None:
+    """Refuse, before anything trains, a model that is not a bridge into a language model,
+    a missing tokenizer, and methods that do not take instructions."""
+    parts = getattr(method, "parts", [method])
+    refused = [part.name for part in parts if not part.takes_instructions]
+    if refused:
+        raise ValueError(
+            f"method(s) {refused} do not train on instructions, which the stream "
+            f"{stream.name!r} holds; choose among the methods that do ({INSTRUCTION_METHODS})"
+        )
+    if not (hasattr(model, "language_model") and hasattr(model, "generate")):
+        raise ValueError(
+            f"an instruction stream trains a bridge into a language model (e.g. a LLaVA "
+            f"model); this model is a {type(model).__name__}: give a LLaVA folder or recipe"
+        )
+    if tokenizer is None:
+        raise ValueError(
+            "an instruction stream needs the bridge's tokenizer (run_continual(tokenizer=...))"
+        )
+
+
+def conversation_encoder(model, tokenizer, max_length: int | None = None):
+    from mmcl.data.chat_template import ConversationEncoder
+
+    return ConversationEncoder(
+        tokenizer, model.image_token_id, model.tokens_per_image, max_length=max_length
+    )
+
+
+def training_parts(data, encoder):
+    """`(dataset, collate_fn, objective)` of a task whose items are ``(image,
+    Conversation)``: conversations through the chat template, the loss on answers only."""
+    from mmcl.recipe_llava import ConversationCollate, EncodedConversations
+    from mmcl.train.lm_objective import CausalLMObjective
+
+    return (
+        EncodedConversations(data, encoder),
+        ConversationCollate(encoder.tokenizer.pad_token_id),
+        CausalLMObjective(),
+    )
+
+
+# Parts of a LLaVA folder trained in a continual run: LLaVA's stage 2 (the tower frozen).
+FOLDER_TRAINABLE = ("projector", "language_model")
+
+
+def starting_bridge(spec: str):
+    """`(model, tokenizer)` a run on an instruction stream starts from: a LLaVA folder with
+    its tokenizer (a recipe's ``hf/`` output; projector and LM train, the tower is frozen),
+    or a LLaVA recipe (shipped name or YAML file) whose model section builds it (its
+    ``init`` folder, or a new model, seeded; its ``trainable`` parts train)."""
+    from pathlib import Path
+
+    import torch
+    import yaml
+
+    from mmcl.recipe import recipe_text
+    from mmcl.recipe_llava import build_llava, set_trainable
+
+    if Path(spec).is_dir():
+        model_spec, source = {"init": spec}, str(spec)
+        trainable = list(FOLDER_TRAINABLE)
+    else:
+        try:
+            text, source = recipe_text(spec)
+        except FileNotFoundError:
+            raise ValueError(
+                f"--model {spec}: an instruction stream needs a bridge: a LLaVA folder with "
+                f"its tokenizer, or a LLaVA recipe (e.g. llava-scenes-stage1)"
+            ) from None
+        model_spec = dict((yaml.safe_load(text) or {}).get("model") or {})
+        if model_spec.pop("kind", None) != "llava":
+            raise ValueError(f"{source}: not a LLaVA recipe (model.kind must be llava)")
+        trainable = model_spec.pop("trainable", ["projector"])
+        if "lora" in model_spec:
+            raise ValueError(
+                f"{source}: model.lora is not supported in continual runs yet; drop it"
+            )
+    torch.manual_seed(0)
+    model, tokenizer = build_llava(model_spec, source)
+    if model_spec:
+        raise ValueError(f"{source}: unknown model entries {sorted(model_spec)}")
+    set_trainable(model, trainable, source)
+    return model, tokenizer
