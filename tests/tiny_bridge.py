@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from mmcl.recipe_llava import build_llava, save_llava_folder, set_trainable
+from mmcl.recipe_bridges import build_llava, save_llava_folder, set_trainable
 
 SPEC = {
     "tower": "tiny-vit",

@@ -46,7 +46,7 @@ def conversation_encoder(model, tokenizer, max_length: int | None = None):
 def training_parts(data, encoder):
     """`(dataset, collate_fn, objective)` of a task whose items are ``(image,
     Conversation)``: conversations through the chat template, the loss on answers only."""
-    from mmcl.recipe_llava import ConversationCollate, EncodedConversations
+    from mmcl.recipe_bridges import ConversationCollate, EncodedConversations
     from mmcl.train.lm_objective import CausalLMObjective
 
     return (
@@ -71,7 +71,7 @@ def starting_bridge(spec: str):
     import yaml
 
     from mmcl.recipe import recipe_text
-    from mmcl.recipe_llava import build_llava, set_trainable
+    from mmcl.recipe_bridges import build_llava, set_trainable
 
     if Path(spec).is_dir():
         model_spec, source = {"init": spec}, str(spec)
