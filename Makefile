@@ -34,8 +34,10 @@ ACCELERATION_TESTS := tests/nn/test_accelerate.py tests/nn/test_inference_shortc
 	tests/nn/test_kernels.py tests/nn/test_linear_kernel.py tests/nn/test_streams.py \
 	tests/models/test_inference_paths.py
 
+# The suite on 2 workers (pytest-xdist), a test file to a worker; each worker runs torch on
+# one thread (tests/conftest.py), so the two share the cores instead of waiting on each other.
 test: lint chromium
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 	MMCL_NATIVE_KERNELS=0 ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 $(PY) -m pytest -q \
 		-k "not compiled and not benchmark and not RN50" $(ACCELERATION_TESTS)
 	ATEN_CPU_CAPABILITY=avx2 MMCL_NATIVE_KERNELS=0 ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q \

@@ -11,6 +11,11 @@ import torch
 
 from mmcl.models import get_model_config
 
+# Under pytest-xdist each worker gets one intra-op thread: the workers share the cores, and
+# one thread per worker keeps them from waiting on each other's threads.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 
 def open_clip_reference(name: str, seed: int = 0) -> torch.nn.Module:
     """A randomly initialised open_clip CLIP with the architecture of our config `name`."""

@@ -33,8 +33,19 @@ def add_parser(commands) -> None:
     )
     index.add_argument("--threshold", type=int, default=DEFAULT_INDEX_THRESHOLD, metavar="ROWS")
     index.add_argument("--nlist", type=int, help="IVF cells (default 4 sqrt(rows))")
-    index.add_argument("--nprobe", type=int, help="IVF cells searched a query (default nlist/10)")
-    index.add_argument("--ef-search", type=int, default=64, help="HNSW candidates a query")
+    index.add_argument(
+        "--nprobe", type=int, help="IVF cells searched a query (default: tuned to --target-recall)"
+    )
+    index.add_argument(
+        "--ef-search", type=int, help="HNSW candidates a query (default: tuned to --target-recall)"
+    )
+    index.add_argument(
+        "--target-recall",
+        type=float,
+        default=0.95,
+        help="unless --nprobe / --ef-search is given, the search effort doubles from nlist/10 "
+        "cells (64 candidates) until the measured recall@10 reaches this",
+    )
     index.add_argument(
         "--recall-queries", type=int, default=200, help="rows sampled to measure recall@10"
     )
@@ -57,6 +68,7 @@ def run_index(args: argparse.Namespace) -> int:
         nprobe=args.nprobe,
         ef_search=args.ef_search,
         recall_queries=args.recall_queries,
+        target_recall=args.target_recall,
     )
     report = build_index(args.features, args.output, settings, rebuild=args.rebuild)
     if args.quiet:

@@ -8,6 +8,9 @@ point leaves the previous index usable.
 
 - Up to `threshold` rows the index is exact (inner product over every row); above it, IVF (or
   HNSW with kind="hnsw"), with recall@10 against exact search measured on a sample of rows.
+  The search effort (IVF's nprobe, HNSW's efSearch), unless given, is doubled from a cheap
+  start until that recall reaches `target_recall`: random-like vectors need far more cells
+  searched than clustered image embeddings, and a fixed default fits only one of them.
 - Building again from a newer output of the same model adds only the new files, keeping the
   index's kind and parameters (a flat index that grows past `threshold` is rebuilt as IVF; IVF
   cells are not retrained: rebuild after the collection has grown several times). A file gone
@@ -46,9 +49,12 @@ class IndexSettings:
     kind: str = "auto"  # auto: flat up to `threshold` rows, ivf above
     threshold: int = DEFAULT_THRESHOLD
     nlist: int | None = None  # IVF cells; default 4 * sqrt(rows), at most rows / 39
-    nprobe: int | None = None  # IVF cells searched a query; default nlist / 10
+    nprobe: int | None = None  # IVF cells searched a query; default: tuned to target_recall
     hnsw_m: int = 32  # HNSW links a node
-    ef_search: int = 64  # HNSW candidates a query
+    ef_search: int | None = None  # HNSW candidates a query; default: tuned to target_recall
+    # Unless nprobe / ef_search is given, the query-time effort starts at nlist / 10 cells (64
+    # candidates) and doubles until the measured recall@10 reaches this (or everything is read).
+    target_recall: float = 0.95
     recall_queries: int = 200  # rows sampled as queries to measure recall@10
     seed: int = 0
 
@@ -175,6 +181,8 @@ def build_index(
         raise ValueError(f"kind must be one of {KINDS}, got {settings.kind!r}")
     if settings.threshold < 0 or settings.recall_queries < 1:
         raise ValueError("threshold must be >= 0 and recall_queries positive")
+    if not 0 < settings.target_recall <= 1:
+        raise ValueError(f"target_recall must be in (0, 1], got {settings.target_recall}")
     output = Path(output)
     embed = read_embed_output(features)
     start = time.perf_counter()
@@ -194,7 +202,7 @@ def build_index(
             return _append(old, embed, new_rows, settings, start)
         settings = replace(settings, kind=kind)
     index, kind, params = _build(embed.features, settings)
-    recall = _measure_recall(index, kind, embed, embed.names, settings)
+    recall = _tune_effort(index, kind, params, embed, settings)
     _write_version(output, index, embed.names, _meta(embed, kind, params, recall, settings))
     seconds = time.perf_counter() - start
     return IndexReport(
@@ -217,8 +225,8 @@ def _build(features: np.ndarray, settings: IndexSettings):
         index = faiss.IndexFlatIP(dim)
     elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efSearch = settings.ef_search
-        params = {"hnsw_m": settings.hnsw_m, "ef_search": settings.ef_search}
+        index.hnsw.efSearch = settings.ef_search or 64
+        params = {"hnsw_m": settings.hnsw_m, "ef_search": index.hnsw.efSearch}
     else:
         # faiss's k-means wants >= 39 training points a cell; 4 * sqrt(n) cells is its guide.
         nlist = settings.nlist or max(1, min(int(4 * math.sqrt(rows)), rows // 39))
@@ -301,22 +309,51 @@ def _append(old: SearchIndex, embed: EmbedOutput, new_rows: list[int], settings,
     )  # fmt: skip
 
 
+def _tune_effort(index, kind, params: dict, embed: EmbedOutput, settings) -> float | None:
+    """recall@10 of the new `index`, after doubling its search effort (the one not given in
+    `settings`) until the recall reaches `settings.target_recall`; `params` records the effort
+    chosen. The effort is saved with the index (faiss stores nprobe and efSearch)."""
+    recall = _measure_recall(index, kind, embed, embed.names, settings)
+    if kind == "ivf" and settings.nprobe is None:
+        while recall < settings.target_recall and index.nprobe < index.nlist:
+            index.nprobe = min(2 * index.nprobe, index.nlist)
+            recall = _measure_recall(index, kind, embed, embed.names, settings)
+        params["nprobe"] = index.nprobe
+    elif kind == "hnsw" and settings.ef_search is None:
+        # efSearch beyond the row count reads no more of the graph.
+        while recall < settings.target_recall and index.hnsw.efSearch < index.ntotal:
+            index.hnsw.efSearch = 2 * index.hnsw.efSearch
+            recall = _measure_recall(index, kind, embed, embed.names, settings)
+        params["ef_search"] = index.hnsw.efSearch
+    return recall
+
+
 def _measure_recall(index, kind, embed: EmbedOutput, names, settings) -> float | None:
-    """Mean share of the exact top 10 (numpy, over `embed`) found by `index`, for sampled rows."""
+    """Mean share of the exact top 10 (numpy, over `embed`) found by `index`, for sampled rows.
+
+    The sampled rows are indexed themselves; each is left out of its own top 10 (truth and
+    found), so the figure estimates the recall of new queries rather than being lifted by
+    every row finding itself."""
     if kind == "flat":
         return None
     rows = len(embed.names)
-    k = min(10, rows)
-    sample = np.random.default_rng(settings.seed + 1).choice(
-        rows, min(rows, settings.recall_queries), replace=False
+    k = min(10, rows - 1)
+    if k < 1:
+        return 1.0
+    sample = np.sort(
+        np.random.default_rng(settings.seed + 1).choice(
+            rows, min(rows, settings.recall_queries), replace=False
+        )
     )
-    queries = np.ascontiguousarray(embed.features[np.sort(sample)], dtype=np.float32)
-    exact = exact_top_k(queries, embed.features, k)
-    _, found = index.search(queries, k)
-    hits = [
-        len({embed.names[r] for r in truth} & {names[r] for r in got if r >= 0})
-        for truth, got in zip(exact, found, strict=True)
-    ]
+    queries = np.ascontiguousarray(embed.features[sample], dtype=np.float32)
+    exact = exact_top_k(queries, embed.features, k + 1)
+    _, found = index.search(queries, k + 1)
+    hits = []
+    for query, truth, got in zip(sample, exact, found, strict=True):
+        own = embed.names[query]
+        truth_names = [embed.names[r] for r in truth if r != query][:k]
+        got_names = [names[r] for r in got if r >= 0 and names[r] != own][:k]
+        hits.append(len(set(truth_names) & set(got_names)))
     return float(np.mean(hits) / k)
 
 
