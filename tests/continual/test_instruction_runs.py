@@ -83,3 +83,29 @@ def test_compare_runs_frozen_and_joint_on_a_bridge_folder_from_the_cli(tmp_path,
     initial = frozen["generative"]["initial"]
     assert frozen["matrix"] == [frozen["initial"]] * 2
     assert frozen["generative"]["rows"] == [initial] * 2
+
+
+@pytest.mark.parametrize("name", ["moe_lora", "o_lora", "task_lora", "modal_prompt"])
+def test_lora_expert_methods_run_a_stream_and_answer_through_their_routes(
+    bridge, stream, tmp_path, monkeypatch, name
+):
+    # The methods that route rows (a task's LoRA picked by the selector, a task's prompts)
+    # must be asked where each test row runs: an answer from the bare model would be wrong
+    # without an error. Every evaluation batch goes through `routes`.
+    method = build_method(name)
+    asked = []
+    routes = method.routes
+    monkeypatch.setattr(
+        method, "routes", lambda m, images: asked.append(len(images)) or routes(m, images)
+    )
+    model, tokenizer = bridge
+    config = TrainConfig(
+        steps=2, batch_size=4, lr=1e-3, progress=False, tensorboard=False, output_dir=tmp_path
+    )
+    result = run_continual(
+        copy.deepcopy(model), stream, method, config, tmp_path, progress=False,
+        tokenizer=tokenizer,
+    )  # fmt: skip
+    assert len(result.report["generative"]["format_matrix"]) == 2
+    # Before training and after each of 2 tasks: 2 tasks of 4 answers and 2 general sets of 2.
+    assert sum(asked) == 3 * (2 * 4 + 2 * 2)

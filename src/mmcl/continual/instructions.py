@@ -272,10 +272,13 @@ def score_answers(task: InstructionTask, answers: Sequence[str]) -> TaskScores:
 
 @torch.no_grad()
 def generate_answers(
-    model, encoder, data: Instructions, max_new_tokens: int, batch_size: int = 64
+    model, encoder, data: Instructions, max_new_tokens: int, batch_size: int = 64, method=None
 ) -> list[str]:
     """Greedy answers of `model` to every instruction of `data`, from the chat template's
-    prompt (left-padded batches through the model's own `generate`)."""
+    prompt (left-padded batches through the model's own `generate`). A `method` that routes
+    rows (its `routes` hook: a task's LoRA chosen by a selector, prompts) answers each row
+    under the route it picks."""
+    from mmcl.continual.methods.task_keys import run_routes
     from mmcl.data.chat_template import left_pad
 
     tokenizer = encoder.tokenizer
@@ -291,13 +294,20 @@ def generate_answers(
             ]
             images = torch.stack([data[i][0] for i in indices]).to(device)
             ids, mask = left_pad(prompts, tokenizer.pad_token_id)
-            new = model.generate(
-                ids.to(device),
-                images,
-                mask.to(device),
-                max_new_tokens=max_new_tokens,
-                end_token=tokenizer.eos_token_id,
-                pad_token=tokenizer.pad_token_id,
+            ids, mask = ids.to(device), mask.to(device)
+            routes = None if method is None else method.routes(model, images)
+            new = run_routes(
+                routes,
+                len(images),
+                lambda rows, ids=ids, images=images, mask=mask: model.generate(
+                    ids[rows],
+                    images[rows],
+                    mask[rows],
+                    max_new_tokens=max_new_tokens,
+                    end_token=tokenizer.eos_token_id,
+                    pad_token=tokenizer.pad_token_id,
+                ),
+                pad=tokenizer.pad_token_id,
             )
             answers += tokenizer.batch_decode(new.cpu(), skip_special_tokens=True)
     finally:
@@ -305,17 +315,22 @@ def generate_answers(
     return [answer.strip() for answer in answers]
 
 
-def evaluate_task(model, encoder, task: InstructionTask, batch_size: int = 64) -> TaskScores:
-    answers = generate_answers(model, encoder, task.test, task.max_new_tokens, batch_size)
+def evaluate_task(
+    model, encoder, task: InstructionTask, batch_size: int = 64, method=None
+) -> TaskScores:
+    answers = generate_answers(model, encoder, task.test, task.max_new_tokens, batch_size, method)
     return score_answers(task, answers)
 
 
-def evaluate_stream(model, encoder, stream: InstructionStream, batch_size: int = 64) -> dict:
+def evaluate_stream(
+    model, encoder, stream: InstructionStream, batch_size: int = 64, method=None
+) -> dict:
     """One row of every matrix: ``{"scores", "formats", "cider_d", "general"}`` (each a list
-    over the tasks, except `general`: ``{set name: score}``)."""
-    results = [evaluate_task(model, encoder, task, batch_size) for task in stream]
+    over the tasks, except `general`: ``{set name: score}``). `method` answers through its
+    routes (see `generate_answers`), the general sets too: they are what the model kept."""
+    results = [evaluate_task(model, encoder, task, batch_size, method) for task in stream]
     general = {
-        name: evaluate_task(model, encoder, task, batch_size).score
+        name: evaluate_task(model, encoder, task, batch_size, method).score
         for name, task in (stream.general or {}).items()
     }
     return {

@@ -336,7 +336,7 @@ def _check_model_fits(model, method, scenario) -> None:
 def _evaluate_all(model, method, scenario, after: int, run, batch_size: int):
     """A row of the matrix; for an instruction stream, the row with its extras (a dict)."""
     if run.instructions:
-        return evaluate_stream(model, run.encoder, scenario, min(batch_size, 64))
+        return evaluate_stream(model, run.encoder, scenario, min(batch_size, 64), method)
     if run.captioned:  # the matrix holds retrieval R@1
         return [retrieval_recall_at_1(model, task.test, batch_size) for task in scenario.tasks]
     return [
