@@ -217,3 +217,45 @@ def test_gradient_checkpointing_gives_the_same_gradients(hf_folder):
     assert not any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
     assert sorted(plain) == sorted(checkpointed) and any(k.startswith("visual.") for k in plain)
     assert all(torch.allclose(plain[k], checkpointed[k], atol=1e-6) for k in plain)
+
+
+def test_beam_search_tokens_equal_hf_generate_num_beams(hf_folder):
+    """transformers' beam search, token for token: rows that end at different steps (end
+    tokens taken from an unended run), several length penalties, a left-padded row."""
+    PAD = 98  # transformers fills with the end token where the pad id is 0
+    folder, reference = hf_folder
+    model, _ = mmcl.load(folder)
+    pixels, ids, mask = _inputs()
+
+    def hf_beams(end_token, length_penalty):
+        with torch.no_grad():
+            return reference.generate(
+                input_ids=ids,
+                pixel_values=pixels,
+                attention_mask=mask,
+                max_new_tokens=7,
+                num_beams=3,
+                length_penalty=length_penalty,
+                do_sample=False,
+                eos_token_id=end_token,
+                pad_token_id=PAD,
+            )[:, ids.shape[1] :]
+
+    free = hf_beams(-1, 1.0)
+    ended_early = 0
+    for end_token in {int(free[0, 1]), int(free[1, 3]), int(free[0, 4])}:
+        for length_penalty in (1.0, 0.0, 2.0):
+            expected = hf_beams(end_token, length_penalty)
+            got = model.generate(
+                ids,
+                pixels,
+                mask,
+                max_new_tokens=7,
+                end_token=end_token,
+                pad_token=PAD,
+                beams=3,
+                length_penalty=length_penalty,
+            )
+            assert got.tolist() == expected[:, : got.shape[1]].tolist(), (end_token, length_penalty)
+            ended_early += int((expected == PAD).any())
+    assert ended_early > 0  # some searches ended before max_new_tokens
