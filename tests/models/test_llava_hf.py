@@ -259,3 +259,40 @@ def test_beam_search_tokens_equal_hf_generate_num_beams(hf_folder):
             assert got.tolist() == expected[:, : got.shape[1]].tolist(), (end_token, length_penalty)
             ended_early += int((expected == PAD).any())
     assert ended_early > 0  # some searches ended before max_new_tokens
+
+
+def test_generate_runs_the_image_tower_once_per_call_even_with_beams(hf_folder):
+    folder, _ = hf_folder
+    model, _ = mmcl.load(folder)
+    pixels, ids, mask = _inputs()
+    batches = []
+    run_tower = model.visual.forward_intermediates
+    model.visual.forward_intermediates = lambda x, **kw: (
+        batches.append(len(x)) or run_tower(x, **kw)
+    )
+    model.generate(ids, pixels, mask, max_new_tokens=4, end_token=2)
+    model.generate(ids, pixels, mask, max_new_tokens=4, end_token=2, beams=3)
+    assert batches == [2, 2]  # once a call, one row an image (not one a beam)
+
+
+def test_accelerate_with_foreign_linears_packs_the_lm_and_keeps_fp32_exact(hf_folder):
+    from mmcl.nn import accelerate
+    from mmcl.nn.fast_linear import PackedLinear
+
+    folder, _ = hf_folder
+    pixels, ids, mask = _inputs()
+    plain = mmcl.load(folder)[0].eval()
+    with pytest.warns(UserWarning, match="accelerate left"):  # the LM's other modules
+        fast = accelerate(mmcl.load(folder)[0].eval().requires_grad_(False), foreign_linears=True)
+    lm = fast.language_model
+    assert type(lm.lm_head) is PackedLinear
+    assert type(lm.model.layers[0].self_attn.q_proj) is PackedLinear
+    assert "nn.Linear layers, packed" in fast.acceleration_skipped["language_model"]
+    with torch.no_grad():
+        assert torch.equal(fast(ids, pixels, mask).logits, plain(ids, pixels, mask).logits)
+        plain16 = mmcl.load(folder, precision="bf16")[0].eval().requires_grad_(False)
+        expected = plain16(ids, pixels.bfloat16(), mask).logits.float()
+        with pytest.warns(UserWarning, match="accelerate left"):
+            accelerate(plain16, foreign_linears=True)
+        got = plain16(ids, pixels.bfloat16(), mask).logits
+    assert (got.float() - expected).abs().max() < 0.05 * expected.abs().max()
