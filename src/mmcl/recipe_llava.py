@@ -16,7 +16,8 @@ the projector and the language model on conversations, both on the one engine.
                                     # part's own weights are frozen, its adapters train
     data:   kind: scene_conversations, stage: captions | instructions, size, max_turns
             or kind: llava_json, path: FILE, images: FOLDER;  max_length: tokens per sample;
-            system: the chat template's system text (default Vicuna's, as LLaVA-1.5's)
+            system: the chat template's system text (default Vicuna's, as LLaVA-1.5's);
+                    hf/ records it in the tokenizer's chat template, for `mmcl ask`
     eval:   vqa_size: N (held-out scene questions), scene_split: test
 
 The run's folder gets the engine's `model.safetensors` and checkpoints, and ``hf/``: the
@@ -125,7 +126,7 @@ def run_llava_recipe(recipe) -> FitResult:
     if lora is not None:
         save_lora_adapter(model, lora, Path(recipe.train.output_dir) / LORA_FILE)
         unload_lora(model)  # the Hugging Face folder holds the merged weights
-    save_llava_folder(model, tokenizer, Path(recipe.train.output_dir) / "hf")
+    save_llava_folder(model, tokenizer, Path(recipe.train.output_dir) / "hf", template)
     return result
 
 
@@ -239,10 +240,16 @@ class ConversationCollate:
         return images, pack_targets(collate_for_training(encoded, self.pad_token_id))
 
 
-def save_llava_folder(model: Llava, tokenizer, folder: str | os.PathLike) -> Path:
+def save_llava_folder(
+    model: Llava, tokenizer, folder: str | os.PathLike, template: ChatTemplate | None = None
+) -> Path:
     """The model as a Hugging Face LLaVA folder with its tokenizer, replacing a previous one
-    whole (a reader never sees half of each)."""
+    whole (a reader never sees half of each). The tokenizer's chat template is `template`'s
+    (`ChatTemplate.to_jinja`: `mmcl ask` reads the system text from it, and transformers'
+    `apply_chat_template` renders the training layout)."""
     folder = Path(folder)
+    if template is not None:
+        tokenizer.chat_template = template.to_jinja()
     with atomic_folder(folder.with_name(folder.name + ".new")) as staging:
         save_huggingface(model, staging, overwrite=True)
         tokenizer.save_pretrained(staging)
