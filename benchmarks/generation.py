@@ -292,6 +292,18 @@ def add_ratios(rows: list[dict]) -> None:
         row["first_speedup"] = hf["first_ms"] / row["first_ms"]
 
 
+def check_targets(rows: list[dict]) -> list[tuple[str, bool, str]]:
+    """The issue's targets: identical greedy tokens (fp32), and >= 1.0x transformers' tokens/s."""
+    ours = [r for r in rows if r["library"] == "mmcl"]
+    fp32 = [r for r in ours if r["precision"] == "fp32"]
+    same = min(r["same"] for r in fp32)
+    checks = [("fp32 greedy tokens identical to HF's", same == 1.0, f"{100 * same:.0f}% of rows")]
+    for row in ours:
+        what = f"{row['model']} {row['precision']} batch {row['batch']} tokens/s >= 1.0x HF"
+        checks.append((what, row["speedup"] >= 1.0, f"{row['speedup']:.2f}x"))
+    return checks
+
+
 def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     header = [
         "model",
@@ -327,7 +339,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--quick", action="store_true", help="tiny models, one repeat, batch 1 and 2"
     )
     parser.add_argument("--new-tokens", type=int, help="tokens per row (default 32; quick 6)")
-    parser.add_argument("--repeats", type=int, help="timed calls per row (default 5; quick 1)")
+    parser.add_argument("--repeats", type=int, help="timed calls per row (default 3; quick 1)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per row first")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
@@ -335,7 +347,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.new_tokens = args.new_tokens or (6 if args.quick else 32)
-    args.repeats = args.repeats or (1 if args.quick else 5)
+    args.repeats = args.repeats or (1 if args.quick else 3)
     batches = (1, 2) if args.quick else (1, 8)
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -349,8 +361,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     tokenizer = train_lm_tokenizer(texts, vocab_size=120 if args.quick else 1000)
     sources = {"llava": llava_model(args.quick, tokenizer), "blip2": blip2_model(args.quick)}
     print(
-        f"{args.new_tokens} new tokens a row, no end token; median of {args.repeats} after "
-        f"{args.warmup} warm-up"
+        f"{args.new_tokens} new tokens a row, no end token, greedy; fp32, and bf16 weights (no "
+        f"autocast); median of {args.repeats} after {args.warmup} warm-up"
     )
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -366,8 +378,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ["second question (LLaVA, fp32, batch 1)", "positions run", "first token"],
         [[c["chat"], str(c["positions"]), f"{c['first_ms']:.1f} ms"] for c in chats],
     )
+    checks = check_targets(rows)
+    print()
+    for what, met, figure in checks:
+        print(f"{'met' if met else 'MISSED':6s} {what}: {figure}")
     if args.json:
-        payload = {"machine": machine_line(), "peak_gflops": peaks, "rows": rows, "chat": chats}
+        payload = {
+            "machine": machine_line(),
+            "peak_gflops": peaks,
+            "rows": rows,
+            "chat": chats,
+            "targets": [{"target": w, "met": m, "measured": f} for w, m, f in checks],
+        }
         with atomic_path(args.json) as temporary:
             temporary.write_text(json.dumps(payload, indent=2))
         print(f"\nwrote {args.json}")

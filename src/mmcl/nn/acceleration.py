@@ -30,8 +30,9 @@ module that carries forward hooks (its submodules may still be swapped: its hook
 and every module of a class accelerate does not know (a peft layer, a user's subclass, any
 class from outside mmcl holding parameters), with all its submodules. With
 ``foreign_linears=True`` the plain, hook-free `nn.Linear` layers inside such a module become
-`PackedLinear` all the same (a transformers language model calls each of its linear layers as
-a module, so a swapped one computes what it did), and the rest of it is left alone.
+`PackedLinear` all the same where their weights are bf16 (float32 too with ``pack_fp32``): a
+transformers language model calls each of its linear layers as a module, so a swapped one
+computes what it did; the rest of it is left alone.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from __future__ import annotations
 import warnings
 import weakref
 
+import torch
 from torch import nn
 
 from mmcl.nn import kernels as native_kernels
@@ -99,7 +101,10 @@ def accelerate(
     if kernels and any(p.device.type == "cpu" for p in model.parameters()):
         native_kernels.build()
     skipped: dict[str, str] = {}
-    _swap_children(model, "", skipped, foreign_linears)
+    # The dtypes of the foreign linear layers swapped: where their shortcut applies (elsewhere
+    # a PackedLinear would cost its checks on every call and gain nothing).
+    foreign = (torch.bfloat16, torch.float32) if pack_fp32 else (torch.bfloat16,)
+    _swap_children(model, "", skipped, foreign if foreign_linears else ())
     for module in model.modules():
         if isinstance(module, FAST_CLASSES):
             module._inference_only = not trainable
@@ -142,7 +147,7 @@ def _known(module: nn.Module) -> bool:
 
 
 def _swap_children(
-    module: nn.Module, path: str, skipped: dict[str, str], foreign_linears: bool = False
+    module: nn.Module, path: str, skipped: dict[str, str], foreign: tuple = ()
 ) -> None:
     _fold_chains(module)  # before the convolutions could be swapped one by one
     for name, child in list(module.named_children()):
@@ -156,27 +161,28 @@ def _swap_children(
                     setattr(module, name, replacement)
             elif not type(child).__module__.startswith("torch.") and _has_parameters(child):
                 left = "left with its submodules"
-                if foreign_linears:
-                    _pack_linears(child)
+                if foreign:
+                    _pack_linears(child, foreign)
                     left = "left as it is but for its nn.Linear layers, packed"
                 skipped[child_path] = (
                     f"{type(child).__module__}.{type(child).__qualname__} is not a class "
                     f"accelerate knows ({left})"
                 )
             continue
-        _swap_children(child, child_path, skipped, foreign_linears)
+        _swap_children(child, child_path, skipped, foreign)
         if not hooked(child):
             replacement = _replacement(child)
             if replacement is not None:
                 setattr(module, name, replacement)
 
 
-def _pack_linears(module: nn.Module) -> None:
+def _pack_linears(module: nn.Module, dtypes: tuple) -> None:
     for name, child in list(module.named_children()):
         if type(child) is nn.Linear and not hooked(child):
-            setattr(module, name, PackedLinear.replacing(child))
+            if child.weight.dtype in dtypes:
+                setattr(module, name, PackedLinear.replacing(child))
         elif not hooked(child):
-            _pack_linears(child)
+            _pack_linears(child, dtypes)
 
 
 def _has_parameters(module: nn.Module) -> bool:
