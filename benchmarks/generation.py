@@ -17,7 +17,9 @@ placeholders, 12 text tokens; BLIP-2: the placeholders, the start token, 12 text
 no end token, so every row makes exactly `--new-tokens` tokens. "first token" is the time of
 a 1-token call: the image through the tower (once per image, on both sides) and the prompt
 through the LM. "tokens/s" counts the new tokens of every row over a full call. Timings are
-medians of `--repeats` calls after a warm-up, the libraries taking turns. "same tokens" is the
+medians of `--repeats` calls after a warm-up, the libraries taking turns; wall-clock time, or
+with ``--clock cpu`` (one thread only) this process's CPU time, which other jobs on a shared
+machine disturb less. "same tokens" is the
 share of rows whose tokens equal Hugging Face's; in fp32 it must be 100% (the run fails
 otherwise). In bf16 the two towers round differently (mmcl's ViT is not transformers' CLIP
 code), so tokens may part ways there.
@@ -194,7 +196,7 @@ def generation_rows(kind, source, precision, batches, args, scratch: Path) -> li
         ids = prompt_ids(kind, theirs, batch)
         calls = generate_calls(kind, theirs, ours, images, ids, args.new_tokens)
         with torch.inference_mode():
-            results = timed(calls, args.warmup, args.repeats)
+            results = timed(calls, args.warmup, args.repeats, args.clock)
         reference = results[("transformers", "full")][1]
         for library in ("transformers", "mmcl"):
             first, _ = results[(library, "first")]
@@ -227,9 +229,9 @@ def chat_rows(source, tokenizer, args, scratch: Path) -> list[dict]:
         if not keep_cache:
             chat.lm_cache, chat.cached_ids = None, []
         chat.max_new_tokens = 1
-        start = time.perf_counter()
+        start = args.clock()
         chat.ask(QUESTIONS[1])
-        return time.perf_counter() - start, chat
+        return args.clock() - start, chat
 
     def positions_run(keep_cache: bool) -> int:
         """How many positions the second question's first LM call runs."""
@@ -261,9 +263,9 @@ def chat_rows(source, tokenizer, args, scratch: Path) -> list[dict]:
         }
 
     def hf_turn():
-        start = time.perf_counter()
+        start = args.clock()
         theirs.generate(input_ids=whole, pixel_values=pixels, max_new_tokens=1, do_sample=False)
-        return time.perf_counter() - start
+        return args.clock() - start
 
     calls = {
         "mmcl, cache kept": lambda: second_turn(True)[0],
@@ -346,9 +348,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per row first")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall-clock time, or this process's CPU time (steadier on a shared machine; needs "
+        "--threads 1)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.clock == "cpu" and torch.get_num_threads() != 1:
+        parser.error("--clock cpu sums the CPU time of every thread: give --threads 1")
+    args.clock = time.process_time if args.clock == "cpu" else time.perf_counter
     args.new_tokens = args.new_tokens or (6 if args.quick else 32)
     args.repeats = args.repeats or (1 if args.quick else 3)
     batches = (1, 2) if args.quick else (1, 8)
@@ -365,7 +377,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     sources = {"llava": llava_model(args.quick, tokenizer), "blip2": blip2_model(args.quick)}
     print(
         f"{args.new_tokens} new tokens a row, no end token, greedy; fp32, and bf16 weights (no "
-        f"autocast); median of {args.repeats} after {args.warmup} warm-up"
+        f"autocast); median of {args.repeats} after {args.warmup} warm-up, "
+        f"{'CPU' if args.clock is time.process_time else 'wall-clock'} time"
     )
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
