@@ -2,6 +2,7 @@
 
     python benchmarks/generation.py            # a small LLaVA (CLIP + LLaMA), a small BLIP-2 (OPT)
     python benchmarks/generation.py --quick    # tiny models, a correctness run (seconds)
+    python benchmarks/generation.py --threads 1 --clock cpu --repeats 5   # the README's table
 
 One run, one table. A `LlavaForConditionalGeneration` and a `Blip2ForConditionalGeneration`
 are built from random configs (every parameter moved off its constant initialisation), saved
