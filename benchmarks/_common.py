@@ -1,8 +1,10 @@
-"""Shared by the benchmarks: the machine's own matmul peak and a table printer."""
+"""Shared by the benchmarks: the machine's own matmul peak, interleaved timing and a table
+printer."""
 
 from __future__ import annotations
 
 import platform
+import statistics
 import time
 
 import torch
@@ -25,6 +27,23 @@ def matmul_peak_gflops(
         synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best / 1e9
+
+
+def timed(calls: dict, warmup: int, repeats: int, clock=time.perf_counter) -> dict:
+    """key -> (median seconds, last output); the calls take turns, repeat by repeat, so a
+    change in the machine's load touches them all alike. `clock`: wall-clock time by default
+    (`time.process_time`, this process's CPU time, is steadier on a shared machine when torch
+    runs one thread)."""
+    times, outputs = {key: [] for key in calls}, {}
+    for key, call in calls.items():
+        for _ in range(warmup):
+            outputs[key] = call()
+    for _ in range(repeats):
+        for key, call in calls.items():
+            start = clock()
+            outputs[key] = call()
+            times[key].append(clock() - start)
+    return {key: (statistics.median(times[key]), outputs[key]) for key in calls}
 
 
 def synchronize(device: str | torch.device) -> None:

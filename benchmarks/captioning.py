@@ -27,12 +27,11 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 import transformers
-from _common import machine_line, matmul_peak_gflops, print_table
+from _common import machine_line, matmul_peak_gflops, print_table, timed
 
 import mmcl
 from mmcl.io.atomic import atomic_path
@@ -138,20 +137,6 @@ def training_captions(batch: int, length: int, vocab: int) -> torch.Tensor:
     tokens[torch.arange(batch), ends] = SEP
     tokens[torch.arange(length)[None, :] > ends[:, None]] = PAD
     return tokens
-
-
-def timed(calls: dict, warmup: int, repeats: int) -> dict:
-    """key -> (median seconds, last output); the calls take turns, repeat by repeat."""
-    times, outputs = {key: [] for key in calls}, {}
-    for key, call in calls.items():
-        for _ in range(warmup):
-            outputs[key] = call()
-    for _ in range(repeats):
-        for key, call in calls.items():
-            start = time.perf_counter()
-            outputs[key] = call()
-            times[key].append(time.perf_counter() - start)
-    return {key: (statistics.median(times[key]), outputs[key]) for key in calls}
 
 
 def caption_rows(models, images, beams, new_tokens, warmup, repeats) -> list[dict]:

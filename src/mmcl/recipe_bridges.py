@@ -21,7 +21,8 @@ the loss on the assistant's answers only (`mmcl.data.chat_template`).
                                     # weights are frozen, its adapters train
     data:   kind: scene_conversations, stage: captions | instructions, size, max_turns
             or kind: llava_json, path: FILE, images: FOLDER;  max_length: tokens per sample;
-            system: the chat template's system text (default Vicuna's, as LLaVA-1.5's)
+            system: the chat template's system text (default Vicuna's, as LLaVA-1.5's);
+                    hf/ records it in the tokenizer's chat template, for `mmcl ask`
     eval:   vqa_size: N (held-out scene questions), scene_split: test
 
 The run's folder gets the engine's `model.safetensors` and checkpoints, and ``hf/``: the
@@ -281,7 +282,7 @@ def run_bridge_recipe(recipe) -> FitResult:
     if lora is not None:
         save_lora_adapter(model, lora, Path(recipe.train.output_dir) / LORA_FILE)
         unload_lora(model)  # the model folder holds the merged weights
-    save_model_folder(model, tokenizer, Path(recipe.train.output_dir) / "hf", bridge.save)
+    save_model_folder(model, tokenizer, Path(recipe.train.output_dir) / "hf", bridge.save, template)
     return result
 
 
@@ -379,10 +380,20 @@ class ConversationCollate:
         return images, pack_targets(collate_for_training(encoded, self.pad_token_id))
 
 
-def save_model_folder(model, tokenizer, folder: str | os.PathLike, save=_save_huggingface) -> Path:
+def save_model_folder(
+    model,
+    tokenizer,
+    folder: str | os.PathLike,
+    save=_save_huggingface,
+    template: ChatTemplate | None = None,
+) -> Path:
     """The model and its tokenizer as one folder (`save` writes them: a Hugging Face folder by
-    default), replacing a previous one whole (a reader never sees half of each)."""
+    default), replacing a previous one whole (a reader never sees half of each). The
+    tokenizer's chat template is `template`'s (`ChatTemplate.to_jinja`: `mmcl ask` reads the
+    system text from it, and transformers' `apply_chat_template` renders the training layout)."""
     folder = Path(folder)
+    if template is not None:
+        tokenizer.chat_template = template.to_jinja()
     with atomic_folder(folder.with_name(folder.name + ".new")) as staging:
         save(model, tokenizer, staging)
     if folder.exists():
@@ -396,9 +407,11 @@ def save_model_folder(model, tokenizer, folder: str | os.PathLike, save=_save_hu
     return folder
 
 
-def save_llava_folder(model: Llava, tokenizer, folder: str | os.PathLike) -> Path:
+def save_llava_folder(
+    model: Llava, tokenizer, folder: str | os.PathLike, template: ChatTemplate | None = None
+) -> Path:
     """The model as a Hugging Face LLaVA folder with its tokenizer (`save_model_folder`)."""
-    return save_model_folder(model, tokenizer, folder)
+    return save_model_folder(model, tokenizer, folder, template=template)
 
 
 def _vision_dict(vision) -> dict[str, Any]:

@@ -4,6 +4,7 @@ and the way out."""
 from __future__ import annotations
 
 import io
+import json
 
 import mmcl
 from mmcl.cli import main as cli_main
@@ -53,3 +54,27 @@ def test_ask_with_a_system_text_the_tokenizer_cannot_spell_points_to_system(tmp_
     image = image_file(tmp_path / "x.png")
     error = run(capsys, "--model", tmp_path / "hf", "--image", image, "--system", "Zebras", "q")
     assert "does not know the template's system text 'Zebras'" in error and "--system" in error
+
+
+def test_ask_with_a_chat_template_of_another_layout_says_to_give_system(tmp_path, capsys):
+    llava_folder(tmp_path / "hf")
+    settings = tmp_path / "hf" / "tokenizer_config.json"
+    config = json.loads(settings.read_text())
+    config["chat_template"] = (
+        "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
+    )
+    settings.write_text(json.dumps(config))
+    image = image_file(tmp_path / "x.png")
+    error = run(capsys, "--model", tmp_path / "hf", "--image", image, "q")
+    assert "chat template is not LLaVA-1.5's layout" in error
+    assert "give the system text the model was trained with as --system" in error
+
+
+def test_ask_refuses_beams_below_one_and_beams_with_top_p(tmp_path, capsys):
+    image = image_file(tmp_path / "x.png")
+    error = run(capsys, "--model", tmp_path, "--image", image, "--beams", "0", "q")
+    assert error == "mmcl ask: error: --beams must be at least 1, got 0"
+    error = run(
+        capsys, "--model", tmp_path, "--image", image, "--beams", "2", "--top-p", "0.9", "q"
+    )
+    assert "--beams and --top-p do not combine" in error

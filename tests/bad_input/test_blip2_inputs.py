@@ -2,7 +2,7 @@
 
 - Text whose image placeholders do not number one per query (and are not absent) is refused,
   naming the count needed, the token id and the counts found.
-- Beam search over a Hugging Face language model is refused in one line naming what works.
+- Beam search and nucleus sampling asked for together are refused in one line: choose one.
 - A Hugging Face BLIP-2 folder of a class mmcl does not read is refused, naming the file and
   the one class it reads.
 - A stage-1 model (the Q-Former with its text part) exported to Hugging Face is refused,
@@ -68,9 +68,9 @@ def test_placeholders_must_number_one_per_query_or_none():
         model(torch.randn(2, 3, 16, 16), torch.tensor([[29, 5, 6], [29, 29, 5]]))
 
 
-def test_beam_search_over_a_hugging_face_lm_is_refused_naming_what_works():
-    with pytest.raises(ValueError, match="beams=1 .greedy. or top_p"):
-        tiny().generate(torch.randn(1, 3, 16, 16), max_new_tokens=2, beams=2)
+def test_beam_search_with_top_p_is_refused_saying_to_choose_one():
+    with pytest.raises(ValueError, match="sampling and beam search do not combine; choose one"):
+        tiny().generate(torch.randn(1, 3, 16, 16), max_new_tokens=2, beams=2, top_p=0.9)
 
 
 def test_a_blip2_folder_of_another_class_is_refused_naming_the_class_read(tmp_path):

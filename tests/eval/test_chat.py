@@ -139,3 +139,30 @@ def test_ask_answers_from_the_folder_a_llava_recipe_writes(tmp_path, capsys):
     new = model.generate(ids, preprocess(load_image(image))[None], max_new_tokens=5)
     expected = tokenizer.decode(new[0], skip_special_tokens=True).strip()
     assert expected and capsys.readouterr().out.splitlines() == [expected]
+
+
+def test_ask_with_beams_prints_the_answer_of_hf_generate_num_beams(tiny, capsys):
+    reference, model, tokenizer, pixels = tiny[2], tiny[3], tiny[4], tiny[5]
+    printed = ask(capsys, tiny, FIRST, "--max-new-tokens", "6", "--beams", "3")
+    encoder = ConversationEncoder(tokenizer, model.image_token_id, model.tokens_per_image)
+    ids = torch.tensor([encoder.encode_prompt([], f"<image>\n{FIRST}")])
+    with torch.no_grad():
+        hf = reference.generate(
+            input_ids=ids, pixel_values=pixels, max_new_tokens=6, num_beams=3, do_sample=False
+        )[0, ids.shape[1] :]
+    greedy = one_shot(tiny, [], f"<image>\n{FIRST}", 6)[1][0]
+    assert hf.tolist() != greedy.tolist()  # the beams find another answer than greedy here
+    assert printed == [tokenizer.decode(hf, skip_special_tokens=True).strip()]
+
+
+def test_a_beam_chat_answers_its_second_question_as_one_beam_search_over_the_whole_prompt(tiny):
+    # The cache ends holding the beams; it is cut back to the prompt for the next turn.
+    _, _, _, model, tokenizer, pixels = tiny
+    chat = ImageChat(model, tokenizer, pixels, max_new_tokens=5, beams=3)
+    chat.ask(FIRST)
+    assert chat.lm_cache.get_seq_length() == len(chat.cached_ids)
+    answer = chat.ask(SECOND)
+    encoder = ConversationEncoder(tokenizer, model.image_token_id, model.tokens_per_image)
+    ids = torch.tensor([encoder.encode_prompt(chat.history[:1], SECOND)])
+    new = model.generate(ids, pixels, max_new_tokens=5, beams=3)
+    assert answer == tokenizer.decode(new[0], skip_special_tokens=True).strip()

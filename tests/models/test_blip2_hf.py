@@ -132,3 +132,50 @@ def test_greedy_tokens_equal_huggingface_generate(saved):
     got = ours.generate(images, prompt, mask, max_new_tokens=6, end_token=end).tokens
     assert got.tolist() == expected[:, : got.shape[1]].tolist()
     assert (expected[:, got.shape[1] :] == pad).all()
+
+
+def test_beam_search_tokens_equal_huggingface_generate_num_beams(saved):
+    """transformers' beam search over the LM, token for token (OPT and LLaMA): end tokens
+    taken from an unended run so rows end at different steps, several length penalties, a
+    left-padded row."""
+    hf, folder = saved
+    ours = mmcl.load(folder)[0]
+    images = batch()[0]
+    pad, bos = 58, hf.config.text_config.bos_token_id  # 58: no token the prompts hold
+    prompt = torch.tensor(
+        [[pad] + [IMAGE_TOKEN] * QUERIES + [bos, 5], [IMAGE_TOKEN] * QUERIES + [bos, 7, 8]]
+    )
+    mask = (prompt != pad).long()
+
+    def hf_beams(end, length_penalty):
+        with torch.no_grad():
+            return hf.generate(
+                pixel_values=images,
+                input_ids=prompt,
+                attention_mask=mask,
+                max_new_tokens=6,
+                num_beams=3,
+                length_penalty=length_penalty,
+                do_sample=False,
+                eos_token_id=end,
+                pad_token_id=pad,
+            )[:, prompt.shape[1] :]
+
+    free = hf_beams(-1, 1.0)
+    ended_early = 0
+    for end in {int(free[0, 1]), int(free[1, 2]), int(free[0, 3])}:
+        for length_penalty in (1.0, 0.0, 2.0):
+            expected = hf_beams(end, length_penalty)
+            got = ours.generate(
+                images,
+                prompt,
+                mask,
+                max_new_tokens=6,
+                end_token=end,
+                beams=3,
+                length_penalty=length_penalty,
+                pad_token=pad,
+            ).tokens[:, prompt.shape[1] :]
+            assert got.tolist() == expected[:, : got.shape[1]].tolist(), (end, length_penalty)
+            ended_early += int((expected == pad).any())
+    assert ended_early > 0  # some searches ended before max_new_tokens

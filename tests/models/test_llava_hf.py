@@ -217,3 +217,83 @@ def test_gradient_checkpointing_gives_the_same_gradients(hf_folder):
     assert not any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
     assert sorted(plain) == sorted(checkpointed) and any(k.startswith("visual.") for k in plain)
     assert all(torch.allclose(plain[k], checkpointed[k], atol=1e-6) for k in plain)
+
+
+def test_beam_search_tokens_equal_hf_generate_num_beams(hf_folder):
+    """transformers' beam search, token for token: rows that end at different steps (end
+    tokens taken from an unended run), several length penalties, a left-padded row."""
+    PAD = 98  # transformers fills with the end token where the pad id is 0
+    folder, reference = hf_folder
+    model, _ = mmcl.load(folder)
+    pixels, ids, mask = _inputs()
+
+    def hf_beams(end_token, length_penalty):
+        with torch.no_grad():
+            return reference.generate(
+                input_ids=ids,
+                pixel_values=pixels,
+                attention_mask=mask,
+                max_new_tokens=7,
+                num_beams=3,
+                length_penalty=length_penalty,
+                do_sample=False,
+                eos_token_id=end_token,
+                pad_token_id=PAD,
+            )[:, ids.shape[1] :]
+
+    free = hf_beams(-1, 1.0)
+    ended_early = 0
+    for end_token in {int(free[0, 1]), int(free[1, 3]), int(free[0, 4])}:
+        for length_penalty in (1.0, 0.0, 2.0):
+            expected = hf_beams(end_token, length_penalty)
+            got = model.generate(
+                ids,
+                pixels,
+                mask,
+                max_new_tokens=7,
+                end_token=end_token,
+                pad_token=PAD,
+                beams=3,
+                length_penalty=length_penalty,
+            )
+            assert got.tolist() == expected[:, : got.shape[1]].tolist(), (end_token, length_penalty)
+            ended_early += int((expected == PAD).any())
+    assert ended_early > 0  # some searches ended before max_new_tokens
+
+
+def test_generate_runs_the_image_tower_once_per_call_even_with_beams(hf_folder):
+    folder, _ = hf_folder
+    model, _ = mmcl.load(folder)
+    pixels, ids, mask = _inputs()
+    batches = []
+    run_tower = model.visual.forward_intermediates
+    model.visual.forward_intermediates = lambda x, **kw: (
+        batches.append(len(x)) or run_tower(x, **kw)
+    )
+    model.generate(ids, pixels, mask, max_new_tokens=4, end_token=2)
+    model.generate(ids, pixels, mask, max_new_tokens=4, end_token=2, beams=3)
+    assert batches == [2, 2]  # once a call, one row an image (not one a beam)
+
+
+def test_accelerate_with_foreign_linears_packs_the_bf16_lm_and_leaves_fp32_as_it_is(hf_folder):
+    from mmcl.nn import accelerate
+    from mmcl.nn.fast_linear import PackedLinear
+
+    folder, _ = hf_folder
+    pixels, ids, mask = _inputs()
+    plain = mmcl.load(folder)[0].eval()
+    with pytest.warns(UserWarning, match="accelerate left"):  # the LM's other modules
+        fast = accelerate(mmcl.load(folder)[0].eval().requires_grad_(False), foreign_linears=True)
+    assert type(fast.language_model.lm_head) is torch.nn.Linear  # no shortcut for float32
+    assert "nn.Linear layers, packed" in fast.acceleration_skipped["language_model"]
+    with torch.no_grad():
+        assert torch.equal(fast(ids, pixels, mask).logits, plain(ids, pixels, mask).logits)
+        plain16 = mmcl.load(folder, precision="bf16")[0].eval().requires_grad_(False)
+        expected = plain16(ids, pixels.bfloat16(), mask).logits.float()
+        with pytest.warns(UserWarning, match="accelerate left"):
+            accelerate(plain16, foreign_linears=True)
+        lm = plain16.language_model
+        assert type(lm.lm_head) is PackedLinear
+        assert type(lm.model.layers[0].self_attn.q_proj) is PackedLinear
+        got = plain16(ids, pixels.bfloat16(), mask).logits
+    assert (got.float() - expected).abs().max() < 0.05 * expected.abs().max()

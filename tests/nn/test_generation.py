@@ -206,3 +206,19 @@ def test_min_new_tokens_holds_the_end_back():
 
 def test_doctests():
     assert doctest.testmod(generation_module).failed == 0
+
+
+def test_tracked_entries_follow_every_select_beam_reorders_included():
+    from mmcl.nn.kv_cache import KVCache
+
+    cache = KVCache()
+    cache.put("image", torch.tensor([10, 20]))
+    cache.select(torch.tensor([0, 0, 1, 1]))  # two beams an input
+    cache.track("rows", torch.arange(4), torch.tensor([[5], [6], [7], [8]]))
+    cache.select(torch.tensor([1, 0, 3, 3]), constants=False)  # a beam reorder
+    rows, values = cache.tracked("rows")
+    assert rows.tolist() == [1, 0, 3, 3] and values.tolist() == [[6], [5], [8], [8]]
+    assert cache.constant("image", lambda: None).tolist() == [10, 10, 20, 20]  # left as is
+    cache.select(torch.tensor([2, 3]))  # input 0 done: its rows dropped
+    assert cache.tracked("rows")[0].tolist() == [3, 3]
+    assert cache.constant("image", lambda: None).tolist() == [20, 20]

@@ -2,7 +2,9 @@
 Hugging Face LLaVA or BLIP-2 folder, or mmcl's MiniGPT-4 folder, as the llava-scenes,
 blip2-scenes and minigpt4-scenes recipes write into runs/<name>/hf/). One
 question on the command line gets one answer; without one, questions are read from stdin a
-line at a time until its end, as one conversation (`mmcl.eval.chat.ImageChat`)."""
+line at a time until its end, as one conversation (`mmcl.eval.chat.ImageChat`). The prompt's
+system text is the one the folder's tokenizer chat template records (the llava recipes write
+their `data.system` there), else Vicuna's; `--system` overrides it."""
 
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ def add_parser(commands) -> None:
     ask.add_argument("--precision", default="fp32", choices=PRECISION_NAMES)
     ask.add_argument("--device", default="cpu")
     add_input_arguments(ask)
-    decoding = ask.add_argument_group("decoding (greedy unless --top-p)")
+    decoding = ask.add_argument_group("decoding (greedy unless --top-p or --beams)")
     decoding.add_argument(
         "--max-new-tokens", type=int, default=64, help="most tokens an answer gets (default 64)"
     )
@@ -52,15 +54,22 @@ def add_parser(commands) -> None:
         "--seed", type=int, default=0, help="seed of --top-p sampling (same seed, same answers)"
     )
     decoding.add_argument(
+        "--beams",
+        type=int,
+        default=1,
+        metavar="N",
+        help="beam search with N beams (transformers' generate(num_beams=N); default 1: greedy)",
+    )
+    decoding.add_argument(
         "--system",
-        help="the chat template's system text (default: Vicuna's, as LLaVA-1.5 and the "
-        "llava-scenes recipes use; give the recipe's data.system if it set one)",
+        help="the chat template's system text (default: the one the folder's tokenizer chat "
+        "template records, as the llava recipes write it; else Vicuna's, as LLaVA-1.5's)",
     )
     ask.set_defaults(handler=run_ask)
 
 
 def run_ask(args: argparse.Namespace) -> int:
-    from mmcl.data.chat_template import ChatTemplate, TemplateMismatchError
+    from mmcl.data.chat_template import ChatTemplate, TemplateMismatchError, system_text
     from mmcl.data.images import load_image
     from mmcl.eval.chat import ImageChat
 
@@ -68,12 +77,25 @@ def run_ask(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
         raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.beams < 1:
+        raise ValueError(f"--beams must be at least 1, got {args.beams}")
+    if args.beams > 1 and args.top_p is not None:
+        raise ValueError("--beams and --top-p do not combine: beam search or sampling, choose one")
     if args.question is not None and not args.question.strip():
         raise ValueError("the question is empty; give one, or none to read questions from stdin")
     with image_reading(args):  # before the model loads: a bad image fails at once
         image = load_image(args.image, args.high_bit_depth)
     model, preprocess, tokenizer = load_llava_folder(args.model, args.device, args.precision)
-    template = ChatTemplate() if args.system is None else ChatTemplate(system=args.system)
+    system = args.system
+    if system is None:
+        try:
+            system = system_text(tokenizer)
+        except TemplateMismatchError as error:
+            raise ValueError(
+                f"--model {args.model}: the tokenizer's {error}; give the system text the "
+                f"model was trained with as --system ('' for none)"
+            ) from None
+    template = ChatTemplate() if system is None else ChatTemplate(system=system)
     try:
         chat = ImageChat(
             model,
@@ -83,6 +105,7 @@ def run_ask(args: argparse.Namespace) -> int:
             args.max_new_tokens,
             args.top_p,
             args.seed,
+            args.beams,
         )
     except TemplateMismatchError as error:
         raise ValueError(

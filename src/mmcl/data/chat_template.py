@@ -52,6 +52,50 @@ class ChatTemplate:
     user: str = "USER:"
     assistant: str = "ASSISTANT:"
 
+    def to_jinja(self) -> str:
+        """This template as a transformers chat template (``tokenizer.chat_template``): it
+        renders the text the encoder's ids spell, with this system text unless the messages
+        open with a system message of their own. `system_text` reads it back."""
+        # The system text goes in raw, so that no character of it is read as Jinja.
+        system = f"{{% raw %}}{self.system} {{% endraw %}}" if self.system else ""
+        return (
+            "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
+            "{% if messages[0]['content'] %}{{ messages[0]['content'] + ' ' }}{% endif %}"
+            f"{{% else %}}{system}{{% endif %}}"
+            "{% for message in messages %}{% if message['role'] == 'user' %}"
+            f"{{{{ '{self.user} ' + message['content'] + ' ' }}}}"
+            "{% elif message['role'] == 'assistant' %}"
+            f"{{{{ '{self.assistant} ' + message['content'] + eos_token }}}}"
+            "{% endif %}{% endfor %}"
+            f"{{% if add_generation_prompt %}}{{{{ '{self.assistant}' }}}}{{% endif %}}"
+        )
+
+
+def system_text(tokenizer, template: ChatTemplate = ChatTemplate()) -> str | None:
+    """The system text of the tokenizer's chat template (as `ChatTemplate.to_jinja` writes
+    it, e.g. into the folders the LLaVA recipes write): what it renders before the first
+    user turn, '' for none. None when the tokenizer has no chat template. A template of
+    another layout than ``{system} USER: ... ASSISTANT:`` is a `TemplateMismatchError`."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    probe = "\ue000"  # a private-use character: no template's own text
+    try:
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": probe}], tokenize=False, add_generation_prompt=True
+        )
+    except Exception as error:  # a template written for other message shapes
+        raise TemplateMismatchError(f"its chat template does not render: {error}") from None
+    text = rendered.removeprefix(tokenizer.bos_token or "")
+    tail = f"{template.user} {probe} {template.assistant}"
+    head = text.removesuffix(tail)
+    system = head.removesuffix(" ")
+    if head == text or head != (f"{system} " if system else ""):
+        raise TemplateMismatchError(
+            f"its chat template is not LLaVA-1.5's layout ({{system}} {template.user} ... "
+            f"{template.assistant}); it renders {rendered!r}"
+        )
+    return system
+
 
 @dataclass(frozen=True)
 class EncodedConversation:

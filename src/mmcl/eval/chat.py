@@ -9,6 +9,10 @@ prompt spells the answers as text, and a text that tokenizes differently from th
 that produced it (or an answer cut by `max_new_tokens`, which lacks its end token) makes the
 two part ways. The cache is then cut back to their common prefix and the rest is run anew,
 so every answer equals the one-shot answer for the same history.
+
+With beam search (``beams > 1``, transformers' rules) the cache ends holding the beams, not
+the answer chosen: it is cut back to the prompt (which every beam shares), and the next turn
+runs the answer's tokens and its own.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ class ImageChat:
 
     `model`: a `Llava`, `Blip2` or `MiniGPT4`; `tokenizer`: its transformers tokenizer; `pixel_values` ``(1, 3, H, W)``:
     the preprocessed image. `history` may be edited between questions (the next prompt
-    spells it, and the cache follows the prompt). `template`: the chat template (Vicuna v1's by default). Greedy answers unless `top_p` (nucleus sampling, seeded by `seed`).
+    spells it, and the cache follows the prompt). `template`: the chat template (Vicuna v1's
+    by default). Greedy answers unless `top_p` (nucleus sampling, seeded by `seed`) or `beams`
+    (beam search, as transformers' ``generate(num_beams=...)``).
     """
 
     def __init__(
@@ -36,8 +42,10 @@ class ImageChat:
         max_new_tokens: int = 64,
         top_p: float | None = None,
         seed: int = 0,
+        beams: int = 1,
     ):
         self.model, self.tokenizer = model, tokenizer
+        self.beams = beams
         self.encoder = ConversationEncoder(
             tokenizer, model.image_token_id, model.tokens_per_image, template or ChatTemplate()
         )
@@ -81,12 +89,16 @@ class ImageChat:
             self.max_new_tokens,
             eos,
             self.tokenizer.pad_token_id or 0,
+            beams=self.beams,
             top_p=self.top_p,
             generator=self.generator,
+            beam_rules="transformers",
         )
         answer_ids = result.tokens[0, new_ids.shape[1] :][: int(result.lengths[0])].tolist()
         # The loop never feeds its last token back: the cache ends one token short of it.
         self.lm_cache, self.cached_ids = step.lm_cache, ids + answer_ids[:-1]
+        if self.beams > 1:
+            self._keep_prompt(len(ids))
         answer = self.tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
         self.history.append((asked, answer))
         return answer
@@ -111,6 +123,17 @@ class ImageChat:
             self.lm_cache.crop(common - len(self.cached_ids))
             self.cached_ids = self.cached_ids[:common]
         return common
+
+    def _keep_prompt(self, length: int) -> None:
+        """Cut the cache of a beam search back to the prompt's `length` positions, one row."""
+        if not self.lm_cache.is_croppable:
+            self.lm_cache, self.cached_ids = None, []
+            return
+        extra = self.lm_cache.get_seq_length() - length
+        if extra > 0:  # a negative count removes that many, in transformers 4 and 5 alike
+            self.lm_cache.crop(-extra)
+        self.lm_cache.batch_select_indices(torch.tensor([0], device=self.device))
+        self.cached_ids = self.cached_ids[:length]
 
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         # The placeholders among the ids run now are the image's last ones (the image opens

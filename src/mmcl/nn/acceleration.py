@@ -28,7 +28,11 @@ BatchNorm (+ ReLU) that a module runs in a row (`nn.Sequential`, or a class's
 What is left alone, and listed in `model.acceleration_skipped` and in one warning: every
 module that carries forward hooks (its submodules may still be swapped: its hooks still fire),
 and every module of a class accelerate does not know (a peft layer, a user's subclass, any
-class from outside mmcl holding parameters), with all its submodules.
+class from outside mmcl holding parameters), with all its submodules. With
+``foreign_linears=True`` the plain, hook-free `nn.Linear` layers inside such a module become
+`PackedLinear` all the same where their weights are bf16 (float32 too with ``pack_fp32``): a
+transformers language model calls each of its linear layers as a module, so a swapped one
+computes what it did; the rest of it is left alone.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from __future__ import annotations
 import warnings
 import weakref
 
+import torch
 from torch import nn
 
 from mmcl.nn import kernels as native_kernels
@@ -69,7 +74,12 @@ _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
 def accelerate(
-    model: nn.Module, *, trainable: bool = False, kernels: bool = True, pack_fp32: bool = False
+    model: nn.Module,
+    *,
+    trainable: bool = False,
+    kernels: bool = True,
+    pack_fp32: bool = False,
+    foreign_linears: bool = False,
 ) -> nn.Module:
     """Swap `model`'s modules for fast ones, in place; returns the model.
 
@@ -82,13 +92,19 @@ def accelerate(
     `kernels` (default True) builds mmcl's AMX kernels (`mmcl.nn.kernels.build`, once per
     machine; only where the CPU has AMX), here and never during a forward pass; where the
     build fails the oneDNN path runs, after one warning.
+
+    `foreign_linears`: also swap the `nn.Linear` layers inside modules of classes accelerate
+    does not know (e.g. the transformers LM of a bridge); see the module docstring.
     """
     if not trainable:
         _check_inference_ready(model)
     if kernels and any(p.device.type == "cpu" for p in model.parameters()):
         native_kernels.build()
     skipped: dict[str, str] = {}
-    _swap_children(model, "", skipped)
+    # The dtypes of the foreign linear layers swapped: where their shortcut applies (elsewhere
+    # a PackedLinear would cost its checks on every call and gain nothing).
+    foreign = (torch.bfloat16, torch.float32) if pack_fp32 else (torch.bfloat16,)
+    _swap_children(model, "", skipped, foreign if foreign_linears else ())
     for module in model.modules():
         if isinstance(module, FAST_CLASSES):
             module._inference_only = not trainable
@@ -130,7 +146,9 @@ def _known(module: nn.Module) -> bool:
     return cls in _CONTAINERS or cls.__module__.split(".")[0] == "mmcl"
 
 
-def _swap_children(module: nn.Module, path: str, skipped: dict[str, str]) -> None:
+def _swap_children(
+    module: nn.Module, path: str, skipped: dict[str, str], foreign: tuple = ()
+) -> None:
     _fold_chains(module)  # before the convolutions could be swapped one by one
     for name, child in list(module.named_children()):
         child_path = f"{path}.{name}" if path else name
@@ -142,16 +160,29 @@ def _swap_children(module: nn.Module, path: str, skipped: dict[str, str]) -> Non
                 if replacement is not None:
                     setattr(module, name, replacement)
             elif not type(child).__module__.startswith("torch.") and _has_parameters(child):
+                left = "left with its submodules"
+                if foreign:
+                    _pack_linears(child, foreign)
+                    left = "left as it is but for its nn.Linear layers, packed"
                 skipped[child_path] = (
                     f"{type(child).__module__}.{type(child).__qualname__} is not a class "
-                    f"accelerate knows (left with its submodules)"
+                    f"accelerate knows ({left})"
                 )
             continue
-        _swap_children(child, child_path, skipped)
+        _swap_children(child, child_path, skipped, foreign)
         if not hooked(child):
             replacement = _replacement(child)
             if replacement is not None:
                 setattr(module, name, replacement)
+
+
+def _pack_linears(module: nn.Module, dtypes: tuple) -> None:
+    for name, child in list(module.named_children()):
+        if type(child) is nn.Linear and not hooked(child):
+            if child.weight.dtype in dtypes:
+                setattr(module, name, PackedLinear.replacing(child))
+        elif not hooked(child):
+            _pack_linears(child, dtypes)
 
 
 def _has_parameters(module: nn.Module) -> bool:

@@ -8,6 +8,13 @@ the `beams` best unfinished prefixes per input and every finished candidate amon
 captions and no unfinished prefix can beat the worst of them any more (an exact bound, not a
 heuristic: with enough beams the result is the exhaustive search's). Done inputs are dropped
 from the batch and the cache, so no step computes their rows again.
+
+``rules="transformers"`` follows Hugging Face's `generate(num_beams=...)` instead, so that a
+transformers language model decodes the same tokens through this loop (`mmcl.models.bridges`):
+only an ending expansion ranked among the top `beams` finishes; an input is done when its best
+running prefix, scored at its *current* length, cannot beat its worst finished caption (their
+``early_stopping=False`` heuristic); at `max_new_tokens` the top `beams` expansions finish,
+ending or not; and `min_new_tokens` masks the end tokens after the log-softmax.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from torch.nn import functional as F
 from mmcl.nn.kv_cache import KVCache
 
 NEG_INF = float("-inf")
+RULES = ("exact", "transformers")
 
 
 def beam_search(
@@ -32,10 +40,14 @@ def beam_search(
     pad_token: int = 0,
     length_penalty: float = 1.0,
     min_new_tokens: int = 0,
+    rules: str = "exact",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(tokens, scores, lengths)`` of the best caption per input; see `mmcl.nn.generation`.
     `cache` holds one row per input; it is expanded to ``batch * beams`` rows here, after the
-    prompt's step."""
+    prompt's step. `rules`: "exact" or "transformers" (see the module docstring)."""
+    if rules not in RULES:
+        raise ValueError(f"rules must be one of {RULES}, got {rules!r}")
+    hf = rules == "transformers"
     batch, prompt_length = prompt.shape
     device = prompt.device
     ends = torch.tensor(end_tokens, device=device)
@@ -61,17 +73,23 @@ def beam_search(
             expand = torch.arange(batch, device=device).repeat_interleave(beams)
             cache.select(expand)
             logits = logits[expand]
-        if position < min_new_tokens:
+        if position < min_new_tokens and not hf:
             logits[:, ends] = NEG_INF
         inputs, vocab = len(alive), logits.shape[-1]
         log_probs = F.log_softmax(logits, dim=-1).view(inputs, beams, vocab)
+        if position < min_new_tokens and hf:  # transformers masks the log-probabilities
+            log_probs[:, :, ends] = NEG_INF
         expansions = (beam_scores[:, :, None] + log_probs).view(inputs, beams * vocab)
         count = min(beams * (1 + len(end_tokens)), beams * vocab)
         top_scores, top_index = expansions.topk(count, dim=1)
         top_beam, top_token = top_index // vocab, top_index % vocab
         ending = torch.isin(top_token, ends)
         history = generated.view(inputs, beams, position)
-        if ending.any():
+        finishing = ending
+        if hf:  # only the top `beams` expansions may finish; at the cut all of them do
+            top_ranks = torch.arange(count, device=device) < beams
+            finishing = (ending | (length == max_new_tokens)) & top_ranks
+        if finishing.any():
             candidates = torch.cat(
                 [_gather_rows(history, top_beam), top_token[:, :, None]], dim=2
             )  # (inputs, count, length)
@@ -80,7 +98,7 @@ def beam_search(
                 done_tokens,
                 done_lengths,
                 alive,
-                torch.where(ending, top_scores / length**length_penalty, NEG_INF),
+                torch.where(finishing, top_scores / length**length_penalty, NEG_INF),
                 candidates,
                 length,
                 pad_token,
@@ -94,6 +112,8 @@ def beam_search(
         sources = (torch.arange(inputs, device=device)[:, None] * beams + chosen_beam).view(-1)
         cache.select(sources, constants=False)  # beams of one input share its constants
         generated = torch.cat([generated[sources], chosen_token.view(-1, 1)], dim=1)
+        if length == max_new_tokens and hf:
+            break
         if length == max_new_tokens:  # cut: the unfinished captions compete as they are
             history = generated.view(inputs, beams, length)
             _keep_best(
@@ -111,6 +131,8 @@ def beam_search(
         # s <= 0 and more tokens to come, s' <= s, and s' / n ** p is largest at the longest
         # length for p > 0, at the next length for p <= 0.
         best_length = max_new_tokens if length_penalty > 0 else length + 1
+        if hf:
+            best_length = length
         best_possible = beam_scores.max(dim=1).values / best_length**length_penalty
         worst_done = done_scores[alive].min(dim=1).values  # -inf until `beams` are done
         finished = best_possible <= worst_done

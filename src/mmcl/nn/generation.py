@@ -131,11 +131,14 @@ def generate(
     temperature: float = 1.0,
     min_new_tokens: int = 0,
     generator: torch.Generator | None = None,
+    beam_rules: str = "exact",
 ) -> Generated:
     """Greedy search by default; beam search with ``beams > 1``; nucleus sampling with
     `top_p` (1.0: plain sampling from the softmax at `temperature`). `prompt` ``(batch, length)``
     starts every row (e.g. the start token, or "a picture of"). No end token is chosen before
-    `min_new_tokens`. `generator` seeds sampling (the same seed, the same captions)."""
+    `min_new_tokens`. `generator` seeds sampling (the same seed, the same captions).
+    `beam_rules`: "exact" (mmcl's exact stopping bound) or "transformers" (Hugging Face's beam
+    search, token for token; see `mmcl.nn.beam_search`)."""
     end_tokens = _as_tuple(end_token)
     _check(prompt, max_new_tokens, beams, top_p, temperature, min_new_tokens)
     if beams > 1:
@@ -152,6 +155,7 @@ def generate(
                 pad_token,
                 length_penalty,
                 min_new_tokens,
+                beam_rules,
             )
         )
     if top_p is not None:

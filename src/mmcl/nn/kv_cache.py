@@ -38,6 +38,7 @@ class KVCache:
     def __init__(self) -> None:
         self._growing: dict[Hashable, tuple[torch.Tensor, ...]] = {}
         self._constant: dict[Hashable, object] = {}
+        self._tracked: dict[Hashable, tuple[torch.Tensor, ...]] = {}
         self.tokens: torch.Tensor | None = None
 
     @property
@@ -87,6 +88,16 @@ class KVCache:
         """Set a constant entry (e.g. the image tokens a decoder cross-attends to)."""
         self._constant[owner] = value
 
+    def track(self, owner: Hashable, *tensors: torch.Tensor) -> None:
+        """Set an entry of tensors with the rows first that every `select` reorders, beam
+        reorders included: e.g. the row order of a cache the model keeps itself (a
+        transformers LM's), which the model reads back with `tracked` and applies."""
+        self._tracked[owner] = tensors
+
+    def tracked(self, owner: Hashable) -> tuple[torch.Tensor, ...]:
+        """`owner`'s entry set with `track`, with every `select` since applied."""
+        return self._tracked[owner]
+
     def select(self, rows: torch.Tensor, constants: bool = True) -> None:
         """Keep rows `rows` (an index tensor; repeats allowed), in that order, in every entry.
 
@@ -97,6 +108,8 @@ class KVCache:
         rows = rows.to(self._device(), torch.long)
         for owner, tensors in self._growing.items():
             self._growing[owner] = tuple(t.index_select(0, rows) for t in tensors)
+        for owner, tensors in self._tracked.items():
+            self._tracked[owner] = tuple(t.index_select(0, rows) for t in tensors)
         if self.tokens is not None:
             self.tokens = self.tokens.index_select(0, rows)
         if constants:
@@ -104,7 +117,7 @@ class KVCache:
                 self._constant[owner] = _select(value, rows)
 
     def _device(self) -> torch.device:
-        for tensors in self._growing.values():
+        for tensors in (*self._growing.values(), *self._tracked.values()):
             return tensors[0].device
         if self.tokens is not None:
             return self.tokens.device

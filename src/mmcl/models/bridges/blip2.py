@@ -245,8 +245,9 @@ class Blip2(nn.Module):
         instruction_mask: torch.Tensor | None = None,
         **options,
     ) -> Generated:
-        """Text after the prompt (`mmcl.nn.generation`: greedy by default, `top_p` samples),
-        ending at `end_token` (default: the LM's `eos_token_id`). Without `input_ids`, the prompt is the LM's start token
+        """Text after the prompt (`mmcl.models.bridges.causal_lm.lm_generate`: greedy by
+        default, ``beams`` (and ``length_penalty``) for transformers' beam search, `top_p`
+        samples), ending at `end_token` (default: the LM's `eos_token_id`). Without `input_ids`, the prompt is the LM's start token
         (after the placeholders, if the config has `image_token_id`), as Hugging Face's
         `Blip2ForConditionalGeneration.generate` starts. `instruction`, `instruction_mask`:
         InstructBLIP's (`image_prompts`)."""

@@ -1,14 +1,14 @@
 """A generation step over a transformers causal LM, for mmcl's one loop (`mmcl.nn.generation`).
 
-The first step embeds the whole prompt (a bridge writes its image tokens into it there, once);
-later steps embed one token per row. The LM's own cache object holds the keys and values; the
-loop's `KVCache` holds this step's attention mask and row order as a constant entry, so when
-the loop drops finished rows the step drops the same rows from the LM's cache. Positions are
-counted over the attention mask, as `transformers`' `generate` counts them, so left-padded
-batches decode as they do there.
-
-Beam search is not offered over it: the loop reorders only growing entries between beams, so
-the LM's cache would not follow them (`lm_generate` refuses ``beams > 1``).
+The first step embeds the whole prompt (a bridge writes its image tokens into it there, once)
+and asks the LM for the last position's logits only; later steps embed one token per row. The
+LM's own cache object holds the keys and values; the loop's `KVCache` tracks this step's
+attention mask and row order (`KVCache.track`), so when the loop drops finished rows, expands
+a prompt into beams or reorders beams, the step applies the same rows to the LM's cache
+(`reorder_cache`, as transformers' beam search does). Positions are counted over the attention
+mask, as `transformers`' `generate` counts them, so left-padded batches decode as they do
+there. Beam search follows transformers' rules by default (``beam_rules="transformers"``), so
+`num_beams` gives their tokens.
 
 A bridge that chats (`mmcl.eval.chat`, the scene VQA suite, the bridges recipes) answers
 the same few questions whatever is inside it: `image_size`, `image_token_id`,
@@ -51,6 +51,8 @@ class CausalLMStep:
         # transformers 5 names the cache argument `cache`; earlier versions `past_key_values`.
         parameters = inspect.signature(language_model.forward).parameters
         self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
+        # The prompt's step needs one position's logits, not (prompt length x vocabulary).
+        self.last_logits_only = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
 
     def __call__(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         rows = tokens.shape[0]
@@ -60,9 +62,9 @@ class CausalLMStep:
             if mask is None:
                 mask = torch.ones(embeddings.shape[:2], dtype=torch.long, device=tokens.device)
         else:
-            mask, kept = cache.constant(self, lambda: None)
+            mask, kept = cache.tracked(self)
             if len(kept) != len(self._rows) or not torch.equal(kept, self._rows):
-                self.lm_cache.batch_select_indices(kept)
+                self.lm_cache.reorder_cache(kept)
             mask = torch.cat([mask, mask.new_ones(rows, tokens.shape[1])], dim=1)
             embeddings = self.language_model.get_input_embeddings()(tokens)
         positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
@@ -72,10 +74,11 @@ class CausalLMStep:
             position_ids=positions[:, -embeddings.shape[1] :],
             use_cache=True,
             **{self.cache_argument: self.lm_cache},
+            **self.last_logits_only,
         )
         self.lm_cache = getattr(output, self.cache_argument)
-        self._rows = torch.arange(rows, device=tokens.device)
-        cache.put(self, (mask, self._rows))  # the loop selects rows of both with its own
+        self._rows = torch.arange(rows, device=tokens.device)  # the LM cache's rows as they are
+        cache.track(self, mask, self._rows)  # the loop selects rows of both
         return output.logits[:, -1]
 
 
@@ -134,18 +137,30 @@ def lm_generate(
     max_new_tokens: int = 30,
     end_token: int | None = None,
     beams: int = 1,
+    length_penalty: float = 1.0,
+    beam_rules: str = "transformers",
+    pad_token: int | None = None,
     **options,
 ) -> Generated:
-    """`generate` over the LM (greedy, or nucleus sampling with `top_p`), ending at
+    """`generate` over the LM: greedy, beam search (``beams > 1``, `length_penalty`, with
+    transformers' rules unless ``beam_rules="exact"``) or nucleus sampling (`top_p`), ending at
     `end_token` (default: its config's `eos_token_id`) and padding with its `pad_token_id`.
-    `attention_mask` covers what `embed_prompt` gives."""
-    if beams != 1:
-        raise ValueError(
-            "beams: beam search over a Hugging Face language model is not supported yet; use "
-            "beams=1 (greedy) or top_p (sampling)"
-        )
+    `attention_mask` covers what `embed_prompt` gives. `pad_token`: the LM's `pad_token_id`
+    (else 0) by default."""
     config = language_model.config
     end = config.eos_token_id if end_token is None else end_token
-    pad = config.pad_token_id if config.pad_token_id is not None else 0
+    pad = config.pad_token_id if pad_token is None else pad_token
+    pad = 0 if pad is None else pad
     step = CausalLMStep(language_model, embed_prompt, attention_mask)
-    return generate(step, prompt, KVCache(), max_new_tokens, end, pad, **options)
+    return generate(
+        step,
+        prompt,
+        KVCache(),
+        max_new_tokens,
+        end,
+        pad,
+        beams=beams,
+        length_penalty=length_penalty,
+        beam_rules=beam_rules,
+        **options,
+    )

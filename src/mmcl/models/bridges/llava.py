@@ -214,24 +214,24 @@ class Llava(nn.Module):
         **options,
     ) -> torch.Tensor:
         """Answer ids ``(batch, new)`` after the (left-padded) prompts, through mmcl's loop
-        (`mmcl.nn.generation.generate`; `options` such as ``beams`` or ``top_p`` go there).
-        The images are encoded once. `end_token`: the LM's eos by default. Beam search is
-        not offered: the LM's cache is reordered only with dropped rows."""
-        from mmcl.models.bridges.causal_lm import CausalLMStep
-        from mmcl.nn.generation import generate
-        from mmcl.nn.kv_cache import KVCache
+        (`mmcl.models.bridges.causal_lm.lm_generate`; `options` such as ``beams``,
+        ``length_penalty`` or ``top_p`` go there: beam search gives transformers' tokens).
+        The images are encoded once. `end_token`: the LM's eos by default."""
+        from mmcl.models.bridges.causal_lm import lm_generate
 
-        if options.get("beams", 1) > 1:
-            raise ValueError("Llava.generate: beams > 1 is not supported; use greedy or top_p")
         if end_token is None:
             end_token = self.language_model.config.eos_token_id
         if end_token is None:
             raise ValueError("Llava.generate: the LM config has no eos_token_id; give end_token")
         image_tokens = None if pixel_values is None else self.encode_image(pixel_values)
-        step = CausalLMStep(
-            self.language_model, lambda ids: self.embed(ids, image_tokens), attention_mask
-        )
-        result = generate(
-            step, input_ids, KVCache(), max_new_tokens, end_token, pad_token, **options
+        result = lm_generate(
+            self.language_model,
+            lambda ids: self.embed(ids, image_tokens),
+            input_ids,
+            attention_mask,
+            max_new_tokens,
+            end_token,
+            pad_token=pad_token,
+            **options,
         )
         return result.tokens[:, input_ids.shape[1] :]

@@ -1,0 +1,34 @@
+"""`benchmarks/generation.py --quick`: the benchmark runs, both libraries decode the same
+greedy tokens in fp32 for LLaVA and BLIP-2, and a chat's second question runs only its new
+positions (correctness only; no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def test_quick_generation_benchmark_gives_huggingface_tokens_and_keeps_the_chat_cache(tmp_path):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import generation
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    output = tmp_path / "generation.json"
+    generation.main(["--quick", "--warmup", "0", "--json", str(output)])
+    result = json.loads(output.read_text())
+    rows = result["rows"]
+    assert {(r["model"], r["precision"], r["library"]) for r in rows} == {
+        (model, precision, library)
+        for model in ("llava", "blip2")
+        for precision in ("fp32", "bf16")
+        for library in ("transformers", "mmcl")
+    }
+    assert all(r["same"] == 1.0 for r in rows if r["precision"] == "fp32")
+    chat = {c["chat"]: c["positions"] for c in result["chat"]}
+    whole = chat["transformers generate"]
+    assert chat["mmcl, cache dropped"] == whole
+    assert 0 < chat["mmcl, cache kept"] < whole // 2
