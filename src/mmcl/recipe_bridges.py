@@ -248,6 +248,23 @@ def run_bridge_recipe(recipe) -> FitResult:
         add_lora(model, lora, f"{recipe.source}: model.lora")
     if spec:
         raise ValueError(f"{recipe.source}: unknown model entries {sorted(spec)}")
+    trainer = conversation_trainer(recipe, model, tokenizer, template, data, bridge.logits_of)
+    result = trainer.fit()
+    if not trainer.info.is_main:  # one rank writes the folders
+        return result
+    if lora is not None:
+        save_lora_adapter(model, lora, Path(recipe.train.output_dir) / LORA_FILE)
+        unload_lora(model)  # the model folder holds the merged weights
+    save_model_folder(model, tokenizer, Path(recipe.train.output_dir) / "hf", bridge.save, template)
+    return result
+
+
+def conversation_trainer(
+    recipe, model, tokenizer, template: ChatTemplate, data: dict[str, Any], logits_of=llava_logits
+) -> Trainer:
+    """The engine set up for a bridge on conversations: `data` (the recipe's data entries
+    without `system`; each one read is checked) encoded with `template`, the loss on the
+    answers only, and the held-out scene VQA suite when `recipe.eval` asks for it."""
     encoder = ConversationEncoder(
         tokenizer,
         model.image_token_id,
@@ -258,7 +275,6 @@ def run_bridge_recipe(recipe) -> FitResult:
     conversations = build_conversations(data, model.image_size, recipe.source)
     if data:
         raise ValueError(f"{recipe.source}: unknown data entries {sorted(data)}")
-    train_data = EncodedConversations(conversations, encoder)
     evaluate = None
     spec_eval = dict(recipe.eval)
     if "vqa_size" in spec_eval:
@@ -270,20 +286,14 @@ def run_bridge_recipe(recipe) -> FitResult:
         )
     if spec_eval:
         raise ValueError(f"{recipe.source}: unknown eval entries {sorted(spec_eval)}")
-    trainer = Trainer(
+    return Trainer(
         model,
-        train_data,
+        EncodedConversations(conversations, encoder),
         recipe.train,
         collate_fn=ConversationCollate(tokenizer.pad_token_id),
         evaluate=evaluate,
-        objective=CausalLMObjective(bridge.logits_of),
+        objective=CausalLMObjective(logits_of),
     )
-    result = trainer.fit()
-    if lora is not None:
-        save_lora_adapter(model, lora, Path(recipe.train.output_dir) / LORA_FILE)
-        unload_lora(model)  # the model folder holds the merged weights
-    save_model_folder(model, tokenizer, Path(recipe.train.output_dir) / "hf", bridge.save, template)
-    return result
 
 
 def build_bridge(bridge: Bridge, spec: dict[str, Any], source: str, template=None):

@@ -26,8 +26,7 @@ from typing import Any
 
 import torch
 
-from mmcl.data.chat_template import VICUNA_SYSTEM, ChatTemplate, ConversationEncoder
-from mmcl.eval.scene_vqa import SceneVQASuite
+from mmcl.data.chat_template import VICUNA_SYSTEM, ChatTemplate
 from mmcl.io.checkpoints.cogvlm import save_cogvlm_folder
 from mmcl.io.lm_tokenizer import train_lm_tokenizer
 from mmcl.models.bridges.cogvlm import CogVLM, CogVLMConfig
@@ -36,14 +35,11 @@ from mmcl.models.factory import create_model, load
 from mmcl.nn.visual_expert import copy_language_weights_to_expert
 from mmcl.recipe_bridges import (
     DEFAULT_LM,
-    ConversationCollate,
-    EncodedConversations,
     _scene_text,
     _vision_dict,
-    build_conversations,
+    conversation_trainer,
 )
-from mmcl.train import FitResult, Trainer
-from mmcl.train.lm_objective import CausalLMObjective
+from mmcl.train import FitResult
 from mmcl.train.run_folder import resume_checkpoint
 
 PARTS = ("visual", "projector", "visual_expert", "language_model")
@@ -66,38 +62,11 @@ def run_cogvlm_recipe(recipe) -> FitResult:
     set_trainable(model, spec.pop("trainable", ["projector", "visual_expert"]), recipe.source)
     if spec:
         raise ValueError(f"{recipe.source}: unknown model entries {sorted(spec)}")
-    encoder = ConversationEncoder(
-        tokenizer,
-        model.image_token_id,
-        model.tokens_per_image,
-        template,
-        max_length=data.pop("max_length", None),
-    )
-    conversations = build_conversations(data, model.image_size, recipe.source)
-    if data:
-        raise ValueError(f"{recipe.source}: unknown data entries {sorted(data)}")
-    spec_eval = dict(recipe.eval)
-    evaluate = None
-    if "vqa_size" in spec_eval:
-        evaluate = SceneVQASuite(
-            encoder,
-            spec_eval.pop("scene_split", "test"),
-            spec_eval.pop("vqa_size"),
-            model.image_size,
-        )
-    if spec_eval:
-        raise ValueError(f"{recipe.source}: unknown eval entries {sorted(spec_eval)}")
-    trainer = Trainer(
-        model,
-        EncodedConversations(conversations, encoder),
-        recipe.train,
-        collate_fn=ConversationCollate(tokenizer.pad_token_id),
-        evaluate=evaluate,
-        objective=CausalLMObjective(),
-    )
+    trainer = conversation_trainer(recipe, model, tokenizer, template, data)
     result = trainer.fit()
     if trainer.info.is_main:
         frozen = trainer.frozen_reference  # the run's frozen.safetensors, when it wrote one
+        tokenizer.chat_template = template.to_jinja()  # `mmcl ask` reads the system text
         save_cogvlm_folder(
             model,
             Path(recipe.train.output_dir) / MODEL_FOLDER,
