@@ -302,3 +302,11 @@ def test_a_recipes_lora_trains_only_its_adapters_in_a_continual_run(small, tmp_p
     after = model.state_dict()
     changed = {k for k in start if not torch.equal(start[k], after[k])}
     assert changed and all("lora_B" in k or "lora_A" in k for k in changed)
+
+
+def test_instruction_terms_doctests():
+    import doctest
+
+    from mmcl.continual.methods import instruction_terms
+
+    assert doctest.testmod(instruction_terms).failed == 0

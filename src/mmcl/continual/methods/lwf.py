@@ -1,4 +1,4 @@
-"""LwF, Learning without Forgetting (Li & Hoiem 2017), for CLIP: keep the predictions on the old
+"""LwF, Learning without Forgetting (Li & Hoiem 2017), for CLIP and LLaVA-style bridges: keep the predictions on the old
 classes that the model made when the new task began, using only the new task's images.
 
 At the start of every task but the first, a frozen copy of the model (the teacher) is taken.
