@@ -1,5 +1,6 @@
-"""LwF, Learning without Forgetting (Li & Hoiem 2017), for CLIP and LLaVA-style bridges: keep the predictions on the old
-classes that the model made when the new task began, using only the new task's images.
+"""LwF, Learning without Forgetting (Li & Hoiem 2017), for CLIP and LLaVA-style bridges: keep
+the predictions on the old classes (a bridge's: next tokens) that the model made when the new
+task began, using only the new task's inputs.
 
 At the start of every task but the first, a frozen copy of the model (the teacher) is taken.
 The old classes are those of the previous tasks (`mmcl.continual.classes.task_classes`; in a
