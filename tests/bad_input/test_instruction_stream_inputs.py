@@ -37,9 +37,9 @@ def config(tmp_path):
 
 def test_methods_without_instructions_support_are_refused_by_name(bridge, stream, tmp_path):
     model, tokenizer = bridge
-    with pytest.raises(ValueError, match=r"\['lwf'\] do not train on instructions.*finetune"):
+    with pytest.raises(ValueError, match=r"\['icarl'\] do not train on instructions.*finetune"):
         run_continual(
-            model, stream, build_method("lwf"), config(tmp_path), tmp_path, tokenizer=tokenizer
+            model, stream, build_method("icarl"), config(tmp_path), tmp_path, tokenizer=tokenizer
         )
     assert not (tmp_path / "progress.json").exists()
 

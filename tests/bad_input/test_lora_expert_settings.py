@@ -10,6 +10,8 @@
 - Prompts before a language model need a bridge: a model without one is one error.
 - O-LoRA's weights must be numbers >= 0.
 - Two methods that both choose where a row runs (a task selector) cannot be combined.
+- A method that adds its own LoRA refuses a model already carrying one (a recipe's
+  model.lora), saying to drop it or choose a method that trains the model as it is.
 """
 
 from __future__ import annotations
@@ -70,3 +72,13 @@ def test_two_task_selectors_cannot_be_combined():
         ValueError, match=r"\['task_lora', 'modal_prompt'\] both compute the routes"
     ):
         build_method("task_lora+modal_prompt")
+
+
+@pytest.mark.parametrize("name", ["moe_lora", "o_lora", "task_lora"])
+def test_methods_adding_their_own_lora_refuse_a_model_carrying_a_recipes_lora(name):
+    from mmcl.nn.lora import LoraSpec, add_lora
+
+    model = tiny_llava()
+    add_lora(model, LoraSpec(target="language_model", r=2), "recipe: model.lora")
+    with pytest.raises(ValueError, match=rf"{name}: .*already carries LoRA.*drop model.lora"):
+        build_method(name).setup(model, RUN)

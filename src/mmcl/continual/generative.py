@@ -10,8 +10,13 @@ INSTRUCTION_MEASURE = (
     "VQA accuracy (exact match of the normalised answer); caption tasks: attribute accuracy "
     "of the captions (shape, colour, count), CIDEr-D beside it"
 )
-# Methods that run on an instruction stream today; the others are refused by name.
-INSTRUCTION_METHODS = "finetune, joint, frozen"
+
+
+def instruction_methods() -> str:
+    """The methods that run on an instruction stream (``takes_instructions``), by name."""
+    from mmcl.continual.methods import METHODS
+
+    return ", ".join(sorted(name for name, cls in METHODS.items() if cls.takes_instructions))
 
 
 def check_bridge(model, method, stream, tokenizer) -> None:
@@ -22,7 +27,7 @@ def check_bridge(model, method, stream, tokenizer) -> None:
     if refused:
         raise ValueError(
             f"method(s) {refused} do not train on instructions, which the stream "
-            f"{stream.name!r} holds; choose among the methods that do ({INSTRUCTION_METHODS})"
+            f"{stream.name!r} holds; choose among the methods that do ({instruction_methods()})"
         )
     if not (hasattr(model, "language_model") and hasattr(model, "generate")):
         raise ValueError(
@@ -64,7 +69,10 @@ def starting_bridge(spec: str):
     """`(model, tokenizer)` a run on an instruction stream starts from: a LLaVA folder with
     its tokenizer (a recipe's ``hf/`` output; projector and LM train, the tower is frozen),
     or a LLaVA recipe (shipped name or YAML file) whose model section builds it (its
-    ``init`` folder, or a new model, seeded; its ``trainable`` parts train)."""
+    ``init`` folder, or a new model, seeded; its ``trainable`` parts train). A recipe's
+    ``model.lora`` adds peft LoRA as the recipe does (`mmcl.nn.lora.add_lora`): the adapted
+    part's own weights are frozen and its adapters train, with the other ``trainable``
+    parts; the adapters are keys of the model's state dict, so a resumed run finds them."""
     from pathlib import Path
 
     import torch
@@ -73,6 +81,7 @@ def starting_bridge(spec: str):
     from mmcl.recipe import recipe_text
     from mmcl.recipe_bridges import build_llava, set_trainable
 
+    lora = None
     if Path(spec).is_dir():
         model_spec, source = {"init": spec}, str(spec)
         trainable = list(FOLDER_TRAINABLE)
@@ -88,13 +97,14 @@ def starting_bridge(spec: str):
         if model_spec.pop("kind", None) != "llava":
             raise ValueError(f"{source}: not a LLaVA recipe (model.kind must be llava)")
         trainable = model_spec.pop("trainable", ["projector"])
-        if "lora" in model_spec:
-            raise ValueError(
-                f"{source}: model.lora is not supported in continual runs yet; drop it"
-            )
+        lora = model_spec.pop("lora", None)
     torch.manual_seed(0)
     model, tokenizer = build_llava(model_spec, source)
     if model_spec:
         raise ValueError(f"{source}: unknown model entries {sorted(model_spec)}")
     set_trainable(model, trainable, source)
+    if lora is not None:
+        from mmcl.nn.lora import LoraSpec, add_lora
+
+        add_lora(model, LoraSpec.from_dict(lora, f"{source}: model.lora"), f"{source}: model.lora")
     return model, tokenizer

@@ -110,6 +110,7 @@ def describe_method(name: str, cls: type) -> str:
     summary = first_paragraph(own or sys.modules[cls.__module__].__doc__)
     papers = re.findall(r"\(([^()]*\b(?:19|20)\d\d\b[^()]*)\)", summary)
     lines = [f"{name}: {summary}", f"paper: {'; '.join(papers) if papers else 'none (a baseline)'}"]
+    lines.append(f"streams: {', '.join(streams_taken(cls))}")
     rows = [
         (p.name, type_name(annotation(cls, p.name)), _shown(p.default)) for p in parameters(cls)
     ]
@@ -123,6 +124,16 @@ def describe_method(name: str, cls: type) -> str:
             "  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
         )
     return "\n".join(lines)
+
+
+def streams_taken(cls: type) -> list[str]:
+    """The kinds of stream a method runs on, as `describe_method` lists them."""
+    kinds = ["classes"] if getattr(cls, "takes_classes", True) else []
+    if getattr(cls, "takes_captions", False):
+        kinds.append("captioned pairs")
+    if getattr(cls, "takes_instructions", False):
+        kinds.append("instruction streams (LLaVA-style bridges)")
+    return kinds
 
 
 def first_paragraph(doc: str | None) -> str:

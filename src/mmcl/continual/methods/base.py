@@ -52,6 +52,8 @@ class Method(TrainingPlugin):
     # answers scored; see mmcl.continual.instructions), where batches hold encoded
     # conversations: ``targets`` is ``(batch, 3, length)`` ids, labels and attention mask.
     takes_instructions = False
+    # False: a method for bridge models only (LoRA experts, LM prompts), not class streams.
+    takes_classes = True
 
     def setup(self, model, run) -> None:
         pass

@@ -33,6 +33,13 @@ templates cycling, the head's columns for a plain classifier).
   per-sample empirical Fisher, plus the squared mean gradient, which is large while the task's
   loss is still high), so the two estimators call for different `lambda_`.
 
+On an instruction stream (`mmcl.continual.instructions`, a LLaVA-style bridge) the same two
+estimators use the LM loss on the answers (`instruction_terms.lm_importance`): ``"sample"``
+draws each answer position's token from the model's own next-token distribution and squares
+the gradient of a conversation's summed log-probabilities, one conversation at a time;
+``"minibatch"`` squares the gradient of a batch's LM loss with the true answers. Only what
+trains has an importance (the projector, a LoRA, the LM: whatever requires grad).
+
 Pairs set by hand (`method.fishers`, `method.anchors`, several of them) are merged the same
 way when the penalty is first computed (`EWC._merged`).
 
@@ -48,11 +55,13 @@ import torch
 
 from mmcl.continual.heads import classification_objective, is_classifier
 from mmcl.continual.methods.base import Method
+from mmcl.continual.methods.instruction_terms import encoded_batches, lm_importance
 
 
 class EWC(Method):
     name = "ewc"
     online = False
+    takes_instructions = True
 
     def __init__(
         self,
@@ -76,6 +85,10 @@ class EWC(Method):
 
     def after_task(self, task, model, run) -> None:
         seed = 1_000_003 * run.config.seed + task.index
+        if getattr(run, "instructions", False):
+            fisher = self._instruction_importance(task, model, run, seed)
+            self._store(fisher, model)
+            return
         arguments = (
             model,
             run.training_space(task.index),
@@ -88,6 +101,19 @@ class EWC(Method):
             fisher = minibatch_importance(*arguments, batch_size=batch_size, method=run.method)
         else:
             fisher = diagonal_fisher(*arguments, method=run.method)
+        self._store(fisher, model)
+
+    def _instruction_importance(self, task, model, run, seed) -> dict[str, torch.Tensor]:
+        """`lm_importance` over `fisher_samples` of the task's conversations (seeded)."""
+        data = run.stream_data(task.index)
+        generator = torch.Generator().manual_seed(seed)
+        picks = torch.randperm(len(data), generator=generator)[: self.fisher_samples].tolist()
+        batch_size = self.fisher_batch_size or run.config.batch_size
+        chosen = torch.utils.data.Subset(data, picks)
+        batches = encoded_batches(chosen, run.encoder, batch_size)
+        return lm_importance(model, batches, self.fisher, generator)
+
+    def _store(self, fisher: dict[str, torch.Tensor], model) -> None:
         if self.online and self.fishers:
             for name, old in self.fishers[0].items():  # F <- gamma * F + F_k
                 new = fisher.get(name)

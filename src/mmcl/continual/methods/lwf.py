@@ -1,5 +1,6 @@
-"""LwF, Learning without Forgetting (Li & Hoiem 2017), for CLIP: keep the predictions on the old
-classes that the model made when the new task began, using only the new task's images.
+"""LwF, Learning without Forgetting (Li & Hoiem 2017), for CLIP and LLaVA-style bridges: keep
+the predictions on the old classes (a bridge's: next tokens) that the model made when the new
+task began, using only the new task's inputs.
 
 At the start of every task but the first, a frozen copy of the model (the teacher) is taken.
 The old classes are those of the previous tasks (`mmcl.continual.classes.task_classes`; in a
@@ -18,6 +19,11 @@ The first task has no old classes, so it trains without the term, as in the pape
 On a captioned stream (`mmcl.continual.captioned`) there are no classes: z is the batch's
 image-text similarity matrix (`mmcl.continual.methods.similarity`), and the term is the KL
 above over its rows (image -> text) plus over its columns (text -> image), each averaged.
+
+On an instruction stream (`mmcl.continual.instructions`, a LLaVA-style bridge) z is the
+next-token logits: the student's of this step and the teacher's on the same conversations
+(the new task's), at the answer positions only (`instruction_terms.next_token_kl`: the
+positions the LM loss trains), the KL averaged over those positions, T and lambda as above.
 
 A plain image classifier (`mmcl.models.image_classifier`) has no prompts: z is its head's columns for
 the old classes, from the student's forward pass of this step and from the teacher's.
@@ -39,6 +45,7 @@ from mmcl.continual.captioned import is_captioned_stream
 from mmcl.continual.classes import ClassSpace, task_classes, union
 from mmcl.continual.heads import head_logits, is_classifier
 from mmcl.continual.methods.base import Method
+from mmcl.continual.methods.instruction_terms import bridge_logits, next_token_kl
 from mmcl.continual.methods.similarity import is_captioned, paired_similarities, row_kl
 from mmcl.data.zeroshot import format_prompts
 from mmcl.io.tokenizer import tokenize
@@ -47,6 +54,7 @@ from mmcl.io.tokenizer import tokenize
 class LwF(Method):
     name = "lwf"
     takes_captions = True
+    takes_instructions = True
 
     def __init__(self, lambda_: float = 1.0, temperature: float = 2.0):
         if not (isinstance(lambda_, (int, float)) and math.isfinite(lambda_) and lambda_ >= 0):
@@ -60,14 +68,16 @@ class LwF(Method):
         self.teacher: torch.nn.Module | None = None
         self.old_classes: ClassSpace | None = None
         self.calls = 0  # which template comes next
+        self.instructions = False  # the stream holds conversations for a bridge
         self._tokens: dict[int, torch.Tensor] = {}
 
     def before_task(self, task, model, run) -> None:
         self.calls, self._tokens = 0, {}
+        self.instructions = getattr(run, "instructions", False)
         if task.index == 0:
             self.teacher = self.old_classes = None
             return
-        if not is_captioned_stream(run.scenario):  # a captioned stream has no classes
+        if not (is_captioned_stream(run.scenario) or self.instructions):  # no classes
             self.old_classes = union([task_classes(run.scenario, i) for i in range(task.index)])
         self.teacher = None  # free the last task's teacher before copying the model
         self.teacher = frozen_copy(model)
@@ -76,6 +86,13 @@ class LwF(Method):
         if self.teacher is None:
             return {}
         images = batch[0]
+        if self.instructions:
+            if next(self.teacher.parameters()).device != images.device:
+                self.teacher.to(images.device)
+            with torch.no_grad():
+                teacher = bridge_logits(self.teacher, images, batch[1])
+            kl = next_token_kl(teacher, outputs["logits"], batch[1][:, 1], self.temperature)
+            return {"lwf": self.lambda_ * kl}
         if is_captioned(batch):
             student, teacher = paired_similarities(model, self.teacher, batch, outputs, None, 0)
             t = self.temperature

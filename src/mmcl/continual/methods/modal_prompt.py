@@ -29,6 +29,7 @@ PROMPTS_NAME = "lm_prompts"  # the prompts' submodule on the model
 class ModalPrompt(Method):
     name = "modal_prompt"
     takes_instructions = True
+    takes_classes = False
 
     def __init__(self, length: int = 8):
         check_int(self.name, "length", length, 1)

@@ -39,9 +39,23 @@ def check_int(name: str, what: str, value, minimum: int) -> None:
         raise ValueError(f"{name}: {what} must be an integer >= {minimum}, got {value!r}")
 
 
+def refuse_carried_lora(name: str, model, target: str) -> None:
+    """A method that adds its own LoRA refuses a part that already carries peft LoRA (a
+    recipe's ``model.lora``): the two would stack, and only one would be the method's."""
+    from mmcl.nn.lora import _part, lora_layers
+
+    if lora_layers(_part(model, target, name)):
+        raise ValueError(
+            f"{name}: the model's {target or 'whole model'} already carries LoRA (a recipe's "
+            f"model.lora); {name} adds its own LoRA adapters: drop model.lora from the "
+            f"recipe, or choose a method that trains the model as it is (e.g. finetune, lwf)"
+        )
+
+
 class MoELoRA(Method):
     name = "moe_lora"
     takes_instructions = True
+    takes_classes = False
 
     def __init__(
         self,
@@ -70,6 +84,7 @@ class MoELoRA(Method):
         self.layers: dict[str, LoraExpertsLinear] = {}
 
     def setup(self, model, run) -> None:
+        refuse_carried_lora(self.name, model, self.spec.target)
         model.requires_grad_(False)  # only the experts and routers train
         self.layers = add_lora_experts(model, self.spec, self.experts, self.top_k, self.name)
 

@@ -29,7 +29,7 @@ import math
 from collections.abc import Sequence
 
 from mmcl.continual.methods.base import Method
-from mmcl.continual.methods.moe_lora import check_int, lora_spec
+from mmcl.continual.methods.moe_lora import check_int, lora_spec, refuse_carried_lora
 from mmcl.nn.task_loras import (
     add_task_loras,
     l2_loss,
@@ -42,6 +42,7 @@ from mmcl.nn.task_loras import (
 class OLoRA(Method):
     name = "o_lora"
     takes_instructions = True
+    takes_classes = False
 
     def __init__(
         self,
@@ -67,6 +68,7 @@ class OLoRA(Method):
         self.model = None  # set by `setup`: whose adapters `load_state_dict` switches
 
     def setup(self, model, run) -> None:
+        refuse_carried_lora(self.name, model, self.spec.target)
         model.requires_grad_(False)
         add_task_loras(model, self.spec, len(run.scenario), self.name)
         self.model = model

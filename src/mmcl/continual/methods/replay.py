@@ -18,6 +18,11 @@ and m stored ones, m <= n, each stored item is replayed floor(n / m) or ceil(n /
 buffer is oversampled); with m > n a seeded random n of them are replayed during that task.
 The engine shuffles the concatenation, so the half-and-half split holds per batch on average,
 not exactly.
+
+On an instruction stream (`mmcl.continual.instructions`, a LLaVA-style bridge) the items are
+``(image, Conversation)``: the buffer refers to past conversations (label 0, there are no
+classes), and a replayed one is encoded through the chat template and trained with the LM
+loss on its answers like the new task's.
 """
 
 from __future__ import annotations
@@ -128,6 +133,7 @@ class ExperienceReplay(Method):
     name = "er"
     mixes_past_data = True
     takes_captions = True
+    takes_instructions = True
 
     def __init__(self, buffer_size: int = 500):
         if isinstance(buffer_size, bool) or not isinstance(buffer_size, int):
@@ -152,7 +158,8 @@ class ExperienceReplay(Method):
         return ConcatDataset([current, replay])
 
     def after_task(self, task, model, run) -> None:
-        labels = run.stream_data(task.index).targets
+        data = run.stream_data(task.index)
+        labels = [0] * len(data) if getattr(run, "instructions", False) else data.targets
         self.buffer.add((task.index, index, label) for index, label in enumerate(labels))
 
     def state_dict(self) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mmcl.continual.methods.base import Method
-from mmcl.continual.methods.moe_lora import check_int, lora_spec
+from mmcl.continual.methods.moe_lora import check_int, lora_spec, refuse_carried_lora
 from mmcl.continual.methods.task_keys import TaskKeys, image_keys, routes_by_task
 from mmcl.nn.task_loras import add_task_loras, task_adapter, task_loras, use_task_loras
 
@@ -30,6 +30,7 @@ from mmcl.nn.task_loras import add_task_loras, task_adapter, task_loras, use_tas
 class TaskLoRA(Method):
     name = "task_lora"
     takes_instructions = True
+    takes_classes = False
 
     def __init__(
         self,
@@ -52,6 +53,7 @@ class TaskLoRA(Method):
         self.model = None  # set by `setup`
 
     def setup(self, model, run) -> None:
+        refuse_carried_lora(self.name, model, self.spec.target)
         model.requires_grad_(False)
         add_task_loras(model, self.spec, len(run.scenario), self.name)
         self.model = model

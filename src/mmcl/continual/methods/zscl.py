@@ -23,6 +23,16 @@ pairing, so captions of the same scenes do as well. Batch number d is a seeded r
 depends on d alone, so keeping d in the state makes a resumed run draw exactly what an
 uninterrupted one would.
 
+On an instruction stream (`mmcl.continual.instructions`, a LLaVA-style bridge) the reference
+pairs become captioning conversations (a caption instruction of the scene conversations,
+answered by the reference caption) and the term distils the initial model's next-token
+distributions on them: z is the logits at the caption's (answer) positions,
+
+    zscl = lambda * T**2 * KL(softmax(z_t / T) || softmax(z_s / T))   (mean over positions)
+
+(`instruction_terms.next_token_kl`): generic captioning is the general ability a bridge
+should keep, as zero-shot transfer is CLIP's.
+
 Weight ensemble. Within a task the method keeps the running mean of the weights,
 theta_avg <- (n * theta_avg + theta) / (n + 1): it starts as the task's initial weights (n = 1)
 and takes in the weights every `average_every` optimizer steps (after steps 1, 1 + I, 1 + 2I,
@@ -39,8 +49,12 @@ import math
 
 import torch
 
+from mmcl.continual.generative import training_parts
+from mmcl.continual.instructions import prompt_of
 from mmcl.continual.methods.base import Method
+from mmcl.continual.methods.instruction_terms import bridge_logits, next_token_kl
 from mmcl.continual.methods.lwf import distillation
+from mmcl.data.conversations import Conversation
 from mmcl.data.scenes import SceneCaptions
 from mmcl.io.tokenizer import tokenize
 
@@ -51,6 +65,7 @@ class ZSCL(Method):
     name = "zscl"
     needs_text_tower = True
     takes_captions = True
+    takes_instructions = True
 
     def __init__(
         self,
@@ -81,12 +96,25 @@ class ZSCL(Method):
         self.batch_size = 0  # reference pairs per step, known once the run's batch size is
         self.seed = 0
         self.draws = 0  # reference batches drawn so far in the run
+        self.instructions = False  # the stream holds conversations for a bridge
+        self._encoder = None
         self.average: dict[str, torch.Tensor] | None = None
         self.members = 0  # weights in the average
 
     def setup(self, model, run) -> None:
         self.teacher = None  # the initial weights are known once every method has set up
         self.seed = run.config.seed
+        self._rendered = None
+        self.instructions = getattr(run, "instructions", False)
+        if self.instructions:
+            self.reference = reference_conversations(
+                self.reference_pairs, model.image_size, self.seed
+            )
+            self._encoder = run.encoder
+            self.batch_size = min(
+                self.reference_batch_size or run.config.batch_size, len(self.reference)
+            )
+            return
         self.reference = SceneCaptions(
             REFERENCE_SPLIT,
             self.reference_pairs,
@@ -109,6 +137,11 @@ class ZSCL(Method):
         """Images and caption tokens of reference batch number `draw` (a function of it)."""
         generator = torch.Generator().manual_seed(1_000_003 * self.seed + draw)
         picks = torch.randperm(len(self.reference), generator=generator)[: self.batch_size]
+        if self._rendered is None and self.instructions:  # encoded once, collated per draw
+            self._rendered = training_parts(self.reference, self._encoder)[:2]
+        if self.instructions:
+            encoded, collate = self._rendered
+            return collate([encoded[i] for i in picks.tolist()])
         if self._rendered is None:  # render the reference set once, not a batch every step
             images, tokens = zip(
                 *(self.reference[i] for i in range(len(self.reference))), strict=True
@@ -125,12 +158,18 @@ class ZSCL(Method):
             self.teacher.to(device)  # built before the engine moved the model
         images, tokens = (t.to(device) for t in self.reference_batch(self.draws))
         self.draws += 1
+        t = self.temperature
+        if self.instructions:
+            student_logits = bridge_logits(model, images, tokens)
+            with torch.no_grad():
+                teacher_logits = bridge_logits(self.teacher, images, tokens)
+            loss = next_token_kl(teacher_logits, student_logits, tokens[:, 1], t)
+            return {"zscl": self.lambda_ * t**2 * loss}
         student = model(images, tokens, output_dict=True)
         with torch.no_grad():
             teacher = self.teacher(images, tokens, output_dict=True)
         student_logits = _logits(student)
         teacher_logits = _logits(teacher)
-        t = self.temperature
         loss = distillation(teacher_logits, student_logits, t) + distillation(
             teacher_logits.T, student_logits.T, t
         )
@@ -177,6 +216,20 @@ class ZSCL(Method):
             f"reference_batch_size={self.reference_batch_size}, "
             f"average_every={self.average_every})"
         )
+
+
+def reference_conversations(size: int, image_size: int, seed: int) -> list:
+    """The reference scenes as ``(image, Conversation)`` captioning items (a bridge's)."""
+    from mmcl.data.scene_conversations import CAPTION_INSTRUCTIONS
+    from mmcl.io.transforms import image_transform
+
+    scenes = SceneCaptions(REFERENCE_SPLIT, size, image_size, seed, image_transform(image_size))
+    items = []
+    for index in range(len(scenes)):
+        image, text = scenes[index]
+        asked = prompt_of(CAPTION_INSTRUCTIONS[index % len(CAPTION_INSTRUCTIONS)])
+        items.append((image, Conversation(f"reference-{index}", None, ((asked, text),))))
+    return items
 
 
 def _check_count(argument: str, value) -> None:
