@@ -20,7 +20,9 @@ their neighbourhoods. Image embeddings are clustered: --cifar10 FOLDER (train/ a
 class folders of images, e.g. CIFAR-10 as JPEGs) embeds the images with `--pretrained` (a
 checkpoint; without it and --model, the scenes-pretrained tiny CLIP of
 `mmcl.continual.pretrained`, trained once and cached), holds out --queries of them as queries
-and indexes the rest. Recall is independent of the machine's load; times are not.
+and indexes the rest. Recall is independent of the machine's load; times are not. On a machine
+whose cores other jobs hold, run with OMP_NUM_THREADS=1: faiss's OpenMP threads then wait on
+each other, and one query a call runs several times slower on 2 threads than on 1.
 """
 
 from __future__ import annotations
