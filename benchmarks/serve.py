@@ -133,6 +133,35 @@ def build_synthetic_index(folder: Path, images: int, model_name: str):
     return folder / "photos.index", model
 
 
+SERVICE_HEADER = ["query", "rows", "concurrency", "answered", "errors", "not started",
+                  "p50 ms", "p95 ms", "req/s"]  # fmt: skip
+
+
+def measure_service(
+    app, requests: int, concurrency: int, duration: float, k: int = 10, seed: int = 1
+) -> list[list]:
+    """Text, then image queries (`requests` of each) against `app` (`create_app`'s) served on a
+    loopback port: a row for SERVICE_HEADER each, with p50/p95 latency. Errors go to stderr."""
+    from mmcl.serve.background import serve_in_background
+
+    searcher = app.state.searcher
+    rng = np.random.default_rng(seed)
+    images = [{"image": searcher.files[i]} for i in rng.integers(searcher.rows, size=requests)]
+    rows = []
+    with serve_in_background(app) as url:
+        for kind, queries in (("text", text_queries(requests)), ("image", images)):
+            report = load_test(url, queries, concurrency, duration, k)
+            answered = len(report.latencies)
+            rows.append([
+                kind, searcher.rows, concurrency, answered, len(report.errors),
+                report.not_started, f"{1000 * report.percentile(0.5):.1f}",
+                f"{1000 * report.percentile(0.95):.1f}", f"{answered / report.seconds:.1f}",
+            ])  # fmt: skip
+            for error in report.errors[:3]:
+                print(f"{kind} error: {error}", file=sys.stderr)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--index", type=Path, help="an index folder (default: a generated one)")
@@ -148,7 +177,6 @@ def main() -> None:
         args.images, args.requests = 200, 100
 
     from mmcl.serve.app import create_app
-    from mmcl.serve.background import serve_in_background
 
     with tempfile.TemporaryDirectory() as scratch:
         if args.index is None:
@@ -156,30 +184,10 @@ def main() -> None:
             app = create_app(index, model)
         else:
             app = create_app(args.index)
-        searcher = app.state.searcher
-        rng = np.random.default_rng(1)
-        images = [
-            {"image": searcher.files[i]} for i in rng.integers(searcher.rows, size=args.requests)
-        ]
-        rows = []
-        with serve_in_background(app) as url:
-            for kind, queries in (("text", text_queries(args.requests)), ("image", images)):
-                report = load_test(url, queries, args.concurrency, args.duration, args.k)
-                answered = len(report.latencies)
-                rows.append([
-                    kind, searcher.rows, args.concurrency, answered, len(report.errors),
-                    report.not_started, f"{1000 * report.percentile(0.5):.1f}",
-                    f"{1000 * report.percentile(0.95):.1f}", f"{answered / report.seconds:.1f}",
-                ])  # fmt: skip
-                for error in report.errors[:3]:
-                    print(f"{kind} error: {error}", file=sys.stderr)
+        rows = measure_service(app, args.requests, args.concurrency, args.duration, args.k)
     print(machine_line())
     print(f"index {args.index or f'generated, {args.images} images, {args.model}'}, k={args.k}")
-    print_table(
-        ["query", "rows", "concurrency", "answered", "errors", "not started", "p50 ms",
-         "p95 ms", "req/s"],
-        rows,
-    )  # fmt: skip
+    print_table(SERVICE_HEADER, rows)
 
 
 if __name__ == "__main__":
