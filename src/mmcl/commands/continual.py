@@ -4,6 +4,7 @@ mmcl continual --scenario mini-mtil --method zscl --output-dir runs/zscl
 mmcl continual --scenario scenes-cil --method er+lwf --method-args er.buffer_size=200,lwf.lambda_=1
 mmcl continual compare --scenario mini-mtil --methods frozen,finetune,lwf,zscl,moe_adapters
 mmcl continual compare --scenario scenes-cil --methods ewc,lwf+ewc --method-args ewc.lambda_=100
+mmcl continual compare --scenario scenes-cil --methods finetune,lwf --seeds 3
 mmcl continual --scenario vqa-functions --model runs/llava-scenes/hf --method finetune
 mmcl continual --scenario llava-json --task-files a.json,b.json --image-folder images \
     --model llava-scenes-stage1 --method finetune
@@ -61,6 +62,13 @@ def add_parser(commands) -> None:
         default=[],
         metavar="METHOD.KEY=VALUE,...",
         help="e.g. ewc.lambda_=100: for every compared method with an ewc part (repeatable)",
+    )
+    compare.add_argument(
+        "--seeds",
+        metavar="N|S,S,...",
+        help="run each method once per seed (a count N: seeds 0..N-1; or a list), in "
+        "<output>/<method>/seed_<s>; the seed sets the stream (class order, items drawn), "
+        "training and initialisation; the table shows mean ± sample std (n-1)",
     )
     compare.set_defaults(handler=run_compare, command="continual compare")
     listing = actions.add_parser("list", help="list scenarios and methods")
@@ -203,9 +211,10 @@ def run_one(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from mmcl.continual.comparison import COMPARISON_CSV, COMPARISON_MD, compare
+    from mmcl.continual.comparison import COMPARISON_CSV, COMPARISON_MD, compare, seeds_note
     from mmcl.continual.experiments import parse_method_args
     from mmcl.continual.report import compare_table
+    from mmcl.continual.seeds import parse_seeds
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
@@ -226,9 +235,14 @@ def run_compare(args: argparse.Namespace) -> int:
             )
         for owner in owners:
             method_args.setdefault(owner, {})[key] = value
+    seeds = None if args.seeds is None else parse_seeds(args.seeds)
+    if seeds is not None and args.seed is not None:
+        raise ValueError("--seed and --seeds: --seeds sets the seed of every run; give one")
     output = args.output_dir or Path("runs") / "continual" / f"{args.scenario}-compare"
-    reports = compare(args.scenario, methods, output, method_args, **_options(args))
+    reports = compare(args.scenario, methods, output, method_args, seeds, **_options(args))
     print(compare_table(reports))
+    if seeds_note(reports):
+        print(seeds_note(reports))
     print(f"saved as {output / COMPARISON_MD} and {output / COMPARISON_CSV}")
     return 0
 

@@ -190,17 +190,20 @@ def parse_method_args(text: str | None) -> dict[str, Any]:
 CLASSIFIERS = {"cifar-resnet18": 64, "cifar-resnet18-reduced": 20}  # name -> ResNet-18 width
 
 
-def starting_model(spec: str = SCENES_PRETRAINED, progress: bool = True) -> torch.nn.Module:
+def starting_model(
+    spec: str = SCENES_PRETRAINED, progress: bool = True, seed: int = 0
+) -> torch.nn.Module:
     """The model a run starts from: `scenes-pretrained` (the cached tiny CLIP pre-trained on
     the built-in scenes, trained on first use), a checkpoint path, a model name (random
-    weights: no zero-shot ability, useful for tests only), or a plain 10-class classifier
-    (`cifar-resnet18`, `cifar-resnet18-reduced`, seeded random weights)."""
+    weights drawn with `seed`: no zero-shot ability, useful for tests only), or a plain
+    10-class classifier (`cifar-resnet18`, `cifar-resnet18-reduced`, weights drawn with
+    `seed`)."""
     from mmcl.models import create_model
 
     if spec in CLASSIFIERS:
         from mmcl.models.cifar_resnet import cifar_resnet18
 
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         return cifar_resnet18(num_classes=10, width=CLASSIFIERS[spec])
 
     if spec == SCENES_PRETRAINED:
@@ -209,7 +212,7 @@ def starting_model(spec: str = SCENES_PRETRAINED, progress: bool = True) -> torc
         return create_model(None, pretrained=pretrained_scene_model(progress=progress))
     if Path(spec).exists():
         return create_model(None, pretrained=Path(spec))
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     return create_model(spec)
 
 
@@ -287,7 +290,7 @@ def run_experiment(
 
         network, tokenizer = starting_bridge(model)
     else:
-        network = starting_model(model, progress=progress)
+        network = starting_model(model, progress=progress, seed=config.seed)
     location = {k: v for k, v in (scenario_args or {}).items() if k in DATA_LOCATION}
     stream = build_scenario(
         scenario, **extra["scenario_args"], **location, image_size=network.image_size

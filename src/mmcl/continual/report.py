@@ -53,6 +53,7 @@ __all__ = [
     "HEATMAP_PNG",
     "REPORT_JSON",
     "REPORT_MD",
+    "compare_columns",
     "compare_table",
     "read_report",
     "render_markdown",
@@ -100,6 +101,8 @@ GENERATIVE_ROWS = (
     ("format_bwt", "Format BWT", "BWT of the format matrix (alignment lost on old tasks)"),
 )
 MISSING = "—"
+# Metrics of a captioned stream's held-out zero-shot sets: "held_out_<set>" (after the last task).
+HELD_OUT_PREFIX = "held_out_"
 
 
 def write_report(
@@ -285,24 +288,46 @@ def compare_table(results: Mapping[str, Mapping[str, Any]]) -> str:
     """A Markdown table of methods x (Transfer, Avg, Last, BWT, Forgetting (max), Time).
 
     ``results`` maps a method's label to its report (from `read_report` / `write_report`) or
-    to a bare `summarize` dict (then Time is "—"). Rows keep the mapping's order.
+    to a bare `summarize` dict (then Time is "—"). Rows keep the mapping's order. A result
+    from `mmcl.continual.seeds.aggregate_seeds` (several seeds) shows each cell as
+    "mean ± std", Time as the mean per seed.
     """
     if not results:
         raise ValueError("compare_table needs at least one result")
     metrics = {label: result.get("metrics", result) for label, result in results.items()}
-    columns = COMPARE_COLUMNS
-    if any(GENERATIVE_COLUMNS[0][0] in m for m in metrics.values()):
-        columns = COMPARE_COLUMNS + GENERATIVE_COLUMNS
+    spreads = {label: result.get("metrics_std") or {} for label, result in results.items()}
+    columns = compare_columns(list(metrics.values()))
     decimals = _decimals([m.get(key) for m in metrics.values() for key, _ in columns])
     headers = ["Method", *(header for _, header in columns), "Time"]
     lines = _table_header(headers, align=("---", *["---:"] * (len(headers) - 1)))
     for label, result in results.items():
-        cells = [_number(metrics[label].get(key), decimals) for key, _ in columns]
+        cells = [
+            _with_spread(metrics[label].get(key), spreads[label].get(key), decimals)
+            for key, _ in columns
+        ]
         seconds = result.get("total_seconds")
-        lines.append(
-            _row([_cell(label), *cells, MISSING if seconds is None else _duration(seconds)])
-        )
+        time = MISSING if seconds is None else _duration(seconds)
+        if seconds is not None and result.get("total_seconds_std") is not None:
+            time += f" ± {_duration(result['total_seconds_std'])}"
+        lines.append(_row([_cell(label), *cells, time]))
     return "\n".join(lines)
+
+
+def compare_columns(metrics: Sequence[Mapping[str, Any]]) -> tuple[tuple[str, str], ...]:
+    """(key, header) of a comparison's metric columns: ZSCL's, then the retention columns
+    and the held-out zero-shot sets (one each) when any of `metrics` has them."""
+    columns = COMPARE_COLUMNS
+    if any(GENERATIVE_COLUMNS[0][0] in m for m in metrics):
+        columns += GENERATIVE_COLUMNS
+    held_out = dict.fromkeys(key for m in metrics for key in m if key.startswith(HELD_OUT_PREFIX))
+    return columns + tuple((key, f"Held-out {key[len(HELD_OUT_PREFIX) :]}") for key in held_out)
+
+
+def _with_spread(value, spread, decimals: int) -> str:
+    text = _number(value, decimals)
+    if spread is None or text == MISSING or not math.isfinite(spread):
+        return text
+    return f"{text} ± {_number(spread, decimals)}"
 
 
 def _generative_markdown(report: Mapping[str, Any], names: list[str], number) -> list[str]:

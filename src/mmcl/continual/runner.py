@@ -176,6 +176,9 @@ def run_continual(
     run = ContinualRun(scenario, method, config, output_dir, {})
     if run.instructions:
         run.encoder = conversation_encoder(model, tokenizer)
+    # What the method adds (adapters, prompts, heads) starts from the run's seed, not from
+    # whatever the process drew before (an earlier run of `compare`, say).
+    torch.manual_seed(config.seed)
     method.setup(model, run)  # adapters/prompts first, so the snapshot below includes them
     if saved is None:
         run.initial_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
