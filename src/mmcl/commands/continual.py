@@ -5,6 +5,7 @@ mmcl continual --scenario scenes-cil --method er+lwf --method-args er.buffer_siz
 mmcl continual compare --scenario mini-mtil --methods frozen,finetune,lwf,zscl,moe_adapters
 mmcl continual compare --scenario scenes-cil --methods ewc,lwf+ewc --method-args ewc.lambda_=100
 mmcl continual compare --scenario scenes-cil --methods finetune,lwf --seeds 3
+mmcl continual --scenario scene-styles --method lwf --held-out shape,colour
 mmcl continual --scenario vqa-functions --model runs/llava-scenes/hf --method finetune
 mmcl continual --scenario llava-json --task-files a.json,b.json --image-folder images \
     --model llava-scenes-stage1 --method finetune
@@ -130,6 +131,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="instruction streams: items in each general set (held-out scene captioning and "
         "scene VQA; default 100; 0: not measured)",
     )
+    parser.add_argument(
+        "--held-out",
+        metavar="VIEW,...",
+        help="scene-styles: scene views scored zero-shot after every task, none of them a task "
+        "(shape, colour, count, position; --test-size items each)",
+    )
     parser.add_argument("--steps", type=int, help="optimizer steps per task (default 100)")
     parser.add_argument("--epochs", type=int, help="epochs per task (instead of --steps)")
     parser.add_argument("--batch-size", type=int, help="per process (default 64)")
@@ -180,6 +187,13 @@ def _options(args: argparse.Namespace) -> dict:
             )
         tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
         scenario_args[TASK_ARGUMENTS[args.scenario]] = tasks
+    if args.held_out:
+        if args.scenario != "scene-styles":
+            raise ValueError(
+                f"--held-out: scenario {args.scenario!r} has no held-out sets; it applies to "
+                f"the captioned stream scene-styles"
+            )
+        scenario_args["held_out"] = [v.strip() for v in args.held_out.split(",") if v.strip()]
     if args.task_files:
         scenario_args["files"] = [f.strip() for f in args.task_files.split(",") if f.strip()]
     if args.image_folder is not None:

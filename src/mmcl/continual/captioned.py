@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mmcl.continual.domains import PermuteChannels, Rotate
+from mmcl.continual.held_out import HeldOutSet, scene_held_out_sets
 from mmcl.data.captions import ClassCaptions
 from mmcl.data.scenes import SceneCaptions
 from mmcl.data.zeroshot import load_zero_shot_metadata
@@ -82,6 +83,8 @@ class CaptionedStream:
     tasks: list[CaptionedTask]
     seed: int = 0
     name: str = "captioned"
+    # Classification sets scored zero-shot after every task (`mmcl.continual.held_out`).
+    held_out: tuple[HeldOutSet, ...] = ()
     kind: ClassVar[str] = CAPTIONED
 
     def __post_init__(self) -> None:
@@ -131,6 +134,9 @@ def describe_stream(stream: CaptionedStream) -> str:
             for i, (c, w) in enumerate(zip(row, widths, strict=True))
         ]
         lines.append("  ".join(cells))
+    if stream.held_out:
+        sets = ", ".join(f"{h.name} ({len(h.data)})" for h in stream.held_out)
+        lines.append(f"held-out zero-shot sets, scored after every task: {sets}")
     return "\n".join(lines)
 
 
@@ -192,12 +198,16 @@ def scene_styles_stream(
     image_size: int = 32,
     seed: int = 0,
     cifar10_root: str | Path | None = None,
+    held_out: Sequence[str] = (),
 ) -> CaptionedStream:
     """Captioned scenes in each style of `styles`, in order, then CIFAR-10 with captions when
     `cifar10_root` (a folder holding ``cifar10/train`` and ``cifar10/test``) is given.
 
     Task t draws its scenes with seed ``1000 * seed + t``, so no two tasks share a scene; the
-    test sets come from the scenes' "test" split, disjoint from every "train" scene."""
+    test sets come from the scenes' "test" split, disjoint from every "train" scene.
+    `held_out` names scene views ("shape", "colour", ...) scored zero-shot after every task,
+    `test_size` items each (`mmcl.continual.held_out`)."""
+    held_out_sets = scene_held_out_sets(list(held_out), test_size, image_size, seed)
     if not styles and cifar10_root is None:
         raise ValueError("scene_styles_stream: name at least one style or give cifar10_root")
     tasks = []
@@ -214,7 +224,7 @@ def scene_styles_stream(
     if cifar10_root is not None:
         train, test = _cifar10_captions(Path(cifar10_root), image_size, seed, train_size, test_size)
         tasks.append(CaptionedTask("cifar10-captions", len(tasks), train, test))
-    return CaptionedStream(tasks, seed, name="scene-styles")
+    return CaptionedStream(tasks, seed, name="scene-styles", held_out=held_out_sets)
 
 
 def _cifar10_captions(root: Path, image_size: int, seed: int, train_size: int, test_size: int):

@@ -100,10 +100,14 @@ def scene_styles(
     test_size: int = 200,
     styles: list[str] | None = None,
     cifar10_root: str | None = None,
+    held_out: list[str] | None = None,
 ):
-    """Captioned scenes in styles (upright, turned, recoloured), contrastive, scored by R@1."""
+    """Captioned scenes in styles (upright, turned, recoloured), contrastive, scored by R@1
+    (and zero-shot on the `held_out` scene views after every task)."""
     chosen = ["upright", "rotated-90", "channels-gbr"] if styles is None else list(styles)
-    return scene_styles_stream(chosen, train_size, test_size, image_size, seed, cifar10_root)
+    return scene_styles_stream(
+        chosen, train_size, test_size, image_size, seed, cifar10_root, held_out or ()
+    )
 
 
 SCENARIOS: dict[str, Callable[..., Scenario]] = {

@@ -41,6 +41,8 @@ from typing import Any
 import numpy as np
 
 from mmcl.continual.generative_metrics import summarize_generative
+from mmcl.continual.held_out import PREFIX as HELD_OUT_PREFIX
+from mmcl.continual.held_out import summarize_held_out
 from mmcl.continual.metrics import (
     as_accuracy_matrix,
     as_initial_accuracy,
@@ -101,8 +103,6 @@ GENERATIVE_ROWS = (
     ("format_bwt", "Format BWT", "BWT of the format matrix (alignment lost on old tasks)"),
 )
 MISSING = "—"
-# Metrics of a captioned stream's held-out zero-shot sets: "held_out_<set>" (after the last task).
-HELD_OUT_PREFIX = "held_out_"
 
 
 def write_report(
@@ -115,6 +115,7 @@ def write_report(
     peak_memory: Sequence[float] | None = None,
     initial: Any = None,
     generative: Mapping[str, Any] | None = None,
+    held_out: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``report.json``, ``report.md`` and ``accuracy_matrix.png`` into ``folder``.
 
@@ -132,12 +133,15 @@ def write_report(
         generative: an instruction stream's record (`mmcl.continual.generative_metrics`):
             formats, CIDEr-D and general sets before training and after each task; adds the
             retention metrics and a section of their own.
+        held_out: a captioned stream's zero-shot accuracies on held-out sets
+            (`mmcl.continual.held_out`): ``{"initial": {set: acc}, "rows": [...]}``; adds
+            ``held_out_<set>`` (after the last task) and a section of its own.
 
     Returns:
         The dictionary written to ``report.json`` (undefined metrics as None).
     """
     report = build_report(
-        matrix, task_names, method_name, extra, times, peak_memory, initial, generative
+        matrix, task_names, method_name, extra, times, peak_memory, initial, generative, held_out
     )
     json_text = json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     markdown = render_markdown(report)
@@ -162,6 +166,7 @@ def build_report(
     peak_memory: Sequence[float] | None = None,
     initial: Any = None,
     generative: Mapping[str, Any] | None = None,
+    held_out: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON-ready content of ``report.json`` (see `write_report` for the arguments)."""
     array = as_accuracy_matrix(matrix)
@@ -179,6 +184,10 @@ def build_report(
         if len(generative["rows"]) != num_tasks:
             raise ValueError(f"{len(generative['rows'])} generative rows for {num_tasks} tasks")
         metrics |= summarize_generative(generative)
+    if held_out is not None:
+        if len(held_out["rows"]) != num_tasks:
+            raise ValueError(f"{len(held_out['rows'])} held-out rows for {num_tasks} tasks")
+        metrics |= summarize_held_out(held_out)
     report = _jsonable(
         {
             "format_version": FORMAT_VERSION,
@@ -197,6 +206,9 @@ def build_report(
     )
     if generative is not None:
         report["generative"] = _jsonable(_generative_record(generative), "generative")
+    if held_out is not None:
+        record = {"initial": held_out.get("initial"), "after_task": held_out["rows"]}
+        report["held_out"] = _jsonable(record, "held_out")
     return report
 
 
@@ -277,6 +289,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 
     if report.get("generative"):
         lines += _generative_markdown(report, names, number)
+    if report.get("held_out"):
+        lines += _held_out_markdown(report["held_out"], names)
 
     if report.get("extra"):
         extra = json.dumps(report["extra"], indent=2, ensure_ascii=False, allow_nan=False)
@@ -351,6 +365,22 @@ def _generative_markdown(report: Mapping[str, Any], names: list[str], number) ->
         rows += [(f"after task {i + 1}", g) for i, g in enumerate(general["after_task"])]
         for label, scores in rows:
             lines.append(_row([label, *(number(scores.get(name)) for name in sets)]))
+    lines.append("")
+    return lines
+
+
+def _held_out_markdown(record: Mapping[str, Any], names: list[str]) -> list[str]:
+    """Each held-out set's zero-shot accuracy before training and after every task."""
+    rows = [(f"after task {i + 1} ({names[i]})", r) for i, r in enumerate(record["after_task"])]
+    if record.get("initial"):
+        rows.insert(0, ("before training", record["initial"]))
+    sets = list(rows[0][1])
+    decimals = _decimals([v for _, scores in rows for v in scores.values()])
+    lines = ["## Held-out zero-shot", ""]
+    lines += ["Zero-shot accuracy on classification sets no task trains on.", ""]
+    lines += _table_header(["", *(_cell(name) for name in sets)])
+    for label, scores in rows:
+        lines.append(_row([label, *(_number(scores.get(name), decimals) for name in sets)]))
     lines.append("")
     return lines
 
