@@ -99,14 +99,23 @@ def scene_styles(
     train_size: int = 1000,
     test_size: int = 200,
     styles: list[str] | None = None,
-    cifar10_root: str | None = None,
     held_out: list[str] | None = None,
+    data_root: str | Path | None = None,
+    download: bool = False,
 ):
     """Captioned scenes in styles (upright, turned, recoloured), contrastive, scored by R@1
-    (and zero-shot on the `held_out` scene views after every task)."""
+    (and zero-shot on the `held_out` scene views after every task); the task
+    "cifar10-captions" is CIFAR-10 from the data root, captioned from its class names."""
     chosen = ["upright", "rotated-90", "channels-gbr"] if styles is None else list(styles)
     return scene_styles_stream(
-        chosen, train_size, test_size, image_size, seed, cifar10_root, held_out or ()
+        chosen,
+        train_size,
+        test_size,
+        image_size,
+        seed,
+        held_out=held_out or (),
+        download=download,
+        data_root=data_root,
     )
 
 
