@@ -86,7 +86,7 @@ def test_compare_with_two_seeds_runs_each_method_per_seed_and_shows_mean_and_std
         "8",
         "--quiet",
         "--methods",
-        "finetune",
+        "frozen",  # no training: the seeds' streams and models, and the summary, are the point
         "--seeds",
         "2",
         "--output-dir",
@@ -96,7 +96,7 @@ def test_compare_with_two_seeds_runs_each_method_per_seed_and_shows_mean_and_std
     out = capsys.readouterr().out
     assert "sample standard deviation (n - 1) over 2 seeds" in out
     progress = [
-        json.loads((tmp_path / "finetune" / f"seed_{s}" / "progress.json").read_text())
+        json.loads((tmp_path / "frozen" / f"seed_{s}" / "progress.json").read_text())
         for s in (0, 1)
     ]
     for seed, record in enumerate(progress):
@@ -107,15 +107,15 @@ def test_compare_with_two_seeds_runs_each_method_per_seed_and_shows_mean_and_std
         or progress[0]["initial"] != progress[1]["initial"]
     )  # another class order or another random model
     lasts = [
-        json.loads((tmp_path / "finetune" / f"seed_{s}" / "report.json").read_text())["metrics"][
+        json.loads((tmp_path / "frozen" / f"seed_{s}" / "report.json").read_text())["metrics"][
             "last_accuracy"
         ]
         for s in (0, 1)
     ]
     mean, std = sum(lasts) / 2, abs(lasts[0] - lasts[1]) / math.sqrt(2)
-    row = next(line for line in out.splitlines() if line.startswith("| finetune"))
+    row = next(line for line in out.splitlines() if line.startswith("| frozen"))
     assert f"{mean:.4f} ± {std:.4f}" in row
     assert "±" in (tmp_path / "comparison.md").read_text()
-    stamp = (tmp_path / "finetune" / "seed_1" / "report.json").stat().st_mtime_ns
+    stamp = (tmp_path / "frozen" / "seed_1" / "report.json").stat().st_mtime_ns
     assert main(command) == 0  # read back, not rerun
-    assert (tmp_path / "finetune" / "seed_1" / "report.json").stat().st_mtime_ns == stamp
+    assert (tmp_path / "frozen" / "seed_1" / "report.json").stat().st_mtime_ns == stamp
