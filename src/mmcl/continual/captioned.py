@@ -13,8 +13,9 @@ training.
 
 The built-in stream (:func:`scene_styles_stream`) is the built-in captioned scenes in a
 sequence of styles (upright, turned, colour channels reordered), each task drawing other
-scenes than the rest, optionally followed by CIFAR-10 captioned from its class names and
-prompt templates (files needed: ``cifar10/train`` and ``cifar10/test`` class folders).
+scenes than the rest; the task "cifar10-captions" is CIFAR-10 captioned from its class names
+and prompt templates (from the data root, as `mmcl.data.datasets` finds it). Scene views
+named as held-out sets are scored zero-shot after every task (`mmcl.continual.held_out`).
 
 >>> stream = scene_styles_stream(["upright", "rotated-90"], train_size=8, test_size=4)
 >>> stream.task_names, len(stream[1].test)

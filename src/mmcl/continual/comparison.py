@@ -124,9 +124,8 @@ def comparison_csv(reports: dict[str, Any]) -> str:
     """The comparison as CSV: one row per method, the metrics as plain numbers, seconds.
     Over several seeds, each metric has a ``_mean`` and a ``_std`` column (sample standard
     deviation, n - 1) and ``seeds`` lists them."""
-    keys = [key for key, _ in compare_columns([r.get("metrics", {}) for r in reports.values()])] + [
-        "total_seconds"
-    ]
+    columns = compare_columns([report.get("metrics", {}) for report in reports.values()])
+    keys = [key for key, _ in columns] + ["total_seconds"]
     several = any("metrics_std" in report for report in reports.values())
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
