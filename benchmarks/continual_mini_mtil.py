@@ -2,13 +2,17 @@
 
     python benchmarks/continual_mini_mtil.py                 # every method, small per-task budget
     python benchmarks/continual_mini_mtil.py --methods finetune,zscl --steps 200
+    python benchmarks/continual_mini_mtil.py --seeds 3       # mean ± sample std over 3 seeds
 
 All methods start from the same scene-pretrained tiny CLIP (`mmcl.continual.pretrained`,
 trained once and cached) and see the same tasks, steps, batch and learning rate. The table has
 ZSCL's metrics (Transfer: zero-shot accuracy on tasks not trained yet; Avg; Last; BWT) and wall
 time, and below it the checks the literature leads one to expect (ZSCL, Zheng et al. 2023;
 MoE-Adapters, Yu et al. 2024), each reported as measured, whatever it shows. Reports of every
-run stay in --output (re-running reuses finished methods; --fresh starts over).
+run stay in --output (re-running reuses finished methods; --fresh starts over). With
+--seeds, each method runs once per seed (the items each task draws, batch order and
+initialisation; `mmcl.continual.seeds`), the table shows mean ± sample standard deviation
+(n - 1) and the checks are applied to the means.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from _common import machine_line, print_table
 
 from mmcl.continual.comparison import compare
 from mmcl.continual.methods import available_methods
+from mmcl.continual.seeds import parse_seeds
 
 # Per-method arguments where the defaults suit a full-size model more than a tiny one.
 METHOD_ARGS = {
@@ -65,7 +70,11 @@ def main() -> None:
     parser.add_argument("--test-size", type=int, default=200, help="test items per task")
     parser.add_argument("--output", type=Path, default=Path("runs/bench-mini-mtil"))
     parser.add_argument("--fresh", action="store_true", help="delete earlier reports first")
+    parser.add_argument(
+        "--seeds", help="a count N (seeds 0..N-1) or a list: mean ± std over them (default: one)"
+    )
     args = parser.parse_args()
+    seeds = None if args.seeds is None else parse_seeds(args.seeds)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for part in methods for m in part.split("+") if m not in available_methods()]
     if unknown:
@@ -76,7 +85,9 @@ def main() -> None:
     print(machine_line())
     print(
         f"mini-MTIL, {args.train_size} train / {args.test_size} test items per task, "
-        f"{args.steps} steps x batch {args.batch_size} per task, lr {args.lr}\n"
+        f"{args.steps} steps x batch {args.batch_size} per task, lr {args.lr}"
+        + ("" if seeds is None else f"; seeds {', '.join(map(str, seeds))}")
+        + "\n"
     )
     started = time.perf_counter()
     reports = {}
@@ -95,23 +106,22 @@ def main() -> None:
                 {name: METHOD_ARGS[name]} if name in METHOD_ARGS else {},
                 training=training,
                 scenario_args={"train_size": args.train_size, "test_size": args.test_size},
+                seeds=seeds,
                 progress=False,
             )
         )
     rows = []
     for name in methods:
         metrics, seconds = reports[name]["metrics"], reports[name].get("total_seconds") or 0
-        rows.append(
-            [
-                name,
-                *(
-                    f"{100 * _value(metrics[k]):.1f}"
-                    for k in ("transfer", "average_accuracy", "last_accuracy", "backward_transfer")
-                ),
-                f"{seconds:.0f}s",
-            ]
-        )
+        spread = reports[name].get("metrics_std", {})
+        keys = ("transfer", "average_accuracy", "last_accuracy", "backward_transfer")
+        rows.append([name, *(_percent(metrics[k], spread.get(k)) for k in keys), f"{seconds:.0f}s"])
     print_table(["method", "Transfer", "Avg", "Last", "BWT", "time"], rows)
+    if seeds is not None:
+        print(
+            f"(mean ± sample standard deviation, n - 1, over {len(seeds)} seeds; time: mean "
+            f"per seed; the checks below use the means)"
+        )
     print(
         f"\n(total {time.perf_counter() - started:.0f}s; tasks: "
         f"{', '.join(reports[methods[0]]['tasks'])})"
@@ -123,6 +133,11 @@ def main() -> None:
 
 def _value(x) -> float:
     return math.nan if x is None else float(x)
+
+
+def _percent(mean, std=None) -> str:
+    text = f"{100 * _value(mean):.1f}"
+    return text if std is None or math.isnan(std) else f"{text} ± {100 * std:.1f}"
 
 
 def shape_checks(reports: dict) -> list[str]:

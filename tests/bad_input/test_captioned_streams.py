@@ -53,7 +53,7 @@ def test_an_unknown_scene_style_names_it_and_the_valid_forms():
 
 
 def test_a_missing_cifar10_folder_is_named_with_the_way_out(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"cifar10/train: no CIFAR-10 class folders.*"):
+    with pytest.raises(FileNotFoundError, match=r"cifar10 \(train\) not found.*--data-root"):
         scene_styles_stream(["upright"], 4, 4, cifar10_root=tmp_path)
 
 

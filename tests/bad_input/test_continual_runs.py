@@ -13,6 +13,9 @@ Promises checked here, one a line:
 - An unknown method argument is an error that suggests the close name and lists the valid ones.
 - A method argument of the wrong type is an error naming it and the type expected.
 - The old `METHOD:KEY=VALUE` form is refused with the `METHOD.KEY=VALUE` form to use.
+- `compare --seeds` takes a count or a list of distinct seeds; with `--seed` as well it is
+  refused (--seeds sets every run's seed), before anything runs.
+- `--held-out` on a stream without held-out sets is refused, naming the stream that has them.
 - `mmcl continual describe METHOD` shows the arguments with types and defaults, and the paper.
 - The state saved after each task (state_after_task.pt) does not grow with the number of tasks
   (EWC merges its tasks' penalties; teachers are never saved), and a run resumed from it ends
@@ -252,3 +255,27 @@ def stop_after(after_task, task: int):
             raise KeyboardInterrupt  # dies after the task's penalty, before its state is saved
 
     return stopping
+
+
+# --- seeds and held-out sets ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--seeds", "0"], "at least 1"),
+        (["--seeds", "1,1"], "distinct"),
+        (["--seeds", "2", "--seed", "3"], "--seeds sets the seed of every run"),
+    ],
+)
+def test_compare_seeds_are_checked_before_anything_runs(tmp_path, capsys, arguments, message):
+    out = tmp_path / "cmp"
+    assert continual("compare", *SMALL, "--methods", "frozen", *arguments, "--output-dir", out) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_held_out_sets_only_for_the_captioned_stream(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert continual(*SMALL, "--method", "frozen", "--held-out", "shape", "--output-dir", out) == 2
+    assert "applies to the captioned stream scene-styles" in capsys.readouterr().err

@@ -4,6 +4,8 @@ mmcl continual --scenario mini-mtil --method zscl --output-dir runs/zscl
 mmcl continual --scenario scenes-cil --method er+lwf --method-args er.buffer_size=200,lwf.lambda_=1
 mmcl continual compare --scenario mini-mtil --methods frozen,finetune,lwf,zscl,moe_adapters
 mmcl continual compare --scenario scenes-cil --methods ewc,lwf+ewc --method-args ewc.lambda_=100
+mmcl continual compare --scenario scenes-cil --methods finetune,lwf --seeds 3
+mmcl continual --scenario scene-styles --method lwf --held-out shape,colour
 mmcl continual --scenario vqa-functions --model runs/llava-scenes/hf --method finetune
 mmcl continual --scenario llava-json --task-files a.json,b.json --image-folder images \
     --model llava-scenes-stage1 --method finetune
@@ -61,6 +63,13 @@ def add_parser(commands) -> None:
         default=[],
         metavar="METHOD.KEY=VALUE,...",
         help="e.g. ewc.lambda_=100: for every compared method with an ewc part (repeatable)",
+    )
+    compare.add_argument(
+        "--seeds",
+        metavar="N|S,S,...",
+        help="run each method once per seed (a count N: seeds 0..N-1; or a list), in "
+        "<output>/<method>/seed_<s>; the seed sets the stream (class order, items drawn), "
+        "training and initialisation; the table shows mean ± sample std (n-1)",
     )
     compare.set_defaults(handler=run_compare, command="continual compare")
     listing = actions.add_parser("list", help="list scenarios and methods")
@@ -122,6 +131,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="instruction streams: items in each general set (held-out scene captioning and "
         "scene VQA; default 100; 0: not measured)",
     )
+    parser.add_argument(
+        "--held-out",
+        metavar="VIEW,...",
+        help="scene-styles: scene views scored zero-shot after every task, none of them a task "
+        "(shape, colour, count, position; --test-size items each)",
+    )
     parser.add_argument("--steps", type=int, help="optimizer steps per task (default 100)")
     parser.add_argument("--epochs", type=int, help="epochs per task (instead of --steps)")
     parser.add_argument("--batch-size", type=int, help="per process (default 64)")
@@ -172,6 +187,13 @@ def _options(args: argparse.Namespace) -> dict:
             )
         tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
         scenario_args[TASK_ARGUMENTS[args.scenario]] = tasks
+    if args.held_out:
+        if args.scenario != "scene-styles":
+            raise ValueError(
+                f"--held-out: scenario {args.scenario!r} has no held-out sets; it applies to "
+                f"the captioned stream scene-styles"
+            )
+        scenario_args["held_out"] = [v.strip() for v in args.held_out.split(",") if v.strip()]
     if args.task_files:
         scenario_args["files"] = [f.strip() for f in args.task_files.split(",") if f.strip()]
     if args.image_folder is not None:
@@ -203,9 +225,10 @@ def run_one(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from mmcl.continual.comparison import COMPARISON_CSV, COMPARISON_MD, compare
+    from mmcl.continual.comparison import COMPARISON_CSV, COMPARISON_MD, compare, seeds_note
     from mmcl.continual.experiments import parse_method_args
     from mmcl.continual.report import compare_table
+    from mmcl.continual.seeds import parse_seeds
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
@@ -226,9 +249,14 @@ def run_compare(args: argparse.Namespace) -> int:
             )
         for owner in owners:
             method_args.setdefault(owner, {})[key] = value
+    seeds = None if args.seeds is None else parse_seeds(args.seeds)
+    if seeds is not None and args.seed is not None:
+        raise ValueError("--seed and --seeds: --seeds sets the seed of every run; give one")
     output = args.output_dir or Path("runs") / "continual" / f"{args.scenario}-compare"
-    reports = compare(args.scenario, methods, output, method_args, **_options(args))
+    reports = compare(args.scenario, methods, output, method_args, seeds, **_options(args))
     print(compare_table(reports))
+    if seeds_note(reports):
+        print(seeds_note(reports))
     print(f"saved as {output / COMPARISON_MD} and {output / COMPARISON_CSV}")
     return 0
 

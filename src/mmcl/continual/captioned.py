@@ -13,8 +13,9 @@ training.
 
 The built-in stream (:func:`scene_styles_stream`) is the built-in captioned scenes in a
 sequence of styles (upright, turned, colour channels reordered), each task drawing other
-scenes than the rest, optionally followed by CIFAR-10 captioned from its class names and
-prompt templates (files needed: ``cifar10/train`` and ``cifar10/test`` class folders).
+scenes than the rest; the task "cifar10-captions" is CIFAR-10 captioned from its class names
+and prompt templates (from the data root, as `mmcl.data.datasets` finds it). Scene views
+named as held-out sets are scored zero-shot after every task (`mmcl.continual.held_out`).
 
 >>> stream = scene_styles_stream(["upright", "rotated-90"], train_size=8, test_size=4)
 >>> stream.task_names, len(stream[1].test)
@@ -33,7 +34,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mmcl.continual.domains import PermuteChannels, Rotate
-from mmcl.data.captions import ClassCaptions
+from mmcl.continual.held_out import HeldOutSet, scene_held_out_sets
+from mmcl.data.captions import class_caption
+from mmcl.data.datasets import data_root, find_dataset
 from mmcl.data.scenes import SceneCaptions
 from mmcl.data.zeroshot import load_zero_shot_metadata
 from mmcl.io.tokenizer import tokenize
@@ -82,6 +85,8 @@ class CaptionedStream:
     tasks: list[CaptionedTask]
     seed: int = 0
     name: str = "captioned"
+    # Classification sets scored zero-shot after every task (`mmcl.continual.held_out`).
+    held_out: tuple[HeldOutSet, ...] = ()
     kind: ClassVar[str] = CAPTIONED
 
     def __post_init__(self) -> None:
@@ -131,6 +136,9 @@ def describe_stream(stream: CaptionedStream) -> str:
             for i, (c, w) in enumerate(zip(row, widths, strict=True))
         ]
         lines.append("  ".join(cells))
+    if stream.held_out:
+        sets = ", ".join(f"{h.name} ({len(h.data)})" for h in stream.held_out)
+        lines.append(f"held-out zero-shot sets, scored after every task: {sets}")
     return "\n".join(lines)
 
 
@@ -168,6 +176,7 @@ def retrieval_recall_at_1(model, data: Dataset, batch_size: int = 256) -> float:
 # --- the built-in stream ----------------------------------------------------------------------
 
 STYLES = ("upright", "rotated-90", "rotated-180", "channels-gbr", "channels-brg")
+CIFAR10_TASK = "cifar10-captions"  # a task of the stream, not a style of the scenes
 
 
 def style_transform(style: str) -> Callable[[Any], Any] | None:
@@ -181,7 +190,7 @@ def style_transform(style: str) -> Callable[[Any], Any] | None:
         return PermuteChannels(["rgb".index(c) for c in value])
     raise ValueError(
         f"unknown scene style {style!r}: use 'upright', 'rotated-DEGREES' or 'channels-' and "
-        f"an order of r, g, b (e.g. {', '.join(STYLES)})"
+        f"an order of r, g, b (e.g. {', '.join(STYLES)}), or {CIFAR10_TASK}"
     )
 
 
@@ -192,16 +201,34 @@ def scene_styles_stream(
     image_size: int = 32,
     seed: int = 0,
     cifar10_root: str | Path | None = None,
+    held_out: Sequence[str] = (),
+    download: bool = False,
+    data_root: str | Path | None = None,
 ) -> CaptionedStream:
-    """Captioned scenes in each style of `styles`, in order, then CIFAR-10 with captions when
-    `cifar10_root` (a folder holding ``cifar10/train`` and ``cifar10/test``) is given.
+    """Captioned scenes in each style of `styles`, in order; the style "cifar10-captions" is
+    CIFAR-10 captioned from its class names and templates, read from `data_root` (None:
+    `mmcl.data.datasets.data_root`; image folders ``cifar10/train`` or torchvision's files;
+    `download` lets torchvision fetch them). `cifar10_root`, the older way: that data root,
+    and CIFAR-10 last when no style names it.
 
     Task t draws its scenes with seed ``1000 * seed + t``, so no two tasks share a scene; the
-    test sets come from the scenes' "test" split, disjoint from every "train" scene."""
+    test sets come from the scenes' "test" split, disjoint from every "train" scene.
+    `held_out` names scene views ("shape", "colour", ...) scored zero-shot after every task,
+    `test_size` items each (`mmcl.continual.held_out`)."""
+    held_out_sets = scene_held_out_sets(list(held_out), test_size, image_size, seed)
     if not styles and cifar10_root is None:
         raise ValueError("scene_styles_stream: name at least one style or give cifar10_root")
+    styles = list(styles)
+    if cifar10_root is not None and CIFAR10_TASK not in styles:
+        styles.append(CIFAR10_TASK)
     tasks = []
     for index, style in enumerate(styles):
+        if style == CIFAR10_TASK:
+            sizes = (train_size, test_size)
+            root = data_root if cifar10_root is None else cifar10_root
+            train, test = _cifar10_captions(root, download, image_size, seed, sizes)
+            tasks.append(CaptionedTask(CIFAR10_TASK, index, train, test))
+            continue
         transform = style_transform(style)
         train, test = (
             CaptionedPairs(
@@ -211,33 +238,42 @@ def scene_styles_stream(
             for split, size in (("train", train_size), ("test", test_size))
         )
         tasks.append(CaptionedTask(style, index, train, test))
-    if cifar10_root is not None:
-        train, test = _cifar10_captions(Path(cifar10_root), image_size, seed, train_size, test_size)
-        tasks.append(CaptionedTask("cifar10-captions", len(tasks), train, test))
-    return CaptionedStream(tasks, seed, name="scene-styles")
+    return CaptionedStream(tasks, seed, name="scene-styles", held_out=held_out_sets)
 
 
-def _cifar10_captions(root: Path, image_size: int, seed: int, train_size: int, test_size: int):
+def _cifar10_captions(
+    root: str | Path | None, download: bool, image_size: int, seed: int, sizes: Sequence[int]
+):
+    """CIFAR-10's train and test sets from the data root (image folders or torchvision's
+    files), `sizes` items each drawn with `seed`, captioned from the class names."""
     meta = load_zero_shot_metadata("cifar10")
     parts = []
-    for split, size in (("train", train_size), ("test", test_size)):
-        folder = root / "cifar10" / split
-        if not folder.is_dir():
-            raise FileNotFoundError(
-                f"{folder}: no CIFAR-10 class folders there; give the folder that holds "
-                f"cifar10/train and cifar10/test, or leave cifar10_root out"
-            )
-        data = ClassCaptions(
-            folder,
-            get_preprocess(image_size),
-            tokenizer=tokenize,
-            templates=meta.templates,
-            classnames=list(meta.classnames),
-        )
+    for split, size in zip(("train", "test"), sizes, strict=True):
+        found = find_dataset("cifar10", split, data_root(root), download)
+        found.check_classes(meta.classnames)
         picks = sorted(
             random.Random(f"cifar10-captions:{seed}:{split}").sample(
-                range(len(data)), min(size, len(data))
+                range(len(found.labels)), min(size, len(found.labels))
             )
         )
-        parts.append(CaptionedPairs(torch.utils.data.Subset(data, picks)))
+        images = found.subset(picks, get_preprocess(image_size))
+        parts.append(CaptionedPairs(LabelCaptions(images, meta.classnames, meta.templates, picks)))
     return parts[0], parts[1]
+
+
+class LabelCaptions(Dataset):
+    """``(image, caption tokens)`` for the ``(image, label)`` items of `data`: item i is
+    captioned ``class_caption(classnames[label], templates, indices[i])`` (templates in turn
+    by the item's index in the whole data set, as `ClassCaptions` does)."""
+
+    def __init__(self, data, classnames, templates, indices: Sequence[int]):
+        self.data, self.classnames, self.templates = data, list(classnames), list(templates)
+        self.indices = list(indices)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int):
+        image, label = self.data[index]
+        caption = class_caption(self.classnames[label], self.templates, self.indices[index])
+        return image, tokenize([caption])[0]

@@ -99,11 +99,24 @@ def scene_styles(
     train_size: int = 1000,
     test_size: int = 200,
     styles: list[str] | None = None,
-    cifar10_root: str | None = None,
+    held_out: list[str] | None = None,
+    data_root: str | Path | None = None,
+    download: bool = False,
 ):
-    """Captioned scenes in styles (upright, turned, recoloured), contrastive, scored by R@1."""
+    """Captioned scenes in styles (upright, turned, recoloured), contrastive, scored by R@1
+    (and zero-shot on the `held_out` scene views after every task); the task
+    "cifar10-captions" is CIFAR-10 from the data root, captioned from its class names."""
     chosen = ["upright", "rotated-90", "channels-gbr"] if styles is None else list(styles)
-    return scene_styles_stream(chosen, train_size, test_size, image_size, seed, cifar10_root)
+    return scene_styles_stream(
+        chosen,
+        train_size,
+        test_size,
+        image_size,
+        seed,
+        held_out=held_out or (),
+        download=download,
+        data_root=data_root,
+    )
 
 
 SCENARIOS: dict[str, Callable[..., Scenario]] = {
@@ -190,17 +203,20 @@ def parse_method_args(text: str | None) -> dict[str, Any]:
 CLASSIFIERS = {"cifar-resnet18": 64, "cifar-resnet18-reduced": 20}  # name -> ResNet-18 width
 
 
-def starting_model(spec: str = SCENES_PRETRAINED, progress: bool = True) -> torch.nn.Module:
+def starting_model(
+    spec: str = SCENES_PRETRAINED, progress: bool = True, seed: int = 0
+) -> torch.nn.Module:
     """The model a run starts from: `scenes-pretrained` (the cached tiny CLIP pre-trained on
     the built-in scenes, trained on first use), a checkpoint path, a model name (random
-    weights: no zero-shot ability, useful for tests only), or a plain 10-class classifier
-    (`cifar-resnet18`, `cifar-resnet18-reduced`, seeded random weights)."""
+    weights drawn with `seed`: no zero-shot ability, useful for tests only), or a plain
+    10-class classifier (`cifar-resnet18`, `cifar-resnet18-reduced`, weights drawn with
+    `seed`)."""
     from mmcl.models import create_model
 
     if spec in CLASSIFIERS:
         from mmcl.models.cifar_resnet import cifar_resnet18
 
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         return cifar_resnet18(num_classes=10, width=CLASSIFIERS[spec])
 
     if spec == SCENES_PRETRAINED:
@@ -209,7 +225,7 @@ def starting_model(spec: str = SCENES_PRETRAINED, progress: bool = True) -> torc
         return create_model(None, pretrained=pretrained_scene_model(progress=progress))
     if Path(spec).exists():
         return create_model(None, pretrained=Path(spec))
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     return create_model(spec)
 
 
@@ -287,7 +303,7 @@ def run_experiment(
 
         network, tokenizer = starting_bridge(model)
     else:
-        network = starting_model(model, progress=progress)
+        network = starting_model(model, progress=progress, seed=config.seed)
     location = {k: v for k, v in (scenario_args or {}).items() if k in DATA_LOCATION}
     stream = build_scenario(
         scenario, **extra["scenario_args"], **location, image_size=network.image_size

@@ -41,6 +41,8 @@ from typing import Any
 import numpy as np
 
 from mmcl.continual.generative_metrics import summarize_generative
+from mmcl.continual.held_out import PREFIX as HELD_OUT_PREFIX
+from mmcl.continual.held_out import summarize_held_out
 from mmcl.continual.metrics import (
     as_accuracy_matrix,
     as_initial_accuracy,
@@ -53,6 +55,7 @@ __all__ = [
     "HEATMAP_PNG",
     "REPORT_JSON",
     "REPORT_MD",
+    "compare_columns",
     "compare_table",
     "read_report",
     "render_markdown",
@@ -112,6 +115,7 @@ def write_report(
     peak_memory: Sequence[float] | None = None,
     initial: Any = None,
     generative: Mapping[str, Any] | None = None,
+    held_out: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``report.json``, ``report.md`` and ``accuracy_matrix.png`` into ``folder``.
 
@@ -129,12 +133,15 @@ def write_report(
         generative: an instruction stream's record (`mmcl.continual.generative_metrics`):
             formats, CIDEr-D and general sets before training and after each task; adds the
             retention metrics and a section of their own.
+        held_out: a captioned stream's zero-shot accuracies on held-out sets
+            (`mmcl.continual.held_out`): ``{"initial": {set: acc}, "rows": [...]}``; adds
+            ``held_out_<set>`` (after the last task) and a section of its own.
 
     Returns:
         The dictionary written to ``report.json`` (undefined metrics as None).
     """
     report = build_report(
-        matrix, task_names, method_name, extra, times, peak_memory, initial, generative
+        matrix, task_names, method_name, extra, times, peak_memory, initial, generative, held_out
     )
     json_text = json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     markdown = render_markdown(report)
@@ -159,6 +166,7 @@ def build_report(
     peak_memory: Sequence[float] | None = None,
     initial: Any = None,
     generative: Mapping[str, Any] | None = None,
+    held_out: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON-ready content of ``report.json`` (see `write_report` for the arguments)."""
     array = as_accuracy_matrix(matrix)
@@ -176,6 +184,10 @@ def build_report(
         if len(generative["rows"]) != num_tasks:
             raise ValueError(f"{len(generative['rows'])} generative rows for {num_tasks} tasks")
         metrics |= summarize_generative(generative)
+    if held_out is not None:
+        if len(held_out["rows"]) != num_tasks:
+            raise ValueError(f"{len(held_out['rows'])} held-out rows for {num_tasks} tasks")
+        metrics |= summarize_held_out(held_out)
     report = _jsonable(
         {
             "format_version": FORMAT_VERSION,
@@ -194,6 +206,9 @@ def build_report(
     )
     if generative is not None:
         report["generative"] = _jsonable(_generative_record(generative), "generative")
+    if held_out is not None:
+        record = {"initial": held_out.get("initial"), "after_task": held_out["rows"]}
+        report["held_out"] = _jsonable(record, "held_out")
     return report
 
 
@@ -274,6 +289,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 
     if report.get("generative"):
         lines += _generative_markdown(report, names, number)
+    if report.get("held_out"):
+        lines += _held_out_markdown(report["held_out"], names)
 
     if report.get("extra"):
         extra = json.dumps(report["extra"], indent=2, ensure_ascii=False, allow_nan=False)
@@ -285,24 +302,46 @@ def compare_table(results: Mapping[str, Mapping[str, Any]]) -> str:
     """A Markdown table of methods x (Transfer, Avg, Last, BWT, Forgetting (max), Time).
 
     ``results`` maps a method's label to its report (from `read_report` / `write_report`) or
-    to a bare `summarize` dict (then Time is "—"). Rows keep the mapping's order.
+    to a bare `summarize` dict (then Time is "—"). Rows keep the mapping's order. A result
+    from `mmcl.continual.seeds.aggregate_seeds` (several seeds) shows each cell as
+    "mean ± std", Time as the mean per seed.
     """
     if not results:
         raise ValueError("compare_table needs at least one result")
     metrics = {label: result.get("metrics", result) for label, result in results.items()}
-    columns = COMPARE_COLUMNS
-    if any(GENERATIVE_COLUMNS[0][0] in m for m in metrics.values()):
-        columns = COMPARE_COLUMNS + GENERATIVE_COLUMNS
+    spreads = {label: result.get("metrics_std") or {} for label, result in results.items()}
+    columns = compare_columns(list(metrics.values()))
     decimals = _decimals([m.get(key) for m in metrics.values() for key, _ in columns])
     headers = ["Method", *(header for _, header in columns), "Time"]
     lines = _table_header(headers, align=("---", *["---:"] * (len(headers) - 1)))
     for label, result in results.items():
-        cells = [_number(metrics[label].get(key), decimals) for key, _ in columns]
+        cells = [
+            _with_spread(metrics[label].get(key), spreads[label].get(key), decimals)
+            for key, _ in columns
+        ]
         seconds = result.get("total_seconds")
-        lines.append(
-            _row([_cell(label), *cells, MISSING if seconds is None else _duration(seconds)])
-        )
+        time = MISSING if seconds is None else _duration(seconds)
+        if seconds is not None and result.get("total_seconds_std") is not None:
+            time += f" ± {_duration(result['total_seconds_std'])}"
+        lines.append(_row([_cell(label), *cells, time]))
     return "\n".join(lines)
+
+
+def compare_columns(metrics: Sequence[Mapping[str, Any]]) -> tuple[tuple[str, str], ...]:
+    """(key, header) of a comparison's metric columns: ZSCL's, then the retention columns
+    and the held-out zero-shot sets (one each) when any of `metrics` has them."""
+    columns = COMPARE_COLUMNS
+    if any(GENERATIVE_COLUMNS[0][0] in m for m in metrics):
+        columns += GENERATIVE_COLUMNS
+    held_out = dict.fromkeys(key for m in metrics for key in m if key.startswith(HELD_OUT_PREFIX))
+    return columns + tuple((key, f"Held-out {key[len(HELD_OUT_PREFIX) :]}") for key in held_out)
+
+
+def _with_spread(value, spread, decimals: int) -> str:
+    text = _number(value, decimals)
+    if spread is None or text == MISSING or not math.isfinite(spread):
+        return text
+    return f"{text} ± {_number(spread, decimals)}"
 
 
 def _generative_markdown(report: Mapping[str, Any], names: list[str], number) -> list[str]:
@@ -326,6 +365,22 @@ def _generative_markdown(report: Mapping[str, Any], names: list[str], number) ->
         rows += [(f"after task {i + 1}", g) for i, g in enumerate(general["after_task"])]
         for label, scores in rows:
             lines.append(_row([label, *(number(scores.get(name)) for name in sets)]))
+    lines.append("")
+    return lines
+
+
+def _held_out_markdown(record: Mapping[str, Any], names: list[str]) -> list[str]:
+    """Each held-out set's zero-shot accuracy before training and after every task."""
+    rows = [(f"after task {i + 1} ({names[i]})", r) for i, r in enumerate(record["after_task"])]
+    if record.get("initial"):
+        rows.insert(0, ("before training", record["initial"]))
+    sets = list(rows[0][1])
+    decimals = _decimals([v for _, scores in rows for v in scores.values()])
+    lines = ["## Held-out zero-shot", ""]
+    lines += ["Zero-shot accuracy on classification sets no task trains on.", ""]
+    lines += _table_header(["", *(_cell(name) for name in sets)])
+    for label, scores in rows:
+        lines.append(_row([label, *(_number(scores.get(name), decimals) for name in sets)]))
     lines.append("")
     return lines
 

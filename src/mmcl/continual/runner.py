@@ -17,7 +17,9 @@ only rank 0 writes files.
 An instruction stream (`mmcl.continual.instructions`) trains a LLaVA-style bridge, given with
 its `tokenizer`, with the LM loss on the answers; its rows hold the tasks' scores, and beside
 them the share of answers in the format asked, CIDEr-D of caption tasks and the general sets'
-scores (``progress.json``'s "generative", the report's retention columns).
+scores (``progress.json``'s "generative", the report's retention columns). A captioned
+stream with held-out sets records their zero-shot accuracy beside each row
+(``progress.json``'s "held_out", `mmcl.continual.held_out`).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from mmcl.continual.generative import (
     training_parts,
 )
 from mmcl.continual.heads import classification_objective, is_classifier
+from mmcl.continual.held_out import evaluate_held_out
 from mmcl.continual.instructions import evaluate_stream, is_instruction_stream
 from mmcl.continual.report import write_report
 from mmcl.continual.settings import differences, run_settings
@@ -176,6 +179,9 @@ def run_continual(
     run = ContinualRun(scenario, method, config, output_dir, {})
     if run.instructions:
         run.encoder = conversation_encoder(model, tokenizer)
+    # What the method adds (adapters, prompts, heads) starts from the run's seed, not from
+    # whatever the process drew before (an earlier run of `compare`, say).
+    torch.manual_seed(config.seed)
     method.setup(model, run)  # adapters/prompts first, so the snapshot below includes them
     if saved is None:
         run.initial_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -194,6 +200,8 @@ def run_continual(
         }
         if run.instructions:  # the rows' extras: formats, CIDEr-D, general ability
             saved["generative"] = {"initial": None, "rows": []}
+        if run.captioned and scenario.held_out:  # zero-shot on the held-out sets
+            saved["held_out"] = {"initial": None, "rows": []}
     else:
         run.initial_state = torch.load(output_dir / INITIAL_FILE, weights_only=True)
     if resume and (output_dir / STATE_FILE).exists():
@@ -212,6 +220,9 @@ def run_continual(
         row = _evaluate_all(model, method, scenario, -1, run, eval_batch_size)
         if run.instructions:
             saved["generative"]["initial"] = row
+            row = row["scores"]
+        elif isinstance(row, dict):
+            saved["held_out"]["initial"] = row["held_out"]
             row = row["scores"]
         saved["initial"] = row
         _save_progress(output_dir, saved, is_main)
@@ -282,6 +293,7 @@ def run_continual(
             peak_memory=saved["peak_memory_mib"],
             initial=saved["initial"],
             generative=saved.get("generative"),
+            held_out=saved.get("held_out"),
         )
         if is_main
         else {}
@@ -338,7 +350,10 @@ def _evaluate_all(model, method, scenario, after: int, run, batch_size: int):
     if run.instructions:
         return evaluate_stream(model, run.encoder, scenario, min(batch_size, 64), method)
     if run.captioned:  # the matrix holds retrieval R@1
-        return [retrieval_recall_at_1(model, task.test, batch_size) for task in scenario.tasks]
+        scores = [retrieval_recall_at_1(model, task.test, batch_size) for task in scenario.tasks]
+        if not scenario.held_out:
+            return scores
+        return {"scores": scores, "held_out": evaluate_held_out(model, scenario.held_out)}
     return [
         task_accuracy(model, method, scenario, j, after, run, batch_size)
         for j in range(len(scenario))
@@ -346,7 +361,10 @@ def _evaluate_all(model, method, scenario, after: int, run, batch_size: int):
 
 
 def _record(saved: dict, row, seconds: float, peak: float) -> None:
-    if isinstance(row, dict):  # an instruction stream's row with its extras
+    if isinstance(row, dict) and "held_out" in row:  # a captioned row with held-out sets
+        saved["held_out"]["rows"].append(row["held_out"])
+        row = row["scores"]
+    elif isinstance(row, dict):  # an instruction stream's row with its extras
         saved["generative"]["rows"].append(row)
         row = row["scores"]
     saved["matrix"].append(row)
