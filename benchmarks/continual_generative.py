@@ -39,7 +39,7 @@ from _common import machine_line, print_table
 
 from mmcl.continual.comparison import compare
 from mmcl.continual.experiments import parse_method_args
-from mmcl.continual.instruction_streams import FUNCTIONS, SEQUENCE_TASKS
+from mmcl.continual.instruction_streams import FUNCTIONS, SEQUENCE_TASKS, instruction_sequence
 from mmcl.continual.methods import METHODS, build_method
 from mmcl.continual.pretrained import pretrained_scene_bridge
 
@@ -193,6 +193,8 @@ def main(argv: list[str] | None = None) -> dict:
 def run(args: argparse.Namespace) -> dict:
     print(machine_line())
     started = time.perf_counter()
+    if "instructions" in args.streams:  # missing CIFAR-10 / MNIST: say so before any training
+        instruction_sequence(args.tasks, 1, 1, general_size=0, data_root=args.data_root)
     stages = QUICK_BRIDGE if args.quick else ((), ())
     batch = f"train.batch_size={args.pretrain_batch}"
     bridge = pretrained_scene_bridge(
