@@ -73,8 +73,13 @@ def test_quick_run_prints_one_table_a_stream_with_checks_from_its_numbers(
     monkeypatch.setenv("MMCL_CACHE", str(tmp_path / "cache"))
     output = tmp_path / "table.json"
     methods = ["finetune", "task_lora"]
-    benchmark.main(["--quick", "--methods", ",".join(methods), "--json", str(output)])
+    arguments = ["--quick", "--methods", ",".join(methods), "--output", str(tmp_path / "runs")]
+    benchmark.main([*arguments, "--json", str(output)])
+    printed = capsys.readouterr().out
     table = json.loads(output.read_text())
+    # Run again into the same folder: the finished runs are read back, not refused or rerun.
+    again = benchmark.main(arguments)
+    assert json.dumps(again["streams"]) == json.dumps(table["streams"])
     # The starting bridge was pre-trained once into the cache, nothing temporary left there.
     cached = [p.name for p in (tmp_path / "cache" / "pretrained").iterdir()]
     assert len(cached) == 1 and cached[0].startswith("scenes-llava-")
@@ -83,7 +88,6 @@ def test_quick_run_prints_one_table_a_stream_with_checks_from_its_numbers(
     assert table["streams"]["vqa-functions"]["tasks"] == ["shape", "colour"]
     assert table["streams"]["instructions"]["tasks"] == ["scene-captions", "digit-words"]
     keys = {key for key, _ in benchmark.COLUMNS} | {"seconds"}
-    printed = capsys.readouterr().out
     for stream in table["streams"].values():
         assert list(stream["rows"]) == methods
         assert all(set(r) == keys for r in stream["rows"].values())
