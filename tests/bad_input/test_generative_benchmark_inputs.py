@@ -1,0 +1,38 @@
+"""`benchmarks/continual_generative.py`: bad arguments fail before anything trains, with one
+line naming the argument."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def benchmark():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import continual_generative
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return continual_generative
+
+
+def test_missing_cifar10_and_mnist_are_named_before_the_bridge_is_pretrained(
+    benchmark, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("MMCL_CACHE", str(tmp_path / "cache"))
+    arguments = ["--quick", "--streams", "instructions", "--tasks", "scene-vqa,mnist-digits"]
+    with pytest.raises(FileNotFoundError, match="mnist-digits.*--data-root"):
+        benchmark.main([*arguments, "--data-root", str(tmp_path / "nowhere")])
+    assert not (tmp_path / "cache").exists()  # nothing was trained or cached
+
+
+def test_a_method_that_does_not_train_on_instructions_is_refused_by_name(benchmark, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        benchmark.main(["--quick", "--methods", "finetune,coop"])
+    assert exit_.value.code == 2
+    assert "--methods: ['coop'] do not train on instructions" in capsys.readouterr().err
