@@ -911,7 +911,8 @@ def test_build_scenario_mini_mtil_and_unknown_names():
     assert scenario.task_names == ["scene-position"] and scenario.name == "mini-mtil"
     with pytest.raises(
         ValueError,
-        match="Valid scenarios: cifar10-cil, mini-mtil, scene-styles, scenes-cil, seq-cifar10$",
+        match="Valid scenarios: cifar10-cil, instructions, llava-json, mini-mtil, scene-styles, "
+        "scenes-cil, seq-cifar10, vqa-functions, vqa-scenes$",
     ):
         build_scenario("imagenet-cil")
     with pytest.raises(ValueError, match="Did you mean scenes-cil"):
