@@ -125,7 +125,11 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         help="'within a few points': the general ability the LoRA experts may lose (0.05: 5)",
     )  # fmt: skip
     parser.add_argument("--output", type=Path, default=None, help="default runs/bench-generative")
-    parser.add_argument("--fresh", action="store_true", help="delete earlier reports first")
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="delete this script's earlier runs of the streams first",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the tables as JSON")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and 1 step (a test)")
     args = parser.parse_args(argv)
@@ -186,8 +190,17 @@ def main(argv: list[str] | None = None) -> dict:
             args.output = Path(temporary.name)
         else:
             args.output = Path("runs/bench-generative")
-    if args.fresh and args.output.exists():
-        shutil.rmtree(args.output)
+    if args.fresh:  # only the streams' folders this script writes, never the whole --output
+        for stream in args.streams:
+            folder = args.output / stream
+            if not folder.exists():
+                continue
+            if any(folder.iterdir()) and not (folder / "comparison.csv").is_file():
+                raise SystemExit(
+                    f"continual_generative.py: --fresh: {folder} holds no comparison this "
+                    f"script wrote (no comparison.csv); delete it yourself or pick --output"
+                )
+            shutil.rmtree(folder)
     try:
         return run(args)
     finally:

@@ -36,3 +36,17 @@ def test_a_method_that_does_not_train_on_instructions_is_refused_by_name(benchma
         benchmark.main(["--quick", "--methods", "finetune,coop"])
     assert exit_.value.code == 2
     assert "--methods: ['coop'] do not train on instructions" in capsys.readouterr().err
+
+
+def test_fresh_deletes_only_the_streams_runs_it_wrote_and_keeps_other_files(benchmark, tmp_path):
+    # --fresh once removed the whole --output folder: a user's `--output .` would be lost.
+    output = tmp_path / "out"
+    (output / "vqa-functions").mkdir(parents=True)
+    notes = output / "vqa-functions" / "my-notes.txt"
+    notes.write_text("keep me")
+    beside = output / "results.csv"
+    beside.write_text("keep me too")
+    arguments = ["--quick", "--streams", "vqa-functions", "--output", str(output), "--fresh"]
+    with pytest.raises(SystemExit, match="holds no comparison this script wrote"):
+        benchmark.main(arguments)
+    assert notes.read_text() == "keep me" and beside.read_text() == "keep me too"
