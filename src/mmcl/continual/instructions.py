@@ -25,6 +25,7 @@ on such a stream.
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -58,21 +59,21 @@ class Instruction:
     references: tuple[str, ...] = ()
 
 
-class Instructions(Dataset):
+class Instructions(Dataset, ABC):
     """``(image, Conversation)`` items; subclasses give `image(i)` (PIL) and
     `instruction(i)`. Training encodes the whole conversation (by default the instruction
     as one turn); evaluation asks `instruction(i)`."""
 
     transform: Any = None
 
-    def __len__(self) -> int:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abstractmethod
+    def __len__(self) -> int: ...
 
-    def image(self, index: int):  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abstractmethod
+    def image(self, index: int): ...
 
-    def instruction(self, index: int) -> Instruction:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abstractmethod
+    def instruction(self, index: int) -> Instruction: ...
 
     def conversation(self, index: int) -> Conversation:
         item = self.instruction(index)
