@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from mmcl.recipe_bridges import build_llava, save_llava_folder, set_trainable
+from mmcl.recipe_bridges import save_llava_folder
+from mmcl.train.bridges import build_llava, set_trainable
 
 SPEC = {
     "tower": "tiny-vit",

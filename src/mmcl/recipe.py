@@ -260,7 +260,7 @@ def run_recipe(
         from mmcl.recipe_cogvlm import run_cogvlm_recipe
 
         return run_cogvlm_recipe(recipe)
-    if "kind" in recipe.model:  # a bridge into an LM (mmcl.recipe_bridges.BRIDGES)
+    if "kind" in recipe.model:  # a bridge into an LM (mmcl.train.bridges.BRIDGES)
         from mmcl.recipe_bridges import run_bridge_recipe
 
         return run_bridge_recipe(recipe)

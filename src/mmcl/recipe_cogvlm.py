@@ -33,13 +33,9 @@ from mmcl.models.bridges.cogvlm import CogVLM, CogVLMConfig
 from mmcl.models.bridges.llava import Llava
 from mmcl.models.factory import create_model, load
 from mmcl.nn.visual_expert import copy_language_weights_to_expert
-from mmcl.recipe_bridges import (
-    DEFAULT_LM,
-    _scene_text,
-    _vision_dict,
-    conversation_trainer,
-)
+from mmcl.recipe_bridges import conversation_trainer
 from mmcl.train import FitResult
+from mmcl.train.bridges import DEFAULT_LM, scene_tokenizer_text, vision_dict
 from mmcl.train.run_folder import resume_checkpoint
 
 PARTS = ("visual", "projector", "visual_expert", "language_model")
@@ -112,7 +108,7 @@ def build_cogvlm(spec: dict[str, Any], source: str, template: ChatTemplate | Non
                 raise ValueError(f"{source}: model.init is a CogVLM folder; drop adapter_width")
             return start, tokenizer
         config = {
-            "cogvlm_vision": _vision_dict(start.config.llava_vision),
+            "cogvlm_vision": vision_dict(start.config.llava_vision),
             "language_model": start.config.language_model,
             "adapter_width": adapter_width,
             "feature_layer": start.config.feature_layer,
@@ -129,7 +125,7 @@ def build_cogvlm(spec: dict[str, Any], source: str, template: ChatTemplate | Non
         assert not loaded.unexpected_keys and all(".expert." in k for k in loaded.missing_keys)
         copy_language_weights_to_expert(model.language_model)
         return model, tokenizer
-    texts = _scene_text(spec.pop("tokenizer_text_size", 1000), template)
+    texts = scene_tokenizer_text(spec.pop("tokenizer_text_size", 1000), template)
     tokenizer = train_lm_tokenizer(texts, spec.pop("vocab_size", 512))
     tower = create_model(spec.pop("tower", "tiny-vit")).config
     lm = {**DEFAULT_LM, **spec.pop("lm", {})}
@@ -140,7 +136,7 @@ def build_cogvlm(spec: dict[str, Any], source: str, template: ChatTemplate | Non
         pad_token_id=tokenizer.pad_token_id,
     )
     config = {
-        "cogvlm_vision": _vision_dict(tower.vision_cfg),
+        "cogvlm_vision": vision_dict(tower.vision_cfg),
         "language_model": lm,
         "adapter_width": adapter_width,
         "quick_gelu": tower.quick_gelu,

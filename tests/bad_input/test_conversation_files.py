@@ -105,7 +105,7 @@ def test_a_tokenizer_that_cannot_spell_the_template_is_refused():
 def test_a_llava_recipe_naming_an_unknown_part_to_train_is_refused():
     from torch import nn
 
-    from mmcl.recipe_bridges import set_trainable
+    from mmcl.train.bridges import set_trainable
 
     model = nn.Module()
     with pytest.raises(ValueError, match=r"llava.yaml: model.trainable must list some of"):

@@ -8,11 +8,12 @@ from transformers import AutoTokenizer, LlavaForConditionalGeneration
 import mmcl
 from mmcl.data.scene_conversations import SceneConversations
 from mmcl.io.lm_tokenizer import SPECIAL_TOKENS, train_lm_tokenizer
-from mmcl.recipe_bridges import _scene_text, build_llava, save_llava_folder
+from mmcl.recipe_bridges import save_llava_folder
+from mmcl.train.bridges import build_llava, scene_tokenizer_text
 
 
 def test_the_tokenizer_spells_the_scene_text_and_keeps_llamas_special_ids():
-    tokenizer = train_lm_tokenizer(_scene_text(40), vocab_size=300)
+    tokenizer = train_lm_tokenizer(scene_tokenizer_text(40), vocab_size=300)
     assert tokenizer.convert_ids_to_tokens([0, 1, 2, 3, 4]) == list(SPECIAL_TOKENS)
     assert len(tokenizer) <= 300
     conversations = SceneConversations("val", 20, transform=lambda image: image)

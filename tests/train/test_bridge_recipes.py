@@ -17,7 +17,7 @@ from mmcl.data.chat_template import ChatTemplate
 from mmcl.models.bridges.blip2 import Blip2
 from mmcl.models.bridges.minigpt4 import MiniGPT4
 from mmcl.recipe import load_recipe
-from mmcl.recipe_bridges import BRIDGES, build_bridge
+from mmcl.train.bridges import BRIDGES, build_bridge
 from tiny_llava import image_file
 
 NEW = [  # a new model's entries: a 1-layer LLaMA of width 32, a 1-layer Q-Former, 4 queries

@@ -11,7 +11,7 @@ from test_llava_recipe import TINY
 import mmcl
 from mmcl.data.chat_template import ChatTemplate
 from mmcl.recipe import load_recipe, run_recipe
-from mmcl.recipe_bridges import build_llava
+from mmcl.train.bridges import build_llava
 
 LORA = "model.lora={target: lm, r: 4, alpha: 8, modules: [q_proj, v_proj]}"
 

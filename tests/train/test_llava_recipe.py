@@ -8,7 +8,7 @@ import torch
 import mmcl
 from mmcl.data.chat_template import ChatTemplate
 from mmcl.recipe import load_recipe, run_recipe
-from mmcl.recipe_bridges import build_llava, set_trainable
+from mmcl.train.bridges import build_llava, set_trainable
 from mmcl.train.optim import build_optimizer
 
 TINY = [

@@ -13,8 +13,8 @@ from mmcl.cli import main
 from mmcl.data.shards import ShardStream, write_shards
 from mmcl.io.transforms import get_preprocess
 from mmcl.recipe import load_recipe, shipped_recipes
-from mmcl.recipe_bridges import BRIDGES
 from mmcl.train import TrainConfig, Trainer, TrainingPlugin
+from mmcl.train.bridges import BRIDGES
 
 TINY_TRAIN = (
     "  steps: 3\n  batch_size: 4\n  progress: false\n  tensorboard: false\n  log_every: 1\n"

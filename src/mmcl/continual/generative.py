@@ -51,7 +51,7 @@ def conversation_encoder(model, tokenizer, max_length: int | None = None):
 def training_parts(data, encoder):
     """`(dataset, collate_fn, objective)` of a task whose items are ``(image,
     Conversation)``: conversations through the chat template, the loss on answers only."""
-    from mmcl.recipe_bridges import ConversationCollate, EncodedConversations
+    from mmcl.data.conversation_batches import ConversationCollate, EncodedConversations
     from mmcl.train.lm_objective import CausalLMObjective
 
     return (
@@ -79,7 +79,7 @@ def starting_bridge(spec: str):
     import yaml
 
     from mmcl.recipe import recipe_text
-    from mmcl.recipe_bridges import build_llava, set_trainable
+    from mmcl.train.bridges import build_llava, set_trainable
 
     lora = None
     if Path(spec).is_dir():

@@ -3,7 +3,8 @@ next token where a label is given, i.e. on the assistant's answers only (the lab
 from `mmcl.data.chat_template`, `IGNORE_INDEX` elsewhere).
 
 The engine moves one tensor of targets per batch; here it is ``(batch, 3, length)``: the
-input ids, the labels and the attention mask, stacked by `pack_targets`.
+input ids, the labels and the attention mask, stacked by
+`mmcl.data.conversation_batches.pack_targets`.
 """
 
 from __future__ import annotations
@@ -12,11 +13,6 @@ import torch
 from torch.nn import functional as F
 
 from mmcl.data.chat_template import IGNORE_INDEX
-
-
-def pack_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """`collate_for_training`'s ids, labels and mask as one ``(batch, 3, length)`` tensor."""
-    return torch.stack([batch["input_ids"], batch["labels"], batch["attention_mask"]], dim=1)
 
 
 def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
