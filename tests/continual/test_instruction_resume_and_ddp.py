@@ -1,6 +1,7 @@
 """Integration, for a LLaVA-style bridge on an instruction stream: a run killed with SIGKILL
 inside a task resumes exactly; two torchrun ranks end with identical weights, method state
-and evaluation rows."""
+and evaluation rows, for joint and for the stateful methods (er, lwf, ewc, task_lora). The
+other stateful methods' resume: test_instruction_methods_resume.py (in one process)."""
 
 import json
 import os
@@ -17,7 +18,7 @@ import torch
 from continual_helpers import flatten, losses
 
 from mmcl.cli import main
-from tiny_bridge import tiny_bridge, tiny_bridge_folder
+from tiny_bridge import tiny_bridge_folder
 
 MMCL = [sys.executable, "-m", "mmcl.cli"]
 TESTS = Path(__file__).parents[1]
@@ -80,24 +81,30 @@ from mmcl.continual.methods import build_method
 from mmcl.continual.runner import run_continual
 from mmcl.train import TrainConfig, distributed
 
-output = sys.argv[1]
-model, tokenizer = tiny_bridge()
-config = TrainConfig(steps=3, batch_size=4, lr=1e-3, progress=False, tensorboard=False,
-                     output_dir=output)
 stream = vqa_functions(["shape", "count"], train_size=16, test_size=2, general_size=2)
-method = build_method("joint")
-result = run_continual(model, stream, method, config, output, progress=False, tokenizer=tokenizer)
-rank = distributed.rank()
-saved = {"model": model.state_dict(), "method": method.state_dict(), "matrix": result.matrix}
-torch.save(saved, f"{output}/rank{rank}.pt")
+for name, arguments in METHODS.items():
+    output = f"{sys.argv[1]}/{name}"
+    model, tokenizer = tiny_bridge()
+    config = TrainConfig(steps=3, batch_size=4, lr=1e-3, progress=False, tensorboard=False,
+                         output_dir=output)
+    method = build_method(name, **arguments)
+    result = run_continual(model, stream, method, config, output, progress=False,
+                           tokenizer=tokenizer)
+    rank = distributed.rank()
+    saved = {"model": model.state_dict(), "method": method.state_dict(), "matrix": result.matrix}
+    torch.save(saved, f"{output}/rank{rank}.pt")
 distributed.cleanup()
 """
+# joint mixes every task's data; the composite holds state each rank computes from its own
+# share of the data (er's buffer, ewc's importance, task_lora's keys) or adds per task (lwf's
+# previous model, task_lora's adapters).
+METHODS = {"joint": {}, "er+lwf+ewc+task_lora": {"buffer_size": 4, "fisher_samples": 2}}
 
 
 @pytest.mark.slow
 def test_two_ranks_train_a_bridge_in_step_and_evaluate_alike(tmp_path):
     script = tmp_path / "worker.py"
-    script.write_text(textwrap.dedent(WORKER))
+    script.write_text(f"METHODS = {METHODS!r}\n" + textwrap.dedent(WORKER))
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     subprocess.run(
         [*torchrun, "--standalone", str(script), str(tmp_path / "two"), str(TESTS)],
@@ -106,13 +113,15 @@ def test_two_ranks_train_a_bridge_in_step_and_evaluate_alike(tmp_path):
         capture_output=True,
         timeout=300,
     )
-    ranks = [torch.load(tmp_path / "two" / f"rank{r}.pt") for r in (0, 1)]
-    start = tiny_bridge()[0].state_dict()
-    trained = [k for k in start if k.startswith("language_model.")]
-    assert any(not torch.equal(ranks[0]["model"][k], start[k]) for k in trained)
-    other_rank = dict(flatten(ranks[1]))
-    for key, value in flatten(ranks[0]):  # weights, method state and matrix alike
-        other = other_rank[key]
-        assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other
-    progress = json.loads((tmp_path / "two" / "progress.json").read_text())
-    assert len(progress["generative"]["rows"]) == 2
+    for name in METHODS:
+        ranks = [torch.load(tmp_path / "two" / name / f"rank{r}.pt") for r in (0, 1)]
+        # The run's start: the bridge with what the method added (task_lora's adapters).
+        start = torch.load(tmp_path / "two" / name / "initial_model.pt")
+        assert any(not torch.equal(v, start[k]) for k, v in ranks[0]["model"].items())
+        other_rank = dict(flatten(ranks[1]))
+        for key, value in flatten(ranks[0]):  # weights, method state and matrix alike
+            other = other_rank[key]
+            assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other
+        assert other_rank.keys() == dict(flatten(ranks[0])).keys()
+        progress = json.loads((tmp_path / "two" / name / "progress.json").read_text())
+        assert len(progress["generative"]["rows"]) == 2
