@@ -1,6 +1,7 @@
 """Integration, for a LLaVA-style bridge on an instruction stream: a run killed with SIGKILL
 inside a task resumes exactly; two torchrun ranks end with identical weights, method state
-and evaluation rows, for joint and for the stateful methods (er, lwf, ewc, task_lora). The
+and evaluation rows, for joint and for the stateful methods (er, lwf, ewc, task_lora), and
+what the methods gather from the data equals one process's on the same global batches. The
 other stateful methods' resume: test_instruction_methods_resume.py (in one process)."""
 
 import json
@@ -18,7 +19,11 @@ import torch
 from continual_helpers import flatten, losses
 
 from mmcl.cli import main
-from tiny_bridge import tiny_bridge_folder
+from mmcl.continual.instruction_streams import vqa_functions
+from mmcl.continual.methods import build_method
+from mmcl.continual.runner import run_continual
+from mmcl.train import TrainConfig
+from tiny_bridge import tiny_bridge, tiny_bridge_folder
 
 MMCL = [sys.executable, "-m", "mmcl.cli"]
 TESTS = Path(__file__).parents[1]
@@ -81,12 +86,12 @@ from mmcl.continual.methods import build_method
 from mmcl.continual.runner import run_continual
 from mmcl.train import TrainConfig, distributed
 
-stream = vqa_functions(["shape", "count"], train_size=16, test_size=2, general_size=2)
+stream = vqa_functions(**STREAM)
 for name, arguments in METHODS.items():
     output = f"{sys.argv[1]}/{name}"
     model, tokenizer = tiny_bridge()
-    config = TrainConfig(steps=3, batch_size=4, lr=1e-3, progress=False, tensorboard=False,
-                         output_dir=output)
+    config = TrainConfig(steps=STEPS, batch_size=4, lr=1e-3, progress=False,
+                         tensorboard=False, output_dir=output)
     method = build_method(name, **arguments)
     result = run_continual(model, stream, method, config, output, progress=False,
                            tokenizer=tokenizer)
@@ -99,12 +104,15 @@ distributed.cleanup()
 # share of the data (er's buffer, ewc's importance, task_lora's keys) or adds per task (lwf's
 # previous model, task_lora's adapters).
 METHODS = {"joint": {}, "er+lwf+ewc+task_lora": {"buffer_size": 4, "fisher_samples": 2}}
+STREAM = {"functions": ["shape", "count"], "train_size": 16, "test_size": 2, "general_size": 2}
+DDP_STEPS = 3
 
 
 @pytest.mark.slow
 def test_two_ranks_train_a_bridge_in_step_and_evaluate_alike(tmp_path):
     script = tmp_path / "worker.py"
-    script.write_text(f"METHODS = {METHODS!r}\n" + textwrap.dedent(WORKER))
+    header = f"METHODS = {METHODS!r}\nSTREAM = {STREAM!r}\nSTEPS = {DDP_STEPS}\n"
+    script.write_text(header + textwrap.dedent(WORKER))
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     subprocess.run(
         [*torchrun, "--standalone", str(script), str(tmp_path / "two"), str(TESTS)],
@@ -125,3 +133,21 @@ def test_two_ranks_train_a_bridge_in_step_and_evaluate_alike(tmp_path):
         assert other_rank.keys() == dict(flatten(ranks[0])).keys()
         progress = json.loads((tmp_path / "two" / name / "progress.json").read_text())
         assert len(progress["generative"]["rows"]) == 2
+
+    # What the method gathers from the data is what one process gathers from the same global
+    # batches (4 a rank, 8 here): er's buffer, and task_lora's keys, all-reduced every step.
+    name = "er+lwf+ewc+task_lora"
+    model, tokenizer = tiny_bridge()
+    method = build_method(name, **METHODS[name])
+    one = tmp_path / "one"
+    config = TrainConfig(
+        steps=DDP_STEPS, batch_size=8, lr=1e-3, progress=False, tensorboard=False, output_dir=one
+    )
+    stream = vqa_functions(**STREAM)
+    run_continual(model, stream, method, config, one, progress=False, tokenizer=tokenizer)
+    two = torch.load(tmp_path / "two" / name / "rank0.pt")["method"]
+    torch.testing.assert_close(two["er"], method.state_dict()["er"], rtol=0, atol=0)
+    keys, expected = two["task_lora"]["keys"], method.state_dict()["task_lora"]["keys"]
+    assert keys["counts"] == expected["counts"] == {0: 8 * DDP_STEPS, 1: 8 * DDP_STEPS}
+    for task, total in expected["sums"].items():
+        torch.testing.assert_close(keys["sums"][task], total)
