@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from mmcl.data.chat_template import VICUNA_SYSTEM, ChatTemplate
+from mmcl.data.scene_conversations import scene_tokenizer_text
 from mmcl.io.checkpoints.cogvlm import save_cogvlm_folder
 from mmcl.io.lm_tokenizer import train_lm_tokenizer
 from mmcl.models.bridges.cogvlm import CogVLM, CogVLMConfig
@@ -35,7 +36,7 @@ from mmcl.models.factory import create_model, load
 from mmcl.nn.visual_expert import copy_language_weights_to_expert
 from mmcl.recipe_bridges import conversation_trainer
 from mmcl.train import FitResult
-from mmcl.train.bridges import DEFAULT_LM, scene_tokenizer_text, vision_dict
+from mmcl.train.bridges import DEFAULT_LM, vision_dict
 from mmcl.train.run_folder import resume_checkpoint
 
 PARTS = ("visual", "projector", "visual_expert", "language_model")

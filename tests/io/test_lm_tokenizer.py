@@ -6,10 +6,10 @@ import torch
 from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
 import mmcl
-from mmcl.data.scene_conversations import SceneConversations
+from mmcl.data.scene_conversations import SceneConversations, scene_tokenizer_text
 from mmcl.io.lm_tokenizer import SPECIAL_TOKENS, train_lm_tokenizer
 from mmcl.recipe_bridges import save_llava_folder
-from mmcl.train.bridges import build_llava, scene_tokenizer_text
+from mmcl.train.bridges import build_llava
 
 
 def test_the_tokenizer_spells_the_scene_text_and_keeps_llamas_special_ids():

@@ -13,6 +13,9 @@
 A scene holds one kind of object, so a comparison pits the kind shown against one that is
 not there. Short answers are single words as in VQA ("red", "3", "left", "yes").
 
+`scene_tokenizer_text` is the text a new bridge's tokenizer learns: these conversations, the
+scenes' captions, questions and answers, and the chat template's words.
+
 >>> data = SceneConversations("train", size=12, transform=lambda image: image)
 >>> conversation = data.conversation(2)
 >>> conversation.turns[0][0].startswith("<image>\\n"), data.kinds(2)[0]
@@ -31,8 +34,9 @@ from typing import Any
 
 from PIL import Image
 
+from mmcl.data.chat_template import ChatTemplate
 from mmcl.data.conversations import IMAGE_PLACEHOLDER, Conversation, write_llava_json
-from mmcl.data.scene_qa import ANSWERS, _what_question
+from mmcl.data.scene_qa import ANSWERS, _what_question, scene_texts
 from mmcl.data.scenes import _SceneDataset
 from mmcl.data.scenes_identity import COLOURS, SHAPES, Scene, sample_scene
 from mmcl.data.scenes_render import render
@@ -133,6 +137,22 @@ class SceneConversations(_SceneDataset):
                 render(self.scene(index), self.image_size).save(tmp, format="PNG")
         conversations = (self.conversation(index) for index in range(self.size))
         return write_llava_json(conversations, folder / "conversations.json")
+
+
+def scene_tokenizer_text(size: int, template: ChatTemplate | None = None) -> list[str]:
+    """The built-in text the tokenizer learns: `size` scene captions, questions and answers
+    and conversations (their text as the template lays it out, without the placeholder),
+    and the chat template's words."""
+    template = template or ChatTemplate()
+    conversations = SceneConversations("train", size, transform=lambda image: image)
+    texts = scene_texts(size)
+    for index in range(size):
+        for turn in conversations.conversation(index).turns:
+            texts += [text.replace(IMAGE_PLACEHOLDER, "") for text in turn]
+    # Every sample holds the template's words: weigh them so, and they become few tokens.
+    template_words = [w for w in (template.system, template.user, template.assistant) if w]
+    instructions = list(CAPTION_INSTRUCTIONS + DESCRIBE_INSTRUCTIONS)
+    return texts + template_words * max(1, size // 4) + instructions
 
 
 def describe(scene: Scene) -> str:

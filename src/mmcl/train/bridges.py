@@ -17,12 +17,7 @@ from typing import Any
 import torch
 
 from mmcl.data.chat_template import ChatTemplate
-from mmcl.data.scene_conversations import (
-    CAPTION_INSTRUCTIONS,
-    DESCRIBE_INSTRUCTIONS,
-    SceneConversations,
-)
-from mmcl.data.scene_qa import scene_texts
+from mmcl.data.scene_conversations import scene_tokenizer_text
 from mmcl.io.checkpoints import save_huggingface
 from mmcl.io.checkpoints.minigpt4 import save_minigpt4_folder
 from mmcl.io.lm_tokenizer import train_lm_tokenizer
@@ -236,21 +231,3 @@ def vision_dict(vision) -> dict[str, Any]:
         "head_width": vision.head_width,
         "mlp_ratio": vision.mlp_ratio,
     }
-
-
-def scene_tokenizer_text(size: int, template: ChatTemplate | None = None) -> list[str]:
-    """The built-in text the tokenizer learns: `size` scene captions, questions and answers
-    and conversations (their text as the template lays it out, without the placeholder),
-    and the chat template's words."""
-    from mmcl.data.conversations import IMAGE_PLACEHOLDER
-
-    template = template or ChatTemplate()
-    conversations = SceneConversations("train", size, transform=lambda image: image)
-    texts = scene_texts(size)
-    for index in range(size):
-        for turn in conversations.conversation(index).turns:
-            texts += [text.replace(IMAGE_PLACEHOLDER, "") for text in turn]
-    # Every sample holds the template's words: weigh them so, and they become few tokens.
-    template_words = [w for w in (template.system, template.user, template.assistant) if w]
-    instructions = list(CAPTION_INSTRUCTIONS + DESCRIBE_INSTRUCTIONS)
-    return texts + template_words * max(1, size // 4) + instructions
