@@ -12,6 +12,9 @@
 - Two methods that both choose where a row runs (a task selector) cannot be combined.
 - A method that adds its own LoRA refuses a model already carrying one (a recipe's
   model.lora), saying to drop it or choose a method that trains the model as it is.
+- A mixture of LoRA experts cannot be merged, unloaded or saved as a peft adapter (its router
+  weighs the experts per token): each is refused naming a mixture layer, and the model is left
+  as it was, never silently stripped of its experts.
 """
 
 from __future__ import annotations
@@ -82,3 +85,28 @@ def test_methods_adding_their_own_lora_refuse_a_model_carrying_a_recipes_lora(na
     add_lora(model, LoraSpec(target="language_model", r=2), "recipe: model.lora")
     with pytest.raises(ValueError, match=rf"{name}: .*already carries LoRA.*drop model.lora"):
         build_method(name).setup(model, RUN)
+
+
+@pytest.mark.parametrize("action", ["merge", "unload", "save"])
+def test_a_mixture_of_lora_experts_is_never_merged_or_exported_as_plain_lora(action, tmp_path):
+    from mmcl.nn.lora import LoraSpec, merge_lora, save_lora_adapter, unload_lora
+    from mmcl.nn.lora_experts import LoraExpertsLinear, add_lora_experts
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    spec = LoraSpec(target="", modules=["0"], r=4)
+    add_lora_experts(model, spec, experts=2)
+    with torch.no_grad():
+        model[0].lora_B.normal_()  # experts that change the output
+    x = torch.randn(3, 8)
+    before = model(x)
+    calls = {
+        "merge": lambda: merge_lora(model),
+        "unload": lambda: unload_lora(model),
+        "save": lambda: save_lora_adapter(model, spec, tmp_path / "adapter.safetensors"),
+    }
+    with pytest.raises(ValueError, match="mixture of LoRA experts.*'0'"):
+        calls[action]()
+    assert isinstance(model[0], LoraExpertsLinear)
+    assert torch.equal(model(x), before)
+    assert not (tmp_path / "adapter.safetensors").exists()

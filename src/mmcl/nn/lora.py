@@ -110,10 +110,26 @@ def lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer)]
 
 
+def refuse_lora_experts(model: nn.Module, action: str) -> None:
+    """A mixture of LoRA experts (`mmcl.nn.lora_experts`) weighs its experts per token through
+    a router, so no single weight holds its update and peft's adapter format has no place
+    for it: merging, unloading or saving it as a peft adapter would drop it without a word."""
+    from mmcl.nn.lora_experts import LoraExpertsLinear
+
+    mixtures = [n for n, m in model.named_modules() if isinstance(m, LoraExpertsLinear)]
+    if mixtures:
+        raise ValueError(
+            f"cannot {action}: the model holds a mixture of LoRA experts ({len(mixtures)} "
+            f"layers, e.g. {mixtures[0]!r}), whose per-token router no merged weight or peft "
+            "adapter can hold; keep the model's state_dict (it has every expert) instead"
+        )
+
+
 def merge_lora(model: nn.Module) -> dict[str, torch.Tensor]:
     """Add each adapter's ``B A * alpha / r`` into its base weight (forward then skips the
     adapter). Returns copies of the base weights before the merge: `unmerge_lora` puts those
     back bit for bit (subtracting the delta again would leave rounding errors)."""
+    refuse_lora_experts(model, "merge LoRA")
     saved = {}
     for name, layer in lora_layers(model):
         if layer.merged:
@@ -135,6 +151,7 @@ def unmerge_lora(model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
 def unload_lora(model: nn.Module) -> None:
     """Merge the adapters and put the plain layers back: the model's state dict has its
     original names again (what a Hugging Face export needs). The adapters are gone."""
+    refuse_lora_experts(model, "unload LoRA")
     for name, layer in lora_layers(model):
         layer.merge()
         parent_name, _, child = name.rpartition(".")
@@ -150,6 +167,8 @@ def save_lora_adapter(model: nn.Module, spec: LoraSpec, path: str | os.PathLike)
     """The adapter tensors only (safetensors), with `spec` in the metadata; written
     atomically."""
     from safetensors.torch import save_file
+
+    refuse_lora_experts(model, f"save a LoRA adapter to {path}")
 
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in lora_state_dict(model).items()}
     if not tensors:
