@@ -81,7 +81,12 @@ def run_bridge_recipe(recipe) -> FitResult:
     resume_checkpoint(recipe.train.resume, recipe.train.output_dir)
     torch.manual_seed(recipe.train.seed)
     data = dict(recipe.data)
-    template = ChatTemplate(system=data.pop("system", VICUNA_SYSTEM))
+    system = data.pop("system", VICUNA_SYSTEM)
+    if not isinstance(system, str):  # `--set data.system=` reads as null
+        raise ValueError(
+            f'{recipe.source}: data.system must be a text ("" for none), got {system!r}'
+        )
+    template = ChatTemplate(system=system)
     model, tokenizer = build_bridge(bridge, spec, recipe.source, template)
     set_trainable(model, spec.pop("trainable", list(bridge.trainable)), recipe.source, bridge.parts)
     lora = spec.pop("lora", None)

@@ -105,6 +105,15 @@ def test_a_blip2_recipe_training_a_part_it_lacks_lists_its_parts(tmp_path):
         run_recipe(recipe)
 
 
+def test_a_bridge_recipe_whose_system_text_is_empty_null_says_to_give_a_text(tmp_path):
+    # `--set data.system=` once failed deep in the tokenizer ("text input must be of type str")
+    recipe = load_recipe(
+        "llava-scenes-stage1", ["data.system=", f"train.output_dir={tmp_path / 'run'}"]
+    )
+    with pytest.raises(ValueError, match=r"data.system must be a text \(\"\" for none\), got None"):
+        run_recipe(recipe)
+
+
 def test_ask_with_a_blip2_folder_without_an_image_token_says_the_chat_needs_one(tmp_path, capsys):
     import transformers
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 from PIL import Image
+from test_scene_qa import yes_no_claim
 
 from mmcl.data.conversations import Conversation, read_llava_json
 from mmcl.data.scene_conversations import TURN_KINDS, SceneConversations, describe
+from mmcl.data.scene_qa import SceneQuestions
+from mmcl.data.scenes_identity import COLOURS
 from mmcl.data.scenes_text import SHAPE_WORDS
 
 LLAVA_SAMPLES = [  # as LLaVA's own files write them
@@ -65,11 +69,11 @@ def test_built_in_conversations_are_written_in_llava_format_and_read_back(tmp_pa
 
 
 def test_first_turn_kinds_cycle_and_answers_are_true_of_the_scene():
-    data = SceneConversations("train", size=60, transform=lambda image: image, max_turns=3)
-    assert Counter(data.kinds(i)[0] for i in range(60)) == {kind: 10 for kind in TURN_KINDS}
-    turn_counts = Counter(len(data.turns(i)) for i in range(60))
+    data = SceneConversations("train", size=70, transform=lambda image: image, max_turns=3)
+    assert Counter(data.kinds(i)[0] for i in range(70)) == {kind: 10 for kind in TURN_KINDS}
+    turn_counts = Counter(len(data.turns(i)) for i in range(70))
     assert set(turn_counts) == {1, 2, 3}
-    for index in range(60):
+    for index in range(70):
         scene = data.scene(index)
         for kind, (question, answer) in zip(data.kinds(index), data.turns(index), strict=True):
             expected = {
@@ -81,8 +85,15 @@ def test_first_turn_kinds_cycle_and_answers_are_true_of_the_scene():
             }.get(kind)
             if expected is not None:
                 assert answer == expected, (kind, question)
+            elif kind == "yes/no":
+                attribute, claimed, _ = yes_no_claim(question)
+                assert answer == ("yes" if getattr(scene, attribute) == claimed else "no")
             else:  # a comparison: "more X than Y" / "more of, X or Y" / "colour a or b"
                 _check_comparison(scene, question, answer)
+
+
+_SHAPE_FORMS = {form for forms in SHAPE_WORDS.values() for form in forms[0]}
+_NUMBERS = ("one", "two", "three", "four")
 
 
 def _check_comparison(scene, question, answer):
@@ -94,6 +105,35 @@ def _check_comparison(scene, question, answer):
         assert shown in question and answer == scene.shape
     else:
         assert scene.colour in question and answer == scene.colour
+
+
+def test_every_form_of_held_out_question_is_asked_in_stage_two():
+    # The stage-2 data once had no "is the ring green?"-style yes/no question, so the
+    # held-out yes/no questions (the eval's) were never answered yes or no: 0% VQA accuracy.
+    def form(question):  # the question with its shape, colour and number words blanked
+        for word in [*sorted(_SHAPE_FORMS, key=len, reverse=True), *COLOURS, *_NUMBERS]:
+            question = re.sub(rf"\b{word}\b", "X", question)
+        return question
+
+    data = SceneConversations("train", size=1400, transform=lambda image: image)
+    taught = {form(q) for i in range(1400) for q, _ in data.turns(i)}
+    held_out = SceneQuestions("test", 400)
+    forms = {(held_out.record(i).kind, form(held_out.record(i).question)) for i in range(400)}
+    assert {kind for kind, _ in forms} == {"shape", "colour", "count", "where", "yes/no"}
+    assert {(kind, f) for kind, f in forms if f not in taught} == set()
+
+
+def test_yes_no_turns_are_half_yes():
+    data = SceneConversations("train", size=700, transform=lambda image: image)
+    answers = Counter(
+        answer
+        for i in range(700)
+        for kind, (_, answer) in zip(data.kinds(i), data.turns(i), strict=True)
+        if kind == "yes/no"
+    )
+    firsts = Counter(data.turns(i)[0][1] for i in range(700) if data.kinds(i)[0] == "yes/no")
+    assert firsts == {"yes": 50, "no": 50}
+    assert abs(answers["yes"] - answers["no"]) < 0.2 * sum(answers.values())
 
 
 def test_stage_one_is_one_caption_turn_and_items_are_reproducible():

@@ -3,10 +3,12 @@ projector and the LM; frozen parts stay out of the optimizer and unchanged."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import mmcl
 from mmcl.data.chat_template import ChatTemplate
+from mmcl.io.checkpoints import save_safetensors
 from mmcl.recipe import load_recipe, run_recipe
 from mmcl.train.bridges import build_llava, set_trainable
 from mmcl.train.optim import build_optimizer
@@ -77,3 +79,15 @@ def test_stage_one_then_stage_two_train_what_they_say(tmp_path):
     assert _equal(_state(after_one, "visual"), _state(after_two, "visual"))
     for part in ("projector", "language_model"):
         assert not _equal(_state(after_one, part), _state(after_two, part)), part
+
+
+def test_a_pretrained_tower_brings_its_own_shape_and_weights(tmp_path):
+    # scenes-vit's CLIP has 4 layers, the default tower 2: the weights decide the tower
+    clip = mmcl.create_model("tiny-vit", vision_cfg={"layers": 3, "width": 64})
+    path = save_safetensors(clip, tmp_path / "clip.safetensors")
+    spec = {"tower_pretrained": str(path), "vocab_size": 200, "tokenizer_text_size": 40}
+    model, _ = build_llava({**spec, "lm": {"hidden_size": 32, "num_hidden_layers": 1}}, "test")
+    assert len(model.visual.transformer.resblocks) == 3
+    assert torch.equal(model.visual.conv1.weight, clip.visual.conv1.weight)
+    with pytest.raises(ValueError, match=r"not model.tower tiny-vit's .*drop model.tower"):
+        build_llava({**spec, "tower": "tiny-vit"}, "test")

@@ -6,9 +6,11 @@
 * ``stage="instructions"`` (stage 2): one to `max_turns` turns about one scene. The first
   turn's kind cycles with the index, so kinds are balanced; its answer is balanced as
   `SceneQuestions` balances it. Kinds: "shape" (what), "colour" (which colour), "count" (how
-  many), "where" (single objects), "compare" (two kinds or two colours: "are there more stars
-  than circles?", "which are there more of, stars or circles?", "is the star red or blue?")
-  and "describe" (one full sentence: count, size, colour, shape, position, background).
+  many), "where" (single objects), "yes/no" (the held-out questions' checks of one
+  attribute: "is the ring green?", "are there exactly two stars?"; half of them "yes"),
+  "compare" (two kinds or two colours: "are there more stars than circles?", "which are
+  there more of, stars or circles?", "is the star red or blue?") and "describe" (one full
+  sentence: count, size, colour, shape, position, background).
 
 A scene holds one kind of object, so a comparison pits the kind shown against one that is
 not there. Short answers are single words as in VQA ("red", "3", "left", "yes").
@@ -36,7 +38,7 @@ from PIL import Image
 
 from mmcl.data.chat_template import ChatTemplate
 from mmcl.data.conversations import IMAGE_PLACEHOLDER, Conversation, write_llava_json
-from mmcl.data.scene_qa import ANSWERS, _what_question, scene_texts
+from mmcl.data.scene_qa import ANSWERS, _what_question, scene_texts, yes_no_about
 from mmcl.data.scenes import _SceneDataset
 from mmcl.data.scenes_identity import COLOURS, SHAPES, Scene, sample_scene
 from mmcl.data.scenes_render import render
@@ -44,7 +46,9 @@ from mmcl.data.scenes_text import POSITION_PHRASES, SHAPE_WORDS, caption
 from mmcl.io.atomic import atomic_path
 
 STAGES = ("captions", "instructions")
-TURN_KINDS = ("shape", "colour", "count", "where", "compare", "describe")
+# "yes/no" asks as `SceneQuestions` does: without it no held-out yes/no question had ever been
+# seen in training, and none was answered yes or no.
+TURN_KINDS = ("shape", "colour", "count", "where", "yes/no", "compare", "describe")
 CAPTION_INSTRUCTIONS = (
     "describe the image briefly.",
     "give a short caption of the image.",
@@ -103,7 +107,11 @@ class SceneConversations(_SceneDataset):
         kinds = [first]
         others = [k for k in TURN_KINDS if k != first and (k != "where" or scene.count == 1)]
         kinds += rng.sample(others, rng.randrange(self.max_turns))
-        return scene, [(kind, *_turn(kind, scene, rng)) for kind in kinds]
+        # A first yes/no turn alternates yes and no; a later one is yes or no by a coin.
+        yes = [turn % 2 == 0] + [rng.random() < 0.5 for _ in kinds[1:]]
+        return scene, [
+            (kind, *_turn(kind, scene, rng, y)) for kind, y in zip(kinds, yes, strict=True)
+        ]
 
     def scene(self, index: int) -> Scene:
         return self._record(index)[0]
@@ -167,7 +175,7 @@ def describe(scene: Scene) -> str:
     )
 
 
-def _turn(kind: str, scene: Scene, rng: random.Random) -> tuple[str, str]:
+def _turn(kind: str, scene: Scene, rng: random.Random, yes: bool) -> tuple[str, str]:
     if kind in _ATTRIBUTE:
         answer = {
             "shape": scene.shape,
@@ -178,6 +186,8 @@ def _turn(kind: str, scene: Scene, rng: random.Random) -> tuple[str, str]:
         return _what_question(kind, scene, rng), answer
     if kind == "describe":
         return rng.choice(DESCRIBE_INSTRUCTIONS), describe(scene)
+    if kind == "yes/no":
+        return yes_no_about(scene, rng, yes)[1], "yes" if yes else "no"
     return _comparison(scene, rng)
 
 

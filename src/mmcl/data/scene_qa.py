@@ -37,7 +37,7 @@ from mmcl.data.scenes_identity import COLOURS, COUNTS, POSITIONS, SHAPES, Scene,
 from mmcl.data.scenes_render import render
 from mmcl.data.scenes_text import POSITION_PHRASES, SHAPE_WORDS
 
-__all__ = ["QUESTION_KINDS", "SceneQuestion", "SceneQuestions", "scene_texts"]
+__all__ = ["QUESTION_KINDS", "SceneQuestion", "SceneQuestions", "scene_texts", "yes_no_about"]
 
 QUESTION_KINDS: tuple[str, ...] = ("shape", "colour", "count", "where", "yes/no")
 # The answers of each "what" kind, in the order the balanced answers cycle through.
@@ -178,6 +178,15 @@ def _what_question(kind: str, scene: Scene, rng: random.Random) -> str:
 
 def _yes_no_question(rng: random.Random, split: str, answer_is_yes: bool) -> SceneQuestion:
     scene = sample_scene(rng, split)
+    attribute, question = yes_no_about(scene, rng, answer_is_yes)
+    return SceneQuestion(scene, "yes/no", attribute, question, "yes" if answer_is_yes else "no")
+
+
+def yes_no_about(scene: Scene, rng: random.Random, answer_is_yes: bool) -> tuple[str, str]:
+    """(the attribute asked about, a yes/no question about `scene` whose answer is "yes"
+    exactly when `answer_is_yes`): "are there any stars?", "is the ring green?", "are there
+    exactly two stars?", "is the heart at the top?". The held-out questions and stage 2's
+    conversations both ask them this way."""
     attributes = ["shape", "colour", "count"] + (["position"] if scene.count == 1 else [])
     attribute = rng.choice(attributes)
     actual = getattr(scene, attribute)
@@ -207,5 +216,4 @@ def _yes_no_question(rng: random.Random, split: str, answer_is_yes: bool) -> Sce
             question = f"are there exactly {_NUMBER_WORDS[claimed]} {noun[1]}?"
     else:
         question = f"is the {rng.choice((singular, 'object'))} {POSITION_PHRASES[claimed][0]}?"
-    answer = "yes" if answer_is_yes else "no"
-    return SceneQuestion(scene, "yes/no", attribute, question, answer)
+    return attribute, question

@@ -73,7 +73,25 @@ def save_huggingface_folder(model, tokenizer, folder: Path) -> None:
 
 
 def _new_llava(spec: dict[str, Any], source: str, tokenizer, lm: dict[str, Any]) -> Llava:
-    tower = create_model(spec.pop("tower", "tiny-vit")).config
+    pretrained = spec.pop("tower_pretrained", None)
+    name = spec.pop("tower", None)
+    clip = None if pretrained is None else create_model(pretrained=pretrained)
+    if clip is not None and not hasattr(clip.config, "vision_cfg"):
+        raise ValueError(
+            f"{source}: model.tower_pretrained {pretrained} is a {type(clip).__name__}, "
+            f"not a CLIP (e.g. runs/scenes-vit/model.safetensors)"
+        )
+    if clip is None:
+        tower = create_model(name or "tiny-vit").config
+    else:  # the weights bring their tower's shape (e.g. scenes-vit's 4 layers)
+        tower = clip.config
+        named = None if name is None else vision_dict(create_model(name).config.vision_cfg)
+        if named is not None and named != vision_dict(tower.vision_cfg):
+            raise ValueError(
+                f"{source}: model.tower_pretrained {pretrained} holds a tower "
+                f"{vision_dict(tower.vision_cfg)}, not model.tower {name}'s {named}; "
+                f"drop model.tower (--set model.tower=null)"
+            )
     config = LlavaConfig.from_dict(
         {
             "llava_vision": vision_dict(tower.vision_cfg),
@@ -85,9 +103,7 @@ def _new_llava(spec: dict[str, Any], source: str, tokenizer, lm: dict[str, Any])
         source=source,
     )
     model = Llava(config)
-    pretrained = spec.pop("tower_pretrained", None)
-    if pretrained is not None:
-        clip = create_model(pretrained=pretrained)
+    if clip is not None:
         weights = {k: v for k, v in clip.visual.state_dict().items() if k != "proj"}
         model.visual.load_state_dict(weights)
     return model
