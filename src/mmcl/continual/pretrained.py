@@ -74,7 +74,9 @@ def pretrained_scene_bridge(
     if tower_steps is not None:
         tower = pretrained_scene_model(tower_steps or None, progress)
         stage1.append(f"model.tower_pretrained={tower}")
-    key = hashlib.sha256(f"{texts}|{steps}|{stage1}|{stage2}".encode()).hexdigest()[:12]
+    # "warmup=recipe": bridges cached before the warmup followed the recipes' differ.
+    key = f"{texts}|{steps}|{stage1}|{stage2}|warmup=recipe"
+    key = hashlib.sha256(key.encode()).hexdigest()[:12]
     target = cache_dir() / "pretrained" / f"scenes-llava-{key}"
     if (target / "config.json").is_file():
         return target
@@ -91,7 +93,7 @@ def pretrained_scene_bridge(
             (BRIDGE_RECIPES[0], steps[0], first, stage1),
             (BRIDGE_RECIPES[1], steps[1], second, [*stage2, f"model.init={first / 'hf'}"]),
         ):
-            lengths = [f"train.steps={count}", f"train.warmup_steps={count // 10}"]
+            lengths = [f"train.steps={count}", f"train.warmup_steps={_warmup(name, count)}"]
             recipe = load_recipe(name, [*common, *extra, *lengths, f"train.output_dir={output}"])
             recipe.eval = {}  # the continual runs measure the start themselves
             if progress:
@@ -99,3 +101,10 @@ def pretrained_scene_bridge(
             run_recipe(recipe)
         shutil.move(str(second / "hf"), target)  # same file system: a rename
     return target
+
+
+def _warmup(recipe: str, steps: int) -> int:
+    """The recipe's warm-up, scaled to `steps`: at the recipe's own length the bridge is
+    trained exactly as the recipe trains it."""
+    train = load_recipe(recipe).train
+    return round(train.warmup_steps * steps / train.steps)
