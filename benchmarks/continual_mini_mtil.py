@@ -3,6 +3,7 @@
     python benchmarks/continual_mini_mtil.py                 # every method, small per-task budget
     python benchmarks/continual_mini_mtil.py --methods finetune,zscl --steps 200
     python benchmarks/continual_mini_mtil.py --seeds 3       # mean ± sample std over 3 seeds
+    python benchmarks/continual_mini_mtil.py --seeds 3 --shuffle-order  # each seed its task order
 
 All methods start from the same scene-pretrained tiny CLIP (`mmcl.continual.pretrained`,
 trained once and cached) and see the same tasks, steps, batch and learning rate. The table has
@@ -12,7 +13,8 @@ MoE-Adapters, Yu et al. 2024), each reported as measured, whatever it shows. Rep
 run stay in --output (re-running reuses finished methods; --fresh starts over). With
 --seeds, each method runs once per seed (the items each task draws, batch order and
 initialisation; `mmcl.continual.seeds`), the table shows mean ± sample standard deviation
-(n - 1) and the checks are applied to the means.
+(n - 1) and the checks are applied to the means. The task order is the same for every seed
+unless --shuffle-order, which draws each seed's order from that seed (`mini_mtil_order`).
 """
 
 from __future__ import annotations
@@ -73,6 +75,11 @@ def main() -> None:
     parser.add_argument(
         "--seeds", help="a count N (seeds 0..N-1) or a list: mean ± std over them (default: one)"
     )
+    parser.add_argument(
+        "--shuffle-order",
+        action="store_true",
+        help="each seed trains the tasks in its own order, drawn from the seed",
+    )
     args = parser.parse_args()
     seeds = None if args.seeds is None else parse_seeds(args.seeds)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -87,6 +94,7 @@ def main() -> None:
         f"mini-MTIL, {args.train_size} train / {args.test_size} test items per task, "
         f"{args.steps} steps x batch {args.batch_size} per task, lr {args.lr}"
         + ("" if seeds is None else f"; seeds {', '.join(map(str, seeds))}")
+        + ("; task order drawn from each seed" if args.shuffle_order else "")
         + "\n"
     )
     started = time.perf_counter()
@@ -105,7 +113,11 @@ def main() -> None:
                 args.output,
                 {name: METHOD_ARGS[name]} if name in METHOD_ARGS else {},
                 training=training,
-                scenario_args={"train_size": args.train_size, "test_size": args.test_size},
+                scenario_args={
+                    "train_size": args.train_size,
+                    "test_size": args.test_size,
+                    **({"shuffle_order": True} if args.shuffle_order else {}),
+                },
                 seeds=seeds,
                 progress=False,
             )
@@ -122,13 +134,19 @@ def main() -> None:
             f"(mean ± sample standard deviation, n - 1, over {len(seeds)} seeds; time: mean "
             f"per seed; the checks below use the means)"
         )
-    print(
-        f"\n(total {time.perf_counter() - started:.0f}s; tasks: "
-        f"{', '.join(reports[methods[0]]['tasks'])})"
-    )
+    print(f"\n(total {time.perf_counter() - started:.0f}s; {task_orders(reports[methods[0]])})")
     print("\nexpected shape (ZSCL / MoE-Adapters papers), as measured here:")
     for line in shape_checks(reports):
         print(f"  {line}")
+
+
+def task_orders(report: dict) -> str:
+    """'tasks: a, b, ...', or each seed's order where the seeds' orders differ."""
+    runs = report.get("runs") or {None: report}
+    orders = {seed: ", ".join(run["tasks"]) for seed, run in runs.items()}
+    if len(set(orders.values())) == 1:
+        return f"tasks: {next(iter(orders.values()))}"
+    return "task orders: " + "; ".join(f"seed {s}: {order}" for s, order in orders.items())
 
 
 def _value(x) -> float:

@@ -16,6 +16,7 @@ Promises checked here, one a line:
 - `compare --seeds` takes a count or a list of distinct seeds; with `--seed` as well it is
   refused (--seeds sets every run's seed), before anything runs.
 - `--held-out` on a stream without held-out sets is refused, naming the stream that has them.
+- `--shuffle-order` on a stream without a task order to draw is refused, naming mini-mtil.
 - `mmcl continual describe METHOD` shows the arguments with types and defaults, and the paper.
 - The state saved after each task (state_after_task.pt) does not grow with the number of tasks
   (EWC merges its tasks' penalties; teachers are never saved), and a run resumed from it ends
@@ -279,3 +280,10 @@ def test_held_out_sets_only_for_the_captioned_stream(tmp_path, capsys):
     out = tmp_path / "run"
     assert continual(*SMALL, "--method", "frozen", "--held-out", "shape", "--output-dir", out) == 2
     assert "applies to the captioned stream scene-styles" in capsys.readouterr().err
+
+
+def test_shuffle_order_only_for_mini_mtil(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert continual(*SMALL, "--method", "frozen", "--shuffle-order", "--output-dir", out) == 2
+    assert "--shuffle-order: scenario 'scenes-cil'" in capsys.readouterr().err
+    assert not out.exists()

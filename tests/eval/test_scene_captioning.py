@@ -88,3 +88,25 @@ def test_the_module_example_runs():
     from mmcl.eval import scene_captioning
 
     assert doctest.testmod(scene_captioning).failed == 0
+
+
+def test_a_coca_captions_from_its_start_token_in_clip_tokens():
+    coca = mmcl.create_model("tiny-coca").eval()
+    tokenizer = mmcl.tokenize  # CLIP's BPE ids: start token, pieces, end token, padding
+    said = tokenizer(["two red stars"])[0]
+    said = said[: int(said.argmax()) + 1]  # up to the end token (the largest id)
+    asked = []
+
+    def fixed_generate(images, **options):
+        asked.append(options)
+        tokens = said.expand(len(images), -1)
+        return Generated(tokens, torch.zeros(len(images)), torch.full((len(images),), len(said)))
+
+    coca.generate = fixed_generate
+    suite = SceneCaptioningSuite(test_size=4, train_size=3, references=2)
+    table = suite.table(coca)
+    assert suite.last_captions["captioner"] == ["two red stars"] * 4
+    assert all("prompt" not in options for options in asked)  # no BLIP prompt for CoCa
+    scenes = suite.scenes
+    assert table["captioner"]["colour"] == pytest.approx(sum(s.colour == "red" for s in scenes) / 4)
+    assert len(suite.last_captions["nearest_neighbour"]) == 4  # copied through CoCa's features

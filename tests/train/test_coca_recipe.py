@@ -18,6 +18,8 @@ def test_coca_scenes_recipe_trains_from_the_cli(tmp_path, capsys):
         "eval.size=4",
         "eval.retrieval_size=4",
         "eval.scene_views=[shape]",
+        "eval.caption_size=3",
+        "eval.caption_train_size=4",
         "train.steps=2",
         "train.batch_size=4",
         "train.workers=0",
@@ -31,6 +33,8 @@ def test_coca_scenes_recipe_trains_from_the_cli(tmp_path, capsys):
     assert main(args + [a for o in overrides for a in ("--set", o)]) == 0
     out = capsys.readouterr().out
     assert "zeroshot/scenes-shape" in out and "retrieval/scenes/image_to_text_R@1" in out
+    # Greedy captions of held-out scenes beside copying the nearest training image's.
+    assert "captions/colour" in out and "nearest_neighbour/cider_d" in out
     logged = (tmp_path / "metrics.jsonl").read_text().splitlines()
     terms = {key for line in logged for key in _flat_keys(json.loads(line))}
     assert {"contrastive", "caption"} <= terms

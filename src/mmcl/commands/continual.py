@@ -121,6 +121,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "vqa-scenes, instructions; see `mmcl continual list`)",
     )
     parser.add_argument(
+        "--shuffle-order",
+        action="store_true",
+        help="mini-mtil: train the tasks in an order drawn from the seed (each of --seeds its "
+        "own; with --seed S, the stream's seed is S too) instead of the fixed order",
+    )
+    parser.add_argument(
         "--task-files",
         help="llava-json: LLaVA-format conversation files, one a task, comma-separated",
     )
@@ -187,6 +193,15 @@ def _options(args: argparse.Namespace) -> dict:
             )
         tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
         scenario_args[TASK_ARGUMENTS[args.scenario]] = tasks
+    if args.shuffle_order:
+        if args.scenario != "mini-mtil":
+            raise ValueError(
+                f"--shuffle-order: scenario {args.scenario!r} has no task order to draw; it "
+                f"applies to mini-mtil"
+            )
+        scenario_args["shuffle_order"] = True
+        if args.seed is not None:  # the seed decides the order, as each of --seeds does
+            scenario_args["seed"] = args.seed
     if args.held_out:
         if args.scenario != "scene-styles":
             raise ValueError(

@@ -20,6 +20,10 @@ with its own class names and prompt templates. The protocol:
 * **Seeds:** ``seed`` fixes every choice: the scenes' generation seed, the MNIST and digits
   train/test pools and every subset. Each task's draws are keyed by its name and the seed, so
   selecting fewer tasks (``tasks=``) does not change the ones kept.
+* **Order:** the order above, whatever the seed, unless ``shuffle_order=True``: then the
+  selected tasks come in a permutation drawn from the seed alone (the same seed, the same
+  order), so that several seeds average over task orders too. A task's items do not depend
+  on its position.
 * **Images:** ``(3, image_size, image_size)`` float tensors with CLIP's normalisation. Scenes
   are rendered at ``image_size``; files and digits go through ``get_preprocess(image_size)``
   (bicubic resize, centre crop, RGB). There is no augmentation.
@@ -79,6 +83,7 @@ __all__ = [
     "balanced_subset",
     "describe",
     "mini_mtil",
+    "mini_mtil_order",
     "shared_data_root",
     "split_per_class",
 ]
@@ -243,6 +248,20 @@ _BUILDERS: dict[str, Callable[..., Parts]] = {
 }
 
 
+def mini_mtil_order(tasks: Sequence[str], seed: int, shuffle: bool) -> list[str]:
+    """The order `mini_mtil` trains `tasks` in: the canonical one, or with `shuffle` a
+    permutation of it drawn from `seed` alone (stable across runs, machines and Python
+    versions: `random.Random` seeded with a string).
+
+    >>> mini_mtil_order(["digits", "scene-shape"], seed=0, shuffle=False)
+    ['scene-shape', 'digits']
+    """
+    canonical = [name for name in MINI_MTIL_TASKS if name in tasks]
+    if shuffle:
+        random.Random(f"mini-mtil/order/{seed}").shuffle(canonical)
+    return canonical
+
+
 def mini_mtil(
     image_size: int = 32,
     seed: int = 0,
@@ -252,13 +271,17 @@ def mini_mtil(
     tasks: Sequence[str] | None = None,
     require_all: bool = False,
     download: bool = False,
+    shuffle_order: bool = False,
 ) -> Scenario:
     """The mini-MTIL sequence (protocol in the module docstring) as a multi-dataset scenario.
 
-    ``tasks`` picks a subset of :data:`MINI_MTIL_TASKS` (kept in the canonical order);
+    ``tasks`` picks a subset of :data:`MINI_MTIL_TASKS` (kept in the canonical order, or in
+    an order drawn from ``seed`` with ``shuffle_order``: :func:`mini_mtil_order`);
     ``data_root`` is the folder holding CIFAR-10 and MNIST (:mod:`mmcl.data.datasets`), and
     ``download`` lets torchvision fetch them there when they are not.
     """
+    if not isinstance(shuffle_order, bool):
+        raise ValueError(f"shuffle_order must be True or False, got {shuffle_order!r}")
     for what, value in (
         ("image_size", image_size),
         ("train_size", train_size),
@@ -276,7 +299,7 @@ def mini_mtil(
         raise ValueError(f"unknown mini-MTIL tasks {unknown}; valid: {list(MINI_MTIL_TASKS)}")
     root = shared_data_root(data_root)
     entries = []
-    for name in (n for n in MINI_MTIL_TASKS if n in chosen):
+    for name in mini_mtil_order(chosen, seed, shuffle_order):
         try:
             train, test, classnames, templates = _BUILDERS[name](
                 image_size, seed, train_size, test_size, root, download

@@ -35,6 +35,12 @@ NOT_RESULTS = frozenset(
 )
 
 
+# Settings added after runs were first recorded, with the value that keeps a run's results as
+# they were: a record made before a setting existed was made with that value, so it matches a
+# request that asks for it (and an interrupted run of an older mmcl still resumes).
+ADDED_LATER = {"scenario_args.shuffle_order": False}
+
+
 def training_settings(config) -> dict[str, Any]:
     """The `TrainConfig` fields that shape results, as JSON values."""
     values = dataclasses.asdict(config)
@@ -61,12 +67,18 @@ def as_json(value: Any) -> Any:
 
 
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """`"key old -> new"` for each setting (nested keys joined by dots) that differs."""
+    """`"key old -> new"` for each setting (nested keys joined by dots) that differs; an
+    `ADDED_LATER` setting missing from `old` counts as its value there.
+
+    >>> differences({"scenario_args": {"seed": 1}}, {"scenario_args": {"seed": 1, "shuffle_order": False}})
+    []
+    """
     flat_old, flat_new = _flatten(as_json(old)), _flatten(as_json(new))
     missing = object()
     changed = []
     for key in [*flat_old, *(k for k in flat_new if k not in flat_old)]:
-        before, after = flat_old.get(key, missing), flat_new.get(key, missing)
+        before = flat_old.get(key, ADDED_LATER.get(key, missing))
+        after = flat_new.get(key, missing)
         if before != after:
             shown = ["(unset)" if v is missing else json.dumps(v) for v in (before, after)]
             changed.append(f"{key} {shown[0]} -> {shown[1]}")

@@ -1,6 +1,7 @@
 """A captioner on held-out built-in scenes, beside the nearest-neighbour baseline.
 
-The captioner's greedy captions (after the prompt, e.g. "a picture of") and the baseline's
+The captioner's greedy captions (a BLIP's after its prompt, e.g. "a picture of"; a CoCa's
+from its start token, as it is trained) and the baseline's
 (the caption of the most similar TRAINING image under the same model's ITC image features:
 a captioner that only copies) are scored alike:
 
@@ -28,8 +29,11 @@ import torch
 
 from mmcl.data.scenes import SceneCaptions
 from mmcl.data.scenes_text import caption
+from mmcl.eval.captioner import Captioner, CaptionSettings
 from mmcl.eval.captioning import bleu, cider_d
+from mmcl.eval.model_text import model_text
 from mmcl.eval.scene_captions import attribute_accuracy
+from mmcl.models.coca import CoCa
 
 __all__ = [
     "SceneCaptioningSuite",
@@ -47,8 +51,17 @@ def generate_captions(
     max_new_tokens: int = 20,
     batch_size: int = 250,
 ) -> list[str]:
-    """Greedy captions of `images` by a captioning model with a WordPiece `tokenizer`
-    (a BLIP), without the prompt's words."""
+    """Greedy captions of `images`: a BLIP's (its WordPiece `tokenizer`) after `prompt`,
+    without the prompt's words; a CoCa's from its start token (`prompt` unused: CoCa learns
+    captions without one)."""
+    if isinstance(model, CoCa):
+        captioner = Captioner(model, model_text(model), CaptionSettings(max_length=max_new_tokens))
+        device = next(model.parameters()).device
+        return [
+            text
+            for start in range(0, len(images), batch_size)
+            for text in captioner.caption(images[start : start + batch_size].to(device))
+        ]
     tokenizer = model.tokenizer
     prompt_ids = [tokenizer.dec_token_id, *tokenizer.encode(prompt)]
     device = next(model.parameters()).device
