@@ -3,6 +3,7 @@
     python benchmarks/captioning.py                 # base widths (768), 4+4 layers, 224 px
     python benchmarks/captioning.py --quick         # tiny model, a correctness smoke run (< 60 s)
     python benchmarks/captioning.py --layers 12 --image-size 384   # BLIP-base itself (slow on CPUs)
+    python benchmarks/captioning.py --threads 1 --clock cpu --end-bias 2.3  # CPU time; mixed lengths
 
 One run, one table. A `BlipForConditionalGeneration` is built from a config with random weights
 (every parameter moved off its constant initialisation), saved with `save_pretrained`, and both
@@ -16,8 +17,18 @@ generation loop (`mmcl.nn.generation`: image tokens and their cross-attention ke
 once per caption, KV cache, finished rows dropped), without the module swaps.
 
 Timings are the median of timed repeats after one warm-up, the calls taking turns, so a change
-in the machine's load touches all rows alike. The greedy captions in fp32 must equal Hugging
-Face's token for token (the run fails otherwise); "same tokens" gives the share of rows that do.
+in the machine's load touches all rows alike. ``--clock cpu`` times this process's CPU time
+instead of the wall clock: with one thread on a machine shared with other jobs it leaves out
+the time the process waited for a core (memory shared with the other jobs still slows both
+libraries alike). After the table, "decoding" splits each caption time into the image tower
+and the rest (the cross-attention keys/values of the image tokens and the decoding steps).
+The greedy captions in fp32 must equal Hugging Face's token for token (the run fails
+otherwise); "same tokens" gives the share of rows that do.
+
+Random weights all but never choose [SEP], so by default every caption runs to
+``--max-new-tokens`` and no row finishes early. ``--end-bias 2.3`` raises [SEP]'s logit in the
+saved weights (both libraries load them), so captions end at mixed lengths (8 images: 5 to 20
+tokens, about 11 on average) and stopping finished rows counts, as with a trained captioner.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import json
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -39,6 +51,7 @@ from mmcl.nn import accelerate
 from mmcl.train.blip_losses import lm_loss, lm_targets
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 DEC, SEP, PAD = 30522, 102, 0  # BERT's vocabulary plus [DEC] and [ENC], as BLIP's
 
 
@@ -71,13 +84,22 @@ def blip_config(quick: bool, layers: int, image_size: int) -> transformers.BlipC
     return transformers.BlipConfig(vision_config=vision, text_config=text)
 
 
-def build_models(config: transformers.BlipConfig, folder: Path) -> dict[tuple[str, str], object]:
-    """(library, precision) -> model, every one loaded from the same saved folder."""
+def build_models(
+    config: transformers.BlipConfig, folder: Path, end_bias: float = 0.0
+) -> dict[tuple[str, str], object]:
+    """(library, precision) -> model, every one loaded from the same saved folder. `end_bias`
+    is added to the LM head's bias of [SEP]."""
     torch.manual_seed(0)
     source = transformers.BlipForConditionalGeneration(config).eval()
     with torch.no_grad():  # off HF's constant biases and LayerNorms: every weight matters
         for parameter in source.parameters():
             parameter.add_(0.02 * torch.randn_like(parameter))
+        # Random weights all but never choose [SEP], so every caption runs to the limit; a
+        # higher [SEP] logit ends them at mixed lengths, as a trained captioner's end.
+        head = source.text_decoder.cls.predictions
+        head.decoder.bias[SEP] += end_bias
+        if head.bias is not head.decoder.bias:
+            head.bias.copy_(head.decoder.bias)
     source.save_pretrained(folder)
     hf = transformers.BlipForConditionalGeneration
     models = {}
@@ -139,13 +161,13 @@ def training_captions(batch: int, length: int, vocab: int) -> torch.Tensor:
     return tokens
 
 
-def caption_rows(models, images, beams, new_tokens, warmup, repeats) -> list[dict]:
+def caption_rows(models, images, beams, new_tokens, warmup, repeats, clock) -> list[dict]:
     calls = {}
     for (library, precision), model in models.items():
         batch = images.to(DTYPES[precision])
         calls[(library, precision)] = caption_call(library, model, batch, beams, new_tokens)
     with torch.inference_mode():
-        results = timed(calls, warmup, repeats)
+        results = timed(calls, warmup, repeats, clock)
     task = "greedy" if beams == 1 else f"beam {beams}"
     rows = []
     for (library, precision), (seconds, captions) in results.items():
@@ -156,7 +178,7 @@ def caption_rows(models, images, beams, new_tokens, warmup, repeats) -> list[dic
     return rows
 
 
-def image_rows(models, images, warmup, repeats) -> list[dict]:
+def image_rows(models, images, warmup, repeats, clock) -> list[dict]:
     """The image tower alone (what a caption needs before its first token): the most a
     captioner can gain is its share of the captioning time."""
     calls = {}
@@ -169,7 +191,7 @@ def image_rows(models, images, warmup, repeats) -> list[dict]:
         else:
             calls[(library, precision)] = lambda m=model, x=batch: m.visual(x)
     with torch.inference_mode():
-        results = timed(calls, warmup, repeats)
+        results = timed(calls, warmup, repeats, clock)
     return [
         _row("image tower", library, precision, len(images) / seconds, None, None)
         for (library, precision), (seconds, _) in results.items()
@@ -189,7 +211,33 @@ def ceilings(rows: list[dict]) -> list[str]:
     return lines
 
 
-def train_rows(models, images, tokens, warmup, repeats) -> list[dict]:
+def decoding_lines(rows: list[dict], batch: int) -> list[str]:
+    """Per captioning row of HF and mmcl: milliseconds a batch in the image tower and in the
+    rest (caption time minus tower time: the image tokens' cross-attention keys/values and
+    the decoding steps), and mmcl's ratio over HF on the rest alone."""
+    seconds = {(r["task"], r["library"], r["precision"]): batch / r["rate"] for r in rows}
+    lines = []
+    for task in ("greedy", "beam 3"):
+        for precision in DTYPES:
+            parts = {}
+            for library in ("hf", "mmcl"):
+                caption = seconds.get((task, library, precision))
+                tower = seconds.get(("image tower", library, precision))
+                if caption is None or tower is None:
+                    break
+                parts[library] = (tower, caption - tower)
+            if len(parts) < 2:
+                continue
+            (hf_tower, hf_rest), (tower, rest) = parts["hf"], parts["mmcl"]
+            ratio = f"{hf_rest / rest:.2f}x" if rest > 0 else "-"
+            lines.append(
+                f"{task} {precision}: HF tower {1000 * hf_tower:.0f} + rest {1000 * hf_rest:.0f} "
+                f"ms, mmcl tower {1000 * tower:.0f} + rest {1000 * rest:.0f} ms (rest {ratio})"
+            )
+    return lines
+
+
+def train_rows(models, images, tokens, warmup, repeats, clock) -> list[dict]:
     # Float32 weights, as one trains: "bf16" is autocast. Accelerate is for inference: the
     # plain mmcl model is the one that trains.
     calls = {}
@@ -197,7 +245,7 @@ def train_rows(models, images, tokens, warmup, repeats) -> list[dict]:
         for library, name in (("hf", "hf"), ("mmcl plain", "mmcl")):
             model = models[(library, "fp32")].train().requires_grad_(True)
             calls[(name, precision)] = train_call(library, model, images, tokens, precision)
-    results = timed(calls, warmup, repeats)
+    results = timed(calls, warmup, repeats, clock)
     rows = []
     for (library, precision), (seconds, loss) in results.items():
         row = _row("train step", library, precision, len(images) / seconds, None, None)
@@ -265,6 +313,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, help="also write the rows and targets here")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per row first")
+    parser.add_argument(
+        "--end-bias",
+        type=float,
+        default=0.0,
+        help="added to the [SEP] logit's bias, so captions end at mixed lengths (e.g. 2.3); "
+        "default 0: every caption runs to --max-new-tokens",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=tuple(CLOCKS),
+        default="wall",
+        help="wall: elapsed time; cpu: this process's CPU time (steadier on a shared machine "
+        "with --threads 1)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -274,6 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     batch = args.batch or (4 if quick else 8)
     new_tokens = args.max_new_tokens or (8 if quick else 20)
     repeats = args.repeats or (1 if quick else 3)
+    clock = CLOCKS[args.clock]
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 
@@ -283,6 +346,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
     config = blip_config(quick, layers, image_size)
     width = config.vision_config.hidden_size
+    print(f"clock: {args.clock}; [SEP] logit bias: {args.end_bias}")
     print(
         f"model: width {width}, {layers}+{layers} layers, {image_size} px images, vocabulary "
         f"{config.text_config.vocab_size}; batch {batch}, up to {new_tokens} new tokens"
@@ -293,11 +357,11 @@ def main(argv: list[str] | None = None) -> None:
 
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        models = build_models(config, Path(scratch))
+        models = build_models(config, Path(scratch), args.end_bias)
         for beams in (1, 3):
-            rows += caption_rows(models, images, beams, new_tokens, args.warmup, repeats)
-        rows += image_rows(models, images, args.warmup, repeats)
-        rows += train_rows(models, images, tokens, args.warmup, repeats)
+            rows += caption_rows(models, images, beams, new_tokens, args.warmup, repeats, clock)
+        rows += image_rows(models, images, args.warmup, repeats, clock)
+        rows += train_rows(models, images, tokens, args.warmup, repeats, clock)
     add_ratios(rows)
     print()
     print_table(*table(rows))
@@ -305,6 +369,9 @@ def main(argv: list[str] | None = None) -> None:
         "\ngreedy ceiling (HF greedy time / mmcl image tower time: mmcl's ratio if decoding "
         "cost nothing): " + ", ".join(ceilings(rows))
     )
+    print("\ndecoding (per batch: image tower + the rest):")
+    for line in decoding_lines(rows, batch):
+        print("  " + line)
     losses = {r["precision"]: [] for r in rows if r["task"] == "train step"}
     for row in rows:
         if row["task"] == "train step":
@@ -318,6 +385,8 @@ def main(argv: list[str] | None = None) -> None:
         payload = {
             "machine": machine_line(),
             "argv": sys.argv[1:],
+            "clock": args.clock,
+            "end_bias": args.end_bias,
             "peak_gflops": peaks,
             "rows": rows,
             "targets": [{"target": w, "met": m, "measured": f} for w, m, f in checks],

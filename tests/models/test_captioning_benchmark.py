@@ -17,7 +17,9 @@ def test_quick_captioning_benchmark_greedy_tokens_and_losses_equal_huggingface(t
     finally:
         sys.path.remove(str(BENCHMARKS))
     output = tmp_path / "captioning.json"
-    captioning.main(["--quick", "--warmup", "0", "--repeats", "1", "--json", str(output)])
+    captioning.main(
+        ["--quick", "--warmup", "0", "--repeats", "1", "--clock", "cpu", "--json", str(output)]
+    )
     rows = json.loads(output.read_text())["rows"]
     assert {(r["task"], r["library"], r["precision"]) for r in rows} >= {
         (task, library, precision)
@@ -29,3 +31,20 @@ def test_quick_captioning_benchmark_greedy_tokens_and_losses_equal_huggingface(t
     assert all(r["same"] == 1.0 and r["length"] >= 1 for r in greedy)
     losses = {(r["library"], r["precision"]): r["loss"] for r in rows if r["task"] == "train step"}
     assert abs(losses[("mmcl", "fp32")] - losses[("hf", "fp32")]) < 1e-4
+
+
+def test_quick_captioning_benchmark_with_end_bias_rows_end_early_and_equal_huggingface(tmp_path):
+    """A raised [SEP] logit ends captions before the limit (8 new tokens in --quick): the rows
+    that finish early still equal Hugging Face's, token for token, in fp32 greedy."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import captioning
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    output = tmp_path / "captioning.json"
+    argv = ["--quick", "--warmup", "0", "--repeats", "1", "--end-bias", "0.5", "--json"]
+    captioning.main([*argv, str(output)])
+    payload = json.loads(output.read_text())
+    assert payload["end_bias"] == 0.5
+    greedy = [r for r in payload["rows"] if r["task"] == "greedy" and r["precision"] == "fp32"]
+    assert all(r["same"] == 1.0 and r["length"] < 8 for r in greedy)
