@@ -63,6 +63,7 @@ def beam_search(
     beam_scores[:, 0] = 0.0
     generated = torch.empty((batch * beams, 0), dtype=torch.long, device=device)
     new = prompt
+    cache.reserve(cache.seen + prompt_length + max_new_tokens - 1)  # the last token is not fed
     for position in range(max_new_tokens):
         length = position + 1  # of every caption that ends or is cut at this step
         logits = step(new, cache).float()

@@ -255,6 +255,7 @@ def _decode(
     active = torch.arange(batch, device=device)  # the rows still generating, as batch indices
     new = prompt
     generated = 0
+    cache.reserve(cache.seen + prompt_length + max_new_tokens - 1)  # the last token is not fed
     for position in range(max_new_tokens):
         logits = step(new, cache).float()
         if position < min_new_tokens:

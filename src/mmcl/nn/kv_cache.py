@@ -4,7 +4,9 @@ Decoding one token at a time, each self-attention layer keeps the keys and value
 it has seen and attends over them with the new token's query, instead of recomputing the whole
 prefix; a cross-attention layer projects its context (the image tokens) once. Every tensor the
 cache holds has the decoded rows as its first dimension, so `select` can drop finished rows
-and reorder beams for all layers at once.
+and reorder beams for all layers at once. The generation loop `reserve`s room for every
+position it may decode: the keys and values then grow inside one buffer per entry, written in
+place, instead of being copied whole into a new tensor at every step.
 
 Layers find their entries by themselves (the module object is the key), so a model passes one
 cache down its stack and no layer needs a name:
@@ -36,7 +38,11 @@ class KVCache:
     """
 
     def __init__(self) -> None:
+        # owner -> (keys, values), each (rows, heads, room, head_dim), of which the first
+        # `_lengths[owner]` positions are filled (room > length after a `reserve`).
         self._growing: dict[Hashable, tuple[torch.Tensor, ...]] = {}
+        self._lengths: dict[Hashable, int] = {}
+        self._room = 0
         self._constant: dict[Hashable, object] = {}
         self._tracked: dict[Hashable, tuple[torch.Tensor, ...]] = {}
         self.tokens: torch.Tensor | None = None
@@ -57,21 +63,43 @@ class KVCache:
         self.tokens = new_tokens if self.tokens is None else torch.cat([self.tokens, new_tokens], 1)
         return offset
 
+    def reserve(self, positions: int) -> None:
+        """Make room for `positions` token positions in all (see `seen`): `extend` then
+        writes each step's keys and values into one buffer per entry, allocated once, instead
+        of concatenating (a copy of the whole cache every step)."""
+        self._room = max(self._room, positions)
+
     def extend(
         self, owner: Hashable, key: torch.Tensor, value: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Append ``(rows, heads, new, head_dim)`` keys and values to `owner`'s, and return all
-        of them so far."""
-        if owner in self._growing:
-            old_key, old_value = self._growing[owner]
-            key, value = torch.cat([old_key, key], dim=2), torch.cat([old_value, value], dim=2)
-        self._growing[owner] = (key, value)
-        return key, value
+        of them so far (views of the entry's buffer where room was reserved)."""
+        length = self._lengths.get(owner, 0)
+        total = length + key.shape[2]
+        entry = self._growing.get(owner)
+        if (self._room <= total and entry is None) or _records_gradients(key, value, entry):
+            # No room to keep (or autograd needs the old tensors as they are): concatenate.
+            if entry is not None:
+                key = torch.cat([entry[0][:, :, :length], key], dim=2)
+                value = torch.cat([entry[1][:, :, :length], value], dim=2)
+            self._growing[owner], self._lengths[owner] = (key, value), total
+            return key, value
+        if entry is None or entry[0].shape[2] < total:
+            room = max(self._room, total)
+            entry = tuple(
+                _with_room(old, length, new, room)
+                for old, new in zip((entry or (None, None)), (key, value), strict=True)
+            )
+            self._growing[owner] = entry
+        else:
+            entry[0][:, :, length:total] = key
+            entry[1][:, :, length:total] = value
+        self._lengths[owner] = total
+        return entry[0][:, :, :total], entry[1][:, :, :total]
 
     def length(self, owner: Hashable) -> int:
         """How many positions `owner` has cached (0 if none)."""
-        entry = self._growing.get(owner)
-        return 0 if entry is None else entry[0].shape[2]
+        return self._lengths.get(owner, 0)
 
     def constant(self, owner: Hashable, compute: Callable[[], object]) -> object:
         """`owner`'s constant entry, computed by `compute` the first time it is asked for.
@@ -107,7 +135,8 @@ class KVCache:
         """
         rows = rows.to(self._device(), torch.long)
         for owner, tensors in self._growing.items():
-            self._growing[owner] = tuple(t.index_select(0, rows) for t in tensors)
+            length = self._lengths[owner]
+            self._growing[owner] = tuple(_select_filled(t, rows, length) for t in tensors)
         for owner, tensors in self._tracked.items():
             self._tracked[owner] = tuple(t.index_select(0, rows) for t in tensors)
         if self.tokens is not None:
@@ -125,6 +154,30 @@ class KVCache:
             first = value[0] if isinstance(value, tuple) else value
             return first.device
         return torch.device("cpu")
+
+
+def _with_room(old: torch.Tensor | None, length: int, new: torch.Tensor, room: int) -> torch.Tensor:
+    # A buffer with `room` positions holding `old`'s first `length` and then `new`.
+    rows, heads, _, dim = new.shape
+    buffer = new.new_empty(rows, heads, room, dim)
+    if old is not None:
+        buffer[:, :, :length] = old[:, :, :length]
+    buffer[:, :, length : length + new.shape[2]] = new
+    return buffer
+
+
+def _select_filled(buffer: torch.Tensor, rows: torch.Tensor, length: int) -> torch.Tensor:
+    # Rows `rows` of a buffer, with its room kept but only its first `length` positions copied.
+    if buffer.shape[2] == length or buffer.requires_grad:
+        return buffer.index_select(0, rows)
+    selected = buffer.new_empty(len(rows), *buffer.shape[1:])
+    torch.index_select(buffer[:, :, :length], 0, rows, out=selected[:, :, :length])
+    return selected
+
+
+def _records_gradients(key: torch.Tensor, value: torch.Tensor, entry) -> bool:
+    tensors = (key, value, *(entry or ()))
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _select(value: object, rows: torch.Tensor) -> object:
