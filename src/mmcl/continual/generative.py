@@ -41,10 +41,14 @@ def check_bridge(model, method, stream, tokenizer) -> None:
 
 
 def conversation_encoder(model, tokenizer, max_length: int | None = None):
-    from mmcl.data.chat_template import ConversationEncoder
+    """The chat template the bridge was trained with: the system text its folder records
+    (the llava-scenes recipes train without one), else Vicuna's."""
+    from mmcl.data.chat_template import ChatTemplate, ConversationEncoder, system_text
 
+    system = system_text(tokenizer)
+    template = ChatTemplate() if system is None else ChatTemplate(system=system)
     return ConversationEncoder(
-        tokenizer, model.image_token_id, model.tokens_per_image, max_length=max_length
+        tokenizer, model.image_token_id, model.tokens_per_image, template, max_length=max_length
     )
 
 
