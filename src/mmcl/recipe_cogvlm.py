@@ -27,16 +27,14 @@ from typing import Any
 import torch
 
 from mmcl.data.chat_template import VICUNA_SYSTEM, ChatTemplate
-from mmcl.data.scene_conversations import scene_tokenizer_text
 from mmcl.io.checkpoints.cogvlm import save_cogvlm_folder
-from mmcl.io.lm_tokenizer import train_lm_tokenizer
 from mmcl.models.bridges.cogvlm import CogVLM, CogVLMConfig
 from mmcl.models.bridges.llava import Llava
-from mmcl.models.factory import create_model, load
+from mmcl.models.factory import load
 from mmcl.nn.visual_expert import copy_language_weights_to_expert
 from mmcl.recipe_bridges import conversation_trainer
 from mmcl.train import FitResult
-from mmcl.train.bridges import DEFAULT_LM, vision_dict
+from mmcl.train.bridges import clip_tower, load_clip_tower, new_tokenizer_and_lm, vision_dict
 from mmcl.train.run_folder import resume_checkpoint
 
 PARTS = ("visual", "projector", "visual_expert", "language_model")
@@ -126,16 +124,8 @@ def build_cogvlm(spec: dict[str, Any], source: str, template: ChatTemplate | Non
         assert not loaded.unexpected_keys and all(".expert." in k for k in loaded.missing_keys)
         copy_language_weights_to_expert(model.language_model)
         return model, tokenizer
-    texts = scene_tokenizer_text(spec.pop("tokenizer_text_size", 1000), template)
-    tokenizer = train_lm_tokenizer(texts, spec.pop("vocab_size", 512))
-    tower = create_model(spec.pop("tower", "tiny-vit")).config
-    lm = {**DEFAULT_LM, **spec.pop("lm", {})}
-    lm.update(
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    tokenizer, lm = new_tokenizer_and_lm(spec, template)
+    tower, clip = clip_tower(spec, source)
     config = {
         "cogvlm_vision": vision_dict(tower.vision_cfg),
         "language_model": lm,
@@ -144,12 +134,8 @@ def build_cogvlm(spec: dict[str, Any], source: str, template: ChatTemplate | Non
         "image_token_id": tokenizer.convert_tokens_to_ids("<image>"),
     }
     model = CogVLM(CogVLMConfig.from_dict(config, source))
-    pretrained = spec.pop("tower_pretrained", None)
-    if pretrained is not None:
-        clip = create_model(pretrained=pretrained)
-        model.visual.load_state_dict(
-            {k: v for k, v in clip.visual.state_dict().items() if k != "proj"}
-        )
+    if clip is not None:
+        load_clip_tower(model.visual, clip)
     return model, tokenizer
 
 

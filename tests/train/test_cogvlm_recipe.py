@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from safetensors import safe_open
 
@@ -13,6 +14,7 @@ from greedy_decoding import greedy_by_full_forwards
 from mmcl.cli import main
 from mmcl.data.chat_template import ChatTemplate, ConversationEncoder
 from mmcl.data.images import load_image
+from mmcl.io.checkpoints import save_safetensors
 from mmcl.models.bridges.cogvlm import CogVLM
 from mmcl.recipe_cogvlm import build_cogvlm
 from tiny_llava import image_file, llava_folder
@@ -118,3 +120,16 @@ def test_init_from_a_llava_folder_takes_its_tower_lm_and_tokenizer_and_copies_th
     for key, value in model.language_model.state_dict().items():
         if ".expert." in key:
             assert torch.equal(value, model.language_model.state_dict()[key.replace(".expert", "")])
+
+
+def test_a_new_cogvlm_takes_a_pretrained_towers_shape_and_weights(tmp_path):
+    # As LLaVA's: a 3-layer CLIP is not the 2-layer default; the weights decide the tower.
+    clip = mmcl.create_model("tiny-vit", vision_cfg={"layers": 3, "width": 64})
+    path = save_safetensors(clip, tmp_path / "clip.safetensors")
+    spec = {"tower_pretrained": str(path), "vocab_size": 200, "tokenizer_text_size": 40}
+    lm = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1}
+    model, _ = build_cogvlm({**spec, "lm": {**lm, "num_attention_heads": 2}}, "test")
+    assert len(model.visual.transformer.resblocks) == 3
+    assert torch.equal(model.visual.conv1.weight, clip.visual.conv1.weight)
+    with pytest.raises(ValueError, match=r"not model.tower tiny-vit's .*drop model.tower"):
+        build_cogvlm({**spec, "tower": "tiny-vit"}, "test")

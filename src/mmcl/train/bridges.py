@@ -72,7 +72,10 @@ def save_huggingface_folder(model, tokenizer, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def _new_llava(spec: dict[str, Any], source: str, tokenizer, lm: dict[str, Any]) -> Llava:
+def clip_tower(spec: dict[str, Any], source: str):
+    """`(tower config, CLIP or None)` from `spec["tower"]` (a config name, tiny-vit by default)
+    or `spec["tower_pretrained"]` (a CLIP's weights, which bring their tower's shape); both
+    entries are removed from `spec`."""
     pretrained = spec.pop("tower_pretrained", None)
     name = spec.pop("tower", None)
     clip = None if pretrained is None else create_model(pretrained=pretrained)
@@ -82,16 +85,41 @@ def _new_llava(spec: dict[str, Any], source: str, tokenizer, lm: dict[str, Any])
             f"not a CLIP (e.g. runs/scenes-vit/model.safetensors)"
         )
     if clip is None:
-        tower = create_model(name or "tiny-vit").config
-    else:  # the weights bring their tower's shape (e.g. scenes-vit's 4 layers)
-        tower = clip.config
-        named = None if name is None else vision_dict(create_model(name).config.vision_cfg)
-        if named is not None and named != vision_dict(tower.vision_cfg):
-            raise ValueError(
-                f"{source}: model.tower_pretrained {pretrained} holds a tower "
-                f"{vision_dict(tower.vision_cfg)}, not model.tower {name}'s {named}; "
-                f"drop model.tower (--set model.tower=null)"
-            )
+        return create_model(name or "tiny-vit").config, None
+    tower = clip.config  # e.g. scenes-vit's 4 layers
+    named = None if name is None else vision_dict(create_model(name).config.vision_cfg)
+    if named is not None and named != vision_dict(tower.vision_cfg):
+        raise ValueError(
+            f"{source}: model.tower_pretrained {pretrained} holds a tower "
+            f"{vision_dict(tower.vision_cfg)}, not model.tower {name}'s {named}; "
+            f"drop model.tower (--set model.tower=null)"
+        )
+    return tower, clip
+
+
+def load_clip_tower(visual: torch.nn.Module, clip) -> None:
+    """Copy a CLIP's image tower into a bridge's (the bridge reads patch tokens: no `proj`)."""
+    visual.load_state_dict({k: v for k, v in clip.visual.state_dict().items() if k != "proj"})
+
+
+def new_tokenizer_and_lm(spec: dict[str, Any], template=None):
+    """`(tokenizer, LM config dict)` for a new bridge: the tokenizer trained on the built-in
+    scene text and `template`'s words, the LM `DEFAULT_LM` updated by `spec["lm"]`, sized to
+    the tokenizer; the entries used are removed from `spec`."""
+    texts = scene_tokenizer_text(spec.pop("tokenizer_text_size", 1000), template)
+    tokenizer = train_lm_tokenizer(texts, spec.pop("vocab_size", 512))
+    lm = {**DEFAULT_LM, **spec.pop("lm", {})}
+    lm.update(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return tokenizer, lm
+
+
+def _new_llava(spec: dict[str, Any], source: str, tokenizer, lm: dict[str, Any]) -> Llava:
+    tower, clip = clip_tower(spec, source)
     config = LlavaConfig.from_dict(
         {
             "llava_vision": vision_dict(tower.vision_cfg),
@@ -104,8 +132,7 @@ def _new_llava(spec: dict[str, Any], source: str, tokenizer, lm: dict[str, Any])
     )
     model = Llava(config)
     if clip is not None:
-        weights = {k: v for k, v in clip.visual.state_dict().items() if k != "proj"}
-        model.visual.load_state_dict(weights)
+        load_clip_tower(model.visual, clip)
     return model
 
 
@@ -211,15 +238,7 @@ def build_bridge(bridge: Bridge, spec: dict[str, Any], source: str, template=Non
                 f"{bridge.model_class.__name__} (model.kind); give that kind's folder"
             )
         return model, AutoTokenizer.from_pretrained(folder)
-    texts = scene_tokenizer_text(spec.pop("tokenizer_text_size", 1000), template)
-    tokenizer = train_lm_tokenizer(texts, spec.pop("vocab_size", 512))
-    lm = {**DEFAULT_LM, **spec.pop("lm", {})}
-    lm.update(
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    tokenizer, lm = new_tokenizer_and_lm(spec, template)
     return bridge.build(spec, source, tokenizer, lm), tokenizer
 
 
