@@ -138,7 +138,8 @@ def test_ask_answers_from_the_folder_a_llava_recipe_writes(tmp_path, capsys):
     ids = torch.tensor([encoder.encode_prompt([], f"<image>\n{FIRST}")])
     new = model.generate(ids, preprocess(load_image(image))[None], max_new_tokens=5)
     expected = tokenizer.decode(new[0], skip_special_tokens=True).strip()
-    assert expected and capsys.readouterr().out.splitlines() == [expected]
+    # a random model's answer may hold a newline: compare the whole output
+    assert expected and capsys.readouterr().out == f"{expected}\n"
 
 
 def test_ask_with_beams_prints_the_answer_of_hf_generate_num_beams(tiny, capsys):

@@ -1,5 +1,5 @@
-"""The llava-scenes recipes on the engine: stage 1 trains only the projector, stage 2 the
-projector and the LM; frozen parts stay out of the optimizer and unchanged."""
+"""The llava-scenes recipes on the engine: stage 1 trains only the projector, stage 2 the tower,
+the projector and the LM; frozen parts stay out of the optimizer and unchanged."""
 
 from __future__ import annotations
 
@@ -76,9 +76,32 @@ def test_stage_one_then_stage_two_train_what_they_say(tmp_path):
     result = run_recipe(stage2)
     assert set(result.metrics) >= {"vqa/overall", "vqa/colour"}
     after_two = mmcl.load(tmp_path / "two" / "hf")[0]
-    assert _equal(_state(after_one, "visual"), _state(after_two, "visual"))
-    for part in ("projector", "language_model"):
+    for part in ("visual", "projector", "language_model"):  # stage 2 trains the tower too
         assert not _equal(_state(after_one, part), _state(after_two, part)), part
+
+
+def test_the_shipped_tower_sees_a_grid_of_4x4_patches():
+    recipe = load_recipe("llava-scenes-stage1", TINY)
+    spec = {k: v for k, v in recipe.model.items() if k not in ("kind", "trainable")}
+    model, tokenizer = build_llava(spec, "test", ChatTemplate(system=""))
+    # 32x32 images cut into 4x4 patches: an 8 x 8 grid, one image token a patch
+    assert model.tokens_per_image == (32 // 4) ** 2
+    images = torch.zeros(1, 3, 32, 32)
+    ids = torch.tensor([[model.image_token_id] * 64 + [tokenizer.eos_token_id]])
+    assert model(ids, images).logits.shape[1] == 65
+
+
+def test_a_pretrained_tower_replaces_the_recipes_tower_when_it_is_dropped(tmp_path):
+    clip = mmcl.create_model("tiny-vit", vision_cfg={"layers": 3, "width": 64})
+    path = save_safetensors(clip, tmp_path / "clip.safetensors")
+    recipe = load_recipe("llava-scenes-stage1", [*TINY, f"model.tower_pretrained={path}"])
+    spec = {k: v for k, v in recipe.model.items() if k not in ("kind", "trainable")}
+    with pytest.raises(ValueError, match="drop model.tower"):
+        build_llava(dict(spec), "test")
+    spec["tower"] = None  # --set model.tower=null
+    model, _ = build_llava(spec, "test")
+    assert model.tokens_per_image == (32 // 8) ** 2  # tiny-vit's 8x8 patches
+    assert torch.equal(model.visual.conv1.weight, clip.visual.conv1.weight)
 
 
 def test_a_pretrained_tower_brings_its_own_shape_and_weights(tmp_path):

@@ -73,7 +73,8 @@ def pretrained_scene_bridge(
     stage1, stage2 = list(overrides[0]), list(overrides[1])
     if tower_steps is not None:
         tower = pretrained_scene_model(tower_steps or None, progress)
-        stage1.append(f"model.tower_pretrained={tower}")
+        # the weights bring their tower's shape: the recipe's own model.tower gives way
+        stage1 += [f"model.tower_pretrained={tower}", "model.tower=null"]
     # "warmup=recipe": bridges cached before the warmup followed the recipes' differ.
     key = f"{texts}|{steps}|{stage1}|{stage2}|warmup=recipe"
     key = hashlib.sha256(key.encode()).hexdigest()[:12]
