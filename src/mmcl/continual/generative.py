@@ -41,10 +41,23 @@ def check_bridge(model, method, stream, tokenizer) -> None:
 
 
 def conversation_encoder(model, tokenizer, max_length: int | None = None):
-    from mmcl.data.chat_template import ConversationEncoder
+    from mmcl.data.chat_template import (
+        ChatTemplate,
+        ConversationEncoder,
+        TemplateMismatchError,
+        system_text,
+    )
 
+    # The system text the bridge was trained with, as its folder's chat template records it
+    # (the llava-scenes recipes train with none, and their tokenizer cannot spell Vicuna's);
+    # a tokenizer without a LLaVA-layout template keeps Vicuna's default.
+    try:
+        system = system_text(tokenizer)
+    except TemplateMismatchError:
+        system = None
+    template = ChatTemplate() if system is None else ChatTemplate(system=system)
     return ConversationEncoder(
-        tokenizer, model.image_token_id, model.tokens_per_image, max_length=max_length
+        tokenizer, model.image_token_id, model.tokens_per_image, template, max_length=max_length
     )
 
 
