@@ -113,9 +113,10 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--functions", default=",".join(FUNCTIONS), help="vqa-functions tasks")
     parser.add_argument("--tasks", default=None, help="instructions tasks (default: all five)")
     parser.add_argument("--data-root", default=None, help="folder holding CIFAR-10 and MNIST")
-    # 100 x 16 at 1e-4: fine-tuning gains on what it can learn (position, comparison) and
-    # then forgets; 20 x 8 at 1e-3 mostly damaged the bridge, every task at once (the
-    # README has both budgets' tables).
+    # 100 x 16 at 1e-4: fine-tuning gains on what it can learn and then forgets; 20 x 8 at
+    # 1e-3 mostly damaged a briefly pre-trained bridge, every task at once. From the
+    # llava-scenes bridge, 1e-4 moves vqa-functions (already known to it) little and 1e-3
+    # separates the methods there (the README has both).
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps per task")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-4)

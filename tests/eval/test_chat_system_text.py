@@ -114,3 +114,12 @@ def test_the_chat_template_renders_the_training_layout_for_transformers(folder):
     ids = list(getattr(ids, "input_ids", ids))
     first = [1, BE, BRIEF, USER, WHAT, COLOUR, ASSISTANT, RED, 2]
     assert ids == first + [USER, WHAT, COLOUR, ASSISTANT]
+
+
+def test_continual_runs_encode_with_the_folders_system_text(folder):
+    from mmcl.continual.generative import conversation_encoder, starting_bridge
+
+    model, tokenizer = starting_bridge(str(folder[0]))
+    encoder = conversation_encoder(model, tokenizer)
+    encoded = encoder.encode(Conversation("a", "a.png", (("<image>\nwhat colour?", "red"),)))
+    assert encoded.input_ids == [1, BE, BRIEF, USER, *[IMAGE] * 4, WHAT, COLOUR, ASSISTANT, RED, 2]

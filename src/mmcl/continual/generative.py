@@ -42,10 +42,19 @@ def check_bridge(model, method, stream, tokenizer) -> None:
 
 def conversation_encoder(model, tokenizer, max_length: int | None = None):
     """The chat template the bridge was trained with: the system text its folder records
-    (the llava-scenes recipes train without one), else Vicuna's."""
-    from mmcl.data.chat_template import ChatTemplate, ConversationEncoder, system_text
+    (the llava-scenes recipes train without one, and their tokenizer cannot spell Vicuna's),
+    else Vicuna's (no template, or one of another layout than LLaVA-1.5's)."""
+    from mmcl.data.chat_template import (
+        ChatTemplate,
+        ConversationEncoder,
+        TemplateMismatchError,
+        system_text,
+    )
 
-    system = system_text(tokenizer)
+    try:
+        system = system_text(tokenizer)
+    except TemplateMismatchError:
+        system = None
     template = ChatTemplate() if system is None else ChatTemplate(system=system)
     return ConversationEncoder(
         tokenizer, model.image_token_id, model.tokens_per_image, template, max_length=max_length
