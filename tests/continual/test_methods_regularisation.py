@@ -319,6 +319,29 @@ def test_zscl_weight_average_is_the_mean_of_the_sampled_weights_and_resumes_exac
     assert method.state_dict()["average"] is None  # nothing left to carry across tasks
 
 
+def test_zscl_warns_when_a_tasks_average_holds_only_its_start_and_first_step(recwarn):
+    # 5 steps at average_every=100: the average folds in step 0 only, (start + step 0) / 2,
+    # so the task ends next to its start; a tenth of the steps (here 1) is what to set.
+    for every, warned in ((100, True), (1, False)):
+        model = nn.Linear(3, 2)
+        method = ZSCL(average_every=every)
+        method.teacher = model
+        method.before_task(None, model, None)
+        for step in range(5):
+            nudge(model, scale=1.0)
+            method.after_optimizer_step(SimpleNamespace(step=step, model=model))
+        if every == 100:  # the count survives a checkpoint
+            resumed = ZSCL(average_every=every)
+            resumed.load_state_dict(reloaded(method.state_dict()))
+            assert resumed.task_steps == 5
+        recwarn.clear()
+        method.after_task(None, model, None)
+        messages = [str(w.message) for w in recwarn.list]
+        assert any("holds 2 weights of its 5 steps" in m for m in messages) == warned, messages
+        if warned:
+            assert any("set average_every to about 1" in m for m in messages)
+
+
 def reloaded(state):
     """`state` saved and loaded again the way the engine loads checkpoints (weights only)."""
     buffer = io.BytesIO()

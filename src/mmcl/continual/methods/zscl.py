@@ -40,12 +40,15 @@ and takes in the weights every `average_every` optimizer steps (after steps 1, 1
 Parameters only: buffers (BatchNorm statistics) keep their last value, and parameters frozen
 for the task leave the average at its first update (their mean is themselves), so checkpoints
 of a run with a locked tower stay small. The average is part of the state, so resuming inside
-a task is exact.
+a task is exact. A task of fewer than `average_every` + 2 steps averages its start with its first
+step only, which undoes the task: the method warns then (take `average_every` near a tenth
+of a task's steps, as the paper's 100 of 1,000).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -100,6 +103,7 @@ class ZSCL(Method):
         self._encoder = None
         self.average: dict[str, torch.Tensor] | None = None
         self.members = 0  # weights in the average
+        self.task_steps = 0  # optimizer steps in the current task
 
     def setup(self, model, run) -> None:
         self.teacher = None  # the initial weights are known once every method has set up
@@ -132,6 +136,7 @@ class ZSCL(Method):
             self.teacher = run.initial_model(model)
         self.average = {n: p.detach().clone() for n, p in _floating_parameters(model)}
         self.members = 1
+        self.task_steps = 0
 
     def reference_batch(self, draw: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Images and caption tokens of reference batch number `draw` (a function of it)."""
@@ -176,6 +181,7 @@ class ZSCL(Method):
         return {"zscl": self.lambda_ * t**2 * loss}
 
     def after_optimizer_step(self, trainer) -> None:
+        self.task_steps += 1
         # trainer.step counts the steps before this one: 0, I, 2I, ... as in the paper.
         if self.average is None or trainer.step % self.average_every:
             return
@@ -193,6 +199,15 @@ class ZSCL(Method):
         self.members += 1
 
     def after_task(self, task, model, run) -> None:
+        if self.average is not None and self.members <= 2 < self.task_steps:
+            # The task's start and its first step only: the task's training is averaged away.
+            warnings.warn(
+                f"zscl: the weight average of this task holds {self.members} weights of its "
+                f"{self.task_steps} steps (average_every={self.average_every}), so the model "
+                f"ends the task next to where it began; set average_every to about "
+                f"{max(1, self.task_steps // 10)} (a tenth of the steps, as in the paper)",
+                stacklevel=2,
+            )
         if self.average is not None:
             with torch.no_grad():
                 for name, parameter in _floating_parameters(model):
@@ -201,13 +216,19 @@ class ZSCL(Method):
         self.average, self.members = None, 0
 
     def state_dict(self):
-        return {"draws": self.draws, "average": self.average, "members": self.members}
+        return {
+            "draws": self.draws,
+            "average": self.average,
+            "members": self.members,
+            "task_steps": self.task_steps,
+        }
 
     def load_state_dict(self, state) -> None:
         self.draws = int(state.get("draws", 0))
         average = state.get("average")
         self.average = None if average is None else dict(average)
         self.members = int(state.get("members", 0))
+        self.task_steps = int(state.get("task_steps", 0))
 
     def __repr__(self) -> str:
         return (
