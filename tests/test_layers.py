@@ -19,7 +19,7 @@ LAYERS = (
     ("data",),
     ("train",),
     ("eval",),
-    ("recipe", "recipe_bridges", "recipe_cogvlm"),
+    ("recipe", "recipe_bridges", "recipe_cogvlm", "recipe_blip_vqa"),
     ("continual",),
     ("cli", "commands", "serve", "demo", "mmcl"),  # the faces; "mmcl": the package's __init__
 )
@@ -33,6 +33,7 @@ RANK = {
     "recipe": 5,
     "recipe_bridges": 5,
     "recipe_cogvlm": 5,
+    "recipe_blip_vqa": 5,
     "continual": 6,
     "cli": 7,
     "commands": 7,

@@ -260,6 +260,10 @@ def run_recipe(
         from mmcl.recipe_cogvlm import run_cogvlm_recipe
 
         return run_cogvlm_recipe(recipe)
+    if recipe.model.get("kind") == "blip_vqa":  # BLIP's VQA fine-tuning: its own recipe
+        from mmcl.recipe_blip_vqa import run_blip_vqa_recipe
+
+        return run_blip_vqa_recipe(recipe)
     if "kind" in recipe.model:  # a bridge into an LM (mmcl.train.bridges.BRIDGES)
         from mmcl.recipe_bridges import run_bridge_recipe
 

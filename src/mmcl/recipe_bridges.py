@@ -47,7 +47,7 @@ from mmcl.data.chat_template import VICUNA_SYSTEM, ChatTemplate, ConversationEnc
 from mmcl.data.conversation_batches import ConversationCollate, EncodedConversations
 from mmcl.data.conversations import ConversationImages
 from mmcl.data.scene_conversations import SceneConversations
-from mmcl.eval.scene_vqa import SceneVQASuite
+from mmcl.eval.scene_vqa import ChatAnswerer, SceneVQASuite
 from mmcl.io.atomic import atomic_folder
 from mmcl.io.transforms import image_transform
 from mmcl.models.bridges.llava import Llava
@@ -126,7 +126,7 @@ def conversation_trainer(
     spec_eval = dict(recipe.eval)
     if "vqa_size" in spec_eval:
         evaluate = SceneVQASuite(
-            encoder,
+            ChatAnswerer(encoder),
             spec_eval.pop("scene_split", "test"),
             spec_eval.pop("vqa_size"),
             model.image_size,

@@ -165,3 +165,24 @@ def test_greedy_captions_after_a_prompt_equal_huggingface_generate(tmp_path):
     assert got[:, 0].tolist() == [DEC, DEC]  # the start token became [DEC], as in HF
     for row_got, row_expected in zip(got.tolist(), expected.tolist(), strict=True):
         assert [t for t in row_got if t] == [t for t in row_expected if t]
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_answers_equal_huggingface_generate(tmp_path, beams):
+    hf = hf_model("BlipForQuestionAnswering", seed=5)
+    ours = saved(hf, tmp_path / "hf")
+    images, question, question_mask = inputs(2)
+    question, question_mask = question[:, :3], question_mask[:, :3]  # unpadded: see above
+    with torch.no_grad():
+        expected = hf.generate(
+            input_ids=question,
+            pixel_values=images,
+            attention_mask=question_mask,
+            do_sample=False,
+            num_beams=beams,
+            max_new_tokens=6,
+        )
+    got = ours.answer(images, question, max_new_tokens=6, beams=beams).tokens
+    assert got[:, 0].tolist() == [DEC, DEC]
+    for row_got, row_expected in zip(got.tolist(), expected.tolist(), strict=True):
+        assert [t for t in row_got if t] == [t for t in row_expected if t]

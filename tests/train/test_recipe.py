@@ -35,6 +35,9 @@ def test_shipped_recipes_parse(name):
     ):  # into an LM: tests/train/test_*_recipe(s).py
         assert recipe.data["kind"] in ("scene_conversations", "llava_json")
         return
+    if recipe.model.get("kind") == "blip_vqa":  # tests/train/test_blip_vqa_recipe.py
+        assert recipe.data["kind"] == "scene_conversations" and recipe.data["max_turns"] == 1
+        return
     assert recipe.model["name"] in mmcl.available_models()
     assert recipe.data["kind"] in ("scenes", "csv", "folder", "dataset", "shards")
 

@@ -32,7 +32,7 @@ from torch.nn import functional as F
 
 from mmcl.models.blip_config import BlipConfig, BlipTextConfig, BlipVisionConfig
 from mmcl.nn import BertEmbeddings, BertEncoder, BertLMHead, KVCache, LayerNorm, Transformer
-from mmcl.nn.generation import Captioner
+from mmcl.nn.generation import Captioner, Generated, generate
 from mmcl.nn.masks import key_padding_mask
 
 INITIAL_TEMPERATURE = 0.07  # BLIP's `temp`: learned, clamped to [0.001, 0.5] in training
@@ -166,6 +166,7 @@ class Blip(nn.Module, Captioner):
         texts: torch.Tensor,
         negatives: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
         caption_texts: torch.Tensor | None = None,
+        answers: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Normalised ITC features of both, and ITM logits of each pair (row i with row i).
 
@@ -175,8 +176,13 @@ class Blip(nn.Module, Captioner):
         length)`` for each image and a negative image's tokens for each text (e.g. drawn from
         every rank's), "itm_logits" are ``(3 * batch, 2)``: the pairs, each image with its
         negative text, each text with its negative image. With `caption_texts`,
-        "caption_logits" are the decoder's over them (`caption_logits`)."""
+        "caption_logits" are the decoder's over them (`caption_logits`).
+
+        VQA training, also one call: with `answers`, `texts` are the questions and the only
+        output is "answer_logits" (`answer_logits`); a VQA model holds no ITC or ITM parts."""
         image_tokens = self.visual(images)
+        if answers is not None:
+            return {"answer_logits": self.answer_logits(image_tokens, texts, answers)}
         image_features = F.normalize(self._part("vision_proj")(image_tokens[:, 0]), dim=-1)
         text_features = self.encode_text(texts, normalize=True)
         itm_images, itm_texts = image_tokens, texts
@@ -218,12 +224,62 @@ class Blip(nn.Module, Captioner):
         Hugging Face's `BlipForQuestionAnswering` does not replace its start token). The
         question's padding is masked from the decoder, as BLIP does; transformers 5.24 lets
         its decoder attend to it, so padded batches differ from its outputs there."""
-        question_mask = self._padding(question)
-        question_states = self._part("text_encoder")(question, question_mask, image_tokens)
+        question_states, question_mask = self._question_states(image_tokens, question)
         answer = _with_start(answer, self.config.blip_text.dec_id)
         decoder = self._part("text_decoder")
         states = decoder(answer, self._padding(answer), question_states, question_mask, causal=True)
         return decoder.lm_head(states)
+
+    @torch.no_grad()
+    def answer(
+        self,
+        images: torch.Tensor,
+        question: torch.Tensor,
+        max_new_tokens: int = 10,
+        beams: int = 1,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Generated:
+        """VQA answers of the decoder, from [DEC] up to [SEP], over the image-grounded encoding
+        of `question` ``(batch, length)`` (as given, as in `answer_logits`: BLIP's fine-tuning
+        starts it with [ENC]); greedy by default, beam search with ``beams > 1``, nucleus
+        sampling with `top_p`. The question is encoded once; `tokens` start with [DEC]."""
+        text = self.config.blip_text
+        states, mask = self._question_states(self.visual(images), question)
+        if mask is None:  # one tuple of tensors with the rows first, for the loop's `select`
+            mask = torch.ones(len(question), 1, 1, question.shape[1], dtype=torch.bool)
+        cache = KVCache()
+        cache.put(self._part("text_encoder"), (states, mask.to(states.device)))
+        start = torch.full((len(question), 1), text.dec_id, device=question.device)
+        return generate(
+            self.answer_step,
+            start,
+            cache,
+            max_new_tokens,
+            text.sep_id,
+            text.pad_id,
+            beams,
+            top_p=top_p,
+            generator=generator,
+        )
+
+    def answer_step(self, new_tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """`answer`'s step of the generation loop: next-token logits ``(rows, vocab)``."""
+        offset = cache.advance(new_tokens)
+        states, question_mask = cache.constant(self._part("text_encoder"), _no_question)
+        decoder = self._part("text_decoder")
+        mask = self._padding(cache.tokens)  # as `caption_step`: padding in the history
+        out = decoder(
+            new_tokens, mask, states, question_mask, causal=True, cache=cache, offset=offset
+        )
+        return decoder.lm_head(out[:, -1])
+
+    def _question_states(
+        self, image_tokens: torch.Tensor, question: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The image-grounded encoder's states of `question` and its padding mask (or None)."""
+        question_mask = self._padding(question)
+        return self._part("text_encoder")(question, question_mask, image_tokens), question_mask
 
     def caption_prompt(
         self, images: torch.Tensor, prompt: torch.Tensor | None = None
@@ -302,6 +358,10 @@ def _refuse_untied_weights(module: Blip, state_dict, prefix: str, *_) -> None:
                 f"which this BLIP shares (share_text_weights); load it into a model whose config "
                 f"says share_text_weights: false"
             )
+
+
+def _no_question():
+    raise ValueError("answer_step needs the cache that Blip.answer fills with the question")
 
 
 def _with_start(tokens: torch.Tensor, start_id: int) -> torch.Tensor:
