@@ -7,8 +7,8 @@ residual addition each cost another pass over the output. Here each weight is re
 applied while the output tile is still in registers: by mmcl's AMX kernel
 (`mmcl.nn.kernels.linear`) where it was built and the sizes are multiples of 32, by oneDNN
 otherwise. Float32 weights are packed for oneDNN only where `accelerate` is asked to
-(``pack_fp32``): PyTorch's float32 matmul goes to another library (MKL), whose sums oneDNN's
-do not equal bit for bit.
+(``pack_fp32``), and used in calls of 4 rows or more: PyTorch's float32 matmul goes to
+another library (MKL), whose sums oneDNN's do not equal bit for bit.
 
 Every module here computes exactly what the module it replaces computes; where its shortcut
 does not apply (another dtype or device, gradients being recorded, training, `torch.compile`)
