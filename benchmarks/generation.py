@@ -7,11 +7,11 @@
 One run, one table. A `LlavaForConditionalGeneration` and a `Blip2ForConditionalGeneration`
 are built from random configs (every parameter moved off its constant initialisation), saved
 with `save_pretrained`, and both libraries load each folder: Hugging Face with
-`from_pretrained`, mmcl with `mmcl.load`, in fp32 and with bf16 weights (no autocast). In bf16
-mmcl's model is then `mmcl.nn.accelerate`d with ``foreign_linears=True`` (the tower's modules
-swapped, and the LM's `nn.Linear` layers packed once for oneDNN); in fp32 it runs as loaded
-(accelerate's shortcuts are bf16 ones, and oneDNN's packed float32 sums would not equal
-PyTorch's own bit for bit).
+`from_pretrained`, mmcl with `mmcl.load`, in fp32 and with bf16 weights (no autocast). mmcl's
+model is then `mmcl.nn.accelerate`d with ``foreign_linears=True`` (the tower's modules
+swapped, and the LM's `nn.Linear` layers packed once for oneDNN), in fp32 with
+``pack_fp32=True`` too (float32 calls of 4 rows or more packed; oneDNN's float32 sums are not
+PyTorch's bit for bit, so the fp32 check below is what says the tokens stay the same).
 
 Each row decodes greedily from the same prompt (LLaVA: the start token, the image's
 placeholders, 12 text tokens; BLIP-2: the placeholders, the start token, 12 text tokens) with
@@ -140,8 +140,7 @@ def load_pair(kind: str, source, folder: Path, precision: str):
     theirs = type(source).from_pretrained(folder, dtype=DTYPES[precision]).eval()
     theirs.generation_config.eos_token_id = None  # no end token: every row runs its length
     ours = mmcl.load(folder, precision=precision)[0].eval().requires_grad_(False)
-    if precision == "bf16":
-        accelerate(ours, foreign_linears=True)
+    accelerate(ours, foreign_linears=True, pack_fp32=precision == "fp32")
     return theirs, ours
 
 

@@ -6,7 +6,8 @@ Promises checked here, each against the plain (un-accelerated) computation:
   rows (no key allowed) included: to float32 rounding with ``pack_fp32``, to bf16 rounding in
   bf16;
 - by default a float32 model stays bit-equal to the plain one (nothing packed);
-- with ``pack_fp32`` a BLIP's captions (greedy and beam) are the plain model's, token for token.
+- with ``pack_fp32`` a BLIP's captions (greedy and beam) are the plain model's, token for token;
+- a packed float32 linear layer leaves calls of fewer than 4 rows to `F.linear` (bit-equal).
 """
 
 import copy
@@ -16,8 +17,10 @@ from torch import nn
 
 from mmcl.models.blip import Blip
 from mmcl.models.blip_config import BlipConfig
-from mmcl.nn import KVCache, MultiheadAttention, accelerate
+from mmcl.nn import KVCache, MultiheadAttention, accelerate, fast_linear
+from mmcl.nn.cpu_support import onednn_bf16, onednn_fp32
 from mmcl.nn.fast_blocks import FastAttention
+from mmcl.nn.fast_linear import PackedLinear
 
 TINY_BLIP = {
     "blip_vision": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "heads": 2},
@@ -123,3 +126,33 @@ def test_pack_fp32_blip_captions_equal_the_plain_models_greedy_and_beam():
         got = fast.generate(images, max_new_tokens=8, beams=beams)
         assert torch.equal(got.tokens, wanted.tokens)
         torch.testing.assert_close(got.scores, wanted.scores, atol=1e-4, rtol=0)
+
+
+def test_packed_fp32_linear_leaves_calls_of_few_rows_to_pytorch(monkeypatch):
+    # oneDNN's packed float32 matmul of one or two rows is slower than F.linear: below
+    # FP32_PACKED_MIN_ROWS rows the layer computes exactly what nn.Linear does.
+    torch.manual_seed(0)
+    layer = nn.Linear(32, 64).eval().requires_grad_(False)
+    plain = copy.deepcopy(layer)
+    fast = accelerate(nn.Sequential(layer).eval(), pack_fp32=True)[0]
+    assert type(fast) is PackedLinear
+    packed_rows = []
+    real = fast_linear.packed_linear
+
+    def counted(x, *rest):
+        packed_rows.append(x.numel() // x.shape[-1])
+        return real(x, *rest)
+
+    monkeypatch.setattr(fast_linear, "packed_linear", counted)
+    assert fast_linear.FP32_PACKED_MIN_ROWS == 4
+    with torch.no_grad():
+        for shape in ((1, 32), (3, 32), (1, 3, 32), (4, 32), (2, 5, 32)):
+            x = torch.randn(shape)
+            got, wanted = fast(x), plain(x)
+            if x.numel() < 4 * 32:
+                assert torch.equal(got, wanted)
+            else:
+                torch.testing.assert_close(got, wanted, atol=1e-5, rtol=1e-5)
+        bf16 = copy.deepcopy(fast).to(torch.bfloat16)
+        bf16(torch.randn(1, 32).to(torch.bfloat16))  # bf16: packed whatever the rows
+    assert packed_rows == ([4, 10, 1] if onednn_fp32() else [1] if onednn_bf16() else [])

@@ -222,3 +222,16 @@ def test_tracked_entries_follow_every_select_beam_reorders_included():
     cache.select(torch.tensor([2, 3]))  # input 0 done: its rows dropped
     assert cache.tracked("rows")[0].tolist() == [3, 3]
     assert cache.constant("image", lambda: None).tolist() == [20, 20]
+
+
+def test_greedy_takes_the_first_of_equal_maxima_as_argmax_does():
+    # Hugging Face's greedy search is argmax (the first of equal maxima); bf16 logits tie often.
+    def step(tokens, cache):
+        cache.advance(tokens)
+        logits = torch.zeros(len(tokens), 7)
+        logits[:, [5, 2, 4]] = torch.tensor([1.0, 3.0, 3.0])  # 2 and 4 tie
+        logits[1, 6] = 3.0  # row 1: 2, 4 and 6 tie
+        return logits
+
+    out = generate(step, torch.zeros(2, 1, dtype=torch.long), KVCache(), 3, end_token=9)
+    assert out.tokens[:, 1:].tolist() == [[2, 2, 2], [2, 2, 2]]

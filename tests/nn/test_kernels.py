@@ -206,8 +206,9 @@ def bf16_model(name: str) -> torch.nn.Module:
 def test_a_kernel_that_disagrees_with_pytorch_is_not_used(fresh_kernels, monkeypatch):
     monkeypatch.setattr(kernels, "amx_available", lambda: True)
     wrong = lambda qkv, heads, causal: torch.zeros_like(qkv[..., : qkv.shape[-1] // 3])  # noqa: E731
-    ops = {"short_attention": wrong, "linear": object()}
+    ops = {"short_attention": wrong, "linear": object(), "decode_attention": object()}
     monkeypatch.setattr(kernels, "_agrees_with_linear", lambda op: True)
+    monkeypatch.setattr(kernels, "_agrees_with_attend", lambda op: True)
     monkeypatch.setattr(kernels, "_compiled", lambda timeout: ops)
     with pytest.warns(RuntimeWarning, match="disagrees with scaled_dot_product_attention"):
         kernels.build()

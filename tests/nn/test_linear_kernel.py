@@ -160,9 +160,9 @@ def test_a_disagreeing_linear_kernel_is_not_used_and_models_still_run(fresh_kern
     monkeypatch.setattr(kernels, "amx_available", lambda: True)
     zeros = lambda x, tiles, *rest: x.new_zeros(*x.shape[:-1], 32 * len(tiles))  # noqa: E731
     monkeypatch.setattr(kernels, "_agrees_with_sdpa", lambda op: True)
-    monkeypatch.setattr(
-        kernels, "_compiled", lambda timeout: {"short_attention": None, "linear": zeros}
-    )
+    monkeypatch.setattr(kernels, "_agrees_with_attend", lambda op: True)
+    ops = {"short_attention": None, "linear": zeros, "decode_attention": None}
+    monkeypatch.setattr(kernels, "_compiled", lambda timeout: ops)
     plain = mmcl.create_model("tiny-vit", precision="bf16").requires_grad_(False)
     model = mmcl.create_model("tiny-vit", precision="bf16").requires_grad_(False)
     model.load_state_dict(plain.state_dict())

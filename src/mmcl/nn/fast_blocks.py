@@ -2,8 +2,9 @@
 swaps in (the linear layers: `mmcl.nn.fast_linear`).
 
 - Attention with masks, contexts and a KV cache (CPU bf16; float32 with ``pack_fp32``): the
-  projections packed once, and plain matmuls in place of flash attention for a decoding
-  step's one query a row.
+  projections packed once, and for a decoding step's one query a row mmcl's kernel
+  (`mmcl.nn.kernels.decode_attention`, where built) or plain matmuls in place of flash
+  attention.
 - Self-attention (CPU bf16): the fused QKV weight packed once, and mmcl's AMX kernel for short
   sequences (`mmcl.nn.kernels.short_attention`, up to 320 tokens) in place of PyTorch's flash
   attention, which is built for long ones.
@@ -180,12 +181,16 @@ class FastAttention(InferenceOnly, MultiheadAttention):
         causal: bool,
     ) -> torch.Tensor:
         # PyTorch's CPU flash attention is blocked for many queries: with one query a row (a
-        # decoding step) two batched matmuls and a softmax are 2-10x faster (bf16 most).
+        # decoding step) mmcl's kernel (one pass per row and head) or, without it, two
+        # batched matmuls and a softmax are 2-10x faster (bf16 most).
         queries = query.shape[2]
         if queries > _FEW_QUERIES or not on_fast_path(self, query, self.in_proj_bias):
             return super()._attention(query, key, value, mask, causal)
         if causal and queries > 1:
             mask = merge_masks(mask, causal_mask(queries, key.shape[2], device=query.device))
+        out = kernels.decode_attention(query, key, value, mask)
+        if out is not None:
+            return out
         scores = (query @ key.transpose(-1, -2)).float() * query.shape[-1] ** -0.5
         if mask is None:
             return scores.softmax(dim=-1).to(value.dtype) @ value

@@ -40,6 +40,8 @@ __all__ = [
     "PackedLinearWeight",
     "amx_available",
     "build",
+    "decode_attention",
+    "decode_attention_op",
     "linear",
     "linear_fits",
     "linear_op",
@@ -51,6 +53,7 @@ __all__ = [
 
 # Beyond this PyTorch's flash attention (blocked over keys) is the better fit.
 MAX_SHORT_TOKENS = 320
+MAX_DECODE_HEAD_DIM = 256  # decode_attention keeps a query's head in registers
 _lock = threading.Lock()
 _ops: dict[str, Callable | None] = {}  # filled by build(): the ops that passed their check
 _build_failed: list[str] = []  # set once a build failed (and was reported)
@@ -88,6 +91,52 @@ def short_attention(qkv: torch.Tensor, heads: int, causal: bool = False) -> torc
         return None
     op = short_attention_op()
     return None if op is None else op(qkv, heads, causal)
+
+
+def decode_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """Attention of ``(batch, heads, queries, dim)`` queries over ``(batch, heads, keys, dim)``
+    keys and values, or None where the kernel does not apply (and the caller computes the
+    plain way). The same as `mmcl.nn.attention.attend` (non-causal) to float32 rounding:
+    scores, softmax and the weighted sum in float32, rounded to the inputs' dtype once.
+
+    `mask`: boolean, broadcast to ``(batch, heads, queries, keys)``, True where a query may
+    attend; a query with no key allowed gets zeros. It applies to CPU tensors all bf16 or all
+    float32, whose last dimension is contiguous (cache buffers' views are fine), with a head
+    dim that is a multiple of 16 up to `MAX_DECODE_HEAD_DIM`. Meant for few queries (it
+    reads the keys once per query). The result is ``(batch, heads, queries, dim)``, a view of
+    a ``(batch, queries, heads, dim)`` tensor, so that the heads side by side are a free
+    reshape. No autograd: callers use it for inference only.
+    """
+    dims = query.dim() == key.dim() == value.dim() == 4
+    if not (
+        dims
+        and query.device.type == key.device.type == value.device.type == "cpu"
+        and query.dtype in (torch.bfloat16, torch.float32)
+        and query.dtype == key.dtype == value.dtype
+        and key.shape == value.shape
+        and key.shape[:2] == query.shape[:2]
+        and key.shape[3] == query.shape[3]
+        and 0 < query.shape[3] <= MAX_DECODE_HEAD_DIM
+        and query.shape[3] % 16 == 0
+        and query.stride(3) == key.stride(3) == value.stride(3) == 1
+        and (mask is None or (mask.dtype == torch.bool and mask.device.type == "cpu"))
+    ):
+        return None
+    op = decode_attention_op()
+    if op is None:
+        return None
+    if mask is not None:
+        batch, heads, queries, _ = query.shape
+        try:
+            mask = mask.expand(batch, heads, queries, key.shape[2])
+        except RuntimeError:  # not broadcastable: the plain way names the problem
+            return None
+    return op(query, key, value, mask).transpose(1, 2)
 
 
 @dataclass(frozen=True)
@@ -179,6 +228,12 @@ def linear_op() -> Callable | None:
     return _ops.get("linear")
 
 
+def decode_attention_op() -> Callable | None:
+    """The decoding attention kernel (``torch.ops.mmcl_kernels.decode_attention``) if
+    `build()` loaded it, else None."""
+    return _ops.get("decode_attention")
+
+
 def short_attention_op() -> Callable | None:
     """The attention kernel (``torch.ops.mmcl_kernels.short_attention``) if `build()` loaded
     it, else None. Neither getter ever builds anything."""
@@ -215,6 +270,7 @@ def _load(timeout: float) -> None:
     checks = {
         "short_attention": (_agrees_with_sdpa, "scaled_dot_product_attention"),
         "linear": (_agrees_with_linear, "linear (oneDNN)"),
+        "decode_attention": (_agrees_with_attend, "batched matmuls and softmax"),
     }
     for name, (agrees, reference) in checks.items():
         op = compiled[name]
@@ -245,11 +301,12 @@ def _compiled(timeout: float) -> dict[str, Callable]:
     if not _library_loaded():
         _builder.load_library(timeout)
     namespace = torch.ops.mmcl_kernels
-    return {name: getattr(namespace, name) for name in ("short_attention", "linear")}
+    names = ("short_attention", "linear", "decode_attention")
+    return {name: getattr(namespace, name) for name in names}
 
 
 def _library_loaded() -> bool:
-    return hasattr(torch.ops.mmcl_kernels, "linear")
+    return hasattr(torch.ops.mmcl_kernels, "decode_attention")
 
 
 def _agrees_with_sdpa(op: Callable) -> bool:
@@ -279,5 +336,23 @@ def _agrees_with_linear(op: Callable) -> bool:
         expected = (plain if function is None else function(plain)) + residual.float()
         got = op(x, tiles, bias, residual, activation)
         if not torch.allclose(got.float(), expected, atol=0.05, rtol=0.02):
+            return False
+    return True
+
+
+def _agrees_with_attend(op: Callable) -> bool:
+    # Both dtypes, two queries, strided keys (a cache's view) and a mask with a blind row.
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(2, 3, 2, 32, generator=generator)
+    buffer = torch.randn(2, 3, 9, 32, generator=generator)
+    key, value = buffer[:, :, :7], buffer[:, :, 1:8]
+    mask = torch.rand(2, 1, 2, 7, generator=generator) > 0.3
+    mask[1, 0, 1] = False
+    scores = (query @ key.transpose(-1, -2)) * 32**-0.5
+    probs = scores.masked_fill(~mask, float("-inf")).softmax(-1).nan_to_num(0.0)
+    expected = probs @ value
+    for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 0.03)):
+        got = op(*(t.to(dtype) for t in (query, key, value)), mask.expand(2, 3, 2, 7))
+        if not torch.allclose(got.transpose(1, 2).float(), expected, atol=tolerance):
             return False
     return True

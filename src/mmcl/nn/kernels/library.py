@@ -24,7 +24,11 @@ import torch
 
 HERE = Path(__file__).parent
 # One library holds every kernel: one build, one warning if it fails.
-SOURCES = (HERE / "short_attention_amx.cpp", HERE / "linear_amx.cpp")
+SOURCES = (
+    HERE / "short_attention_amx.cpp",
+    HERE / "linear_amx.cpp",
+    HERE / "decode_attention.cpp",
+)
 HEADERS = (HERE / "amx_common.h",)
 CFLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16"]
 CFLAGS += ["-mamx-tile", "-mamx-bf16", "-fopenmp"]  # kernels split work over OpenMP threads
