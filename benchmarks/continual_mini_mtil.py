@@ -208,14 +208,14 @@ def shape_checks(reports: dict) -> list[str]:
                 f"{_points(moe)} vs {_points(still)}",
             )
         )
-    if "finetune" in metric:
+    others = {n: m for n, m in metric.items() if n not in ("finetune", "frozen")}
+    if "finetune" in metric and others:
         base = metric["finetune"]["backward_transfer"]
-        others = {n: m for n, m in metric.items() if n not in ("finetune", "frozen")}
         worse = [n for n, m in others.items() if not m["backward_transfer"] > base]
         lines.append(
             _check(
                 f"every method beats fine-tuning on BWT ({_points(base)})",
-                bool(others) and not worse,
+                not worse,
                 "not: " + ", ".join(worse) if worse else f"{len(others)} methods",
             )
         )

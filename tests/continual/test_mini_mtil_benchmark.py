@@ -124,3 +124,6 @@ def test_shape_checks_say_met_or_not_met(benchmark):
     reports["ewc"] = metrics(0.40, 0.41, -0.19)
     reports["moe_adapters"] = metrics(0.40, 0.53, -0.01)
     assert all(verdicts(benchmark.shape_checks(reports)).values())
+    # Without other methods there is nothing to beat fine-tuning on BWT: no such line.
+    alone = {name: reports[name] for name in ("frozen", "finetune")}
+    assert list(verdicts(benchmark.shape_checks(alone))) == ["fine-tuning loses Transfer"]
