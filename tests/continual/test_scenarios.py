@@ -917,3 +917,38 @@ def test_build_scenario_mini_mtil_and_unknown_names():
         build_scenario("imagenet-cil")
     with pytest.raises(ValueError, match="Did you mean scenes-cil"):
         build_scenario("scenes_cil")
+
+
+def test_kept_items_are_made_once_and_equal_the_datasets():
+    from mmcl.continual.builtin import KeptItems
+
+    class Counted(torch.utils.data.Dataset):
+        targets = [0, 1, 1]
+        made = 0
+
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, index):
+            if not -3 <= index < 3:
+                raise IndexError(index)
+            Counted.made += 1
+            return torch.full((2,), float(index % 3)), self.targets[index]
+
+    kept = KeptItems(Counted())
+    first = [kept[i] for i in range(3)] + [kept[-1]]
+    again = [kept[i] for i in (2, 1, 0)]
+    assert Counted.made == 3  # -1 is item 2, already made
+    assert [label for _, label in first] == [0, 1, 1, 1]
+    assert torch.equal(first[3][0], torch.full((2,), 2.0)) and again[0] is first[2]
+    assert kept.targets == [0, 1, 1] and len(kept) == 3
+    with pytest.raises(IndexError):
+        kept[3]
+
+
+def test_mini_mtil_tasks_keep_their_datasets_attributes():
+    scenario = mini_mtil(train_size=8, test_size=4, tasks=["scene-count"])
+    task = scenario[0]
+    assert task.train.classnames == task.classnames and task.train.label(1) == 1
+    image, label = task.train[1]
+    assert label == 1 and task.train[1][0] is image

@@ -1,5 +1,6 @@
 """The training loop: schedule, freezing, precision, accumulation, resume, and bad settings."""
 
+import copy
 import json
 import math
 
@@ -184,6 +185,32 @@ def test_weight_decay_spares_norms_biases_embeddings_and_scale():
     ):
         assert name in spared
     assert decayed.isdisjoint(spared) and len(decayed | spared) == len(names)
+
+
+def test_adamw_is_fused_and_takes_torchs_reference_steps():
+    # The fused kernel against torch's plain per-tensor loop, from the same weights and
+    # gradients, with the same two groups (decay and none): the same update up to rounding.
+    model = tiny_model()
+    reference = copy.deepcopy(model)
+    start = copy.deepcopy(model.state_dict())
+    optimizer = build_optimizer(model, lr=1e-2, weight_decay=0.2)
+    assert optimizer.defaults["fused"] is True
+    twin = dict(zip(model.parameters(), reference.parameters(), strict=True))
+    groups = [
+        {"params": [twin[p] for p in group["params"]], "weight_decay": group["weight_decay"]}
+        for group in optimizer.param_groups
+    ]
+    plain = torch.optim.AdamW(groups, lr=1e-2, betas=(0.9, 0.98), eps=1e-6, foreach=False)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for a, b in twin.items():
+            a.grad = torch.randn(a.shape, generator=generator)
+            b.grad = a.grad.clone()
+        optimizer.step()
+        plain.step()
+    for (name, a), b in zip(model.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+        assert not torch.equal(a, start[name]), name  # every parameter moved
 
 
 def test_locked_image_tower_does_not_move(tmp_path):
