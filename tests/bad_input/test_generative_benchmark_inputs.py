@@ -3,21 +3,14 @@ line naming the argument."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from benchmark_scripts import import_benchmark
 
 
 @pytest.fixture(scope="module")
 def benchmark():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import continual_generative
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    continual_generative = import_benchmark("continual_generative")
     return continual_generative
 
 

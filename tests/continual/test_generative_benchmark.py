@@ -5,23 +5,16 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
+from benchmark_scripts import import_benchmark
 from mmcl.continual.methods import METHODS
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def benchmark():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import continual_generative
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    continual_generative = import_benchmark("continual_generative")
     return continual_generative
 
 

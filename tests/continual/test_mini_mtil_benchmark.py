@@ -4,21 +4,15 @@ computed from hand-worked reports."""
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from benchmark_scripts import import_benchmark
 
 
 @pytest.fixture(scope="module")
 def benchmark():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import continual_mini_mtil
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    continual_mini_mtil = import_benchmark("continual_mini_mtil")
     return continual_mini_mtil
 
 

@@ -4,18 +4,12 @@ function (correctness only; no timing is asserted)."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from benchmark_scripts import import_benchmark
 
 
 def test_quick_captioning_benchmark_greedy_tokens_and_losses_equal_huggingface(tmp_path):
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import captioning
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    captioning = import_benchmark("captioning")
     output = tmp_path / "captioning.json"
     captioning.main(
         ["--quick", "--warmup", "0", "--repeats", "1", "--clock", "cpu", "--json", str(output)]
@@ -36,11 +30,7 @@ def test_quick_captioning_benchmark_greedy_tokens_and_losses_equal_huggingface(t
 def test_quick_captioning_benchmark_with_end_bias_rows_end_early_and_equal_huggingface(tmp_path):
     """A raised [SEP] logit ends captions before the limit (8 new tokens in --quick): the rows
     that finish early still equal Hugging Face's, token for token, in fp32 greedy."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import captioning
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    captioning = import_benchmark("captioning")
     output = tmp_path / "captioning.json"
     argv = ["--quick", "--warmup", "0", "--repeats", "1", "--end-bias", "0.5", "--json"]
     captioning.main([*argv, str(output)])

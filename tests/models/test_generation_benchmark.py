@@ -5,18 +5,12 @@ positions (correctness only; no timing is asserted)."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from benchmark_scripts import import_benchmark
 
 
 def test_quick_generation_benchmark_gives_huggingface_tokens_and_keeps_the_chat_cache(tmp_path):
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import generation
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    generation = import_benchmark("generation")
     output = tmp_path / "generation.json"
     generation.main(["--quick", "--warmup", "0", "--json", str(output)])
     result = json.loads(output.read_text())
