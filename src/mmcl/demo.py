@@ -1,7 +1,7 @@
 """`make demo`: train a tiny CLIP from scratch on built-in scenes, then test it zero-shot.
 
-Everything comes from the `demo` recipe (`mmcl train --config demo --show`): 256,000
-procedurally generated captioned scenes, a small ModifiedResNet + text transformer, 1000 steps.
+Everything comes from the `demo` recipe (`mmcl train --config demo --show`): procedurally
+generated captioned scenes, a small ModifiedResNet + text transformer, one pass over them.
 At the end it prints zero-shot accuracy on held-out scenes for each classification view and a
 few retrieval examples. Target: >= 90% on the shape view within 5 minutes on 2 CPU cores.
 """
