@@ -21,6 +21,7 @@ from mmcl.nn import KVCache, MultiheadAttention, accelerate, fast_linear
 from mmcl.nn.cpu_support import onednn_bf16, onednn_fp32
 from mmcl.nn.fast_blocks import FastAttention
 from mmcl.nn.fast_linear import PackedLinear
+from mmcl.nn.generation import generate
 
 TINY_BLIP = {
     "blip_vision": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "heads": 2},
@@ -156,3 +157,39 @@ def test_packed_fp32_linear_leaves_calls_of_few_rows_to_pytorch(monkeypatch):
         bf16 = copy.deepcopy(fast).to(torch.bfloat16)
         bf16(torch.randn(1, 32).to(torch.bfloat16))  # bf16: packed whatever the rows
     assert packed_rows == ([4, 10, 1] if onednn_fp32() else [1] if onednn_bf16() else [])
+
+
+def test_generation_with_fewer_than_4_rows_packs_no_float32_call(monkeypatch):
+    # A decoding step of 1-3 rows runs F.linear on the plain weights; packing the prompt's call
+    # would bring the packed copy through the caches as well. So the loop turns float32
+    # packing off for the whole generation there, and leaves it on from 4 rows.
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(8, 8)).eval().requires_grad_(False)
+    layer = accelerate(plain, pack_fp32=True)[0]
+    packed_rows = []
+    real = fast_linear.packed_linear
+
+    def counted(x, *rest):
+        packed_rows.append(x.numel() // x.shape[-1])
+        return real(x, *rest)
+
+    monkeypatch.setattr(fast_linear, "packed_linear", counted)
+    embeddings = torch.randn(20, 8)
+
+    def step(tokens, cache):
+        cache.advance(tokens)
+        return layer(embeddings[tokens])[:, -1]  # the 8 outputs serve as logits
+
+    for rows in (1, 3, 4):
+        packed_rows.clear()
+        prompt = torch.arange(6).repeat(rows, 1)
+        with torch.no_grad():
+            generate(step, prompt, KVCache(), max_new_tokens=3, end_token=-1)
+        outside = layer(torch.randn(rows, 6, 8))  # the switch is back on after generation
+        assert outside.shape == (rows, 6, 8)
+        if not onednn_fp32():
+            assert packed_rows == []
+        elif rows < 4:
+            assert packed_rows == [rows * 6]  # the call outside generation only
+        else:
+            assert packed_rows == [rows * 6, rows, rows, rows * 6]

@@ -19,6 +19,9 @@ so `state_dict` is unchanged.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from torch import nn
@@ -38,6 +41,8 @@ QUICK_GELU_SLOPE = 1.702  # QuickGELU(z) = z * sigmoid(1.702 z)
 # oneDNN's packed float32 matmul of one or two rows (a decoding step at batch 1) is 5-15%
 # slower than PyTorch's own (a matrix-vector product); from 4 rows it is 1.1-2.5x faster.
 FP32_PACKED_MIN_ROWS = 4
+# Off inside `fp32_packing(False)`: see there.
+_FP32_PACKING = ContextVar("mmcl_fp32_packing", default=True)
 EPILOGUES = {"none": None, "gelu": F.gelu, "swish": F.silu}
 
 
@@ -106,6 +111,20 @@ class InferenceOnly:
         state = dict(self.__dict__)
         state.pop("_accelerated_root", None)  # a weak reference: not picklable
         return state
+
+
+@contextmanager
+def fp32_packing(enabled: bool) -> Iterator[None]:
+    """Within it, float32 calls of packed layers take their packed weights only if `enabled`
+    (bf16 calls are not affected). The generation loop turns packing off when its decoding
+    steps have fewer than `FP32_PACKED_MIN_ROWS` rows: those steps run `F.linear` on the
+    plain weights, so packing the prompt's calls too would bring a second copy of every weight
+    through the caches, and each step would then read weights that the packed ones evicted."""
+    token = _FP32_PACKING.set(enabled)
+    try:
+        yield
+    finally:
+        _FP32_PACKING.reset(token)
 
 
 def hooked(*modules: nn.Module) -> bool:
@@ -202,8 +221,11 @@ class PackedLinear(InferenceOnly, nn.Linear):
 
     def takes(self, x: torch.Tensor, *others: torch.Tensor | None) -> bool:
         """Whether the packed path applies to input `x` (and `others`, e.g. a residual).
-        Float32 calls of fewer than `FP32_PACKED_MIN_ROWS` rows stay with `F.linear`."""
-        if x.dtype == torch.float32 and x.numel() < FP32_PACKED_MIN_ROWS * x.shape[-1]:
+        Float32 calls of fewer than `FP32_PACKED_MIN_ROWS` rows stay with `F.linear`, and so
+        do all float32 calls inside ``fp32_packing(False)``."""
+        if x.dtype == torch.float32 and (
+            x.numel() < FP32_PACKED_MIN_ROWS * x.shape[-1] or not _FP32_PACKING.get()
+        ):
             return False
         return on_fast_path(self, x, self.weight, self.bias, *others)
 

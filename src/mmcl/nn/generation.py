@@ -29,6 +29,7 @@ import torch
 from torch.nn import functional as F
 
 from mmcl.nn.beam_search import beam_search
+from mmcl.nn.fast_linear import FP32_PACKED_MIN_ROWS, fp32_packing
 from mmcl.nn.kv_cache import KVCache
 
 Step = Callable[[torch.Tensor, KVCache], torch.Tensor]
@@ -141,37 +142,41 @@ def generate(
     search, token for token; see `mmcl.nn.beam_search`)."""
     end_tokens = _as_tuple(end_token)
     _check(prompt, max_new_tokens, beams, top_p, temperature, min_new_tokens)
-    if beams > 1:
+    # Steps of fewer rows than this run float32 linear layers unpacked: so does the prompt.
+    with fp32_packing(len(prompt) * beams >= FP32_PACKED_MIN_ROWS):
+        if beams > 1:
+            if top_p is not None:
+                raise ValueError("top_p: sampling and beam search do not combine; choose one")
+            return Generated(
+                *beam_search(
+                    step,
+                    prompt,
+                    cache,
+                    beams,
+                    max_new_tokens,
+                    end_tokens,
+                    pad_token,
+                    length_penalty,
+                    min_new_tokens,
+                    beam_rules,
+                )
+            )
         if top_p is not None:
-            raise ValueError("top_p: sampling and beam search do not combine; choose one")
-        return Generated(
-            *beam_search(
+            return sample(
                 step,
                 prompt,
                 cache,
-                beams,
                 max_new_tokens,
                 end_tokens,
                 pad_token,
-                length_penalty,
+                top_p,
+                temperature,
                 min_new_tokens,
-                beam_rules,
+                generator,
             )
+        return greedy_search(
+            step, prompt, cache, max_new_tokens, end_tokens, pad_token, min_new_tokens
         )
-    if top_p is not None:
-        return sample(
-            step,
-            prompt,
-            cache,
-            max_new_tokens,
-            end_tokens,
-            pad_token,
-            top_p,
-            temperature,
-            min_new_tokens,
-            generator,
-        )
-    return greedy_search(step, prompt, cache, max_new_tokens, end_tokens, pad_token, min_new_tokens)
 
 
 def greedy_search(

@@ -69,6 +69,11 @@ class KVCache:
         of concatenating (a copy of the whole cache every step)."""
         self._room = max(self._room, positions)
 
+    @property
+    def reserved(self) -> int:
+        """The positions made room for by `reserve` (0: none)."""
+        return self._room
+
     def extend(
         self, owner: Hashable, key: torch.Tensor, value: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:

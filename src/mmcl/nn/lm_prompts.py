@@ -9,9 +9,9 @@ embeddings and take their positions out of the logits again:
     logits(prompts_t ++ embeddings)[:, length:]
 
 so callers see logits aligned with their own ids and labels. Only a call that starts a
-sequence (no cache given) gets the prompts; a call that continues one (the generation loop's
-later steps, given the cache that already holds the prompts' keys and values) gets its
-attention mask widened and its positions shifted by ``length``, as the first call counted
+sequence (no cache given, or an empty one) gets the prompts; a call that continues one (the
+generation loop's later steps, given the cache that already holds the prompts' keys and values)
+gets its attention mask widened and its positions shifted by ``length``, as the first call counted
 them. With no choice set the LM computes as it did.
 
 >>> import torch
@@ -70,8 +70,12 @@ def attach_lm_prompts(language_model: nn.Module, prompts: TaskPrompts) -> list:
     """Hook `prompts` into `language_model` (a transformers causal LM called with
     ``inputs_embeds`` or ``input_ids``). Returns the hook handles (``.remove()`` detaches)."""
 
-    def cache_of(kwargs):
-        return kwargs.get("past_key_values", kwargs.get("cache"))
+    calls = {}  # "started": whether the call under way starts a sequence
+
+    def continues(kwargs) -> bool:
+        # Whether the call continues a sequence: a cache given that holds positions already.
+        cache = kwargs.get("past_key_values", kwargs.get("cache"))
+        return cache is not None and cache.get_seq_length() > 0
 
     def before(module, args, kwargs):
         choice = prompts.choice
@@ -85,7 +89,7 @@ def attach_lm_prompts(language_model: nn.Module, prompts: TaskPrompts) -> list:
                 ids, args = args[0], args[1:]
             embeddings = module.get_input_embeddings()(ids)
         rows, length = embeddings.shape[0], prompts.length
-        starts = cache_of(kwargs) is None
+        starts = calls["started"] = not continues(kwargs)
         mask = kwargs.get("attention_mask")
         if mask is not None:
             kwargs["attention_mask"] = torch.cat([mask.new_ones(rows, length), mask], dim=1)
@@ -109,7 +113,8 @@ def attach_lm_prompts(language_model: nn.Module, prompts: TaskPrompts) -> list:
         return args, kwargs
 
     def after(module, args, kwargs, output):
-        if prompts.choice is None or cache_of(kwargs) is not None:
+        # (After the call its cache holds this call's positions: ask what `before` found.)
+        if prompts.choice is None or not calls.pop("started", False):
             return None
         # Only logits of every position hold the prompts' (not those of the last few that
         # `logits_to_keep` asks for).

@@ -2,10 +2,11 @@
 
 The first step embeds the whole prompt (a bridge writes its image tokens into it there, once)
 and asks the LM for the last position's logits only; later steps embed one token per row. The
-LM's own cache object holds the keys and values; the loop's `KVCache` tracks this step's
-attention mask and row order (`KVCache.track`), so when the loop drops finished rows, expands
-a prompt into beams or reorders beams, the step applies the same rows to the LM's cache
-(`reorder_cache`, as transformers' beam search does). Positions are counted over the attention
+LM's own cache object holds the keys and values (one whose layers write in place, with room
+for every position the loop may decode: `mmcl.models.bridges.lm_cache`); the loop's `KVCache`
+tracks this step's attention mask and row order (`KVCache.track`), so when the loop drops
+finished rows, expands a prompt into beams or reorders beams, the step applies the same rows
+to the LM's cache (`reorder_cache`, as transformers' beam search does). Positions are counted over the attention
 mask, as `transformers`' `generate` counts them, so left-padded batches decode as they do
 there. Beam search follows transformers' rules by default (``beam_rules="transformers"``), so
 `num_beams` gives their tokens.
@@ -23,6 +24,7 @@ from collections.abc import Callable
 
 import torch
 
+from mmcl.models.bridges.lm_cache import reserve, reserved_cache
 from mmcl.nn.generation import Generated, generate
 from mmcl.nn.kv_cache import KVCache
 
@@ -61,6 +63,12 @@ class CausalLMStep:
             mask = self.attention_mask
             if mask is None:
                 mask = torch.ones(embeddings.shape[:2], dtype=torch.long, device=tokens.device)
+            if self.lm_cache is None:
+                self.lm_cache = reserved_cache(self.language_model)
+            if self.lm_cache is not None:  # room for the prompt and the tokens to come
+                past = self.lm_cache.get_seq_length()
+                later = max(0, cache.reserved - cache.seen)
+                reserve(self.lm_cache, past + embeddings.shape[1] + later)
         else:
             mask, kept = cache.tracked(self)
             if len(kept) != len(self._rows) or not torch.equal(kept, self._rows):
