@@ -63,6 +63,9 @@ class CausalLMStep:
             mask = self.attention_mask
             if mask is None:
                 mask = torch.ones(embeddings.shape[:2], dtype=torch.long, device=tokens.device)
+            # Without padding the LM needs no mask, and asking it to check one costs every step
+            # (transformers then inspects it each time); later steps only add real positions.
+            self.padded = not bool(mask.all())
             if self.lm_cache is None:
                 self.lm_cache = reserved_cache(self.language_model)
             if self.lm_cache is not None:  # room for the prompt and the tokens to come
@@ -78,7 +81,7 @@ class CausalLMStep:
         positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
         output = self.language_model(
             inputs_embeds=embeddings,
-            attention_mask=mask,
+            attention_mask=mask if self.padded else None,
             position_ids=positions[:, -embeddings.shape[1] :],
             use_cache=True,
             **{self.cache_argument: self.lm_cache},
