@@ -32,10 +32,14 @@ def tiny_llama() -> LlamaForCausalLM:
     return LlamaForCausalLM(config).eval()
 
 
+def cache_argument(model) -> str:
+    # transformers 5 names it `cache`; earlier versions `past_key_values`.
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def run(model, cache, calls):
     """Feed `calls` (token ids, or ("reorder", rows) / ("crop", n)) through `model` with
     `cache`; returns the last-position logits of every forward."""
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     logits = []
     for call in calls:
         if isinstance(call, tuple):
@@ -48,7 +52,7 @@ def run(model, cache, calls):
         seen = cache.get_seq_length()
         positions = torch.arange(seen, seen + call.shape[1]).expand(call.shape[0], -1)
         with torch.no_grad():
-            out = model(input_ids=call, position_ids=positions, **{name: cache})
+            out = model(input_ids=call, position_ids=positions, **{cache_argument(model): cache})
         logits.append(out.logits[:, -1])
     return logits
 
@@ -125,3 +129,23 @@ def test_llava_generation_uses_the_reserved_cache_and_matches_full_forwards(
     assert seen, "the LM's cache was not a reserved one"
     wanted = greedy_by_full_forwards(hf, ids[:1], pixels[:1], end=-1, steps=6)
     assert got[0].tolist() == wanted
+
+
+def test_a_cache_used_with_gradients_copies_instead_of_writing_in_place():
+    # Autograd keeps the keys it attended over: writing the next step into the same buffer
+    # would spoil them. The gradients must be DynamicCache's.
+    model = tiny_llama()
+    calls = [torch.tensor([[1, 2, 3]]), torch.tensor([[4]]), torch.tensor([[5]])]
+    gradients = []
+    for cache in (DynamicCache(config=model.config), reserved_cache(model)):
+        reserve(cache, 8)  # (nothing to reserve in transformers' own)
+        model.zero_grad()
+        seen, total = 0, 0
+        for call in calls:
+            positions = torch.arange(seen, seen + call.shape[1])[None]
+            out = model(input_ids=call, position_ids=positions, **{cache_argument(model): cache})
+            total = total + out.logits[:, -1].square().sum()
+            seen += call.shape[1]
+        total.backward()
+        gradients.append(model.model.layers[0].self_attn.k_proj.weight.grad.clone())
+    torch.testing.assert_close(gradients[1], gradients[0], rtol=1e-5, atol=1e-7)

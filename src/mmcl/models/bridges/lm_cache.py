@@ -53,8 +53,11 @@ if DynamicLayer is not None:
             return self.keys, self.values
 
         def _writes_in_place(self, key_states: torch.Tensor, total: int) -> bool:
-            # Whether `keys` is still a view of the start of this layer's buffer, with room.
+            # Whether `keys` is still a view of the start of this layer's buffer, with room,
+            # and autograd holds none of it (an in-place write would spoil its saved tensors).
             if self._buffers is None or self.keys is None or self.keys.numel() == 0:
+                return False
+            if torch.is_grad_enabled() and (key_states.requires_grad or self.keys.requires_grad):
                 return False
             buffer = self._buffers[0]
             return (
