@@ -7,6 +7,9 @@
   layers' names.
 - The task selector reads the image tokens, so a per-task LoRA anywhere but the language
   model is refused, naming the target.
+- The task selector's base_quantile is a quantile in [0, 1) or None (no fallback to the
+  base model); other values are one error naming it. Its routes match the instruction text,
+  so routing without the prompts' ids is an error saying so, never an image-only guess.
 - Prompts before a language model need a bridge: a model without one is one error.
 - O-LoRA's weights must be numbers >= 0.
 - Two methods that both choose where a row runs (a task selector) cannot be combined.
@@ -53,6 +56,22 @@ def test_lora_modules_that_match_nothing_list_the_linear_layers(name):
     method = build_method(name, r=4, modules=["query"])
     with pytest.raises(ValueError, match=r"\['query'\] match nothing.*'q_proj'"):
         method.setup(tiny_llava(), RUN)
+
+
+@pytest.mark.parametrize("bad", [1.0, -0.1, 2])
+def test_task_lora_base_quantile_must_be_a_quantile_or_none(bad):
+    with pytest.raises(ValueError, match=r"base_quantile must be a number in \[0, 1\) or None"):
+        build_method("task_lora", base_quantile=bad)
+    with pytest.raises(ValueError, match="base_quantile"):
+        build_method("task_lora", base_quantile="0.1")
+
+
+def test_task_lora_routes_only_with_the_prompts():
+    model, method = tiny_llava().eval(), build_method("task_lora", r=4, base_quantile=None)
+    method.setup(model, RUN)
+    method.keys.add(0, torch.ones(1, 64))  # a trained task's key (image and text halves)
+    with pytest.raises(ValueError, match="routes needs the prompts' ids and mask"):
+        method.routes(model, torch.zeros(2, 3, 32, 32))
 
 
 def test_task_lora_refuses_a_target_other_than_the_language_model():

@@ -96,7 +96,9 @@ def test_lora_expert_methods_run_a_stream_and_answer_through_their_routes(
     asked = []
     routes = method.routes
     monkeypatch.setattr(
-        method, "routes", lambda m, images: asked.append(len(images)) or routes(m, images)
+        method,
+        "routes",
+        lambda m, images, ids, mask: asked.append(len(images)) or routes(m, images, ids, mask),
     )
     model, tokenizer = bridge
     config = TrainConfig(

@@ -9,10 +9,16 @@ import copy
 import doctest
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from mmcl.continual.methods import build_method, task_keys
-from mmcl.continual.methods.task_keys import TaskKeys, image_keys, run_routes
+from mmcl.continual.methods.task_keys import (
+    TaskKeys,
+    input_keys,
+    instruction_tokens,
+    run_routes,
+)
 from mmcl.data.chat_template import IGNORE_INDEX
 from mmcl.models.bridges.llava import Llava, LlavaConfig
 from mmcl.nn.lora import lora_layers, merge_lora
@@ -65,7 +71,8 @@ def train_task(model, method, index: int, steps: int = 2):
     for step in range(steps):
         images, ids, labels = batch(index, seed=10 * index + step)
         logits = model(ids, images, torch.ones_like(ids)).logits
-        extra = method.extra_losses(model, (images, None, None), {"logits": logits})
+        targets = torch.stack([ids, labels, torch.ones_like(ids)], dim=1)
+        extra = method.extra_losses(model, (images, targets), {"logits": logits})
         loss = answer_loss(logits, labels) + sum(extra.values())
         optimizer.zero_grad()
         loss.backward()
@@ -81,11 +88,19 @@ def mixed_batch():
     return torch.cat([images0, images1])[order], torch.cat([ids0, ids1])[order]
 
 
+def prompts(ids):
+    """A batch's prompts, as inference gives them to `routes`: the ids up to the answer
+    (`batch` labels the last 3 tokens), and their mask."""
+    return ids[:, :6], torch.ones_like(ids[:, :6])
+
+
 @torch.no_grad()
 def answer_logits(model, method, images, ids):
     """The logits the method's inference gives (its routes, when it has them)."""
     return run_routes(
-        method.routes(model, images), len(ids), lambda rows: model(ids[rows], images[rows]).logits
+        method.routes(model, images, *prompts(ids)),
+        len(ids),
+        lambda rows: model(ids[rows], images[rows]).logits,
     )
 
 
@@ -161,15 +176,18 @@ def test_o_lora_keeps_earlier_adapters_and_merges_to_base_plus_the_task_deltas(t
 
 
 def test_task_lora_selects_each_images_task_and_gives_exactly_its_lora():
-    model, method = tiny_llava().eval(), build_method("task_lora", r=4)
+    model, method = tiny_llava().eval(), build_method("task_lora", r=4, base_quantile=None)
     method.setup(model, RUN)
     train_task(model, method, 0)
     first = tensors(model, ".task_0.")
     train_task(model, method, 1)
     assert all(torch.equal(first[n], p) for n, p in tensors(model, ".task_0.").items())
     images, ids = mixed_batch()
-    assert method.keys.choose(image_keys(model, images)).tolist() == [0, 1, 0, 1]
-    assert sorted(rows.tolist() for rows, _ in method.routes(model, images)) == [[0, 2], [1, 3]]
+    ids_, mask = prompts(ids)
+    features = input_keys(model, images, ids_, instruction_tokens(model, ids_, mask))
+    assert method.keys.choose(features).tolist() == [0, 1, 0, 1]
+    routes = method.routes(model, images, ids_, mask)
+    assert sorted(rows.tolist() for rows, _ in routes) == [[0, 2], [1, 3]]
     routed = answer_logits(model, method, images, ids)
     with torch.no_grad():
         for index, rows in ((0, [0, 2]), (1, [1, 3])):
@@ -179,7 +197,7 @@ def test_task_lora_selects_each_images_task_and_gives_exactly_its_lora():
     # Generation through the routes: each row's answer is its task's LoRA's, padded.
     with torch.no_grad():
         answers = run_routes(
-            method.routes(model, images),
+            method.routes(model, images, ids_, mask),
             len(ids),
             lambda rows: model.generate(ids[rows], images[rows], max_new_tokens=3, end_token=0),
             pad=0,
@@ -188,8 +206,90 @@ def test_task_lora_selects_each_images_task_and_gives_exactly_its_lora():
             with task_loras(model, [f"task_{index}"]):
                 alone = model.generate(ids[rows], images[rows], max_new_tokens=3, end_token=0)
             assert torch.equal(answers[rows, : alone.shape[1]], alone)
-    fresh_model, fresh = resumed("task_lora", model, method, r=4)
+    fresh_model, fresh = resumed("task_lora", model, method, r=4, base_quantile=None)
     assert torch.equal(answer_logits(fresh_model, fresh, images, ids), routed)
+
+
+def test_task_lora_sends_inputs_far_from_every_task_to_the_base_model():
+    model, method = tiny_llava().eval(), build_method("task_lora", r=4, base_quantile=0.25)
+    method.setup(model, RUN)
+    train_task(model, method, 0, steps=3)
+    train_task(model, method, 1, steps=3)
+    assert method.keys.held == {} and sorted(method.keys.thresholds) == [0, 1]
+    # Rows 0 and 1: the first training input of task 0 and of task 1; rows 2 and 3 unlike
+    # both: a black image, and text tokens (45-48) no instruction held (task t's: 1 + 5t ..).
+    images = torch.cat([batch(0, seed=0, rows=1)[0], batch(1, seed=10, rows=1)[0]])
+    images = torch.cat([images, torch.zeros(2, 3, 32, 32)])
+    ids = torch.cat([batch(0, seed=0, rows=1)[1], batch(1, seed=10, rows=1)[1]])
+    far = torch.cat([ids[:, :5], torch.tensor([[45, 46, 47, 48], [48, 47, 46, 45]])], dim=1)
+    ids = torch.cat([ids, far])
+    prompt_ids, mask = prompts(ids)
+    features = input_keys(model, images, prompt_ids, instruction_tokens(model, prompt_ids, mask))
+    best, nearest = (features @ method.keys.keys().T).max(dim=1)
+    below = best < torch.tensor([method.keys.thresholds[int(t)] for t in nearest])
+    assert below.tolist() == [False, False, True, True]
+    assert method.keys.choose(features, fallback=True).tolist() == [0, 1, -1, -1]
+    routed = answer_logits(model, method, images, ids)
+    with torch.no_grad():  # each route's rows as one batch, as `run_routes` computes them
+        with task_loras(model, []):
+            base = model(ids[2:], images[2:]).logits
+        for index in (0, 1):
+            with task_loras(model, [f"task_{index}"]):
+                alone = model(ids[[index]], images[[index]]).logits
+                lora_on_far = model(ids[2:], images[2:]).logits
+            assert torch.equal(routed[index], alone[0])
+            assert not torch.allclose(lora_on_far, base, atol=1e-4)  # a LoRA changes them
+    assert torch.equal(routed[2:], base)
+    fresh_model, fresh = resumed("task_lora", model, method, r=4, base_quantile=0.25)
+    assert fresh.keys.thresholds == method.keys.thresholds
+    assert torch.equal(answer_logits(fresh_model, fresh, images, ids), routed)
+
+
+def test_task_keys_thresholds_are_a_quantile_of_the_held_similarities_by_hand():
+    keys = TaskKeys(hold=3)
+    # Task 0: (1, 0) twice and (0, 1): key (2, 1) / sqrt(5), similarities 2, 2, 1 over sqrt(5).
+    keys.add(0, torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+    keys.add(0, torch.tensor([[0.0, 1.0], [5.0, 5.0]]))  # the fourth is not held (hold=3)...
+    keys.sums[0], keys.counts[0] = torch.tensor([2.0, 1.0]), 3  # ...nor in the key, here
+    assert keys.held[0].tolist() == [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]
+    keys.calibrate(0, 0.25)  # sorted (1, 2, 2) / sqrt(5): the 0.25 quantile is 1.5 / sqrt(5)
+    assert keys.thresholds[0] == pytest.approx(1.5 / 5**0.5) and 0 not in keys.held
+    keys.add(1, torch.tensor([[0.0, -1.0]]))
+    keys.calibrate(1, 0.0)  # one input, exactly on its key: threshold 1
+    assert keys.thresholds[1] == pytest.approx(1.0)
+    inputs = torch.tensor([[1.0, 1.0], [-1.0, 1.0], [0.1, -1.0], [0.0, -1.0]])
+    # (1, 1): 3 / sqrt(10) = 0.95 >= 0.67, task 0; (-1, 1): nearest task 0 at -1 / sqrt(10),
+    # below; (0.1, -1): nearest task 1 at 0.995 < 1, base; (0, -1): on task 1's key.
+    assert keys.choose(inputs, fallback=True).tolist() == [0, -1, -1, 1]
+    assert keys.choose(inputs).tolist() == [0, 0, 1, 1]
+    copied = TaskKeys()
+    copied.load_state_dict(copy.deepcopy(keys.state_dict()))
+    assert copied.choose(inputs, fallback=True).tolist() == [0, -1, -1, 1]
+    with pytest.raises(ValueError, match="no threshold for tasks \\[2\\]"):
+        keys.add(2, torch.tensor([[1.0, 1.0]]))
+        keys.choose(inputs, fallback=True)
+    with pytest.raises(ValueError, match="holds no features of task 5"):
+        keys.calibrate(5, 0.1)
+
+
+def test_input_keys_join_the_image_key_and_the_instructions_mean_embedding_by_hand():
+    model = tiny_llava().eval()
+    images, ids, labels = batch(0, seed=4, rows=2)
+    mask = torch.ones_like(ids)
+    mask[1, 0] = 0  # row 1's first token is padding
+    text = instruction_tokens(model, ids, mask, labels)
+    # Row 0: the BOS and the first text token (the image placeholders and answers left out).
+    assert text[0].nonzero().flatten().tolist() == [0, 5]
+    assert text[1].nonzero().flatten().tolist() == [5]
+    assert instruction_tokens(model, ids, mask)[0].nonzero().flatten().tolist() == [0, 5, 6, 7, 8]
+    table = model.language_model.get_input_embeddings().weight.detach()
+    with torch.no_grad():
+        tokens = model.encode_image(images).mean(dim=1)
+    for row, kept in ((0, [0, 5]), (1, [5])):
+        image = tokens[row] / tokens[row].norm()
+        words = table[ids[row, kept]].mean(dim=0)
+        expected = torch.cat([image, words / words.norm()]) / 2**0.5
+        torch.testing.assert_close(input_keys(model, images, ids, text)[row], expected)
 
 
 def test_modal_prompt_trains_one_tasks_prompts_and_matches_keys_at_test_time():
@@ -278,6 +378,7 @@ def test_task_lora_resumed_mid_task_by_the_trainer_ends_with_the_same_keys_and_w
     resumed_model, again = run(tmp_path / "resumed", resume=str(middle))
     assert again.keys.counts == whole.keys.counts == {0: 4}
     assert torch.equal(again.keys.sums[0], whole.keys.sums[0])
+    assert torch.equal(again.keys.held[0], whole.keys.held[0]) and len(whole.keys.held[0]) == 4
     assert all(
         torch.equal(p, tensors(whole_model, "lora_")[n])
         for n, p in tensors(resumed_model, "lora_").items()

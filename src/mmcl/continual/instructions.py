@@ -296,7 +296,7 @@ def generate_answers(
             images = torch.stack([data[i][0] for i in indices]).to(device)
             ids, mask = left_pad(prompts, tokenizer.pad_token_id)
             ids, mask = ids.to(device), mask.to(device)
-            routes = None if method is None else method.routes(model, images)
+            routes = None if method is None else method.routes(model, images, ids, mask)
             new = run_routes(
                 routes,
                 len(images),

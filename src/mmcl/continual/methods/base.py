@@ -11,8 +11,9 @@ A method subclasses `Method` (one level, no deeper) and overrides only the hooks
     predict(model, images, space, run) -> logits or None     where inference changes
     image_features(model, images) -> (features, terms) or None   images encoded the method's way
     class_features(model, space) -> (features, terms) or None    classes embedded the method's way
-    routes(model, images) -> [(rows, context)] or None   which rows of a bridge's batch run
-                                        under which setting (a task's LoRA, its prompts)
+    routes(model, images, ids, mask) -> [(rows, context)] or None   which rows of a bridge's
+                                        batch of prompts run under which setting (a task's
+                                        LoRA, its prompts)
     state_dict() / load_state_dict()    everything needed to resume exactly
 
 `run` is the `ContinualRun` in progress (`mmcl.continual.runner`): the scenario, the task
@@ -84,11 +85,12 @@ class Method(TrainingPlugin):
         `image_features`. None: the text tower on each class's prompts."""
         return None
 
-    def routes(self, model, images):
+    def routes(self, model, images, ids=None, mask=None):
         """``[(rows, context), ...]``: for a bridge model's inference (answers, LM scores),
-        which rows of the batch run under which context manager (e.g. the LoRA of the task
-        a selector sent them to); `mmcl.continual.methods.task_keys.run_routes` runs them.
-        None: every row under the model as it is."""
+        which rows of the batch (`images`, and the prompts' `ids` with their attention
+        `mask`) run under which context manager (e.g. the LoRA of the task a selector sent
+        them to); `mmcl.continual.methods.task_keys.run_routes` runs them. None: every row
+        under the model as it is."""
         return None
 
     def __repr__(self) -> str:

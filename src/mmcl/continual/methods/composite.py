@@ -85,9 +85,9 @@ class Composite(Method):
                 return computed
         return None
 
-    def routes(self, model, images):
+    def routes(self, model, images, ids=None, mask=None):
         for part in self.parts:  # at most one part routes (see __init__)
-            routes = part.routes(model, images)
+            routes = part.routes(model, images, ids, mask)
             if routes is not None:
                 return routes
         return None

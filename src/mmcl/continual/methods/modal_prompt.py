@@ -71,9 +71,9 @@ class ModalPrompt(Method):
         self.task = None
         self._switch()
 
-    def routes(self, model, images):
+    def routes(self, model, images, ids=None, mask=None):
         """One route: every row, under the prompts of its nearest task's key (None while a
-        task trains or before any has)."""
+        task trains or before any has). The keys are of images only (the prompts go unread)."""
         if images is None or self.task is not None or not self.keys.tasks:
             return None
         choice = self.keys.choose(image_keys(model, images))

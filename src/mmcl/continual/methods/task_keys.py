@@ -1,15 +1,24 @@
-"""A task selector for bridge models: one key per task (the mean of its training images'
+"""A task selector for bridge models: one key per task (the mean of its training items'
 features), and, at test time, the task whose key is nearest (by cosine similarity) to an
-image's feature: the simplest form of the task identification that HiDe-LLaVA (feature
+input's feature: the simplest form of the task identification that HiDe-LLaVA (feature
 similarity to task prototypes) and MoE adapters (an autoencoder per task) do before choosing
 a task's parameters (see `task_lora` and `modal_prompt`).
 
-The feature of an image is the mean of its image tokens as the bridge hands them to the LM
-(`model.encode_image(images) -> (images, tokens, width)`), under the frozen tower and
-projector, normalised. Keys are
-accumulated from the training batches themselves (`add`), so the selector needs no second
-pass over the data and works for any stream whose batches carry images; the sums are part of
-the state, so a run resumed mid-task ends with the same keys.
+The feature of an image (`image_keys`) is the mean of its image tokens as the bridge hands
+them to the LM (`model.encode_image(images) -> (images, tokens, width)`), under the frozen
+tower and projector, normalised. The feature of an instruction (`input_keys`) puts beside it
+the mean input embedding of the instruction's text tokens (the LM's frozen embedding table),
+as HiDe-LLaVA and ModalPrompt match image *and* text: tasks that share their images and
+differ in what they ask (scene captions, scene questions) are told apart only by the text.
+Keys are accumulated from the training batches themselves (`add`), so the selector needs no
+second pass over the data and works for any stream whose batches carry images; the sums are
+part of the state, so a run resumed mid-task ends with the same keys.
+
+With `hold`, the first `hold` features of each task are kept until the task ends, and
+`calibrate` sets the task's threshold to a quantile of their similarity to the finished key;
+`choose(..., fallback=True)` then answers -1 ("none of the tasks") for an input less similar
+to its nearest key than that task's threshold, as MoE adapters' selector sends an input that
+no task recognises to the frozen model.
 
 Inference through a selector is a list of *routes*: ``[(rows, context), ...]``, the rows of
 a batch that run under each context (e.g. the LoRA of the task they were sent to). Run them
@@ -31,6 +40,7 @@ from collections.abc import Callable
 import torch
 from torch.nn import functional as F
 
+from mmcl.data.chat_template import IGNORE_INDEX
 from mmcl.train import distributed
 
 
@@ -41,17 +51,55 @@ def image_keys(model, images: torch.Tensor) -> torch.Tensor:
     return F.normalize(tokens.float().mean(dim=1), dim=-1)
 
 
-class TaskKeys:
-    """Sums and counts of features per task; `choose` picks the nearest task mean."""
+def instruction_tokens(model, ids: torch.Tensor, mask: torch.Tensor, labels=None) -> torch.Tensor:
+    """Which of `ids` are instruction text: attended, not an image placeholder and, with
+    `labels` (a training batch), not an answer token (those carry a label)."""
+    keep = mask.bool() & (ids != model.image_token_id)
+    return keep if labels is None else keep & (labels == IGNORE_INDEX)
 
-    def __init__(self):
+
+@torch.no_grad()
+def input_keys(model, images: torch.Tensor, ids: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """``(rows, 2 * width)``: `image_keys` beside the normalised mean input embedding of each
+    row's instruction tokens (`text`, a mask over `ids`: `instruction_tokens`), the two
+    halves weighted alike and the whole normalised, in float32."""
+    embeddings = model.language_model.get_input_embeddings()(ids).float()
+    weights = text.to(embeddings.dtype).unsqueeze(-1)
+    mean = (embeddings * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1)
+    both = torch.cat([image_keys(model, images), F.normalize(mean, dim=-1)], dim=-1)
+    return F.normalize(both, dim=-1)
+
+
+class TaskKeys:
+    """Sums and counts of features per task; `choose` picks the nearest task mean. With
+    `hold`, the first `hold` features of a task are kept for `calibrate`."""
+
+    def __init__(self, hold: int = 0):
+        self.hold = hold
         self.sums: dict[int, torch.Tensor] = {}
         self.counts: dict[int, int] = {}
+        self.held: dict[int, torch.Tensor] = {}  # until `calibrate` (part of the state)
+        self.thresholds: dict[int, float] = {}
 
     def add(self, task: int, features: torch.Tensor) -> None:
-        total = features.detach().float().sum(dim=0).cpu()
-        self.sums[task] = self.sums.get(task, 0) + total
+        features = features.detach().float().cpu()
+        self.sums[task] = self.sums.get(task, 0) + features.sum(dim=0)
         self.counts[task] = self.counts.get(task, 0) + len(features)
+        held = self.held.get(task, features[:0])
+        if len(held) < self.hold:
+            self.held[task] = torch.cat([held, features[: self.hold - len(held)]])
+
+    def calibrate(self, task: int, quantile: float) -> None:
+        """Task `task`'s threshold: the `quantile` of its held features' similarity to its
+        key (so about that share of its own training inputs would fall below it). The held
+        features are dropped. Under DDP each rank calibrates on its own batches; the runner
+        then gives every rank rank 0's state."""
+        held = self.held.pop(task, None)
+        if held is None or not len(held):
+            raise ValueError(f"the task selector holds no features of task {task} to calibrate")
+        key = F.normalize(self.sums[task] / self.counts[task], dim=-1)
+        similarity = F.normalize(held, dim=-1) @ key
+        self.thresholds[task] = torch.quantile(similarity, quantile).item()
 
     def gather(self, task: int) -> None:
         """Sum task `task`'s share from every rank (each rank saw its own batches)."""
@@ -70,19 +118,35 @@ class TaskKeys:
         """``(tasks, width)``: the normalised mean feature of each task, in `tasks` order."""
         return F.normalize(torch.stack([self.sums[t] / self.counts[t] for t in self.tasks]), dim=-1)
 
-    def choose(self, features: torch.Tensor) -> torch.Tensor:
-        """The task (an index of the stream) whose key is most similar to each row."""
+    def choose(self, features: torch.Tensor, fallback: bool = False) -> torch.Tensor:
+        """The task (an index of the stream) whose key is most similar to each row; with
+        `fallback`, -1 where that similarity is below the task's `calibrate`d threshold."""
         if not self.sums:
             raise ValueError("the task selector has no keys yet: train a task first")
         similarity = F.normalize(features.float(), dim=-1) @ self.keys().to(features.device).T
-        return torch.tensor(self.tasks, device=features.device)[similarity.argmax(dim=1)]
+        best, nearest = similarity.max(dim=1)
+        tasks = torch.tensor(self.tasks, device=features.device)[nearest]
+        if not fallback:
+            return tasks
+        missing = [t for t in self.tasks if t not in self.thresholds]
+        if missing:
+            raise ValueError(f"the task selector has no threshold for tasks {missing}: calibrate")
+        thresholds = torch.tensor([self.thresholds[t] for t in self.tasks], device=best.device)
+        return torch.where(best >= thresholds[nearest], tasks, torch.full_like(tasks, -1))
 
     def state_dict(self) -> dict:
-        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+        return {
+            "sums": dict(self.sums),
+            "counts": dict(self.counts),
+            "held": dict(self.held),
+            "thresholds": dict(self.thresholds),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.sums = {int(k): v.clone() for k, v in state.get("sums", {}).items()}
         self.counts = {int(k): int(v) for k, v in state.get("counts", {}).items()}
+        self.held = {int(k): v.clone() for k, v in state.get("held", {}).items()}
+        self.thresholds = {int(k): float(v) for k, v in state.get("thresholds", {}).items()}
 
 
 def routes_by_task(
@@ -128,4 +192,11 @@ def _pad_to(values: torch.Tensor, length: int, pad) -> torch.Tensor:
     return torch.cat([values, extra], dim=1)
 
 
-__all__ = ["TaskKeys", "image_keys", "routes_by_task", "run_routes"]
+__all__ = [
+    "TaskKeys",
+    "image_keys",
+    "input_keys",
+    "instruction_tokens",
+    "routes_by_task",
+    "run_routes",
+]
