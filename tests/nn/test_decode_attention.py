@@ -74,6 +74,25 @@ def test_kernel_matches_float64_attention(batch, heads, keys, dim, queries, dtyp
 
 
 @needs_amx
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_queries_attend_in_blocks_of_four_each_with_its_own_mask(dtype):
+    # 7 queries a row: a block of four and one of three, in one pass over the keys each; a
+    # mask per query, with query 5 blind (inside the second block) and query 1 seeing one key
+    generator = torch.Generator().manual_seed(11)
+    query = torch.randn(3, 2, 7, 32, generator=generator).to(dtype)
+    key, value = (torch.randn(3, 2, 45, 32, generator=generator).to(dtype) for _ in range(2))
+    mask = torch.rand(3, 1, 7, 45, generator=generator) > 0.4
+    mask[:, :, 5] = False
+    mask[:, :, 1] = False
+    mask[:, :, 1, 44] = True
+    ours = kernels.decode_attention(query, key, value, mask)
+    exact = attend(query.double(), key.double(), value.double(), mask)
+    assert not ours[:, :, 5].any()
+    tolerance = 2e-6 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(ours.double(), exact, atol=tolerance, rtol=tolerance)
+
+
+@needs_amx
 def test_large_scores_stay_finite_and_the_result_is_independent_of_the_thread_count():
     query, key, value = cache_like(4, 6, 50, 64, torch.float32, seed=1)
     query = 30 * query  # scores in the hundreds: exp must not overflow

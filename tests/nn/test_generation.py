@@ -231,14 +231,17 @@ def test_beams_share_their_inputs_constants_unless_the_cache_copies_them():
         cache.advance(torch.tensor([[1], [2], [3]]))
         cache.repeat_rows(2)
         assert cache.tokens.view(-1).tolist() == [1, 1, 2, 2, 3, 3]
-        cache.select(torch.tensor([1, 1, 4, 5]))  # input 1 done; input 0's beam 1 twice
+        before = cache.constant("image", lambda: None)
+        cache.select(torch.tensor([1, 1, 3, 2, 4, 4]))  # a beam reorder: constants untouched
+        assert cache.constant("image", lambda: None) is before
+        cache.select(torch.tensor([1, 1, 4, 5]))  # input 1 done
         assert cache.tokens.view(-1).tolist() == [1, 1, 3, 3]
     assert shared.rows_per_constant == 2 and copied.rows_per_constant == 1
     assert shared.constant("image", lambda: None).tolist() == [10, 30]
     assert copied.constant("image", lambda: None).tolist() == [10, 10, 30, 30]
     with pytest.raises(ValueError, match="beams must stay with their input"):
         shared.select(torch.tensor([1, 2, 0, 3]))  # a group mixing inputs 0 and 1
-    with pytest.raises(ValueError, match="whole groups"):
+    with pytest.raises(ValueError, match="whole inputs of 2 rows"):
         shared.select(torch.tensor([0, 1, 2]))
 
 

@@ -40,7 +40,7 @@ class KVCache:
     Beams (`repeat_rows`) share their input's constant entries: the cache then holds one row of
     them per input, read by that input's `rows_per_constant` consecutive rows (attention takes
     keys with fewer rows than queries for this; see `mmcl.nn.attention.MultiheadAttention`).
-    ``share_constants=False`` copies them to every row instead.
+    ``share_constants=False`` copies them to every beam instead (mmcl's path before).
     """
 
     def __init__(self, share_constants: bool = True) -> None:
@@ -53,7 +53,7 @@ class KVCache:
         self._tracked: dict[Hashable, tuple[torch.Tensor, ...]] = {}
         self.tokens: torch.Tensor | None = None
         self.share_constants = share_constants
-        self.rows_per_constant = 1  # rows r * k ... r * k + k - 1 read constant row r
+        self.rows_per_input = 1  # the beams: rows r * k ... r * k + k - 1 decode input r
 
     @property
     def seen(self) -> int:
@@ -135,6 +135,11 @@ class KVCache:
         """`owner`'s entry set with `track`, with every `select` since applied."""
         return self._tracked[owner]
 
+    @property
+    def rows_per_constant(self) -> int:
+        """How many consecutive rows read one row of the constant entries."""
+        return self.rows_per_input if self.share_constants else 1
+
     def repeat_rows(self, times: int) -> None:
         """Repeat every row `times` times in place (row r becomes rows ``r * times`` to
         ``r * times + times - 1``): the beams of each input. The constant entries are not
@@ -143,46 +148,48 @@ class KVCache:
         if times < 1:
             raise ValueError(f"times must be at least 1, got {times}")
         rows = torch.arange(self._rows(), device=self._device()).repeat_interleave(times)
-        if not self.share_constants:
-            self.select(rows)
-            return
         self._select_rows(rows)
-        self.rows_per_constant *= times
+        if not self.share_constants:
+            for owner, value in self._constant.items():
+                self._constant[owner] = _select(value, rows)
+        self.rows_per_input *= times
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep rows `rows` (an index tensor; repeats allowed), in that order, in every entry.
 
-        Where rows share constants (after `repeat_rows`), each consecutive group of
-        `rows_per_constant` of `rows` must come from one input's group: a reorder of the beams
-        within each input (the constants are left as they are, not copied) or inputs dropped
-        or repeated whole (their constants follow).
+        After `repeat_rows`, each consecutive group of `rows_per_input` of `rows` must come from
+        one input's rows: a reorder of the beams within each input leaves the constant entries
+        as they are (every beam of an input reads the same), and inputs dropped or repeated
+        whole take their constants along.
         """
         rows = rows.to(self._device(), torch.long)
-        share = self.rows_per_constant
-        if share == 1:
+        group = self.rows_per_input
+        if group == 1:
             self._select_rows(rows)
             for owner, value in self._constant.items():
                 self._constant[owner] = _select(value, rows)
             return
-        if len(rows) % share:
+        if len(rows) % group:
             raise ValueError(
-                f"KVCache.select: {len(rows)} rows do not make whole groups of the "
-                f"{share} rows that share each input's constants"
+                f"KVCache.select: {len(rows)} rows do not make whole inputs of {group} rows "
+                f"(beams) each"
             )
-        inputs = rows.view(-1, share) // share  # the input each kept row comes from
+        inputs = rows.view(-1, group) // group  # the input each kept row comes from
+        before = self._rows() // group
         if not bool((inputs == inputs[:, :1]).all()):
             raise ValueError(
-                "KVCache.select: a group of rows that shares one input's constants mixes rows "
-                "of several inputs (beams must stay with their input)"
+                "KVCache.select: a group of rows mixes rows of several inputs (beams must stay "
+                "with their input)"
             )
         self._select_rows(rows)
         inputs = inputs[:, 0]
-        if len(inputs) == self._constant_rows() and bool(
+        if len(inputs) == before and bool(
             (inputs == torch.arange(len(inputs), device=inputs.device)).all()
         ):
             return  # a reorder of beams within their inputs: the constants stay as they are
+        kept = inputs if self.share_constants else rows
         for owner, value in self._constant.items():
-            self._constant[owner] = _select(value, inputs)
+            self._constant[owner] = _select(value, kept)
 
     def _select_rows(self, rows: torch.Tensor) -> None:
         # The entries with one row per decoded row: all but the constants.
