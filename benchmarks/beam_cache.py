@@ -4,11 +4,12 @@ mmcl's path before), in one process, at `captioning.py`'s model size.
 
     python benchmarks/beam_cache.py --threads 1 --clock cpu              # every caption 20 tokens
     python benchmarks/beam_cache.py --threads 1 --clock cpu --end-bias 2.3  # mixed lengths
+    python benchmarks/beam_cache.py --quick                              # tiny model, smoke run
 
 The model is `captioning.py`'s default ("mmcl": its random weights saved in Hugging Face's
 layout, loaded with `mmcl.load`, then `mmcl.nn.accelerate(model, pack_fp32=True)`), in fp32 and
-bf16. Both paths run
-the same loop on the same model, taking turns repeat by repeat; the captions must be equal.
+bf16. Both paths run the same loop on the same model, taking turns repeat by repeat; the
+captions must be equal (the run fails otherwise).
 "Cross cache" is what the decoding steps read of the image's keys and values: their bytes summed
 over the cross-attention layers at each step after the first, and over all those steps.
 """
@@ -60,50 +61,57 @@ def _not_cached():
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch", type=int, default=8, help="images a call")
+    parser.add_argument("--quick", action="store_true", help="tiny model, one repeat")
+    parser.add_argument("--batch", type=int, help="images a call (default 8; quick 4)")
     parser.add_argument("--beams", type=int, default=3)
-    parser.add_argument("--max-new-tokens", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per path")
+    parser.add_argument("--max-new-tokens", type=int, help="default 20 (quick 8)")
+    parser.add_argument("--repeats", type=int, help="timed repeats per path (default 5)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--end-bias", type=float, default=0.0, help="as captioning.py's")
     parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall")
     args = parser.parse_args(argv)
+    quick = args.quick
+    batch = args.batch or (4 if quick else 8)
+    new_tokens = args.max_new_tokens or (8 if quick else 20)
+    repeats = args.repeats or (1 if quick else 5)
+    config = blip_config(quick, 2 if quick else 4, 32 if quick else 224)
+    size = config.vision_config.image_size
     if args.threads:
         torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
     print(f"machine: {machine_line()}")
-    print(f"clock: {args.clock}; [SEP] logit bias: {args.end_bias}; batch {args.batch}, ", end="")
-    print(f"beams {args.beams}, up to {args.max_new_tokens} new tokens")
+    print(f"clock: {args.clock}; [SEP] logit bias: {args.end_bias}; batch {batch}, ", end="")
+    print(f"beams {args.beams}, up to {new_tokens} new tokens, {size} px images")
     torch.manual_seed(1)
-    images = torch.randn(args.batch, 3, 224, 224)
+    images = torch.randn(batch, 3, size, size)
     with tempfile.TemporaryDirectory() as scratch:
-        built = build_models(blip_config(False, 4, 224), Path(scratch), args.end_bias)
+        built = build_models(config, Path(scratch), args.end_bias)
     models = {precision: built[("mmcl", precision)] for precision in DTYPES}
     del built  # Hugging Face's models and the plain ones: not timed here
     calls = {
         (precision, path): caption_call(
-            model, images.to(DTYPES[precision]), args.beams, args.max_new_tokens, share
+            model, images.to(DTYPES[precision]), args.beams, new_tokens, share
         )
         for precision, model in models.items()
         for path, share in PATHS.items()
     }
     with torch.inference_mode():
-        results = timed(calls, 1, args.repeats, CLOCKS[args.clock])
+        results = timed(calls, 1, repeats, CLOCKS[args.clock])
     header = ["precision", "path", "images/s", "vs copied", "cross cache a step", "all steps"]
     rows = []
     for (precision, path), (seconds, (tokens, read)) in results.items():
         copied_seconds, (copied_tokens, _) = results[(precision, "copied")]
         if not torch.equal(tokens, copied_tokens):
             raise SystemExit(f"{precision}: the shared cache's captions differ from the copied")
-        first = f"{read[0] / 1e6:.1f} MB" if read else "-"
+        first = f"{read[0] / 1e6:.4g} MB" if read else "-"
         rows.append(
             [
                 precision,
                 path,
-                f"{args.batch / seconds:.2f}",
+                f"{batch / seconds:.2f}",
                 f"{copied_seconds / seconds:.3f}x",
                 first,
-                f"{sum(read) / 1e6:.0f} MB / {len(read)} steps",
+                f"{sum(read) / 1e6:.4g} MB / {len(read)} steps",
             ]
         )
     print()

@@ -9,6 +9,7 @@ import itertools
 import pytest
 import torch
 
+from benchmark_scripts import import_benchmark
 from conftest import tiny_coca_config
 from mmcl.models import CoCa, CoCaConfig
 from mmcl.models.blip import Blip
@@ -144,3 +145,12 @@ def copying_cache(model, pixels) -> KVCache:
     cache = KVCache(share_constants=False)
     cache.put(model, model.caption_context(pixels))
     return cache
+
+
+def test_quick_beam_cache_benchmark_runs_and_the_shared_cache_is_a_third(capsys):
+    import_benchmark("beam_cache").main(["--quick"])  # exits if the two paths' captions differ
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    per_step = {(r[0], r[1]): float(r[4]) for r in rows if r[:1] in (["fp32"], ["bf16"])}
+    for precision in ("fp32", "bf16"):
+        copied, shared = per_step[(precision, "copied")], per_step[(precision, "shared")]
+        assert copied == pytest.approx(3 * shared, rel=0.01)  # 3 beams, one copy an image
