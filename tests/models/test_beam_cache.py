@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from benchmark_scripts import import_benchmark
-from conftest import tiny_coca_config
+from conftest import tiny_blip_config, tiny_coca_config
 from mmcl.models import CoCa, CoCaConfig
 from mmcl.models.blip import Blip
 from mmcl.models.blip_config import BlipConfig
@@ -18,26 +18,12 @@ from mmcl.nn import KVCache, MultiheadAttention, accelerate
 from mmcl.nn.generation import generate
 
 BEAMS, MAX_NEW = 3, 9  # CoCa's tiny context: 10 tokens, the start's included
-TINY_BLIP = {
-    "blip_vision": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "heads": 2},
-    "blip_text": {
-        "vocab_size": 50,
-        "width": 32,
-        "layers": 2,
-        "heads": 2,
-        "max_positions": 24,
-        "dec_id": 48,
-        "enc_id": 49,
-        "sep_id": 3,
-    },
-    "embed_dim": 16,
-}
 
 
 def tiny_blip(dtype: torch.dtype = torch.float32, fast: bool = False) -> Blip:
     """Weights under which the 4 images' searches end at different steps (inputs drop out)."""
     torch.manual_seed(0)
-    model = Blip(BlipConfig.from_dict(TINY_BLIP))
+    model = Blip(BlipConfig.from_dict(tiny_blip_config(sep_id=3)))
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(0.5 * torch.randn_like(parameter))
