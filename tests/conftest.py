@@ -85,6 +85,25 @@ def fresh_kernels(monkeypatch):
     monkeypatch.delenv("MMCL_NATIVE_KERNELS", raising=False)
 
 
+def tiny_blip_config(**text) -> dict:
+    """An mmcl BLIP config dict that builds in milliseconds (head dim 16, the decoding
+    attention kernel's smallest); `text` overrides its text options (e.g. ``sep_id``)."""
+    return {
+        "blip_vision": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "heads": 2},
+        "blip_text": {
+            "vocab_size": 50,
+            "width": 32,
+            "layers": 2,
+            "heads": 2,
+            "max_positions": 24,
+            "dec_id": 48,
+            "enc_id": 49,
+            **text,
+        },
+        "embed_dim": 16,
+    }
+
+
 def tiny_coca_config(attentional_pool: bool = True, **text) -> dict:
     """An open_clip CoCa config dict small enough to build in milliseconds. With the pooler,
     its 24-wide queries read 48-wide tokens (open_clip's separate q/k/v weights, as in

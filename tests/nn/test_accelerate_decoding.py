@@ -15,6 +15,7 @@ import copy
 import torch
 from torch import nn
 
+from conftest import tiny_blip_config
 from mmcl.models.blip import Blip
 from mmcl.models.blip_config import BlipConfig
 from mmcl.nn import KVCache, MultiheadAttention, accelerate, fast_linear
@@ -22,20 +23,6 @@ from mmcl.nn.cpu_support import onednn_bf16, onednn_fp32
 from mmcl.nn.fast_blocks import FastAttention
 from mmcl.nn.fast_linear import PackedLinear
 from mmcl.nn.generation import generate
-
-TINY_BLIP = {
-    "blip_vision": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "heads": 2},
-    "blip_text": {
-        "vocab_size": 50,
-        "width": 32,
-        "layers": 2,
-        "heads": 2,
-        "max_positions": 24,
-        "dec_id": 48,
-        "enc_id": 49,
-    },
-    "embed_dim": 16,
-}
 
 
 def plain_and_fast(module: nn.Module, dtype: torch.dtype, pack_fp32: bool):
@@ -97,7 +84,7 @@ def test_bf16_attention_is_within_bf16_rounding_of_the_plain_float32_layer():
 
 def tiny_blip() -> Blip:
     torch.manual_seed(0)
-    model = Blip(BlipConfig.from_dict(TINY_BLIP))
+    model = Blip(BlipConfig.from_dict(tiny_blip_config()))
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))

@@ -74,6 +74,25 @@ def test_kernel_matches_float64_attention(batch, heads, keys, dim, queries, dtyp
 
 
 @needs_amx
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_queries_attend_in_blocks_of_four_each_with_its_own_mask(dtype):
+    # 7 queries a row: a block of four and one of three, in one pass over the keys each; a
+    # mask per query, with query 5 blind (inside the second block) and query 1 seeing one key
+    generator = torch.Generator().manual_seed(11)
+    query = torch.randn(3, 2, 7, 32, generator=generator).to(dtype)
+    key, value = (torch.randn(3, 2, 45, 32, generator=generator).to(dtype) for _ in range(2))
+    mask = torch.rand(3, 1, 7, 45, generator=generator) > 0.4
+    mask[:, :, 5] = False
+    mask[:, :, 1] = False
+    mask[:, :, 1, 44] = True
+    ours = kernels.decode_attention(query, key, value, mask)
+    exact = attend(query.double(), key.double(), value.double(), mask)
+    assert not ours[:, :, 5].any()
+    tolerance = 2e-6 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(ours.double(), exact, atol=tolerance, rtol=tolerance)
+
+
+@needs_amx
 def test_large_scores_stay_finite_and_the_result_is_independent_of_the_thread_count():
     query, key, value = cache_like(4, 6, 50, 64, torch.float32, seed=1)
     query = 30 * query  # scores in the hundreds: exp must not overflow
@@ -196,3 +215,62 @@ def test_an_accelerated_decoder_layer_attends_with_the_kernel(dtype, monkeypatch
         torch.testing.assert_close(a, b, atol=tolerance, rtol=tolerance)
     blind = got[-1][2]  # no key allowed: the attention is zeros, the output out_proj's bias
     torch.testing.assert_close(blind, plain.out_proj.bias.expand_as(blind), atol=tolerance, rtol=0)
+
+
+@needs_amx
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernel_takes_the_beams_of_an_image_as_one_rows_queries(dtype):
+    # Beams sharing their image's keys: (images * beams, heads, 1, dim) queries folded, without
+    # a copy, into (images, heads, beams, dim) (strided), against one copy of the keys.
+    images, beams, heads, keys, dim = 4, 3, 12, 197, 64
+    query, key, value = cache_like(images * beams, heads, keys, dim, dtype, seed=7)
+    query = query[:, :, :1]
+    folded = (
+        query.view(images, beams, heads, 1, dim).transpose(1, 2).reshape(images, heads, beams, dim)
+    )
+    assert folded.data_ptr() == query.data_ptr()  # a view
+    key, value = key[::beams], value[::beams]  # one image's keys for its beams
+    mask = padding_mask(images, keys, seed=3)  # image 0 blind
+    for m in (None, mask):
+        ours = kernels.decode_attention(folded, key, value, m)
+        assert ours is not None
+        repeated = [t.repeat_interleave(beams, 0).double() for t in (key, value)]
+        row_mask = None if m is None else m.repeat_interleave(beams, 0)
+        exact = attend(query.double(), *repeated, row_mask)
+        ours = ours.transpose(1, 2).reshape(images * beams, 1, heads, dim).transpose(1, 2)
+        if dtype == torch.float32:
+            torch.testing.assert_close(ours.double(), exact, atol=2e-6, rtol=2e-6)
+        else:
+            torch.testing.assert_close(ours.double(), exact, atol=2e-2, rtol=2e-2)
+
+
+@needs_amx
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_an_accelerated_layer_attends_to_keys_shared_by_beams_with_the_kernel(dtype, monkeypatch):
+    calls = []
+    kernel = kernels.decode_attention
+
+    def counted(query, key, value, mask):
+        out = kernel(query, key, value, mask)
+        calls.append((out is not None, query.shape[0], key.shape[0]))
+        return out
+
+    monkeypatch.setattr(kernels, "decode_attention", counted)
+    plain, fast = decoder_layer(dtype)
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(6, 1, 64, generator=generator)
+    context = torch.randn(2, 7, 64, generator=generator)
+    context_mask = torch.ones(2, 1, 1, 7, dtype=torch.bool)
+    context_mask[1, ..., 3:] = False
+    with torch.no_grad():
+        wanted = plain(
+            x, context=context.repeat_interleave(3, 0), mask=context_mask.repeat_interleave(3, 0)
+        )
+        cache = KVCache()
+        fast(x[::3].to(dtype), context=context.to(dtype), cache=cache)  # keys once an image
+        cache.repeat_rows(3)  # three beams an image
+        calls.clear()
+        got = fast(x.to(dtype), context=context.to(dtype), mask=context_mask, cache=cache)
+    assert calls == [(True, 2, 2)]  # one call: 2 images, each with its 3 beams' queries
+    tolerance = 1e-5 if dtype == torch.float32 else 0.05
+    torch.testing.assert_close(got.float(), wanted, atol=tolerance, rtol=tolerance)

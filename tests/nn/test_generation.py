@@ -213,15 +213,36 @@ def test_tracked_entries_follow_every_select_beam_reorders_included():
 
     cache = KVCache()
     cache.put("image", torch.tensor([10, 20]))
-    cache.select(torch.tensor([0, 0, 1, 1]))  # two beams an input
+    cache.repeat_rows(2)  # two beams an input
     cache.track("rows", torch.arange(4), torch.tensor([[5], [6], [7], [8]]))
-    cache.select(torch.tensor([1, 0, 3, 3]), constants=False)  # a beam reorder
+    cache.select(torch.tensor([1, 0, 3, 3]))  # a beam reorder
     rows, values = cache.tracked("rows")
     assert rows.tolist() == [1, 0, 3, 3] and values.tolist() == [[6], [5], [8], [8]]
-    assert cache.constant("image", lambda: None).tolist() == [10, 10, 20, 20]  # left as is
+    assert cache.constant("image", lambda: None).tolist() == [10, 20]  # one an input, as is
     cache.select(torch.tensor([2, 3]))  # input 0 done: its rows dropped
     assert cache.tracked("rows")[0].tolist() == [3, 3]
-    assert cache.constant("image", lambda: None).tolist() == [20, 20]
+    assert cache.constant("image", lambda: None).tolist() == [20]
+
+
+def test_beams_share_their_inputs_constants_unless_the_cache_copies_them():
+    shared, copied = KVCache(), KVCache(share_constants=False)
+    for cache in (shared, copied):
+        cache.put("image", torch.tensor([10, 20, 30]))
+        cache.advance(torch.tensor([[1], [2], [3]]))
+        cache.repeat_rows(2)
+        assert cache.tokens.view(-1).tolist() == [1, 1, 2, 2, 3, 3]
+        before = cache.constant("image", lambda: None)
+        cache.select(torch.tensor([1, 1, 3, 2, 4, 4]))  # a beam reorder: constants untouched
+        assert cache.constant("image", lambda: None) is before
+        cache.select(torch.tensor([1, 1, 4, 5]))  # input 1 done
+        assert cache.tokens.view(-1).tolist() == [1, 1, 3, 3]
+    assert shared.rows_per_constant == 2 and copied.rows_per_constant == 1
+    assert shared.constant("image", lambda: None).tolist() == [10, 30]
+    assert copied.constant("image", lambda: None).tolist() == [10, 10, 30, 30]
+    with pytest.raises(ValueError, match="beams must stay with their input"):
+        shared.select(torch.tensor([1, 2, 0, 3]))  # a group mixing inputs 0 and 1
+    with pytest.raises(ValueError, match="whole inputs of 2 rows"):
+        shared.select(torch.tensor([0, 1, 2]))
 
 
 def test_greedy_takes_the_first_of_equal_maxima_as_argmax_does():

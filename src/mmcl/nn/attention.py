@@ -98,6 +98,9 @@ class MultiheadAttention(nn.Module):
 
     With a `cache`, self-attention appends the new tokens' keys and values to the cached ones
     and attends over all of them; cross-attention projects `context` once and reuses it.
+    The keys and values of a context may have fewer rows than `x`, a divisor of them (the
+    cache's constants during beam search: one image's, for its beams): row ``r`` of `x` then
+    attends to row ``r // group`` of them, the group's queries side by side as one row's.
 
     >>> import torch
     >>> attention = MultiheadAttention(8, 2, context_width=6)
@@ -148,7 +151,14 @@ class MultiheadAttention(nn.Module):
                 key, value = self._context_keys_values(context)
             else:
                 key, value = cache.constant(self, lambda: self._context_keys_values(context))
-        out = self._attention(query, key, value, mask, causal)
+        group = _group(batch, key.shape[0])
+        if group == 1:
+            out = self._attention(query, key, value, mask, causal)
+        elif causal:
+            raise ValueError("causal attention needs keys for every row of its queries")
+        else:
+            query, mask = _fold(query, mask, group)
+            out = _unfold(self._attention(query, key, value, mask, False), group)
         return self.out_proj(out.transpose(1, 2).reshape(batch, queries, width))
 
     def _attention(
@@ -184,6 +194,53 @@ class MultiheadAttention(nn.Module):
         batch, tokens, _ = projected.shape
         shaped = projected.view(batch, tokens, parts, self.heads, self.width // self.heads)
         return tuple(shaped.permute(2, 0, 3, 1, 4).unbind(0))
+
+
+def _group(rows: int, key_rows: int) -> int:
+    """How many consecutive query rows share one row of keys."""
+    if key_rows == rows:
+        return 1
+    if key_rows == 0 or rows % key_rows:
+        raise ValueError(
+            f"{rows} rows of queries cannot share {key_rows} rows of keys and values: their "
+            f"number must divide the queries'"
+        )
+    return rows // key_rows
+
+
+def _fold(
+    query: torch.Tensor, mask: torch.Tensor | None, group: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Queries ``(rows, heads, queries, dim)`` whose `group` consecutive rows share keys as
+    ``(rows / group, heads, group * queries, dim)``: one attention call over each row of keys,
+    read once, and no copy of the keys per row. A view for one query a row (a decoding step).
+    `mask` (broadcast to the queries' rows, or given per row of keys) is folded alike."""
+    rows, heads, queries, dim = query.shape
+    inputs = rows // group
+    folded = query.view(inputs, group, heads, queries, dim).transpose(1, 2)
+    folded = folded.reshape(inputs, heads, group * queries, dim)
+    if mask is None:
+        return folded, None
+    mask = mask.view((1,) * (4 - mask.dim()) + tuple(mask.shape))
+    keys = mask.shape[-1]
+    if mask.shape[0] == rows:  # one per query row: fold it as the queries
+        mask = mask.expand(rows, heads, queries, keys).view(inputs, group, heads, queries, keys)
+        mask = mask.transpose(1, 2)
+    elif queries == 1 and mask.shape[2] == 1:  # one per row of keys: it broadcasts as it is
+        return folded, mask
+    else:
+        mask = mask.expand(inputs, heads, queries, keys)[:, :, None]
+        mask = mask.expand(inputs, heads, group, queries, keys)
+    return folded, mask.reshape(inputs, heads, group * queries, keys)
+
+
+def _unfold(out: torch.Tensor, group: int) -> torch.Tensor:
+    """`_fold`'s inverse: ``(rows / group, heads, group * queries, dim)`` -> ``(rows, heads,
+    queries, dim)``."""
+    inputs, heads, folded, dim = out.shape
+    queries = folded // group
+    out = out.view(inputs, heads, group, queries, dim).transpose(1, 2)
+    return out.reshape(inputs * group, heads, queries, dim)
 
 
 class MultiheadSelfAttention(MultiheadAttention):

@@ -44,7 +44,8 @@ def beam_search(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(tokens, scores, lengths)`` of the best caption per input; see `mmcl.nn.generation`.
     `cache` holds one row per input; it is expanded to ``batch * beams`` rows here, after the
-    prompt's step. `rules`: "exact" or "transformers" (see the module docstring)."""
+    prompt's step, its constant entries staying one row per input (`KVCache.repeat_rows`).
+    `rules`: "exact" or "transformers" (see the module docstring)."""
     if rules not in RULES:
         raise ValueError(f"rules must be one of {RULES}, got {rules!r}")
     hf = rules == "transformers"
@@ -68,12 +69,12 @@ def beam_search(
         length = position + 1  # of every caption that ends or is cut at this step
         logits = step(new, cache).float()
         if position == 0:
-            # The beams of an input start as one prompt: it is decoded once per input (and
-            # whatever the step computes once, such as the image's cross-attention keys and
-            # values, once per input too), then copied to every beam.
-            expand = torch.arange(batch, device=device).repeat_interleave(beams)
-            cache.select(expand)
-            logits = logits[expand]
+            # The beams of an input start as one prompt: it is decoded once per input, then
+            # copied to every beam (input-major rows: input i's beams are rows i * beams ...).
+            # What the step computes once (the image's cross-attention keys and values) stays
+            # one copy per input, which its beams attend to.
+            cache.repeat_rows(beams)
+            logits = logits.repeat_interleave(beams, dim=0)
         if position < min_new_tokens and not hf:
             logits[:, ends] = NEG_INF
         inputs, vocab = len(alive), logits.shape[-1]
@@ -111,7 +112,7 @@ def beam_search(
         chosen_beam = top_beam[continuing].view(inputs, beams)
         chosen_token = top_token[continuing].view(inputs, beams)
         sources = (torch.arange(inputs, device=device)[:, None] * beams + chosen_beam).view(-1)
-        cache.select(sources, constants=False)  # beams of one input share its constants
+        cache.select(sources)  # a reorder within each input: its constants stay as they are
         generated = torch.cat([generated[sources], chosen_token.view(-1, 1)], dim=1)
         if length == max_new_tokens and hf:
             break

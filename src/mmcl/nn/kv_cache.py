@@ -3,10 +3,11 @@
 Decoding one token at a time, each self-attention layer keeps the keys and values of the tokens
 it has seen and attends over them with the new token's query, instead of recomputing the whole
 prefix; a cross-attention layer projects its context (the image tokens) once. Every tensor the
-cache holds has the decoded rows as its first dimension, so `select` can drop finished rows
-and reorder beams for all layers at once. The generation loop `reserve`s room for every
-position it may decode: the keys and values then grow inside one buffer per entry, written in
-place, instead of being copied whole into a new tensor at every step.
+cache holds has the decoded rows as its first dimension (the constant entries: one row per
+input, shared by its beams), so `select` can drop finished rows and reorder beams for all
+layers at once. The generation loop `reserve`s room for every position it may decode: the keys
+and values then grow inside one buffer per entry, written in place, instead of being copied
+whole into a new tensor at every step.
 
 Layers find their entries by themselves (the module object is the key), so a model passes one
 cache down its stack and no layer needs a name:
@@ -35,9 +36,14 @@ class KVCache:
 
     `tokens` is the history of token ids fed so far, ``(rows, seen)``: a model's step calls
     `advance` with its new tokens first, and reads positions (`seen`) from it.
+
+    Beams (`repeat_rows`) share their input's constant entries: the cache then holds one row of
+    them per input, read by that input's `rows_per_constant` consecutive rows (attention takes
+    keys with fewer rows than queries for this; see `mmcl.nn.attention.MultiheadAttention`).
+    ``share_constants=False`` copies them to every beam instead (mmcl's path before).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, share_constants: bool = True) -> None:
         # owner -> (keys, values), each (rows, heads, room, head_dim), of which the first
         # `_lengths[owner]` positions are filled (room > length after a `reserve`).
         self._growing: dict[Hashable, tuple[torch.Tensor, ...]] = {}
@@ -46,6 +52,8 @@ class KVCache:
         self._constant: dict[Hashable, object] = {}
         self._tracked: dict[Hashable, tuple[torch.Tensor, ...]] = {}
         self.tokens: torch.Tensor | None = None
+        self.share_constants = share_constants
+        self.rows_per_input = 1  # the beams: rows r * k ... r * k + k - 1 decode input r
 
     @property
     def seen(self) -> int:
@@ -107,8 +115,9 @@ class KVCache:
         return self._lengths.get(owner, 0)
 
     def constant(self, owner: Hashable, compute: Callable[[], object]) -> object:
-        """`owner`'s constant entry, computed by `compute` the first time it is asked for.
-        The value is a tensor or a tuple of tensors, each with the rows first."""
+        """`owner`'s constant entry, computed by `compute` the first time it is asked for
+        (before `repeat_rows`: one row per input). The value is a tensor or a tuple of
+        tensors, each with the rows first."""
         if owner not in self._constant:
             self._constant[owner] = compute()
         return self._constant[owner]
@@ -131,14 +140,64 @@ class KVCache:
         """`owner`'s entry set with `track`, with every `select` since applied."""
         return self._tracked[owner]
 
-    def select(self, rows: torch.Tensor, constants: bool = True) -> None:
+    @property
+    def rows_per_constant(self) -> int:
+        """How many consecutive rows read one row of the constant entries."""
+        return self.rows_per_input if self.share_constants else 1
+
+    def repeat_rows(self, times: int) -> None:
+        """Repeat every row `times` times in place (row r becomes rows ``r * times`` to
+        ``r * times + times - 1``): the beams of each input. The constant entries are not
+        copied: each input keeps one row of them, shared by its beams (`rows_per_constant`
+        grows `times`-fold), unless the cache was made with ``share_constants=False``."""
+        if times < 1:
+            raise ValueError(f"times must be at least 1, got {times}")
+        rows = torch.arange(self._rows(), device=self._device()).repeat_interleave(times)
+        self._select_rows(rows)
+        if not self.share_constants:
+            for owner, value in self._constant.items():
+                self._constant[owner] = _select(value, rows)
+        self.rows_per_input *= times
+
+    def select(self, rows: torch.Tensor) -> None:
         """Keep rows `rows` (an index tensor; repeats allowed), in that order, in every entry.
 
-        Beam search reorders beams with ``constants=False``: the beams of one input share its
-        constant entries (its image), so a reorder within each input's beams leaves them valid
-        and they need not be copied. Dropping or expanding rows needs ``constants=True``.
+        After `repeat_rows`, each consecutive group of `rows_per_input` of `rows` must come from
+        one input's rows: a reorder of the beams within each input leaves the constant entries
+        as they are (every beam of an input reads the same), and inputs dropped or repeated
+        whole take their constants along.
         """
         rows = rows.to(self._device(), torch.long)
+        group = self.rows_per_input
+        if group == 1:
+            self._select_rows(rows)
+            for owner, value in self._constant.items():
+                self._constant[owner] = _select(value, rows)
+            return
+        if len(rows) % group:
+            raise ValueError(
+                f"KVCache.select: {len(rows)} rows do not make whole inputs of {group} rows "
+                f"(beams) each"
+            )
+        inputs = rows.view(-1, group) // group  # the input each kept row comes from
+        before = self._rows() // group
+        if not bool((inputs == inputs[:, :1]).all()):
+            raise ValueError(
+                "KVCache.select: a group of rows mixes rows of several inputs (beams must stay "
+                "with their input)"
+            )
+        self._select_rows(rows)
+        inputs = inputs[:, 0]
+        if len(inputs) == before and bool(
+            (inputs == torch.arange(len(inputs), device=inputs.device)).all()
+        ):
+            return  # a reorder of beams within their inputs: the constants stay as they are
+        kept = inputs if self.share_constants else rows
+        for owner, value in self._constant.items():
+            self._constant[owner] = _select(value, kept)
+
+    def _select_rows(self, rows: torch.Tensor) -> None:
+        # The entries with one row per decoded row: all but the constants.
         for owner, tensors in self._growing.items():
             length = self._lengths[owner]
             self._growing[owner] = tuple(_select_filled(t, rows, length) for t in tensors)
@@ -146,9 +205,19 @@ class KVCache:
             self._tracked[owner] = tuple(t.index_select(0, rows) for t in tensors)
         if self.tokens is not None:
             self.tokens = self.tokens.index_select(0, rows)
-        if constants:
-            for owner, value in self._constant.items():
-                self._constant[owner] = _select(value, rows)
+
+    def _rows(self) -> int:
+        # How many rows are decoded: from any per-row entry, else from the constants.
+        if self.tokens is not None:
+            return len(self.tokens)
+        for tensors in (*self._growing.values(), *self._tracked.values()):
+            return len(tensors[0])
+        return self._constant_rows() * self.rows_per_constant
+
+    def _constant_rows(self) -> int:
+        for value in self._constant.values():
+            return len(value[0] if isinstance(value, tuple) else value)
+        return 0
 
     def _device(self) -> torch.device:
         for tensors in (*self._growing.values(), *self._tracked.values()):

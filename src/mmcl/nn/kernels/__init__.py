@@ -108,7 +108,7 @@ def decode_attention(
     attend; a query with no key allowed gets zeros. It applies to CPU tensors all bf16 or all
     float32, whose last dimension is contiguous (cache buffers' views are fine), with a head
     dim that is a multiple of 16 up to `MAX_DECODE_HEAD_DIM`. Meant for few queries (it
-    reads the keys once per query). The result is ``(batch, heads, queries, dim)``, a view of
+    reads the keys once per four queries). The result is ``(batch, heads, queries, dim)``, a view of
     a ``(batch, queries, heads, dim)`` tensor, so that the heads side by side are a free
     reshape. No autograd: callers use it for inference only.
     """

@@ -3,8 +3,9 @@
 // bf16 or float32, with AVX-512. Such a step is a handful of dot products per key: PyTorch
 // runs it as two batched matmuls, a softmax and dtype conversions, each a pass over the
 // scores and each with its own set-up, which costs several times the reading of the keys and
-// values themselves. Here each (row, head) is one pass: scores, softmax and the weighted sum
-// of the values in float32, rounded once at the end.
+// values themselves. Here each (row, head) is one pass for up to four of its queries at once
+// (the beams of an image, which mmcl.nn.attention folds into one row's queries, read its keys
+// once): scores, softmax and the weighted sum of the values in float32, rounded once at the end.
 //
 // Input: query (batch, heads, queries, dim), key and value (batch, heads, keys, dim), all of
 // one dtype (bf16 or float32), each with its last dimension contiguous (a cache buffer's
@@ -51,73 +52,122 @@ struct Problem {
   float scale;
 };
 
-// One (row, head, query): scores (float32, `keys` of them) -> softmax -> weighted values.
-template <typename T>
-void attend_one(const Problem<T>& p, int64_t b, int64_t h, int64_t i, float* scores) {
+// Up to kBlock queries of one (row, head) attend in one pass over the keys and one over the
+// values, so that each key and value is loaded (and in bf16 widened) once for all of them: the
+// beams of an image, folded into one row's queries by mmcl.nn.attention, read its keys once.
+constexpr int kBlock = 4;
+
+// Queries i0 .. i0 + Q - 1 of (row b, head h): scores (float32, `keys` a query, in `scores`
+// at `stride` apart) -> softmax -> weighted values.
+template <typename T, int Q>
+void attend_block(const Problem<T>& p, int64_t b, int64_t h, int64_t i0, float* scores,
+                  int64_t stride) {
   const int64_t vectors = p.dim / 16;
-  const T* q = p.query + b * p.q.b + h * p.q.h + i * p.q.t;
   const T* k = p.key + b * p.k.b + h * p.k.h;
   const T* v = p.value + b * p.v.b + h * p.v.h;
-  const bool* allowed =
-      p.mask ? p.mask + b * p.mask_strides[0] + h * p.mask_strides[1] + i * p.mask_strides[2]
-             : nullptr;
-  T* out = p.out + ((b * p.queries + i) * p.heads + h) * p.dim;
-  __m512 qv[kMaxDim / 16];
   const __m512 scale = _mm512_set1_ps(p.scale);
-  for (int64_t j = 0; j < vectors; ++j) qv[j] = _mm512_mul_ps(load16(q + 16 * j), scale);
-  float best = -INFINITY;
+  __m512 qv[Q][kMaxDim / 16];
+  const bool* allowed[Q];
+  T* out[Q];
+  float best[Q];
+  for (int q = 0; q < Q; ++q) {
+    const int64_t i = i0 + q;
+    const T* query = p.query + b * p.q.b + h * p.q.h + i * p.q.t;
+    for (int64_t j = 0; j < vectors; ++j) qv[q][j] = _mm512_mul_ps(load16(query + 16 * j), scale);
+    allowed[q] = p.mask ? p.mask + b * p.mask_strides[0] + h * p.mask_strides[1] +
+                              i * p.mask_strides[2]
+                        : nullptr;
+    out[q] = p.out + ((b * p.queries + i) * p.heads + h) * p.dim;
+    best[q] = -INFINITY;
+  }
   for (int64_t t = 0; t < p.keys; ++t) {
-    if (allowed && !allowed[t * p.mask_strides[3]]) {
-      scores[t] = -INFINITY;
+    const T* kt = k + t * p.k.t;
+    __m512 acc[Q];
+    __m512 key = load16(kt);
+    for (int q = 0; q < Q; ++q) acc[q] = _mm512_mul_ps(qv[q][0], key);
+    for (int64_t j = 1; j < vectors; ++j) {
+      key = load16(kt + 16 * j);
+      for (int q = 0; q < Q; ++q) acc[q] = _mm512_fmadd_ps(qv[q][j], key, acc[q]);
+    }
+    for (int q = 0; q < Q; ++q) {
+      const bool masked = allowed[q] && !allowed[q][t * p.mask_strides[3]];
+      const float s = masked ? -INFINITY : _mm512_reduce_add_ps(acc[q]);
+      scores[q * stride + t] = s;
+      best[q] = std::max(best[q], s);
+    }
+  }
+  // exp(score - best) in vectors of 16 (masked keys: -inf -> 0), and 1 / their total; a query
+  // with no key allowed gets zeros, as mmcl.nn.attention.attend gives
+  float inverse[Q];
+  for (int q = 0; q < Q; ++q) {
+    float* row = scores + q * stride;
+    if (best[q] == -INFINITY) {
+      for (int64_t t = 0; t < p.keys; ++t) row[t] = 0.0f;
+      inverse[q] = 0.0f;
       continue;
     }
-    const T* kt = k + t * p.k.t;
-    __m512 acc = _mm512_mul_ps(qv[0], load16(kt));
-    for (int64_t j = 1; j < vectors; ++j) acc = _mm512_fmadd_ps(qv[j], load16(kt + 16 * j), acc);
-    const float s = _mm512_reduce_add_ps(acc);
-    scores[t] = s;
-    best = std::max(best, s);
+    __m512 total = _mm512_setzero_ps();
+    const __m512 shift = _mm512_set1_ps(best[q]);
+    for (int64_t t = 0; t < p.keys; t += 16) {
+      const __mmask16 lanes = mask16(p.keys - t);
+      const __m512 s = _mm512_maskz_loadu_ps(lanes, row + t);
+      __m512 e = reinterpret_cast<__m512>(
+          exp_nonpositive(reinterpret_cast<vf>(_mm512_sub_ps(s, shift))));
+      e = _mm512_maskz_mov_ps(lanes, e);
+      total = _mm512_add_ps(total, e);
+      _mm512_mask_storeu_ps(row + t, lanes, e);
+    }
+    inverse[q] = 1.0f / _mm512_reduce_add_ps(total);
   }
-  __m512 sum[kMaxDim / 16];
-  for (int64_t j = 0; j < vectors; ++j) sum[j] = _mm512_setzero_ps();
-  if (best == -INFINITY) {  // no key allowed: zeros, as mmcl.nn.attention.attend gives
-    for (int64_t j = 0; j < vectors; ++j) store16(out + 16 * j, sum[j]);
-    return;
-  }
-  // exp(score - best) in vectors of 16 (masked keys: -inf -> 0), their total
-  __m512 total = _mm512_setzero_ps();
-  const __m512 shift = _mm512_set1_ps(best);
-  for (int64_t t = 0; t < p.keys; t += 16) {
-    const __mmask16 lanes = mask16(p.keys - t);
-    const __m512 s = _mm512_maskz_loadu_ps(lanes, scores + t);
-    __m512 e = reinterpret_cast<__m512>(exp_nonpositive(reinterpret_cast<vf>(_mm512_sub_ps(s, shift))));
-    e = _mm512_maskz_mov_ps(lanes, e);
-    total = _mm512_add_ps(total, e);
-    _mm512_mask_storeu_ps(scores + t, lanes, e);
-  }
+  __m512 sum[Q][kMaxDim / 16];
+  for (int q = 0; q < Q; ++q)
+    for (int64_t j = 0; j < vectors; ++j) sum[q][j] = _mm512_setzero_ps();
   for (int64_t t = 0; t < p.keys; ++t) {
-    const float weight = scores[t];
-    if (weight == 0.0f) continue;  // masked (or underflowed): adds nothing
-    const __m512 w = _mm512_set1_ps(weight);
+    __m512 w[Q];
+    bool any = false;
+    for (int q = 0; q < Q; ++q) {
+      const float weight = scores[q * stride + t];
+      any |= weight != 0.0f;  // masked (or underflowed) for every query: adds nothing
+      w[q] = _mm512_set1_ps(weight);
+    }
+    if (!any) continue;
     const T* vt = v + t * p.v.t;
-    for (int64_t j = 0; j < vectors; ++j) sum[j] = _mm512_fmadd_ps(w, load16(vt + 16 * j), sum[j]);
+    for (int64_t j = 0; j < vectors; ++j) {
+      const __m512 value = load16(vt + 16 * j);
+      for (int q = 0; q < Q; ++q) sum[q][j] = _mm512_fmadd_ps(w[q], value, sum[q][j]);
+    }
   }
-  const __m512 inverse = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(total));
-  for (int64_t j = 0; j < vectors; ++j) store16(out + 16 * j, _mm512_mul_ps(sum[j], inverse));
+  for (int q = 0; q < Q; ++q) {
+    const __m512 factor = _mm512_set1_ps(inverse[q]);
+    for (int64_t j = 0; j < vectors; ++j)
+      store16(out[q] + 16 * j, _mm512_mul_ps(sum[q][j], factor));
+  }
+}
+
+template <typename T>
+void attend_item(const Problem<T>& p, int64_t b, int64_t h, float* scores, int64_t stride) {
+  for (int64_t i = 0; i < p.queries; i += kBlock) {
+    switch (std::min<int64_t>(kBlock, p.queries - i)) {
+      case 1: attend_block<T, 1>(p, b, h, i, scores, stride); break;
+      case 2: attend_block<T, 2>(p, b, h, i, scores, stride); break;
+      case 3: attend_block<T, 3>(p, b, h, i, scores, stride); break;
+      default: attend_block<T, 4>(p, b, h, i, scores, stride); break;
+    }
+  }
 }
 
 template <typename T>
 void run(const Problem<T>& p) {
   const int64_t items = p.batch * p.heads;
+  const int64_t stride = round_up(p.keys, 16);  // a query's scores, whole vectors of 16
   // OpenMP directly, not at::parallel_for: see short_attention_amx.cpp.
   const int threads = int(std::min<int64_t>(omp_get_max_threads(), std::max<int64_t>(items, 1)));
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<float> scores(p.keys + 16);
+    std::vector<float> scores(kBlock * stride + 16);
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < items; ++item)
-      for (int64_t i = 0; i < p.queries; ++i)
-        attend_one(p, item / p.heads, item % p.heads, i, scores.data());
+      attend_item(p, item / p.heads, item % p.heads, scores.data(), stride);
   }
 }
 
