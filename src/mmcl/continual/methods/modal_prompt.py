@@ -4,15 +4,16 @@ model frozen, `length` learned prompt vectors per task put before the language m
 embeddings, and at test time each input gets the prompts of the task whose key it matches.
 
 Training task t: every row gets task t's prompts (`mmcl.nn.lm_prompts`), which alone train;
-the batches' images are added to task t's key (`task_keys.TaskKeys`: the mean image feature).
+the batches' inputs are added to task t's key (`task_keys.TaskKeys`): the mean image token
+beside the mean embedding of the instruction's text (`task_keys.input_keys`, as `task_lora`).
 Inference: `routes` gives each row the prompts of its nearest task's key, all rows in one
 call (the prompts are chosen per row). Before any task has trained, the base model answers.
 
 Where mmcl differs from ModalPrompt: one task's prompts per input (ModalPrompt selects the
-top-k prototype prompts across tasks and fuses them); the keys are the mean image token of
-each task's training images under the frozen bridge (ModalPrompt matches both the image and
-the instruction text against its prototypes with CLIP's encoders, and learns the prototypes);
-no prompt-alignment loss. The prompts of all tasks are created when the run starts, as extra
+top-k prototype prompts across tasks and fuses them); the keys are the frozen bridge's own
+features of each task's training inputs, image and instruction text, averaged (ModalPrompt
+matches the image and the instruction against its prototypes with CLIP's encoders, and
+learns the prototypes); no prompt-alignment loss. The prompts of all tasks are created when the run starts, as extra
 keys ``lm_prompts.embeddings.<task>`` of the model's state dict, so a resumed run finds them.
 """
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from mmcl.continual.methods.base import Method
 from mmcl.continual.methods.moe_lora import check_int
-from mmcl.continual.methods.task_keys import TaskKeys, image_keys
+from mmcl.continual.methods.task_keys import TaskKeys, input_keys, instruction_tokens
 from mmcl.nn.lm_prompts import TaskPrompts, attach_lm_prompts
 
 PROMPTS_NAME = "lm_prompts"  # the prompts' submodule on the model
@@ -63,7 +64,9 @@ class ModalPrompt(Method):
     def extra_losses(self, model, batch, outputs) -> dict:
         images = batch[0]
         if self.task is not None and images is not None and len(images):
-            self.keys.add(self.task, image_keys(model, images))
+            ids, labels, mask = batch[1].unbind(dim=1)  # an instruction batch's targets
+            text = instruction_tokens(model, ids, mask, labels)
+            self.keys.add(self.task, input_keys(model, images, ids, text))
         return {}
 
     def after_task(self, task, model, run) -> None:
@@ -73,10 +76,17 @@ class ModalPrompt(Method):
 
     def routes(self, model, images, ids=None, mask=None):
         """One route: every row, under the prompts of its nearest task's key (None while a
-        task trains or before any has). The keys are of images only (the prompts go unread)."""
+        task trains or before any has). `ids` and `mask`: the prompts, whose instruction text
+        the keys match."""
         if images is None or self.task is not None or not self.keys.tasks:
             return None
-        choice = self.keys.choose(image_keys(model, images))
+        if ids is None or mask is None:
+            raise ValueError(
+                "modal_prompt: routes needs the prompts' ids and mask (its keys match the "
+                "instruction text as well as the image)"
+            )
+        features = input_keys(model, images, ids, instruction_tokens(model, ids, mask))
+        choice = self.keys.choose(features)
         return [(choice.new_tensor(range(len(images))), self.prompts.choosing(choice))]
 
     def state_dict(self) -> dict:
