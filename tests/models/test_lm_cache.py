@@ -17,19 +17,20 @@ from greedy_decoding import greedy_by_full_forwards
 from mmcl.models.bridges.lm_cache import ReservedLayer, reserve, reserved_cache
 from tiny_llava import llava_folder
 
+TINY = dict(
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+)
+
 
 def tiny_llama() -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
     torch.manual_seed(0)
-    return LlamaForCausalLM(config).eval()
+    return LlamaForCausalLM(LlamaConfig(**TINY)).eval()
 
 
 def cache_argument(model) -> str:
@@ -95,15 +96,7 @@ def test_keys_and_values_stay_in_one_buffer_while_there_is_room():
 
 
 def test_sliding_window_layers_keep_transformers_own_cache():
-    config = MistralConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        sliding_window=4,
-    )
+    config = MistralConfig(**TINY, sliding_window=4)
     assert reserved_cache(MistralForCausalLM(config)) is None
 
 

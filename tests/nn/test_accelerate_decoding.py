@@ -116,6 +116,19 @@ def test_pack_fp32_blip_captions_equal_the_plain_models_greedy_and_beam():
         torch.testing.assert_close(got.scores, wanted.scores, atol=1e-4, rtol=0)
 
 
+def packed_calls(monkeypatch) -> list[int]:
+    """The rows of every call that takes a packed weight, as they happen."""
+    rows = []
+    real = fast_linear.packed_linear
+
+    def counted(x, *rest):
+        rows.append(x.numel() // x.shape[-1])
+        return real(x, *rest)
+
+    monkeypatch.setattr(fast_linear, "packed_linear", counted)
+    return rows
+
+
 def test_packed_fp32_linear_leaves_calls_of_few_rows_to_pytorch(monkeypatch):
     # oneDNN's packed float32 matmul of one or two rows is slower than F.linear: below
     # FP32_PACKED_MIN_ROWS rows the layer computes exactly what nn.Linear does.
@@ -124,14 +137,7 @@ def test_packed_fp32_linear_leaves_calls_of_few_rows_to_pytorch(monkeypatch):
     plain = copy.deepcopy(layer)
     fast = accelerate(nn.Sequential(layer).eval(), pack_fp32=True)[0]
     assert type(fast) is PackedLinear
-    packed_rows = []
-    real = fast_linear.packed_linear
-
-    def counted(x, *rest):
-        packed_rows.append(x.numel() // x.shape[-1])
-        return real(x, *rest)
-
-    monkeypatch.setattr(fast_linear, "packed_linear", counted)
+    packed_rows = packed_calls(monkeypatch)
     assert fast_linear.FP32_PACKED_MIN_ROWS == 4
     with torch.no_grad():
         for shape in ((1, 32), (3, 32), (1, 3, 32), (4, 32), (2, 5, 32)):
@@ -156,14 +162,7 @@ def test_generation_with_fewer_than_4_rows_packs_no_float32_call(monkeypatch):
     torch.manual_seed(0)
     plain = nn.Sequential(nn.Linear(8, 8)).eval().requires_grad_(False)
     layer = accelerate(plain, pack_fp32=True)[0]
-    packed_rows = []
-    real = fast_linear.packed_linear
-
-    def counted(x, *rest):
-        packed_rows.append(x.numel() // x.shape[-1])
-        return real(x, *rest)
-
-    monkeypatch.setattr(fast_linear, "packed_linear", counted)
+    packed_rows = packed_calls(monkeypatch)
     embeddings = torch.randn(20, 8)
 
     def step(tokens, cache):
