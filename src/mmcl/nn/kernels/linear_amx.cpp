@@ -36,8 +36,8 @@ enum class Activation { kNone, kGelu, kSwish };
 // the kernel test's grid, 99.98% of the bf16 results for x >= -4 are the correctly rounded
 // ones (PyTorch's bf16 F.gelu, whose 1 + erf cancels: 99.31%; the Abramowitz & Stegun 7.1.26
 // erfc used before: 99.80%). No exp, no division: 13 instructions, where that erfc with its
-// exp took 27 and, with only 24 k-steps to hide in (K = 768), set the pace of the MLP's first
-// matmul.
+// exp took about 27 and, with only 24 k-steps to hide in (K = 768), set the pace of the MLP's
+// first matmul.
 inline vf gelu(vf v) {
   const __m512 x = reinterpret_cast<__m512>(v);
   const __m512 z = _mm512_abs_ps(x);
