@@ -66,11 +66,14 @@ def test_task_lora_base_quantile_must_be_a_quantile_or_none(bad):
         build_method("task_lora", base_quantile="0.1")
 
 
-def test_task_lora_routes_only_with_the_prompts():
-    model, method = tiny_llava().eval(), build_method("task_lora", r=4, base_quantile=None)
+@pytest.mark.parametrize(
+    ("name", "options"), [("task_lora", {"r": 4, "base_quantile": None}), ("modal_prompt", {})]
+)
+def test_key_matching_methods_route_only_with_the_prompts(name, options):
+    model, method = tiny_llava().eval(), build_method(name, **options)
     method.setup(model, RUN)
     method.keys.add(0, torch.ones(1, 64))  # a trained task's key (image and text halves)
-    with pytest.raises(ValueError, match="routes needs the prompts' ids and mask"):
+    with pytest.raises(ValueError, match=f"{name}: routes needs the prompts' ids and mask"):
         method.routes(model, torch.zeros(2, 3, 32, 32))
 
 
