@@ -15,6 +15,7 @@ import copy
 import torch
 from torch import nn
 
+from accelerated_copy import plain_and_fast
 from conftest import tiny_blip_config
 from mmcl.models.blip import Blip
 from mmcl.models.blip_config import BlipConfig
@@ -23,17 +24,6 @@ from mmcl.nn.cpu_support import onednn_bf16, onednn_fp32
 from mmcl.nn.fast_blocks import FastAttention
 from mmcl.nn.fast_linear import PackedLinear
 from mmcl.nn.generation import generate
-
-
-def plain_and_fast(module: nn.Module, dtype: torch.dtype, pack_fp32: bool):
-    """The module with random biases (float32, plain), and an accelerated copy in `dtype`."""
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for parameter in module.parameters():
-            parameter.add_(0.1 * torch.randn_like(parameter))
-    plain = module.eval().requires_grad_(False)
-    holder = nn.Sequential(copy.deepcopy(plain)).to(dtype).eval()
-    return plain, accelerate(holder, pack_fp32=pack_fp32)[0]
 
 
 def attention_outputs(attention: nn.Module, dtype: torch.dtype, context_width: int):

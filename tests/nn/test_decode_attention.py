@@ -6,14 +6,13 @@ The kernel is built with the AMX kernels, so it runs on CPUs with AMX only; ther
 build, elsewhere those tests are skipped. What the caller gets where the kernel does not
 apply (None, and the plain computation) is checked everywhere."""
 
-import copy
-
 import pytest
 import torch
 from torch import nn
 
+from accelerated_copy import plain_and_fast
 from bf16_error import assert_as_close_as_pytorch_bf16
-from mmcl.nn import KVCache, MultiheadAttention, accelerate, kernels
+from mmcl.nn import KVCache, MultiheadAttention, kernels
 from mmcl.nn.attention import attend
 from mmcl.nn.fast_blocks import FastAttention
 
@@ -161,14 +160,7 @@ def test_a_disagreeing_kernel_is_not_used_and_decoders_compute_the_plain_way(
 def decoder_layer(dtype: torch.dtype) -> tuple[nn.Module, nn.Module]:
     """A 64-wide, 4-head attention layer (head dim 16) with random biases, and an accelerated
     copy in `dtype` (float32 packed too)."""
-    torch.manual_seed(0)
-    layer = MultiheadAttention(64, 4)
-    with torch.no_grad():
-        for parameter in layer.parameters():
-            parameter.add_(0.1 * torch.randn_like(parameter))
-    plain = layer.eval().requires_grad_(False)
-    holder = nn.Sequential(copy.deepcopy(plain)).to(dtype).eval()
-    return plain, accelerate(holder, pack_fp32=True)[0]
+    return plain_and_fast(MultiheadAttention(64, 4), dtype, pack_fp32=True)
 
 
 def decode(layer: nn.Module, dtype: torch.dtype) -> list[torch.Tensor]:
