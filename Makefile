@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mmcl-installed
 
-.PHONY: demo test lint setup clean chromium
+.PHONY: demo test test-gpu lint setup clean chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,8 @@ chromium:
 setup: $(STAMP) chromium
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests gpu_tests benchmarks
+	$(VENV)/bin/ruff format --check src tests gpu_tests benchmarks
 
 # The acceleration tests once more on the path of CPUs without AMX (most AMD and older Intel
 # CPUs): mmcl's kernels off and oneDNN capped at AVX-512 BF16. Then `accelerate` on the path of
@@ -42,6 +42,10 @@ test: lint chromium
 		-k "not compiled and not benchmark and not RN50" $(ACCELERATION_TESTS)
 	ATEN_CPU_CAPABILITY=avx2 MMCL_NATIVE_KERNELS=0 ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q \
 		-k "not compiled and not benchmark and not RN50" tests/nn/test_accelerate.py
+
+# What only a CUDA GPU can check (gpu_tests/): never part of `make test`, since CI has no GPU.
+test-gpu: $(STAMP)
+	$(PY) -m pytest -q gpu_tests
 
 demo: $(STAMP)
 	$(PY) -m mmcl.demo

@@ -7,6 +7,7 @@ import torch
 import transformers
 
 import mmcl
+import tiny_captioners
 from mmcl.cli import main as cli_main
 
 VISION = dict(
@@ -150,6 +151,39 @@ def test_greedy_captions_equal_huggingface_generate(tmp_path):
         while row_got and row_got[-1] == 0:
             row_got.pop()
         assert row_got == row_expected
+
+
+def test_a_generated_pad_token_is_attended_to_as_huggingface_generate_does(tmp_path):
+    # These random weights emit [PAD] (id 0) mid-caption. transformers' generate attends to it
+    # (its mask grows by a one a token): only a prompt's padding is masked.
+    torch.manual_seed(3)
+    config = transformers.BlipConfig(
+        vision_config=tiny_captioners.VISION,
+        text_config=tiny_captioners.TEXT,
+        image_text_hidden_size=16,
+    )
+    hf = transformers.BlipForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for parameter in hf.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    ours = saved(hf, tmp_path / "hf")
+    torch.manual_seed(1)
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = hf.generate(pixel_values=images, do_sample=False, max_new_tokens=8)
+    assert (expected[:, 1:-1] == 0).any(), "no [PAD] mid-caption: the case is not tested"
+    for beams in (1, 3):
+        with torch.no_grad():
+            expected = hf.generate(
+                pixel_values=images, do_sample=False, num_beams=beams, max_new_tokens=8
+            )
+        got = ours.generate(images, max_new_tokens=8, beams=beams).tokens
+        for row_got, row_expected in zip(got.tolist(), expected.tolist(), strict=True):
+            while row_expected[-1] == 0:
+                row_expected.pop()
+            while row_got[-1] == 0:
+                row_got.pop()
+            assert row_got == row_expected, beams
 
 
 def test_greedy_captions_after_a_prompt_equal_huggingface_generate(tmp_path):

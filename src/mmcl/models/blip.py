@@ -35,6 +35,7 @@ from mmcl.nn import BertEmbeddings, BertEncoder, BertLMHead, KVCache, LayerNorm,
 from mmcl.nn.generation import Captioner, Generated, generate
 from mmcl.nn.masks import key_padding_mask
 
+PROMPT_PADDING = "blip prompt padding"  # the generation cache's entry (`_prompt_padding`)
 INITIAL_TEMPERATURE = 0.07  # BLIP's `temp`: learned, clamped to [0.001, 0.5] in training
 
 
@@ -268,7 +269,7 @@ class Blip(nn.Module, Captioner):
         offset = cache.advance(new_tokens)
         states, question_mask = cache.constant(self._part("text_encoder"), _no_question)
         decoder = self._part("text_decoder")
-        mask = self._padding(cache.tokens)  # as `caption_step`: padding in the history
+        mask = self._prompt_padding(cache)  # as `caption_step`
         out = decoder(
             new_tokens, mask, states, question_mask, causal=True, cache=cache, offset=offset
         )
@@ -299,14 +300,22 @@ class Blip(nn.Module, Captioner):
     def caption_step(self, new_tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """The generation loop's step: next-token logits ``(rows, vocab)`` after `new_tokens`."""
         offset = cache.advance(new_tokens)
-        history = cache.tokens
-        mask = None
-        if (history == self.config.blip_text.pad_id).any():
-            mask = key_padding_mask(history, self.config.blip_text.pad_id)
+        mask = self._prompt_padding(cache)
         image_tokens = self.cached_context(cache)
         decoder = self._part("text_decoder")
         states = decoder(new_tokens, mask, image_tokens, causal=True, cache=cache, offset=offset)
         return decoder.lm_head(states[:, -1])
+
+    def _prompt_padding(self, cache: KVCache) -> torch.Tensor | None:
+        """A decoding step's key mask: the padding of the prompt (the first tokens the cache
+        saw), or None. A generated token that happens to be [PAD] is attended to, as
+        transformers' `generate` does (its attention mask grows by a one a token)."""
+        if not cache.has(PROMPT_PADDING):
+            cache.track(PROMPT_PADDING, cache.tokens == self.config.blip_text.pad_id)
+        (padding,) = cache.tracked(PROMPT_PADDING)
+        if not padding.any():
+            return None
+        return key_padding_mask(F.pad(padding, (0, cache.seen - padding.shape[1])))
 
     def _padding(self, tokens: torch.Tensor) -> torch.Tensor | None:
         pad_id = self.config.blip_text.pad_id

@@ -123,8 +123,8 @@ class KVCache:
         return self._constant[owner]
 
     def has(self, owner: Hashable) -> bool:
-        """Whether `owner` has an entry (growing or constant)."""
-        return owner in self._growing or owner in self._constant
+        """Whether `owner` has an entry (growing, constant or tracked)."""
+        return owner in self._growing or owner in self._constant or owner in self._tracked
 
     def put(self, owner: Hashable, value: object) -> None:
         """Set a constant entry (e.g. the image tokens a decoder cross-attends to)."""
