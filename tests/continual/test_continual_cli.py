@@ -69,6 +69,23 @@ def test_compare_prints_one_row_per_method_and_reuses_finished_runs(tmp_path, ca
     assert (tmp_path / "finetune" / "report.json").stat().st_mtime_ns == stamp
 
 
+def test_options_before_compare_are_honoured_as_after_it(tmp_path, capsys):
+    # argparse would reset them to the subcommand's defaults: mini-MTIL, silently
+    command = ["continual", *SMALL, "--method-args", "wise_ft.alpha=0.25", "compare"]
+    command += ["--methods", "wise_ft", "--output-dir", str(tmp_path)]
+    assert main(command) == 0
+    report = json.loads((tmp_path / "wise_ft" / "report.json").read_text())
+    assert report["extra"]["scenario"] == "scenes-cil" and report["extra"]["training"]["steps"] == 1
+    assert report["extra"]["method_args"] == {"wise_ft": {"alpha": 0.25}}
+    command = ["continual", "--scenario", "nope", "compare", "--methods", "frozen"]
+    assert main([*command, "--output-dir", str(tmp_path / "x")]) == 2
+    assert "Valid scenarios" in capsys.readouterr().err
+    command = ["continual", "--method", "lwf", "compare", "--methods", "frozen"]
+    assert main([*command, "--output-dir", str(tmp_path / "y")]) == 2
+    assert "compare runs the methods of --methods" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
 def test_list_names_every_scenario_and_method(capsys):
     from mmcl.continual.experiments import SCENARIOS
     from mmcl.continual.methods import METHODS

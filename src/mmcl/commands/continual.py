@@ -72,6 +72,12 @@ def add_parser(commands) -> None:
         "training and initialisation; the table shows mean ± sample std (n-1)",
     )
     compare.set_defaults(handler=run_compare, command="continual compare")
+    # The stream and training options may come before `compare` as well as after it. argparse
+    # would overwrite the ones given before with the subcommand's defaults, silently: the
+    # subcommand leaves unset what it was not given, and the defaults come from before.
+    for action in compare._actions:
+        if action.dest in RUN_DESTS:
+            action.default = argparse.SUPPRESS
     listing = actions.add_parser("list", help="list scenarios and methods")
     listing.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     listing.set_defaults(handler=run_list, command="continual list")
@@ -83,6 +89,15 @@ def add_parser(commands) -> None:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    before = {action.dest for action in parser._actions}
+    _add_run_arguments(parser)
+    RUN_DESTS.update({action.dest for action in parser._actions} - before)
+
+
+RUN_DESTS: set[str] = {"method_args"}  # the options `compare` shares with a single run
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenario", default="mini-mtil", help="task stream (default mini-mtil)")
     parser.add_argument(
         "--model",
@@ -245,11 +260,17 @@ def run_compare(args: argparse.Namespace) -> int:
     from mmcl.continual.report import compare_table
     from mmcl.continual.seeds import parse_seeds
 
+    if args.method:
+        raise ValueError(
+            f"--method {args.method} with `compare`: compare runs the methods of --methods"
+        )
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
         raise ValueError("--methods is empty")
+    if isinstance(args.method_args, str):  # given before `compare`
+        args.method_args = [args.method_args]
     method_args: dict[str, dict] = {}
-    for key, value in parse_method_args(",".join(args.method_args)).items():
+    for key, value in parse_method_args(",".join(args.method_args or [])).items():
         part, dot, _ = key.partition(".")
         if not dot:
             raise ValueError(
