@@ -13,7 +13,8 @@ from mmcl.io.tokenizer import tokenize
 
 
 def test_cifar10_items_are_captioned_from_their_class_names(tmp_path):
-    labels = write_cifar10(tmp_path, per_batch=2, test=6)["test"][1]
+    written = write_cifar10(tmp_path, per_batch=2, test=6)
+    labels, train_labels = written["test"][1], written["train"][1]
     stream = build_scenario(
         "scene-styles", styles=["cifar10-captions"], data_root=tmp_path, train_size=10, test_size=6
     )
@@ -21,7 +22,12 @@ def test_cifar10_items_are_captioned_from_their_class_names(tmp_path):
     assert stream.task_names == ["cifar10-captions"] and len(stream[0].test) == 6
     for index in range(6):  # every test image drawn: item i is image i of the test batch
         _, tokens = stream[0].test[index]
-        caption = class_caption(CIFAR10_CLASSES[labels[index]], templates, index)
+        caption = f"a photo of a {CIFAR10_CLASSES[labels[index]]}."  # the test's one template
+        assert torch.equal(tokens, tokenize([caption])[0])
+    assert len(stream[0].train) == 10  # every training image drawn, captioned in turn
+    for index in range(10):
+        _, tokens = stream[0].train[index]
+        caption = class_caption(CIFAR10_CLASSES[train_labels[index]], templates, index)
         assert torch.equal(tokens, tokenize([caption])[0])
 
 

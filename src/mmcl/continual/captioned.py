@@ -245,7 +245,12 @@ def _cifar10_captions(
     root: str | Path | None, download: bool, image_size: int, seed: int, sizes: Sequence[int]
 ):
     """CIFAR-10's train and test sets from the data root (image folders or torchvision's
-    files), `sizes` items each drawn with `seed`, captioned from the class names."""
+    files), `sizes` items each drawn with `seed`, captioned from the class names: the train
+    set with the zero-shot templates in turn, the test set with the first alone ("a photo of
+    a {}."). Its captions then repeat by class, every copy counts as a match
+    (`retrieval_recall_at_1`), and R@1 reads as class retrieval. With every template on the
+    test set too, a match would also need the template, which no image tells (R@1 would
+    stay near 1/18 however well the classes are learnt)."""
     meta = load_zero_shot_metadata("cifar10")
     parts = []
     for split, size in zip(("train", "test"), sizes, strict=True):
@@ -257,7 +262,8 @@ def _cifar10_captions(
             )
         )
         images = found.subset(picks, get_preprocess(image_size))
-        parts.append(CaptionedPairs(LabelCaptions(images, meta.classnames, meta.templates, picks)))
+        templates = meta.templates if split == "train" else meta.templates[:1]
+        parts.append(CaptionedPairs(LabelCaptions(images, meta.classnames, templates, picks)))
     return parts[0], parts[1]
 
 
