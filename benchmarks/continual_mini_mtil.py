@@ -4,9 +4,10 @@
     python benchmarks/continual_mini_mtil.py --methods finetune,zscl --steps 200
     python benchmarks/continual_mini_mtil.py --seeds 3       # mean ± sample std over 3 seeds
     python benchmarks/continual_mini_mtil.py --seeds 3 --shuffle-order  # each seed its task order
+    python benchmarks/continual_mini_mtil.py --seeds 3 --jobs 2  # two runs at a time (2 cores)
 
 All methods start from the same scene-pretrained tiny CLIP (`mmcl.continual.pretrained`,
-trained once and cached) and see the same tasks, steps, batch and learning rate. The table has
+trained once and cached; --model names another checkpoint) and see the same tasks, steps, batch and learning rate. The table has
 ZSCL's metrics (Transfer: zero-shot accuracy on tasks not trained yet; Avg; Last; BWT) and wall
 time, and below it the checks the literature leads one to expect (ZSCL, Zheng et al. 2023;
 MoE-Adapters, Yu et al. 2024), each reported as measured, whatever it shows. Reports of every
@@ -18,7 +19,9 @@ bar of issue 22: fine-tuning's just-trained accuracy (its matrix's diagonal) at 
 starting model's zero-shot accuracy + 20 points on every task, and at least 70% on MNIST and
 digits, met or NOT met, task by task. CIFAR-10 and MNIST come from --data-root. The task
 order is the same for every seed unless --shuffle-order, which draws each seed's order from
-that seed (`mini_mtil_order`).
+that seed (`mini_mtil_order`). --jobs N runs N (method, seed) runs at a time, each in its own
+process with its share of torch's threads; every run is seeded, so the reports are the same as
+one at a time, and only the wall times differ.
 """
 
 from __future__ import annotations

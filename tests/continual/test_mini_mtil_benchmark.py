@@ -133,7 +133,7 @@ def run_benchmark(output, model, data_root, jobs):
     argv = [
         sys.executable,
         str(BENCHMARKS / "continual_mini_mtil.py"),
-        "--methods=frozen,finetune,lwf",
+        "--methods=finetune,lwf",
         "--seeds=2",
         "--steps=2",
         "--batch-size=8",
@@ -160,6 +160,7 @@ def matrices(output):
     return found
 
 
+@pytest.mark.slow
 def test_jobs_run_the_same_runs_in_parallel(tmp_path):
     # A random tiny CLIP (no pre-training to wait for); an empty data root leaves CIFAR-10 and
     # MNIST out. Every (method, seed) run is seeded, so running them two at a time in other
@@ -170,7 +171,7 @@ def test_jobs_run_the_same_runs_in_parallel(tmp_path):
     one = run_benchmark(tmp_path / "one", path, tmp_path / "empty", jobs=1)
     two = run_benchmark(tmp_path / "two", path, tmp_path / "empty", jobs=2)
     expected = matrices(tmp_path / "one")
-    assert len(expected) == 6  # 3 methods x 2 seeds
+    assert len(expected) == 4  # 2 methods x 2 seeds
     assert matrices(tmp_path / "two") == expected
     # The table over the seeds is printed the same way (times aside).
     table = [line.split("|")[1:5] for line in one.splitlines() if line.startswith("| lwf")]
