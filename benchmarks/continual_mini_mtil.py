@@ -7,21 +7,21 @@
     python benchmarks/continual_mini_mtil.py --seeds 3 --jobs 2  # two runs at a time (2 cores)
 
 All methods start from the same scene-pretrained tiny CLIP (`mmcl.continual.pretrained`,
-trained once and cached; --model names another checkpoint) and see the same tasks, steps, batch and learning rate. The table has
-ZSCL's metrics (Transfer: zero-shot accuracy on tasks not trained yet; Avg; Last; BWT) and wall
-time, and below it the checks the literature leads one to expect (ZSCL, Zheng et al. 2023;
-MoE-Adapters, Yu et al. 2024), each reported as measured, whatever it shows. Reports of every
-run stay in --output (re-running reuses finished methods; --fresh starts over). With
---seeds, each method runs once per seed (the items each task draws, batch order and
-initialisation; `mmcl.continual.seeds`), the table shows mean ± sample standard deviation
-(n - 1) and the checks are applied to the means. Below the expected shape, the learnability
-bar of issue 22: fine-tuning's just-trained accuracy (its matrix's diagonal) at least the
-starting model's zero-shot accuracy + 20 points on every task, and at least 70% on MNIST and
-digits, met or NOT met, task by task. CIFAR-10 and MNIST come from --data-root. The task
-order is the same for every seed unless --shuffle-order, which draws each seed's order from
-that seed (`mini_mtil_order`). --jobs N runs N (method, seed) runs at a time, each in its own
-process with its share of torch's threads; every run is seeded, so the reports are the same as
-one at a time, and only the wall times differ.
+trained once and cached; --model names another checkpoint) and see the same tasks, steps, batch
+and learning rate. The table has ZSCL's metrics (Transfer: zero-shot accuracy on tasks not
+trained yet; Avg; Last; BWT) and wall time, and below it the checks the literature leads one to
+expect (ZSCL, Zheng et al. 2023; MoE-Adapters, Yu et al. 2024), each reported as measured,
+whatever it shows. Reports of every run stay in --output (re-running reuses finished methods;
+--fresh starts over). With --seeds, each method runs once per seed (the items each task draws,
+batch order and initialisation; `mmcl.continual.seeds`), the table shows mean ± sample standard
+deviation (n - 1) and the checks are applied to the means. Below the expected shape, the
+learnability bar of issue 22: fine-tuning's just-trained accuracy (its matrix's diagonal) at
+least the starting model's zero-shot accuracy + 20 points on every task, and at least 70% on
+MNIST and digits, met or NOT met, task by task. CIFAR-10 and MNIST come from --data-root. The
+task order is the same for every seed unless --shuffle-order, which draws each seed's order
+from that seed (`mini_mtil_order`). --jobs N runs N (method, seed) runs at a time, each in its
+own process with its share of torch's threads; every run is seeded, so the reports are the same
+as one at a time, and only the wall times differ.
 """
 
 from __future__ import annotations
