@@ -4,21 +4,24 @@
     python benchmarks/continual_mini_mtil.py --methods finetune,zscl --steps 200
     python benchmarks/continual_mini_mtil.py --seeds 3       # mean ± sample std over 3 seeds
     python benchmarks/continual_mini_mtil.py --seeds 3 --shuffle-order  # each seed its task order
+    python benchmarks/continual_mini_mtil.py --seeds 3 --jobs 2  # two runs at a time (2 cores)
 
 All methods start from the same scene-pretrained tiny CLIP (`mmcl.continual.pretrained`,
-trained once and cached) and see the same tasks, steps, batch and learning rate. The table has
-ZSCL's metrics (Transfer: zero-shot accuracy on tasks not trained yet; Avg; Last; BWT) and wall
-time, and below it the checks the literature leads one to expect (ZSCL, Zheng et al. 2023;
-MoE-Adapters, Yu et al. 2024), each reported as measured, whatever it shows. Reports of every
-run stay in --output (re-running reuses finished methods; --fresh starts over). With
---seeds, each method runs once per seed (the items each task draws, batch order and
-initialisation; `mmcl.continual.seeds`), the table shows mean ± sample standard deviation
-(n - 1) and the checks are applied to the means. Below the expected shape, the learnability
-bar of issue 22: fine-tuning's just-trained accuracy (its matrix's diagonal) at least the
-starting model's zero-shot accuracy + 20 points on every task, and at least 70% on MNIST and
-digits, met or NOT met, task by task. CIFAR-10 and MNIST come from --data-root. The task
-order is the same for every seed unless --shuffle-order, which draws each seed's order from
-that seed (`mini_mtil_order`).
+trained once and cached; --model names another checkpoint) and see the same tasks, steps, batch
+and learning rate. The table has ZSCL's metrics (Transfer: zero-shot accuracy on tasks not
+trained yet; Avg; Last; BWT) and wall time, and below it the checks the literature leads one to
+expect (ZSCL, Zheng et al. 2023; MoE-Adapters, Yu et al. 2024), each reported as measured,
+whatever it shows. Reports of every run stay in --output (re-running reuses finished methods;
+--fresh starts over). With --seeds, each method runs once per seed (the items each task draws,
+batch order and initialisation; `mmcl.continual.seeds`), the table shows mean ± sample standard
+deviation (n - 1) and the checks are applied to the means. Below the expected shape, the
+learnability bar of issue 22: fine-tuning's just-trained accuracy (its matrix's diagonal) at
+least the starting model's zero-shot accuracy + 20 points on every task, and at least 70% on
+MNIST and digits, met or NOT met, task by task. CIFAR-10 and MNIST come from --data-root. The
+task order is the same for every seed unless --shuffle-order, which draws each seed's order
+from that seed (`mini_mtil_order`). --jobs N runs N (method, seed) runs at a time, each in its
+own process with its share of torch's threads; every run is seeded, so the reports are the same
+as one at a time, and only the wall times differ.
 """
 
 from __future__ import annotations
@@ -27,12 +30,15 @@ import argparse
 import math
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import torch
 from _common import machine_line, print_table
 
 from mmcl.continual.comparison import compare
+from mmcl.continual.experiments import SCENES_PRETRAINED
 from mmcl.continual.methods import available_methods
 from mmcl.continual.seeds import parse_seeds
 
@@ -80,6 +86,12 @@ def main() -> None:
         help="folder holding CIFAR-10 and MNIST (default: $MMCL_DATA_ROOT, else ../shared/data "
         "beside the repository); without them those tasks are left out, with a warning",
     )
+    parser.add_argument(
+        "--model",
+        default=SCENES_PRETRAINED,
+        help="the starting model: the cached scene-pretrained tiny CLIP (default) or a "
+        "checkpoint path",
+    )
     parser.add_argument("--output", type=Path, default=Path("runs/bench-mini-mtil"))
     parser.add_argument("--fresh", action="store_true", help="delete earlier reports first")
     parser.add_argument(
@@ -90,7 +102,16 @@ def main() -> None:
         action="store_true",
         help="each seed trains the tasks in its own order, drawn from the seed",
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs (a method on a seed) at a time, each in its own process with its share of "
+        "torch's threads (default 1: one after another in this process)",
+    )
     args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     seeds = None if args.seeds is None else parse_seeds(args.seeds)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for part in methods for m in part.split("+") if m not in available_methods()]
@@ -108,31 +129,11 @@ def main() -> None:
         + "\n"
     )
     started = time.perf_counter()
+    if args.jobs > 1:
+        run_in_parallel(args, methods, seeds)
     reports = {}
-    for name in methods:  # one at a time: the learning rate may differ per method
-        training = {
-            "steps": args.steps,
-            "batch_size": args.batch_size,
-            "lr": METHOD_LR.get(name, args.lr),
-            "progress": False,
-        }
-        reports.update(
-            compare(
-                "mini-mtil",
-                [name],
-                args.output,
-                {name: METHOD_ARGS[name]} if name in METHOD_ARGS else {},
-                training=training,
-                scenario_args={
-                    "train_size": args.train_size,
-                    "test_size": args.test_size,
-                    **({"shuffle_order": True} if args.shuffle_order else {}),
-                    **({} if args.data_root is None else {"data_root": str(args.data_root)}),
-                },
-                seeds=seeds,
-                progress=False,
-            )
-        )
+    for name in methods:  # after --jobs, every run is done: this only reads the reports
+        reports.update(run_method(args, name, seeds))
     rows = []
     for name in methods:
         metrics, seconds = reports[name]["metrics"], reports[name].get("total_seconds") or 0
@@ -153,6 +154,58 @@ def main() -> None:
         print("\nlearnability (issue 22), as measured here (means over the seeds):")
         for line in learnability_checks(reports["finetune"]):
             print(f"  {line}")
+
+
+def run_method(args: argparse.Namespace, name: str, seeds: list[int] | None) -> dict:
+    """`compare` for one method (its own learning rate and arguments) on `seeds`; runs whose
+    report is in --output already are read, not run again."""
+    training = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": METHOD_LR.get(name, args.lr),
+        "progress": False,
+    }
+    return compare(
+        "mini-mtil",
+        [name],
+        args.output,
+        {name: METHOD_ARGS[name]} if name in METHOD_ARGS else {},
+        model=args.model,
+        training=training,
+        scenario_args={
+            "train_size": args.train_size,
+            "test_size": args.test_size,
+            **({"shuffle_order": True} if args.shuffle_order else {}),
+            **({} if args.data_root is None else {"data_root": str(args.data_root)}),
+        },
+        seeds=seeds,
+        progress=False,
+    )
+
+
+def run_in_parallel(args: argparse.Namespace, methods: list[str], seeds: list[int] | None) -> None:
+    """Every (method, seed) run, --jobs at a time, each in a fresh process: the runs share
+    nothing but the cached starting model (made here first, so that no two processes train
+    it) and write into their own folders of --output."""
+    from mmcl.continual.pretrained import pretrained_scene_model
+
+    if args.model == SCENES_PRETRAINED:
+        pretrained_scene_model()
+    threads = max(1, torch.get_num_threads() // args.jobs)
+    units = [
+        (name, None if seed is None else [seed]) for name in methods for seed in seeds or [None]
+    ]
+    # "spawn": a forked child would inherit torch's thread pools in whatever state they are.
+    with ProcessPoolExecutor(args.jobs, get_context("spawn")) as pool:
+        futures = [pool.submit(_run_unit, args, name, part, threads) for name, part in units]
+        for future in futures:
+            future.result()  # a failed run fails the benchmark, with its own error
+
+
+def _run_unit(args: argparse.Namespace, name: str, seeds: list[int] | None, threads: int) -> None:
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)  # as the one-process run starts
+    run_method(args, name, seeds)
 
 
 def task_orders(report: dict) -> str:

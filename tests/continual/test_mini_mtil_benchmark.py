@@ -3,11 +3,16 @@ computed from hand-worked reports."""
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 
 import pytest
 
-from benchmark_scripts import import_benchmark
+import mmcl
+from benchmark_scripts import BENCHMARKS, import_benchmark
+from mmcl.io.checkpoints.export import save_safetensors
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +126,53 @@ def test_shape_checks_say_met_or_not_met(benchmark):
     # Without other methods there is nothing to beat fine-tuning on BWT: no such line.
     alone = {name: reports[name] for name in ("frozen", "finetune")}
     assert list(verdicts(benchmark.shape_checks(alone))) == ["fine-tuning loses Transfer"]
+
+
+def run_benchmark(output, model, data_root, jobs):
+    """The benchmark as a user runs it: a tiny budget on the tasks that need no files."""
+    argv = [
+        sys.executable,
+        str(BENCHMARKS / "continual_mini_mtil.py"),
+        "--methods=finetune,lwf",
+        "--seeds=2",
+        "--steps=2",
+        "--batch-size=8",
+        "--train-size=16",
+        "--test-size=8",
+        f"--model={model}",
+        f"--data-root={data_root}",
+        f"--output={output}",
+        f"--jobs={jobs}",
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def matrices(output):
+    found = {}
+    for report in sorted(output.glob("*/seed_*/report.json")):
+        data = json.loads(report.read_text())
+        found[report.parent.relative_to(output).as_posix()] = (
+            data["initial_accuracy"],
+            data["accuracy_matrix"],
+        )
+    return found
+
+
+@pytest.mark.slow
+def test_jobs_run_the_same_runs_in_parallel(tmp_path):
+    # A random tiny CLIP (no pre-training to wait for); an empty data root leaves CIFAR-10 and
+    # MNIST out. Every (method, seed) run is seeded, so running them two at a time in other
+    # processes must give the very matrices that running them one after another gives.
+    model = mmcl.create_model("tiny-vit", vision_cfg={"image_size": 32, "layers": 1})
+    path = save_safetensors(model, tmp_path / "start.safetensors")
+    (tmp_path / "empty").mkdir()
+    one = run_benchmark(tmp_path / "one", path, tmp_path / "empty", jobs=1)
+    two = run_benchmark(tmp_path / "two", path, tmp_path / "empty", jobs=2)
+    expected = matrices(tmp_path / "one")
+    assert len(expected) == 4  # 2 methods x 2 seeds
+    assert matrices(tmp_path / "two") == expected
+    # The table over the seeds is printed the same way (times aside).
+    table = [line.split("|")[1:5] for line in one.splitlines() if line.startswith("| lwf")]
+    assert table == [line.split("|")[1:5] for line in two.splitlines() if line.startswith("| lwf")]
