@@ -90,6 +90,45 @@ def test_activations_are_correctly_rounded_bf16_of_the_exact_function(activation
 
 
 @pytest.mark.usefixtures("amx")
+def test_swish_is_correctly_rounded_over_every_bf16_down_to_float32s_normal_range():
+    # Every bf16 in [-88, 88] (at -88, x e^x is near float32's smallest normal) through an
+    # identity weight, so that the output is the epilogue alone; judged where input and
+    # result are normal numbers (the tile unit and the bf16 conversion flush subnormals). The
+    # kernel's error is a few 1e-6 relative, far below bf16's 2^-9: a coarser approximation
+    # (a degree-4 exp, or rcp14 without a Newton step) rounds 3 to 5 times as many of these
+    # values the wrong way as this allows.
+    every = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    x = every[every.float().abs() <= 88]
+    x = torch.cat([x, x.new_zeros(-len(x) % 64)]).view(-1, 64)
+    identity = torch.eye(64, dtype=torch.bfloat16)
+    ours = kernels.linear(x, kernels.pack_linear_weight(identity), None, "swish").double()
+    exact = F.silu(x.double())
+    tiny = torch.finfo(torch.bfloat16).tiny
+    normal = (x.double().abs() >= tiny) & (exact.abs() >= tiny)
+    ours, exact = ours[normal], exact[normal]
+    rounded = exact.to(torch.bfloat16).double()
+    assert len(exact) > 33_000
+    assert ((ours - exact).abs() <= rounded.abs() * 2.0**-7).all()
+    assert (ours == rounded).double().mean() > 0.9999
+
+
+@pytest.mark.usefixtures("amx")
+@pytest.mark.parametrize("activation", ["gelu", "swish"])
+def test_activations_propagate_nan_and_keep_their_limits_at_infinity(activation):
+    # The values come in through the bias (the sums are 0): inf times a weight of 0 would be
+    # NaN before the epilogue. PyTorch's x * sigmoid(x) gives NaN at -inf; the limit is 0.
+    special = [float("nan"), float("inf"), 1e30, 100.0, float("-inf"), -1e30, -100.0, -89.0]
+    bias = torch.tensor(special + [0.0] * 24, dtype=torch.bfloat16)
+    packed = kernels.pack_linear_weight(bf16(32, 32))
+    out = kernels.linear(torch.zeros(1, 32, dtype=torch.bfloat16), packed, bias, activation)
+    out = out[0, : len(special)].double()
+    assert out[0].isnan()
+    assert out[1] == float("inf")
+    assert torch.equal(out[2:4], bias[2:4].double())  # x itself, to bf16
+    assert (out[4:].abs() < 1e-36).all()
+
+
+@pytest.mark.usefixtures("amx")
 def test_result_is_independent_of_the_thread_count():
     x, weight, bias = bf16(200, 256, seed=5), bf16(96, 256, scale=0.06, seed=6), bf16(96, seed=7)
     packed = kernels.pack_linear_weight(weight)

@@ -53,30 +53,6 @@ inline vf exp_nonpositive(vf x) {
   return x < low ? splat(0.0f) : p * scale;
 }
 
-// exp(x) for x <= 0 with fewer instructions, for epilogues whose result is rounded to bf16:
-// 2^n p(r), |r| <= ln2/2, a degree-5 Taylor polynomial (relative error < 3e-6), 2^n applied
-// by scalef (so 0, not a wrong power, far below -87).
-inline vf exp_nonpositive_bf16(vf x) {
-  const __m512 v = _mm512_max_ps(reinterpret_cast<__m512>(x), _mm512_set1_ps(-88.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), v);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 120);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return reinterpret_cast<vf>(_mm512_scalef_ps(p, n));
-}
-
-// 1 / x to float32 precision: the 14-bit estimate and one Newton step.
-inline vf reciprocal(vf x) {
-  vf r = reinterpret_cast<vf>(_mm512_rcp14_ps(reinterpret_cast<__m512>(x)));
-  return r * (splat(2.0f) - x * r);
-}
-
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 // masks of the first n lanes (all for n >= width, none for n <= 0)
 inline __mmask16 mask16(int64_t n) {
