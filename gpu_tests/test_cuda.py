@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import transformers
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +28,10 @@ from conftest import open_clip_reference  # noqa: E402
 from mmcl.io.checkpoints.openai import from_openai_layout  # noqa: E402
 from mmcl.models import CLIP, CLIPConfig, get_model_config  # noqa: E402
 from mmcl.nn import accelerate  # noqa: E402
-from mmcl.train import TrainConfig, Trainer, TrainingPlugin  # noqa: E402
+from mmcl.train import TrainConfig, Trainer  # noqa: E402
+from tiny_captioners import hf_blip  # noqa: E402
+from tiny_llava import llava_folder  # noqa: E402
+from training_runs import RandomPairs, Stop, StopAfter  # noqa: E402
 
 # MMCL_TEST_DEVICE=cpu runs the same checks on the CPU: a check of this file itself.
 CUDA = torch.device(os.environ.get("MMCL_TEST_DEVICE", "cuda"))
@@ -137,43 +139,9 @@ def test_hooks_fire_on_every_weighted_module_in_bf16_on_the_gpu():
         assert seen == weighted, sorted(weighted - seen)
 
 
-WORDS = "red green blue cat dog tree house car boat sun moon star fish bird apple chair".split()
-
-
-class RandomPairs(torch.utils.data.Dataset):
-    """Fixed random images with distinct random captions: a learnable matching problem."""
-
-    def __init__(self, size=64):
-        generator = torch.Generator().manual_seed(0)
-        self.images = torch.randn(size, 3, 32, 32, generator=generator)
-        picks = torch.randint(len(WORDS), (size, 3), generator=generator).tolist()
-        self.tokens = mmcl.tokenize([" ".join(WORDS[i] for i in row) for row in picks])
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, index):
-        return self.images[index], self.tokens[index]
-
-
 def train_losses(folder: Path) -> list[float]:
     lines = (folder / "metrics.jsonl").read_text().splitlines()
     return [r["loss"] for r in map(json.loads, lines) if r["kind"] == "train"]
-
-
-class Stop(Exception):
-    pass
-
-
-class StopAfter(TrainingPlugin):
-    name = "stop"
-
-    def __init__(self, step=None):
-        self.stop_step = step
-
-    def after_optimizer_step(self, trainer):
-        if trainer.step == self.stop_step:
-            raise Stop
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -201,7 +169,7 @@ def test_training_on_the_gpu_learns_and_resumes_exactly(tmp_path, precision):
         return mmcl.create_model("tiny-vit")
 
     try:
-        whole = Trainer(model(0), RandomPairs(), settings("whole"))
+        whole = Trainer(model(0), RandomPairs(size=64), settings("whole"))
         whole.fit()
         assert next(whole.model.parameters()).device.type == CUDA.type
         curve = train_losses(tmp_path / "whole")
@@ -209,12 +177,12 @@ def test_training_on_the_gpu_learns_and_resumes_exactly(tmp_path, precision):
         with pytest.raises(Stop):  # stopped at step 25: its last checkpoint is step 20
             Trainer(
                 model(0),
-                RandomPairs(),
+                RandomPairs(size=64),
                 settings("cut", checkpoint_every=10),
                 plugins=[StopAfter(25)],
             ).fit()
         resumed = settings("cut", checkpoint_every=10, resume="latest")
-        Trainer(model(123), RandomPairs(), resumed, plugins=[StopAfter()]).fit()
+        Trainer(model(123), RandomPairs(size=64), resumed, plugins=[StopAfter()]).fit()
         assert train_losses(tmp_path / "cut") == curve
     finally:
         torch.use_deterministic_algorithms(False)
@@ -275,23 +243,9 @@ def test_embed_on_the_gpu_equals_the_cpu(tmp_path):
     assert relative(outputs[CUDA.type], outputs["cpu"]) < 1e-4  # TF32 is the default in embed
 
 
-def _blip(seed: int):
-    from tiny_captioners import TEXT, VISION
-
-    torch.manual_seed(seed)
-    config = transformers.BlipConfig(
-        vision_config=VISION, text_config=TEXT, image_text_hidden_size=16
-    )
-    model = transformers.BlipForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    return model
-
-
 @pytest.mark.parametrize("beams", [1, 3])
 def test_blip_captions_on_the_gpu_equal_huggingface_generate(tmp_path, beams):
-    hf = _blip(seed=3)
+    hf = hf_blip(seed=3)
     hf.save_pretrained(tmp_path / "hf")
     ours = mmcl.load(tmp_path / "hf")[0].to(CUDA)
     hf = hf.to(CUDA)
@@ -306,43 +260,16 @@ def test_blip_captions_on_the_gpu_equal_huggingface_generate(tmp_path, beams):
         assert [t for t in row_got if t] == [t for t in row_expected if t]
 
 
-def _llava(tmp_path):
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
-    from transformers import LlavaForConditionalGeneration as HfLlava
-
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=16,
-    )
-    text = LlamaConfig(
-        vocab_size=100,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    torch.manual_seed(0)
-    model = HfLlava(LlavaConfig(vision_config=vision, text_config=text, image_token_id=99))
-    model.eval().save_pretrained(tmp_path / "llava")
-    return mmcl.load(tmp_path / "llava")[0].to(CUDA), model.to(CUDA)
-
-
 @pytest.mark.parametrize("beams", [1, 3])
 def test_llava_tokens_on_the_gpu_equal_huggingface_generate(tmp_path, beams):
-    ours, hf = _llava(tmp_path)
+    _, hf, words = llava_folder(tmp_path / "llava", tokenizer=False)
+    ours, hf = mmcl.load(tmp_path / "llava")[0].to(CUDA), hf.to(CUDA)
+    image, pad = words.convert_tokens_to_ids("<image>"), words.pad_token_id
     torch.manual_seed(1)
     pixels = torch.randn(2, 3, 32, 32, device=CUDA)
-    rows = [[0, 0, 1, *[99] * 4, 5, 6, 7], [1, 8, *[99] * 4, 9, 10, 11, 12]]  # left padding
+    rows = [[pad, pad, 5, *[image] * 4, 6, 7, 8], [9, 10, *[image] * 4, 11, 12, 13, 14]]
     ids = torch.tensor(rows, device=CUDA)
-    mask = (ids != 0).long()
+    mask = (ids != pad).long()
     with torch.no_grad():
         expected = hf.generate(
             input_ids=ids,
@@ -352,7 +279,7 @@ def test_llava_tokens_on_the_gpu_equal_huggingface_generate(tmp_path, beams):
             num_beams=beams,
             do_sample=False,
             eos_token_id=-1,
-            pad_token_id=0,
+            pad_token_id=pad,
         )[:, ids.shape[1] :]
         got = ours.generate(ids, pixels, mask, max_new_tokens=8, end_token=-1, beams=beams)
     assert got.tolist() == expected.tolist()

@@ -10,24 +10,7 @@ import torch
 import mmcl
 from mmcl.train import ResumeError, TrainConfig, Trainer, TrainingPlugin
 from mmcl.train.optim import build_optimizer, cosine_with_warmup, step_decay
-
-WORDS = "red green blue cat dog tree house car boat sun moon star fish bird apple chair".split()
-
-
-class RandomPairs(torch.utils.data.Dataset):
-    """Fixed random images with distinct random captions: a learnable matching problem."""
-
-    def __init__(self, size=32, image_size=32, seed=0):
-        generator = torch.Generator().manual_seed(seed)
-        self.images = torch.randn(size, 3, image_size, image_size, generator=generator)
-        picks = torch.randint(len(WORDS), (size, 3), generator=generator).tolist()
-        self.tokens = mmcl.tokenize([" ".join(WORDS[i] for i in row) for row in picks])
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, index):
-        return self.images[index], self.tokens[index]
+from training_runs import RandomPairs, Stop, StopAfter
 
 
 def settings(tmp_path, **overrides):
@@ -79,19 +62,6 @@ def test_resume_continues_exactly(tmp_path):
     uninterrupted = losses(tmp_path)
     # Stop a second run after step 5 (its last checkpoint is step 3), then resume it.
     config = settings(tmp_path, steps=8, checkpoint_every=3, output_dir=str(tmp_path / "cut"))
-
-    class Stop(Exception):
-        pass
-
-    class StopAfter(TrainingPlugin):
-        name = "stop"
-
-        def __init__(self, step=None):
-            self.stop_step = step
-
-        def after_optimizer_step(self, trainer):
-            if trainer.step == self.stop_step:
-                raise Stop
 
     with pytest.raises(Stop):
         Trainer(tiny_model(), data, config, plugins=[StopAfter(5)]).fit()

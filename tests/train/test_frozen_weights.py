@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 from test_engine import RandomPairs, losses, settings, tiny_model
 
-from mmcl.train import Trainer, TrainingPlugin
+from mmcl.train import Trainer
+from training_runs import Stop, StopAfter
 
 
 def frozen_run(tmp_path, **overrides):
@@ -42,24 +43,11 @@ def test_resume_restores_the_frozen_weights_from_their_file_exactly(tmp_path):
     uninterrupted = losses(tmp_path)
     config = frozen_run(tmp_path, steps=3, checkpoint_every=1, output_dir=str(tmp_path / "cut"))
 
-    class Stop(Exception):
-        pass
-
-    class StopAt(TrainingPlugin):
-        name = "stop"
-
-        def __init__(self, step=None):
-            self.stop_step = step
-
-        def after_optimizer_step(self, trainer):
-            if trainer.step == self.stop_step:
-                raise Stop
-
     try:
-        Trainer(tiny_model(), data, config, plugins=[StopAt(2)]).fit()
+        Trainer(tiny_model(), data, config, plugins=[StopAfter(2)]).fit()
     except Stop:
         pass
     config.resume = "latest"
     # Another seed: the frozen tower differs unless the resume loads it from frozen.safetensors.
-    Trainer(tiny_model(seed=123), data, config, plugins=[StopAt()]).fit()
+    Trainer(tiny_model(seed=123), data, config, plugins=[StopAfter()]).fit()
     assert losses(tmp_path, "cut") == uninterrupted
